@@ -1,0 +1,63 @@
+// CPU kernels used by the forward pass. Each has a scalar reference (namespace ref) that the
+// SIMD paths are tested against by normalized error, for every dtype and every ISA compiled.
+// The ISA used at run time is the best the CPU supports, unless overridden (tests, benches).
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+
+namespace kvs::cpu {
+
+enum class isa { scalar = 0, avx2 = 1, avx512 = 2 };
+const char* isa_name(isa i);
+bool isa_compiled(isa i);    // the build contains this path
+bool isa_supported(isa i);   // compiled and the CPU can run it
+isa isa_active();            // the path kernels dispatch to now
+void isa_override(isa i);    // tests/benches: force a supported path (ignored if unsupported)
+void isa_reset();            // back to the best supported path
+
+// A weight matrix of n_out rows, each n_in elements of type `type`, rows `row_bytes` apart.
+struct weight_view {
+    const void* data = nullptr;
+    dtype type = dtype::f32;
+    int64_t n_out = 0;  // rows (output features)
+    int64_t n_in = 0;   // elements per row (input features)
+};
+
+// y (m, n_out) = x (m, n_in) · wᵀ.  x and y are row-major float, contiguous.
+// Quantized weights may quantize x to 8 bits on the fly (as ggml does for q4_0/q8_0 dots);
+// tolerance against the float64 reference is then per dtype. Work is split over the pool.
+void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool);
+
+// y = x / sqrt(mean(x²) + eps) * weight.  (n)
+void rmsnorm(const float* x, const float* weight, float* y, int64_t n, float eps);
+
+enum class rope_layout { normal = 0, neox = 1 };
+// Rotates the first n_rot dims of each head of x (n_head, head_dim) in place for position pos.
+// normal (llama): pairs (2i, 2i+1); neox (qwen2, ...): pairs (i, i + n_rot/2).
+// theta_i = pos * freq_scale * freq_base^(-2i/n_rot).
+void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
+          float freq_base, float freq_scale, rope_layout layout);
+
+// out[i] = silu(gate[i]) * up[i]  (n)
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+// In-place softmax over n values; returns log(sum(exp(x - max))) + max (the LSE).
+float softmax(float* x, int64_t n);
+
+// Dot product of two float vectors (n).
+float dot_f32(const float* a, const float* b, int64_t n);
+
+namespace ref {
+// Float64-accumulating scalar references.
+void matmul(const weight_view& w, const float* x, int64_t m, float* y);
+void rmsnorm(const float* x, const float* weight, float* y, int64_t n, float eps);
+void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
+          float freq_base, float freq_scale, rope_layout layout);
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+float softmax(float* x, int64_t n);
+}  // namespace ref
+
+}  // namespace kvs::cpu

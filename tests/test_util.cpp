@@ -1,0 +1,85 @@
+#include "test_util.h"
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+
+namespace kvs::test {
+
+namespace fs = std::filesystem;
+
+std::string shared_dir() {
+    if (const char* env = std::getenv("KVSERVE_SHARED"); env && *env) return env;
+    return (fs::path(KVSERVE_SOURCE_DIR) / ".." / "shared").lexically_normal().string();
+}
+
+std::string shared_file(const std::string& relative) {
+    fs::path p = fs::path(shared_dir()) / relative;
+    std::error_code ec;
+    return fs::is_regular_file(p, ec) ? p.string() : std::string();
+}
+
+namespace {
+struct temp_dir_holder {
+    std::string path;
+    temp_dir_holder() {
+        std::string tmpl = (fs::temp_directory_path() / "kvserve-test-XXXXXX").string();
+        if (char* p = mkdtemp(tmpl.data())) path = p;
+    }
+    ~temp_dir_holder() {
+        std::error_code ec;
+        if (!path.empty()) fs::remove_all(path, ec);
+    }
+};
+}  // namespace
+
+std::string temp_dir() {
+    static temp_dir_holder holder;
+    return holder.path;
+}
+
+double nmse_norm(const float* a, const double* b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        double d = double(a[i]) - b[i];
+        num += d * d;
+        den += b[i] * b[i];
+    }
+    return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+double nmse_norm(const float* a, const float* b, int64_t n) {
+    std::vector<double> bd(b, b + n);
+    return nmse_norm(a, bd.data(), n);
+}
+
+std::vector<float> random_floats(int64_t n, uint64_t seed, float scale) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> dist(-scale, scale);
+    std::vector<float> v(size_t(n));
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+int run_command(const std::string& cmd, std::string* output) {
+    std::string full = cmd + " 2>&1";
+    FILE* f = popen(full.c_str(), "r");
+    if (!f) return -1;
+    std::array<char, 4096> buf;
+    std::string out;
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) out.append(buf.data(), n);
+    int rc = pclose(f);
+    if (output) *output = out;
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string kvserve_binary() {
+    if (const char* env = std::getenv("KVSERVE_BINARY_PATH"); env && *env) return env;
+    return KVSERVE_BINARY;
+}
+
+}  // namespace kvs::test
