@@ -59,7 +59,7 @@ double nmse_norm(const float* a, const float* b, int64_t n) {
 std::vector<float> random_floats(int64_t n, uint64_t seed, float scale) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<float> dist(-scale, scale);
-    std::vector<float> v(size_t(n));
+    std::vector<float> v(static_cast<size_t>(n));
     for (auto& x : v) x = dist(rng);
     return v;
 }
