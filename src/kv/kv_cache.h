@@ -1,0 +1,92 @@
+// The KV cache of one KV group (all layers of a Llama-family model): page storage for every
+// layer plus one page table per sequence (kv-design.md). A page id indexes the same slot
+// range in every layer, so one table serves all layers.
+//
+// Storage per layer, K and V alike: (n_pages, n_kv_head, page_size, head_dim) float32 —
+// head-major inside a page so that one KV head's keys for a page are contiguous.
+// Slot s of a sequence lives in page table[s / page_size], row s % page_size. Keys are
+// stored already rotated (RoPE applied at write time at the token's position).
+//
+// Contract
+//  - Single owner: mutated by one thread at a time (the forward pass writes rows of pages
+//    the caller has made exclusive with seq_prepare_write; distinct rows may be written by
+//    several threads at once).
+//  - seq_reserve / seq_prepare_write / seq_fork are all-or-nothing: on false nothing changed.
+//  - A page shared by several sequences (ref > 1) is never written: seq_prepare_write copies
+//    it first (copy-on-write).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/status.h"
+#include "kv/page_pool.h"
+
+namespace kvs {
+
+struct kv_config {
+    int64_t n_layer = 0;
+    int64_t n_kv_head = 0;
+    int64_t head_dim = 0;
+    int32_t page_size = 16;  // tokens per page
+    int32_t n_pages = 0;     // pages in the pool
+};
+
+class kv_cache {
+public:
+    // Fails with a clear message if the configuration is invalid or the storage cannot be had.
+    static result<std::unique_ptr<kv_cache>> create(const kv_config& config);
+    kv_cache(const kv_cache&) = delete;
+    kv_cache& operator=(const kv_cache&) = delete;
+
+    const kv_config& config() const { return cfg_; }
+    page_pool& pool() { return pool_; }
+    const page_pool& pool() const { return pool_; }
+    // Bytes of K+V per token over all layers.
+    size_t bytes_per_token() const { return size_t(2 * cfg_.n_layer * cfg_.n_kv_head * cfg_.head_dim) * sizeof(float); }
+    static int32_t pages_for(int64_t n_slots, int32_t page_size) { return int32_t((n_slots + page_size - 1) / page_size); }
+
+    // Sequences. Ids are small integers, reused after seq_remove.
+    int32_t seq_add();
+    void seq_remove(int32_t seq);  // frees its pages tail-first
+    bool seq_exists(int32_t seq) const;
+    // Grows the table so that slots [0, n_slots) exist. Never shrinks.
+    bool seq_reserve(int32_t seq, int64_t n_slots);
+    bool can_reserve(int32_t seq, int64_t n_slots) const;
+    // Makes the pages holding slots [begin, end) exclusively owned, copying shared ones.
+    bool seq_prepare_write(int32_t seq, int64_t begin, int64_t end);
+    // A new sequence sharing all pages of `src` (ref counts +1). n > 1 completions.
+    int32_t seq_fork(int32_t src);
+    const std::vector<int32_t>& seq_pages(int32_t seq) const { return seqs_[size_t(seq)].pages; }
+    int64_t seq_capacity(int32_t seq) const { return int64_t(seq_pages(seq).size()) * cfg_.page_size; }
+
+    // Storage of one layer: (n_pages, n_kv_head, page_size, head_dim).
+    float* k_layer(int64_t layer) { return k_.get() + size_t(layer) * layer_elems_; }
+    float* v_layer(int64_t layer) { return v_.get() + size_t(layer) * layer_elems_; }
+    const float* k_layer(int64_t layer) const { return k_.get() + size_t(layer) * layer_elems_; }
+    const float* v_layer(int64_t layer) const { return v_.get() + size_t(layer) * layer_elems_; }
+    // Writes one token's K and V (each (n_kv_head, head_dim)) into slot `slot` of `seq`.
+    // The slot must be reserved and its page exclusive.
+    void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v);
+
+    // Every page free or owned; ref counts equal the number of tables holding each page.
+    status check_integrity() const;
+
+private:
+    explicit kv_cache(const kv_config& config);
+    struct seq_state {
+        bool live = false;
+        std::vector<int32_t> pages;  // page table: slot s is in pages[s / page_size]
+    };
+    void copy_page(int32_t dst, int32_t src);
+
+    kv_config cfg_;
+    page_pool pool_;
+    size_t page_elems_ = 0;   // n_kv_head * page_size * head_dim
+    size_t layer_elems_ = 0;  // n_pages * page_elems_
+    std::unique_ptr<float[]> k_, v_;  // (n_layer, n_pages, n_kv_head, page_size, head_dim)
+    std::vector<seq_state> seqs_;
+};
+
+}  // namespace kvs

@@ -1,0 +1,93 @@
+#include "model/hparams.h"
+
+#include <cmath>
+
+namespace kvs {
+
+bool llama_family_arch(const std::string& arch) {
+    return arch == "llama" || arch == "qwen2" || arch == "mistral";
+}
+
+result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
+    llama_hparams hp;
+    auto arch = f.get_string("general.architecture");
+    if (!arch) return arch.error();
+    hp.arch = arch.value();
+    if (!llama_family_arch(hp.arch))
+        return status::error("unsupported model architecture '" + hp.arch + "' (supported: llama, qwen2, mistral)");
+    if (auto n = f.get_string_opt("general.name"); n && n.value()) hp.name = *n.value();
+    const std::string a = hp.arch + ".";
+
+    auto need = [&](const std::string& key, int64_t* out, int64_t lo, int64_t hi) -> status {
+        auto v = f.get_int(a + key);
+        if (!v) return v.error();
+        if (v.value() < lo || v.value() > hi)
+            return status::error(strfmt("metadata %s%s = %lld is out of range [%lld, %lld]", a.c_str(), key.c_str(),
+                                        (long long)v.value(), (long long)lo, (long long)hi));
+        *out = v.value();
+        return status::ok();
+    };
+    auto opt = [&](const std::string& key, int64_t* out, int64_t lo, int64_t hi) -> status {
+        auto v = f.get_int_opt(a + key);
+        if (!v) return v.error();
+        if (!v.value()) return status::ok();
+        if (*v.value() < lo || *v.value() > hi)
+            return status::error(strfmt("metadata %s%s = %lld is out of range [%lld, %lld]", a.c_str(), key.c_str(),
+                                        (long long)*v.value(), (long long)lo, (long long)hi));
+        *out = *v.value();
+        return status::ok();
+    };
+    constexpr int64_t big = int64_t(1) << 20;
+    KVS_TRY(need("embedding_length", &hp.n_embd, 1, big));
+    KVS_TRY(need("block_count", &hp.n_layer, 1, 4096));
+    KVS_TRY(need("feed_forward_length", &hp.n_ff, 1, big));
+    KVS_TRY(need("attention.head_count", &hp.n_head, 1, 4096));
+    KVS_TRY(need("context_length", &hp.n_ctx_train, 1, int64_t(1) << 26));
+    hp.n_head_kv = hp.n_head;
+    KVS_TRY(opt("attention.head_count_kv", &hp.n_head_kv, 1, hp.n_head));
+    if (hp.n_head % hp.n_head_kv != 0)
+        return status::error(strfmt("attention.head_count %lld is not a multiple of head_count_kv %lld",
+                                    (long long)hp.n_head, (long long)hp.n_head_kv));
+    if (hp.n_embd % hp.n_head != 0 && !f.find(a + "attention.key_length"))
+        return status::error(strfmt("embedding_length %lld is not a multiple of head_count %lld",
+                                    (long long)hp.n_embd, (long long)hp.n_head));
+    hp.head_dim = hp.n_embd / hp.n_head;
+    KVS_TRY(opt("attention.key_length", &hp.head_dim, 1, 1024));
+    int64_t v_len = hp.head_dim;
+    KVS_TRY(opt("attention.value_length", &v_len, 1, 1024));
+    if (v_len != hp.head_dim) return status::error("attention.value_length different from key_length is not supported");
+    if (hp.head_dim % 2 != 0) return status::error(strfmt("head size %lld must be even for RoPE", (long long)hp.head_dim));
+    hp.n_rot = hp.head_dim;
+    KVS_TRY(opt("rope.dimension_count", &hp.n_rot, 2, hp.head_dim));
+    if (hp.n_rot % 2 != 0) return status::error(strfmt("rope.dimension_count %lld must be even", (long long)hp.n_rot));
+    hp.n_vocab = 0;
+    KVS_TRY(opt("vocab_size", &hp.n_vocab, 1, int64_t(1) << 24));
+
+    auto eps = f.get_float_opt(a + "attention.layer_norm_rms_epsilon");
+    if (!eps) return eps.error();
+    if (eps.value()) hp.rms_eps = float(*eps.value());
+    if (!(hp.rms_eps > 0 && hp.rms_eps < 1)) return status::error(strfmt("layer_norm_rms_epsilon %g is out of range", hp.rms_eps));
+    auto base = f.get_float_opt(a + "rope.freq_base");
+    if (!base) return base.error();
+    if (base.value()) hp.rope_freq_base = float(*base.value());
+    if (!(hp.rope_freq_base > 1)) return status::error(strfmt("rope.freq_base %g must be > 1", hp.rope_freq_base));
+    auto stype = f.get_string_opt(a + "rope.scaling.type");
+    if (!stype) return stype.error();
+    auto factor = f.get_float_opt(a + "rope.scaling.factor");
+    if (!factor) return factor.error();
+    if (stype.value() && *stype.value() != "none" && *stype.value() != "linear")
+        return status::error("rope.scaling.type '" + *stype.value() + "' is not supported (none, linear)");
+    if ((!stype.value() || *stype.value() == "linear") && factor.value() && *factor.value() > 0)
+        hp.rope_freq_scale = float(1.0 / *factor.value());
+    auto lin = f.get_float_opt(a + "rope.scale_linear");
+    if (!lin) return lin.error();
+    if (lin.value() && *lin.value() > 0) hp.rope_freq_scale = float(1.0 / *lin.value());
+
+    if (hp.arch == "qwen2") {
+        hp.rope = cpu::rope_layout::neox;
+        hp.qkv_bias = true;
+    }
+    return hp;
+}
+
+}  // namespace kvs

@@ -1,0 +1,40 @@
+// Hyper-parameters of a Llama-family model, read and validated from GGUF metadata.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/status.h"
+#include "gguf/gguf.h"
+#include "kernels/cpu/ops.h"
+
+namespace kvs {
+
+struct llama_hparams {
+    std::string arch;          // general.architecture: "llama", "qwen2", ...
+    std::string name;          // general.name (may be empty)
+    int64_t n_vocab = 0;
+    int64_t n_embd = 0;        // model width
+    int64_t n_layer = 0;
+    int64_t n_head = 0;        // query heads
+    int64_t n_head_kv = 0;     // KV heads: n_head (MHA), 1 (MQA), in between (GQA)
+    int64_t head_dim = 0;      // per head; n_embd / n_head unless {arch}.attention.key_length
+    int64_t n_ff = 0;          // FFN hidden width
+    int64_t n_ctx_train = 0;   // context length the model was trained with
+    int64_t n_rot = 0;         // rotated dims per head (<= head_dim)
+    float rms_eps = 1e-5f;
+    float rope_freq_base = 10000.0f;
+    float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
+    cpu::rope_layout rope = cpu::rope_layout::normal;
+    bool qkv_bias = false;     // Qwen2: biases on Q, K and V projections
+    bool tied_output = false;  // no output.weight: the LM head reuses token_embd
+
+    int64_t n_gqa() const { return n_head / n_head_kv; }
+    // Errors name the offending key and value.
+    static result<llama_hparams> from_gguf(const gguf_file& f);
+};
+
+// Architectures this file family runs: llama (and its relatives stored as "llama"), qwen2.
+bool llama_family_arch(const std::string& arch);
+
+}  // namespace kvs

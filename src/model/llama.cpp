@@ -1,0 +1,170 @@
+// The Llama-family forward pass over a ragged batch (see llama.h for the contract).
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu/attention.h"
+
+namespace kvs {
+
+forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits)
+    : max_tokens_(std::max<int64_t>(1, max_tokens)), max_logits_(std::max<int64_t>(1, max_logits)) {
+    const llama_hparams& hp = model.hparams();
+    const size_t n = size_t(max_tokens_);
+    x.resize(n * size_t(hp.n_embd));
+    xb.resize(n * size_t(hp.n_embd));
+    xb2.resize(n * size_t(hp.n_embd));
+    q.resize(n * size_t(hp.n_head * hp.head_dim));
+    attn.resize(n * size_t(hp.n_head * hp.head_dim));
+    k.resize(n * size_t(hp.n_head_kv * hp.head_dim));
+    v.resize(n * size_t(hp.n_head_kv * hp.head_dim));
+    lse.resize(n * size_t(hp.n_head));
+    gate.resize(n * size_t(hp.n_ff));
+    up.resize(n * size_t(hp.n_ff));
+    out_rows.resize(size_t(max_logits_ * hp.n_embd));
+    logits_.resize(size_t(max_logits_ * hp.n_vocab));
+    q_seq.reserve(n);
+    q_kv_len.reserve(n);
+}
+
+namespace {
+
+void add_bias(float* y, const float* bias, int64_t rows, int64_t cols) {
+    if (!bias) return;
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) y[r * cols + c] += bias[c];
+}
+
+}  // namespace
+
+status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook) const {
+    const llama_hparams& hp = hp_;
+    const int64_t n = b.size();
+    const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd, ff = hp.n_ff;
+    const int64_t n_out = b.n_logits();
+
+    // Validate the whole batch before touching any state.
+    if (n == 0) return status::ok();
+    if (b.positions.size() != size_t(n) || b.seq_ids.size() != size_t(n) || b.slots.size() != size_t(n) ||
+        b.want_logits.size() != size_t(n))
+        return status::error("batch: tokens, positions, seq_ids, slots and want_logits differ in length");
+    if (n > st.max_tokens()) return status::error(strfmt("batch of %lld tokens exceeds the forward state's %lld", (long long)n, (long long)st.max_tokens()));
+    if (n_out > st.max_logits()) return status::error(strfmt("batch asks for %lld logit rows, more than the forward state's %lld", (long long)n_out, (long long)st.max_logits()));
+    for (int64_t i = 0; i < n; ++i) {
+        if (b.tokens[size_t(i)] < 0 || b.tokens[size_t(i)] >= hp.n_vocab)
+            return status::error(strfmt("batch row %lld: token id %d is outside the vocabulary (0..%lld)", (long long)i, b.tokens[size_t(i)], (long long)hp.n_vocab - 1));
+        const int32_t s = b.seq_ids[size_t(i)];
+        if (!kv.seq_exists(s)) return status::error(strfmt("batch row %lld: sequence %d does not exist", (long long)i, s));
+        if (b.slots[size_t(i)] < 0 || b.slots[size_t(i)] >= kv.seq_capacity(s))
+            return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
+        if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
+    }
+    // Copy-on-write for every page this batch writes (per sequence, its slot range).
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
+        if (!kv.seq_prepare_write(s, slot, int64_t(slot) + 1))
+            return status::error("kv cache: no free page for copy-on-write");
+    }
+
+    // Attention CSR over the sequences present in the batch.
+    if (st.seq_index.empty()) st.seq_index.assign(64, -1);
+    st.page_indptr.assign(1, 0);
+    st.page_ids.clear();
+    st.q_seq.resize(size_t(n));
+    st.q_kv_len.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t s = b.seq_ids[size_t(i)];
+        if (size_t(s) >= st.seq_index.size()) st.seq_index.resize(size_t(s) + 1, -1);
+        if (st.seq_index[size_t(s)] < 0) {
+            st.seq_index[size_t(s)] = int32_t(st.page_indptr.size() - 1);
+            const auto& pages = kv.seq_pages(s);
+            st.page_ids.insert(st.page_ids.end(), pages.begin(), pages.end());
+            st.page_indptr.push_back(int32_t(st.page_ids.size()));
+        }
+        st.q_seq[size_t(i)] = st.seq_index[size_t(s)];
+        st.q_kv_len[size_t(i)] = b.slots[size_t(i)] + 1;
+    }
+    for (int64_t i = 0; i < n; ++i) st.seq_index[size_t(b.seq_ids[size_t(i)])] = -1;
+
+    auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
+        if (hook) hook(name, layer, data, rows, cols);
+    };
+
+    // Embeddings: dequantize each token's row.
+    const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
+    for (int64_t i = 0; i < n; ++i)
+        dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, st.x.data() + i * d, d);
+
+    cpu::paged_kv_view kvv;
+    kvv.n_kv_head = hp.n_head_kv;
+    kvv.page_size = kv.config().page_size;
+    kvv.head_dim = hd;
+    cpu::attention_batch ab;
+    ab.n_q = n;
+    ab.n_head = hp.n_head;
+    ab.q = st.q.data();
+    ab.q_seq = st.q_seq.data();
+    ab.q_kv_len = st.q_kv_len.data();
+    ab.page_indptr = st.page_indptr.data();
+    ab.page_ids = st.page_ids.data();
+    ab.scale = 1.0f / std::sqrt(float(hd));
+
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const llama_layer& L = w_.layers[size_t(il)];
+        // Attention block.
+        for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.attn_norm, st.xb.data() + i * d, d, hp.rms_eps);
+        dump("attn_norm", il, st.xb.data(), n, d);
+        cpu::matmul(L.wq, st.xb.data(), n, st.q.data(), pool);
+        cpu::matmul(L.wk, st.xb.data(), n, st.k.data(), pool);
+        cpu::matmul(L.wv, st.xb.data(), n, st.v.data(), pool);
+        add_bias(st.q.data(), L.bq, n, nq);
+        add_bias(st.k.data(), L.bk, n, nkv);
+        add_bias(st.v.data(), L.bv, n, nkv);
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t pos = b.positions[size_t(i)];
+            cpu::rope(st.q.data() + i * nq, hp.n_head, hd, hp.n_rot, pos, hp.rope_freq_base, hp.rope_freq_scale, hp.rope);
+            cpu::rope(st.k.data() + i * nkv, hp.n_head_kv, hd, hp.n_rot, pos, hp.rope_freq_base, hp.rope_freq_scale, hp.rope);
+        }
+        dump("Qcur", il, st.q.data(), n, nq);
+        dump("Kcur", il, st.k.data(), n, nkv);
+        dump("Vcur", il, st.v.data(), n, nkv);
+        for (int64_t i = 0; i < n; ++i)
+            kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
+        kvv.k = kv.k_layer(il);
+        kvv.v = kv.v_layer(il);
+        cpu::attention_paged(ab, kvv, st.attn.data(), st.lse.data(), pool);
+        dump("kqv_out", il, st.attn.data(), n, nq);
+        cpu::matmul(L.wo, st.attn.data(), n, st.xb2.data(), pool);
+        dump("attn_out", il, st.xb2.data(), n, d);
+        for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
+        dump("ffn_inp", il, st.x.data(), n, d);
+
+        // Feed-forward block (SwiGLU).
+        for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.ffn_norm, st.xb.data() + i * d, d, hp.rms_eps);
+        dump("ffn_norm", il, st.xb.data(), n, d);
+        cpu::matmul(L.w_gate, st.xb.data(), n, st.gate.data(), pool);
+        cpu::matmul(L.w_up, st.xb.data(), n, st.up.data(), pool);
+        for (int64_t i = 0; i < n; ++i) cpu::swiglu(st.gate.data() + i * ff, st.up.data() + i * ff, st.gate.data() + i * ff, ff);
+        cpu::matmul(L.w_down, st.gate.data(), n, st.xb2.data(), pool);
+        dump("ffn_out", il, st.xb2.data(), n, d);
+        for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
+        dump("l_out", il, st.x.data(), n, d);
+    }
+
+    // LM head on the rows that want logits only.
+    int64_t r = 0;
+    for (int64_t i = 0; i < n; ++i)
+        if (b.want_logits[size_t(i)]) {
+            cpu::rmsnorm(st.x.data() + i * d, w_.output_norm, st.out_rows.data() + r * d, d, hp.rms_eps);
+            ++r;
+        }
+    if (n_out > 0) {
+        dump("result_norm", -1, st.out_rows.data(), n_out, d);
+        cpu::matmul(w_.output, st.out_rows.data(), n_out, st.logits_.data(), pool);
+        dump("result_output", -1, st.logits_.data(), n_out, hp.n_vocab);
+    }
+    return status::ok();
+}
+
+}  // namespace kvs

@@ -1,0 +1,108 @@
+// The Llama-family forward pass (llama, mistral, qwen2): RMSNorm, Q/K/V projections (optional
+// bias), RoPE (normal or NeoX layout), attention over paged KV returning (O, LSE), output
+// projection, SwiGLU FFN; MHA, GQA and MQA; tied or untied LM head.
+//
+// Contract
+//  - `load` validates every tensor the architecture needs (presence, dims, dtype) before use.
+//  - `forward` reads a ragged batch whose sequences exist in `kv` with slots reserved; it
+//    makes the written pages exclusive (copy-on-write), writes K/V of every token, then lets
+//    each token attend to slots [0, slot] of its sequence. Logits of the rows flagged in
+//    want_logits are written in row order to `logits` (n_logits, n_vocab).
+//  - One forward at a time per forward_state; the model itself is immutable after load and
+//    may be shared by several forward_states.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "gguf/gguf.h"
+#include "kernels/cpu/ops.h"
+#include "kv/kv_cache.h"
+#include "model/batch.h"
+#include "model/hparams.h"
+
+namespace kvs {
+
+struct llama_layer {
+    const float* attn_norm = nullptr;  // (n_embd)
+    cpu::weight_view wq, wk, wv, wo;   // (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd)
+    const float* bq = nullptr;         // (n_head*hd) qwen2 only
+    const float* bk = nullptr;         // (n_kv*hd)
+    const float* bv = nullptr;         // (n_kv*hd)
+    const float* ffn_norm = nullptr;   // (n_embd)
+    cpu::weight_view w_gate, w_up, w_down;  // (n_ff, n_embd) x2, (n_embd, n_ff)
+};
+
+struct llama_weights {
+    const gguf_tensor_info* token_embd = nullptr;  // (n_vocab, n_embd) rows of any supported dtype
+    std::vector<llama_layer> layers;
+    const float* output_norm = nullptr;  // (n_embd)
+    cpu::weight_view output;             // (n_vocab, n_embd); token_embd when tied
+};
+
+// Called with every named intermediate tensor of a forward pass (rows = batch tokens),
+// so runs can be diffed layer by layer: attn_norm, Qcur, Kcur, Vcur, kqv_out, attn_out,
+// ffn_inp, ffn_norm, ffn_out, l_out (layer >= 0); result_norm, result_output (layer -1).
+using tensor_hook = std::function<void(const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols)>;
+
+class llama_model;
+
+// Scratch for one forward pass, sized once for at most `max_tokens` tokens per batch and
+// `max_logits` logit rows: no allocation on the decode path.
+class forward_state {
+public:
+    forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits);
+    forward_state(const forward_state&) = delete;
+    forward_state& operator=(const forward_state&) = delete;
+    int64_t max_tokens() const { return max_tokens_; }
+    int64_t max_logits() const { return max_logits_; }
+    const float* logits() const { return logits_.data(); }  // (n_logits, n_vocab) of the last forward
+
+private:
+    friend class llama_model;
+    int64_t max_tokens_, max_logits_;
+    std::vector<float> x, xb, xb2;       // (max_tokens, n_embd)
+    std::vector<float> q, attn;          // (max_tokens, n_head*hd)
+    std::vector<float> k, v;             // (max_tokens, n_kv*hd)
+    std::vector<float> lse;              // (max_tokens, n_head)
+    std::vector<float> gate, up;         // (max_tokens, n_ff)
+    std::vector<float> out_rows;         // (max_logits, n_embd)
+    std::vector<float> logits_;          // (max_logits, n_vocab)
+    std::vector<int32_t> q_seq, q_kv_len, page_indptr, page_ids;  // attention CSR
+    std::vector<int32_t> seq_index;      // kv seq id -> CSR index (-1 if absent)
+};
+
+class llama_model {
+public:
+    // Opens, validates and binds the weights of a GGUF file (mmap; weights are not copied).
+    static result<std::unique_ptr<llama_model>> load(const std::string& path);
+    // Binds an already-open file (the model keeps it alive).
+    static result<std::unique_ptr<llama_model>> from_gguf(std::unique_ptr<gguf_file> file);
+
+    const llama_hparams& hparams() const { return hp_; }
+    const llama_weights& weights() const { return w_; }
+    const gguf_file& file() const { return *file_; }
+    // KV geometry for a kv_cache serving this model.
+    kv_config kv_geometry(int32_t page_size, int32_t n_pages) const;
+    size_t weight_bytes() const;
+
+    // See the contract above. Fails (changing nothing) if the batch is invalid: token id out
+    // of range, unknown sequence, slot not reserved, too many tokens for `st`, or no page
+    // for copy-on-write.
+    status forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool,
+                   const tensor_hook& hook = nullptr) const;
+
+private:
+    llama_model() = default;
+    status bind_weights();
+    std::unique_ptr<gguf_file> file_;
+    llama_hparams hp_;
+    llama_weights w_;
+};
+
+}  // namespace kvs

@@ -1,0 +1,137 @@
+// Loading and validating the weights of a Llama-family GGUF.
+#include "model/llama.h"
+
+namespace kvs {
+
+namespace {
+
+// Checks a tensor's presence, dims (GGUF order: ne[0] contiguous) and dtype.
+result<const gguf_tensor_info*> want(const gguf_file& f, const std::string& name, std::vector<int64_t> ne, bool need_float) {
+    const gguf_tensor_info* t = f.find_tensor(name);
+    if (!t) return status::error("missing tensor " + name);
+    bool ok = t->n_dims == int(ne.size());
+    for (size_t d = 0; ok && d < ne.size(); ++d) ok = t->ne[d] == ne[d];
+    if (!ok) {
+        std::string expect = "[";
+        for (size_t d = 0; d < ne.size(); ++d) expect += (d ? ", " : "") + std::to_string(ne[d]);
+        return status::error("tensor " + name + ": expected shape " + expect + "], got " + t->shape_string());
+    }
+    if (need_float && t->type != dtype::f32)
+        return status::error("tensor " + name + ": expected f32, got " + dtype_name(t->type));
+    if (!dtype_info(t->type).supported)
+        return status::error("tensor " + name + ": weight type " + dtype_name(t->type) + " is not supported yet");
+    return t;
+}
+
+cpu::weight_view view_of(const gguf_tensor_info* t) {
+    cpu::weight_view w;
+    w.data = t->data;
+    w.type = t->type;
+    w.n_in = t->ne[0];
+    w.n_out = t->ne[1];
+    return w;
+}
+
+}  // namespace
+
+result<std::unique_ptr<llama_model>> llama_model::load(const std::string& path) {
+    auto f = gguf_file::open(path);
+    if (!f) return f.error();
+    auto m = from_gguf(std::move(f.value()));
+    if (!m) return m.error().with_context(path);
+    return m;
+}
+
+result<std::unique_ptr<llama_model>> llama_model::from_gguf(std::unique_ptr<gguf_file> file) {
+    std::unique_ptr<llama_model> m(new llama_model());
+    m->file_ = std::move(file);
+    auto hp = llama_hparams::from_gguf(*m->file_);
+    if (!hp) return hp.error();
+    m->hp_ = hp.value();
+    KVS_TRY(m->bind_weights());
+    return m;
+}
+
+status llama_model::bind_weights() {
+    const gguf_file& f = *file_;
+    const gguf_tensor_info* emb = f.find_tensor("token_embd.weight");
+    if (!emb) return status::error("missing tensor token_embd.weight");
+    if (emb->n_dims != 2 || emb->ne[0] != hp_.n_embd)
+        return status::error(strfmt("tensor token_embd.weight: expected shape [%lld, n_vocab], got %s",
+                                    (long long)hp_.n_embd, emb->shape_string().c_str()));
+    if (hp_.n_vocab == 0) hp_.n_vocab = emb->ne[1];
+    auto e = want(f, "token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false);
+    if (!e) return e.error();
+    w_.token_embd = e.value();
+
+    const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd, nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
+    w_.layers.resize(size_t(hp_.n_layer));
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        llama_layer& L = w_.layers[size_t(il)];
+        auto get = [&](const char* name, std::vector<int64_t> ne, bool need_float) {
+            return want(f, p + name, std::move(ne), need_float);
+        };
+        auto an = get("attn_norm.weight", {d}, true);
+        auto q = get("attn_q.weight", {d, nq}, false);
+        auto k = get("attn_k.weight", {d, nkv}, false);
+        auto v = get("attn_v.weight", {d, nkv}, false);
+        auto o = get("attn_output.weight", {nq, d}, false);
+        auto fn = get("ffn_norm.weight", {d}, true);
+        auto g = get("ffn_gate.weight", {d, ff}, false);
+        auto u = get("ffn_up.weight", {d, ff}, false);
+        auto dn = get("ffn_down.weight", {ff, d}, false);
+        for (auto* r : {&an, &q, &k, &v, &o, &fn, &g, &u, &dn})
+            if (!*r) return r->error();
+        L.attn_norm = reinterpret_cast<const float*>(an.value()->data);
+        L.ffn_norm = reinterpret_cast<const float*>(fn.value()->data);
+        L.wq = view_of(q.value());
+        L.wk = view_of(k.value());
+        L.wv = view_of(v.value());
+        L.wo = view_of(o.value());
+        L.w_gate = view_of(g.value());
+        L.w_up = view_of(u.value());
+        L.w_down = view_of(dn.value());
+        if (hp_.qkv_bias) {
+            auto bq = get("attn_q.bias", {nq}, true);
+            auto bk = get("attn_k.bias", {nkv}, true);
+            auto bv = get("attn_v.bias", {nkv}, true);
+            for (auto* r : {&bq, &bk, &bv})
+                if (!*r) return r->error();
+            L.bq = reinterpret_cast<const float*>(bq.value()->data);
+            L.bk = reinterpret_cast<const float*>(bk.value()->data);
+            L.bv = reinterpret_cast<const float*>(bv.value()->data);
+        }
+    }
+    auto on = want(f, "output_norm.weight", {d}, true);
+    if (!on) return on.error();
+    w_.output_norm = reinterpret_cast<const float*>(on.value()->data);
+    if (f.find_tensor("output.weight")) {
+        auto out = want(f, "output.weight", {d, hp_.n_vocab}, false);
+        if (!out) return out.error();
+        w_.output = view_of(out.value());
+        hp_.tied_output = false;
+    } else {
+        w_.output = view_of(w_.token_embd);
+        hp_.tied_output = true;
+    }
+    return status::ok();
+}
+
+kv_config llama_model::kv_geometry(int32_t page_size, int32_t n_pages) const {
+    kv_config c;
+    c.n_layer = hp_.n_layer;
+    c.n_kv_head = hp_.n_head_kv;
+    c.head_dim = hp_.head_dim;
+    c.page_size = page_size;
+    c.n_pages = n_pages;
+    return c;
+}
+
+size_t llama_model::weight_bytes() const {
+    size_t n = 0;
+    for (auto& t : file_->tensors()) n += t.n_bytes;
+    return n;
+}
+
+}  // namespace kvs

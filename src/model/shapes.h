@@ -1,0 +1,54 @@
+// Named model geometries for `kvserve synth`: the hyper-parameters of real, well-known models,
+// so that speed and memory work can use realistic tensor shapes with random weights. Also the
+// file-level conventions used when writing such a model (llama.cpp's general.file_type codes).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace kvs {
+
+struct model_shape {
+    const char* name;           // "llama-3-8b"
+    const char* arch;           // general.architecture: "llama" or "qwen2"
+    int64_t n_vocab;            // tokens
+    int64_t n_embd;             // model width (elements)
+    int64_t n_layer;
+    int64_t n_head;             // query heads
+    int64_t n_head_kv;          // key/value heads
+    int64_t n_ff;               // FFN hidden width (elements)
+    int64_t n_ctx_train;        // tokens
+    float rope_freq_base;
+    bool rope_neox;             // rotate halves (NeoX/Qwen2) rather than adjacent pairs (Llama)
+    bool qkv_bias;              // biases on the Q, K and V projections (Qwen2)
+    bool tied_output;           // no output.weight: the LM head reuses token_embd
+    float rms_eps;
+    const char* default_vocab;  // vocabulary GGUF, relative to the shared fixture folder
+
+    int64_t head_dim() const { return n_embd / n_head; }
+    int64_t n_embd_kv() const { return head_dim() * n_head_kv; }
+    // Weight count (embeddings, layers, norms, biases, untied output).
+    int64_t n_params() const;
+};
+
+// Every named shape, in a stable order.
+const std::vector<model_shape>& model_shapes();
+// nullptr if unknown.
+const model_shape* find_model_shape(std::string_view name);
+// "tinyllama-1.1b, llama-2-7b, ..." for help texts and errors.
+std::string model_shape_names();
+
+// llama.cpp's LLAMA_FTYPE for a file whose matrices are mostly `t` (ALL_F32 = 0, MOSTLY_F16 = 1,
+// MOSTLY_Q4_0 = 2, MOSTLY_Q4_1 = 3, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32); -1 if it has none.
+int32_t llama_ftype_of(dtype t);
+
+// The dtype a tensor gets when a model is written "in" `target`: 2-D `.weight` matrices take
+// `target` when their row length is a multiple of its block size (else F16), everything else
+// (norms, biases, 1-D, 3-D+) stays F32.
+dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, dtype target);
+
+}  // namespace kvs
