@@ -1,0 +1,154 @@
+// kvserve run: generate text from a prompt, streaming it as it is produced.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "command.h"
+#include "common.h"
+#include "model/llama.h"
+#include "model/session.h"
+#include "sampling/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvs::tools {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+int cmd_run(int argc, char** argv) {
+    CLI::App app("Generate text from a prompt with a GGUF model", "kvserve run");
+    std::string model_path = default_model_path();
+    std::string prompt = "Once upon a time";
+    int n_predict = 128, threads = default_threads();
+    int64_t n_ctx = 0, n_batch = 512;
+    sampling_params sp;
+    sp.temperature = 0.8f;
+    sp.top_k = 40;
+    sp.top_p = 0.95f;
+    sp.min_p = 0.05f;
+    int64_t seed = -1;
+    bool no_bos = false, ignore_eos = false;
+    app.add_option("-m,--model", model_path, "GGUF model file")->capture_default_str();
+    app.add_option("-p,--prompt", prompt, "prompt text")->capture_default_str();
+    app.add_option("-n,--n-predict", n_predict, "tokens to generate (-1 = until end of text or context)")->capture_default_str();
+    app.add_option("-t,--threads", threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+    app.add_option("-c,--ctx-size", n_ctx, "context length (0 = the model's)")->check(CLI::NonNegativeNumber);
+    app.add_option("-b,--batch-size", n_batch, "prompt tokens per forward pass")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--temp", sp.temperature, "temperature (0 = greedy)")->capture_default_str();
+    app.add_option("--top-k", sp.top_k, "top-k (0 = off)")->capture_default_str();
+    app.add_option("--top-p", sp.top_p, "top-p (1 = off)")->capture_default_str();
+    app.add_option("--min-p", sp.min_p, "min-p (0 = off)")->capture_default_str();
+    app.add_option("--repeat-penalty", sp.repeat_penalty, "repeat penalty (1 = off)")->capture_default_str();
+    app.add_option("--repeat-last-n", sp.repeat_last_n, "tokens the repeat penalty looks back over")->capture_default_str();
+    app.add_option("--presence-penalty", sp.presence_penalty, "presence penalty (0 = off)");
+    app.add_option("--frequency-penalty", sp.frequency_penalty, "frequency penalty (0 = off)");
+    app.add_option("--seed", seed, "random seed (-1 = random)")->capture_default_str();
+    app.add_flag("--no-bos", no_bos, "do not add the BOS token");
+    app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-text tokens");
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+
+    if (!std::filesystem::exists(model_path)) {
+        std::fprintf(stderr, "kvserve run: %s\n", missing_model_help(model_path).c_str());
+        return 2;
+    }
+    auto t_load = clock_type::now();
+    auto model = llama_model::load(model_path);
+    if (!model) {
+        std::fprintf(stderr, "kvserve run: %s\n", model.message().c_str());
+        return 1;
+    }
+    auto tok = tokenizer::from_gguf(model.value()->file());
+    if (!tok) {
+        std::fprintf(stderr, "kvserve run: %s: %s\n", model_path.c_str(), tok.message().c_str());
+        return 1;
+    }
+    const llama_model& m = *model.value();
+    const tokenizer& tk = *tok.value();
+    if (tk.n_vocab() != m.hparams().n_vocab) {
+        std::fprintf(stderr, "kvserve run: vocabulary has %d tokens but the model's output has %lld\n", tk.n_vocab(),
+                     (long long)m.hparams().n_vocab);
+        return 1;
+    }
+    sp.n_vocab = m.hparams().n_vocab;
+    sp.seed = seed < 0 ? std::random_device{}() : uint64_t(seed);
+    auto smp = sampler::create(sp);
+    if (!smp) {
+        std::fprintf(stderr, "kvserve run: %s\n", smp.message().c_str());
+        return 2;
+    }
+    thread_pool pool(threads);
+    session_params sess;
+    sess.n_ctx = n_ctx;
+    sess.n_batch = n_batch;
+    auto s = session::create(m, pool, sess);
+    if (!s) {
+        std::fprintf(stderr, "kvserve run: %s\n", s.message().c_str());
+        return 1;
+    }
+    const double load_s = seconds_since(t_load);
+
+    std::vector<int32_t> tokens = tk.encode(prompt, !no_bos && tk.add_bos(), false);
+    if (tokens.empty()) {
+        std::fprintf(stderr, "kvserve run: the prompt is empty (and the model has no BOS token)\n");
+        return 2;
+    }
+    if (int64_t(tokens.size()) >= s.value()->n_ctx()) {
+        std::fprintf(stderr, "kvserve run: the prompt has %zu tokens, the context only %lld\n", tokens.size(),
+                     (long long)s.value()->n_ctx());
+        return 2;
+    }
+    std::fputs(prompt.c_str(), stdout);
+    std::fflush(stdout);
+
+    auto t_prompt = clock_type::now();
+    if (status st = s.value()->prefill(tokens); !st) {
+        std::fprintf(stderr, "\nkvserve run: %s\n", st.message().c_str());
+        return 1;
+    }
+    const double prompt_s = seconds_since(t_prompt);
+
+    detok_stream out(tk);
+    // The prompt's text is already printed: continue the stream from its last token.
+    out.push(tokens.back());
+    out.flush();
+    auto t_gen = clock_type::now();
+    int n_gen = 0;
+    const int64_t limit = n_predict < 0 ? s.value()->n_ctx() - int64_t(tokens.size()) : n_predict;
+    sampler& sm = smp.value();
+    for (; n_gen < limit; ) {
+        int32_t next = sm.sample(s.value()->logits(), m.hparams().n_vocab);
+        ++n_gen;
+        if (!ignore_eos && tk.is_eog(next)) break;
+        (void)sm.accept(next);
+        std::string piece = out.push(next);
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+        if (n_gen >= limit || s.value()->n_past() >= s.value()->n_ctx()) break;
+        if (status st = s.value()->decode(next); !st) {
+            std::fprintf(stderr, "\nkvserve run: %s\n", st.message().c_str());
+            return 1;
+        }
+    }
+    std::string tail = out.flush();
+    std::fwrite(tail.data(), 1, tail.size(), stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    const double gen_s = seconds_since(t_gen);
+    std::fprintf(stderr, "\nload time: %.2f ms\n", load_s * 1e3);
+    std::fprintf(stderr, "prompt:    %zu tokens in %.2f ms (%.2f tokens/s)\n", tokens.size(), prompt_s * 1e3,
+                 double(tokens.size()) / std::max(prompt_s, 1e-9));
+    std::fprintf(stderr, "generate:  %d tokens in %.2f ms (%.2f tokens/s)\n", n_gen, gen_s * 1e3,
+                 double(n_gen) / std::max(gen_s, 1e-9));
+    return 0;
+}
+
+}  // namespace
+
+KVS_COMMAND("run", "generate text from a prompt", cmd_run);
+
+}  // namespace kvs::tools
