@@ -30,6 +30,9 @@ struct weight_view {
 // Quantized weights may quantize x to 8 bits on the fly (as ggml does for q4_0/q8_0 dots);
 // tolerance against the float64 reference is then per dtype. Work is split over the pool.
 void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool);
+// Whether matmul has kernels for weights of this dtype (f32, f16, bf16, q8_0, q4_0, q4_1).
+// matmul with an unsupported dtype, or n_in not a multiple of its block size, writes NaN.
+bool matmul_supported(dtype t);
 
 // y = x / sqrt(mean(x²) + eps) * weight.  (n)
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n, float eps);

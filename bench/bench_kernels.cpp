@@ -1,0 +1,180 @@
+// Kernel benchmarks: matmul GEMV (decode, m = 1) and GEMM (prefill, m = 64) per weight dtype
+// at TinyLlama-1.1B shapes, and a streaming-read probe of memory bandwidth.
+//
+// Counters: GB/s = weight bytes read per second (what bounds GEMV); GFLOP/s = 2·m·n_in·n_out
+// per second; of_stream = GEMV GB/s as a fraction of the streaming probe measured in the
+// same run with the same thread count (this machine is shared: compare ratios, not runs).
+//
+// Note: the weights of one shape (4.6 to 46 MB) may partly sit in a large L3, so GEMV can
+// exceed DRAM bandwidth on small shapes; the probe reads 256 MB to measure DRAM itself.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <iterator>
+#include <string>
+#include <map>
+#include <memory>
+#include <tuple>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
+
+namespace {
+
+using kvs::dtype;
+
+constexpr dtype bench_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0, dtype::q4_1};
+struct shape {
+    int64_t n_out, n_in;
+};
+// TinyLlama-1.1B: attention projections, FFN gate/up, FFN down.
+constexpr shape bench_shapes[] = {{2048, 2048}, {5632, 2048}, {2048, 5632}};
+
+kvs::thread_pool& pool_of(int n_threads) {
+    static std::map<int, std::unique_ptr<kvs::thread_pool>> pools;
+    auto& p = pools[n_threads];
+    if (!p) p = std::make_unique<kvs::thread_pool>(n_threads);
+    return *p;
+}
+
+// Deterministic values in [-1, 1) (xorshift), so runs are comparable.
+std::vector<float> pseudo_random(int64_t n, uint64_t seed) {
+    std::vector<float> v(static_cast<size_t>(n));
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (auto& f : v) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        f = float(int64_t(s >> 40) - (int64_t(1) << 23)) * 0x1p-23f;
+    }
+    return v;
+}
+
+struct weight_set {
+    std::vector<uint8_t> bytes;  // (n_out, row_bytes)
+    kvs::cpu::weight_view view;
+};
+
+const weight_set& weights_of(dtype t, shape s) {
+    static std::map<std::tuple<int, int64_t, int64_t>, weight_set> cache;
+    auto key = std::make_tuple(int(t), s.n_out, s.n_in);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    // Only one weight set lives at a time: benchmarks run shape by shape.
+    cache.clear();
+    weight_set& w = cache[key];
+    std::vector<float> f = pseudo_random(s.n_out * s.n_in, 1);
+    const size_t row_bytes = kvs::dtype_row_bytes(t, s.n_in);
+    w.bytes.resize(size_t(s.n_out) * row_bytes);
+    for (int64_t o = 0; o < s.n_out; ++o) {
+        kvs::quantize_row(t, f.data() + o * s.n_in, w.bytes.data() + size_t(o) * row_bytes, s.n_in);
+    }
+    w.view = {w.bytes.data(), t, s.n_out, s.n_in};
+    return w;
+}
+
+// ---- memory bandwidth probe -------------------------------------------------------------------
+
+constexpr size_t probe_bytes = size_t(256) << 20;
+
+const std::vector<uint64_t>& probe_buffer() {
+    static std::vector<uint64_t> buf = [] {
+        std::vector<uint64_t> b(probe_bytes / 8);
+        for (size_t i = 0; i < b.size(); ++i) b[i] = i;
+        return b;
+    }();
+    return buf;
+}
+
+// Sums the buffer in chunks spread over the pool; returns the sum so it is not optimized out.
+uint64_t stream_read(kvs::thread_pool& pool) {
+    const auto& buf = probe_buffer();
+    constexpr int64_t n_chunks = 64;
+    const size_t per = buf.size() / n_chunks;
+    std::vector<uint64_t> partial(n_chunks, 0);
+    pool.run(n_chunks, [&](int64_t c, int) {
+        const uint64_t* p = buf.data() + size_t(c) * per;
+        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (size_t i = 0; i < per; i += 4) {
+            a0 += p[i];
+            a1 += p[i + 1];
+            a2 += p[i + 2];
+            a3 += p[i + 3];
+        }
+        partial[size_t(c)] = a0 + a1 + a2 + a3;
+    });
+    uint64_t s = 0;
+    for (uint64_t v : partial) s += v;
+    return s;
+}
+
+double stream_gbps(int n_threads) {
+    static std::map<int, double> measured;
+    auto it = measured.find(n_threads);
+    if (it != measured.end()) return it->second;
+    kvs::thread_pool& pool = pool_of(n_threads);
+    stream_read(pool);  // warm up (page faults)
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+        auto t0 = std::chrono::steady_clock::now();
+        benchmark::DoNotOptimize(stream_read(pool));
+        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(probe_bytes) / s * 1e-9);
+    }
+    return measured[n_threads] = best;
+}
+
+void bm_stream_read(benchmark::State& state) {
+    kvs::thread_pool& pool = pool_of(int(state.range(0)));
+    stream_read(pool);
+    for (auto _ : state) benchmark::DoNotOptimize(stream_read(pool));
+    state.counters["GB/s"] = benchmark::Counter(double(probe_bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(bm_stream_read)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// ---- matmul ---------------------------------------------------------------------------------------
+// Args: dtype index, shape index, m, threads.
+
+void bm_matmul(benchmark::State& state) {
+    const dtype t = bench_dtypes[state.range(0)];
+    const shape s = bench_shapes[state.range(1)];
+    const int64_t m = state.range(2);
+    const int n_threads = int(state.range(3));
+    const weight_set& w = weights_of(t, s);
+    std::vector<float> x = pseudo_random(m * s.n_in, 2);
+    std::vector<float> y(size_t(m * s.n_out));
+    kvs::thread_pool& pool = pool_of(n_threads);
+    const double stream = m == 1 ? stream_gbps(n_threads) : 0.0;
+    state.SetLabel(std::string(kvs::dtype_name(t)) + " " + std::to_string(s.n_out) + "x" +
+                   std::to_string(s.n_in) + " isa=" + kvs::cpu::isa_name(kvs::cpu::isa_active()));
+    kvs::cpu::matmul(w.view, x.data(), m, y.data(), pool);  // warm up
+    for (auto _ : state) {
+        kvs::cpu::matmul(w.view, x.data(), m, y.data(), pool);
+        benchmark::ClobberMemory();
+    }
+    const double bytes = double(w.bytes.size());
+    const double flops = 2.0 * double(m) * double(s.n_in) * double(s.n_out);
+    state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    if (m == 1) {
+        state.counters["of_stream"] =
+            benchmark::Counter(bytes * 1e-9 / stream, benchmark::Counter::kIsIterationInvariantRate);
+    }
+}
+
+void matmul_args(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"dtype", "shape", "m", "threads"});
+    for (int64_t si = 0; si < 3; ++si)
+        for (int64_t di = 0; di < int64_t(std::size(bench_dtypes)); ++di)
+            for (int64_t m : {1, 64})
+                for (int64_t th : {1, 2}) b->Args({di, si, m, th});
+}
+BENCHMARK(bm_matmul)->Apply(matmul_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

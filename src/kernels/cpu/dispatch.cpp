@@ -1,0 +1,82 @@
+// Run-time instruction-set dispatch: picks the widest kernel table the CPU can run, unless a
+// test or benchmark overrides it. Compiled for baseline x86-64 (no wide ISA flags).
+#include <atomic>
+
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/ops.h"
+
+namespace kvs::cpu {
+
+namespace {
+
+const detail::kernel_table* table_of(isa i) {
+    switch (i) {
+        case isa::scalar: return detail::kernels_scalar();
+        case isa::avx2: return detail::kernels_avx2();
+        case isa::avx512: return detail::kernels_avx512();
+    }
+    return nullptr;
+}
+
+// The CPU (and OS, via XCR0, which __builtin_cpu_supports checks) can run the path's flags
+// exactly as CMake compiles them (KVSERVE_AVX2_FLAGS / KVSERVE_AVX512_FLAGS).
+bool cpu_can_run(isa i) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                __builtin_cpu_supports("f16c");
+    switch (i) {
+        case isa::scalar: return true;
+        case isa::avx2: return avx2;
+        case isa::avx512:
+            return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+    }
+    return false;
+#else
+    return i == isa::scalar;
+#endif
+}
+
+isa best_supported() {
+    if (isa_supported(isa::avx512)) return isa::avx512;
+    if (isa_supported(isa::avx2)) return isa::avx2;
+    return isa::scalar;
+}
+
+std::atomic<int>& active_slot() {
+    static std::atomic<int> slot{int(best_supported())};
+    return slot;
+}
+
+}  // namespace
+
+const char* isa_name(isa i) {
+    switch (i) {
+        case isa::scalar: return "scalar";
+        case isa::avx2: return "avx2";
+        case isa::avx512: return "avx512";
+    }
+    return "unknown";
+}
+
+bool isa_compiled(isa i) { return table_of(i) != nullptr; }
+
+bool isa_supported(isa i) { return isa_compiled(i) && cpu_can_run(i); }
+
+isa isa_active() { return isa(active_slot().load(std::memory_order_relaxed)); }
+
+void isa_override(isa i) {
+    if (isa_supported(i)) active_slot().store(int(i), std::memory_order_relaxed);
+}
+
+void isa_reset() { active_slot().store(int(best_supported()), std::memory_order_relaxed); }
+
+namespace detail {
+
+const kernel_table& active_kernels() { return *table_of(isa_active()); }
+
+}  // namespace detail
+
+}  // namespace kvs::cpu

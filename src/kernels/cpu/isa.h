@@ -1,0 +1,63 @@
+// Internal contract between the ISA-neutral kernel front ends (matmul.cpp, ...) and the
+// per-ISA implementations (*_scalar.cpp, *_avx2.cpp, *_avx512.cpp).
+//
+// ODR rule: this header is included by files compiled with wide ISA flags, so it must only
+// declare plain data and functions; an inline function here would be compiled once per ISA
+// and the linker could pick an AVX-512 copy for baseline callers. Per-ISA helpers stay
+// `static` or in anonymous namespaces inside their .cpp files.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvs::cpu::detail {
+
+// Activations quantized to 8 bits in blocks of 32 (like ggml's q8_0/q8_1 for x), laid out
+// as separate planes so that SIMD loads of consecutive blocks are contiguous.
+struct q8_rows {
+    const int8_t* qs;   // (m, n_in)       q = round(x / d)
+    const float* d;     // (m, n_in / 32)  block scales
+    const int32_t* s;   // (m, n_in / 32)  sum of q over each block (for unsigned weight codes)
+    int64_t n_in;
+};
+
+// One tile of y = x · wᵀ: weight rows [0, n_o) starting at `w` (rows `w_row_bytes` apart)
+// against x rows [0, m); writes y[i * ldy + o]. `x` is float rows (m, n_in) for float
+// weights or a q8_rows* for quantized weights (then n_in is a multiple of 32).
+struct gemm_tile {
+    const uint8_t* w;
+    size_t w_row_bytes;
+    int64_t n_o;
+    int64_t n_in;
+    const void* x;
+    int64_t x_stride;  // float weights: elements between x rows
+    int64_t m;
+    float* y;
+    int64_t ldy;
+};
+
+using gemm_fn = void (*)(const gemm_tile& t);
+
+// Kernels of one instruction set. A null entry means "not provided by this ISA".
+struct kernel_table {
+    gemm_fn gemm_f32;
+    gemm_fn gemm_f16;
+    gemm_fn gemm_bf16;
+    gemm_fn gemm_q8_0;
+    gemm_fn gemm_q4_0;
+    gemm_fn gemm_q4_1;
+    // Quantizes one activation row x (n, a multiple of 32) into q8_rows planes:
+    // d = max|x| / 127 per block, q = x / d rounded to nearest even, s = sum of q.
+    void (*quantize_q8_row)(const float* x, int64_t n, int8_t* qs, float* d, int32_t* s);
+    float (*dot_f32)(const float* a, const float* b, int64_t n);
+};
+
+// Null when the build does not contain that path (e.g. a non-x86 target).
+const kernel_table* kernels_scalar();
+const kernel_table* kernels_avx2();
+const kernel_table* kernels_avx512();
+
+// The table of the active ISA (dispatch.cpp).
+const kernel_table& active_kernels();
+
+}  // namespace kvs::cpu::detail

@@ -1,0 +1,294 @@
+// AVX-512 tile kernels (F, BW, VL, DQ, VNNI; F16C for f16 weights). Compiled with
+// KVSERVE_AVX512_FLAGS; only called when dispatch.cpp found the CPU supports them.
+// Everything here has internal linkage (see the ODR rule in isa.h).
+#include "kernels/cpu/isa.h"
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__)
+
+// GCC 12's intrinsic headers build "undefined" vectors as `__m512 y = y;`, which trips
+// -Wuninitialized once inlined (GCC bug 105593); the warning is about the header, not us.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+namespace kvs::cpu::detail {
+
+namespace {
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1); }
+
+// ---- float weights: y[i][o] = Σ_k w[o][k] · x[i][k] with 16 lanes of FMA ------------------
+// Each loader widens 16 weights at w + k (elements) to f32; the masked form reads only the
+// first `mask` lanes (row tails), so no read goes past the row.
+
+struct load_f32 {
+    static __m512 load(const uint8_t* w, int64_t k) {
+        return _mm512_loadu_ps(reinterpret_cast<const float*>(w) + k);
+    }
+    static __m512 load_mask(const uint8_t* w, int64_t k, __mmask16 m) {
+        return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(w) + k);
+    }
+};
+
+struct load_f16 {
+    static __m512 load(const uint8_t* w, int64_t k) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2 * k)));
+    }
+    static __m512 load_mask(const uint8_t* w, int64_t k, __mmask16 m) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + 2 * k));
+    }
+};
+
+// bf16 is the top half of an f32: zero-extend to 32 bits and shift into place (exact).
+struct load_bf16 {
+    static __m512 load(const uint8_t* w, int64_t k) {
+        __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2 * k));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    static __m512 load_mask(const uint8_t* w, int64_t k, __mmask16 m) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, w + 2 * k);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+};
+
+// Micro-kernel: RX x rows × RW weight rows, full n_in. Every weight vector loaded (and
+// converted) is used RX times, every x vector RW times: RX·RW FMAs per RX + RW loads.
+template <class L, int RX, int RW>
+void float_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
+    const auto* x = static_cast<const float*>(t.x) + i0 * t.x_stride;
+    const uint8_t* w = t.w + size_t(o0) * t.w_row_bytes;
+    __m512 acc[RX][RW];
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) acc[i][r] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= t.n_in; k += 16) {
+        __m512 wv[RW];
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) wv[r] = L::load(w + size_t(r) * t.w_row_bytes, k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RX; ++i) {
+            __m512 xv = _mm512_loadu_ps(x + i * t.x_stride + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < RW; ++r) acc[i][r] = _mm512_fmadd_ps(wv[r], xv, acc[i][r]);
+        }
+    }
+    if (k < t.n_in) {
+        __mmask16 m = tail_mask(t.n_in - k);
+        __m512 wv[RW];
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) wv[r] = L::load_mask(w + size_t(r) * t.w_row_bytes, k, m);
+#pragma GCC unroll 4
+        for (int i = 0; i < RX; ++i) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + i * t.x_stride + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < RW; ++r) acc[i][r] = _mm512_fmadd_ps(wv[r], xv, acc[i][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) t.y[(i0 + i) * t.ldy + o0 + r] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+// ---- quantized weights: integer block dots with VNNI ----------------------------------------
+// A block of 32 weights becomes 32 unsigned codes u (one ymm) with value w = (u - c) · dw;
+// the activations are 32 signed bytes qx with scale dx and sum sx. vpdpbusd multiplies
+// unsigned × signed bytes and adds groups of 4 into 8 int32 lanes, starting from a bias
+// vector holding -c·sx in lane 0, so the lanes sum to Σ (u - c)·qx exactly.
+
+struct codes_q8_0 {  // u = q + 128 (flip the sign bit), c = 128
+    static constexpr int block_bytes = 34;
+    static constexpr int32_t offset = 128;
+    static constexpr bool has_min = false;
+    static __m256i codes(const uint8_t* blk) {
+        __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        return _mm256_xor_si256(q, _mm256_set1_epi8(char(0x80)));
+    }
+    static float min(const uint8_t*) { return 0.0f; }
+};
+
+// Nibbles: low nibbles are elements 0..15, high nibbles 16..31; put them in the low and
+// high 128-bit halves of one ymm.
+__m256i nibbles_to_bytes(const uint8_t* qs) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+struct codes_q4_0 {  // u = nibble, c = 8
+    static constexpr int block_bytes = 18;
+    static constexpr int32_t offset = 8;
+    static constexpr bool has_min = false;
+    static __m256i codes(const uint8_t* blk) { return nibbles_to_bytes(blk + 2); }
+    static float min(const uint8_t*) { return 0.0f; }
+};
+
+struct codes_q4_1 {  // u = nibble, c = 0, plus the block minimum m: w = u·dw + m
+    static constexpr int block_bytes = 20;
+    static constexpr int32_t offset = 0;
+    static constexpr bool has_min = true;
+    static __m256i codes(const uint8_t* blk) { return nibbles_to_bytes(blk + 4); }
+    static float min(const uint8_t* blk) {
+        return _cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk + 2));
+    }
+};
+
+// Micro-kernel: RX x rows × RW weight rows. Per block: RW weight decodes shared by RX rows,
+// then per (x row, weight row) pair one vpdpbusd, one convert, one scale, one FMA.
+// q4_1's minimum adds m·dx·sx per block, folded in as lane 0 of a float vector.
+template <class C, int RX, int RW>
+void quant_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
+    const auto& x = *static_cast<const q8_rows*>(t.x);
+    const int64_t nb = t.n_in / 32;
+    const uint8_t* w = t.w + size_t(o0) * t.w_row_bytes;
+    __m256 acc[RX][RW];
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) acc[i][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m256i wq[RW];
+        __m256 dw[RW];
+        __m256 mw[RW];
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) {
+            const uint8_t* blk = w + size_t(r) * t.w_row_bytes + size_t(b) * C::block_bytes;
+            wq[r] = C::codes(blk);
+            dw[r] = _mm256_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)));
+            if constexpr (C::has_min) mw[r] = _mm256_set1_ps(C::min(blk));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < RX; ++i) {
+            const int64_t row = i0 + i;
+            __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + row * t.n_in + b * 32));
+            const int32_t sx = x.s[row * nb + b];
+            __m256i bias = _mm256_setzero_si256();
+            if constexpr (C::offset != 0) bias = _mm256_castsi128_si256(_mm_cvtsi32_si128(-C::offset * sx));
+            __m256 dx = _mm256_set1_ps(x.d[row * nb + b]);
+            __m256 sxv = _mm256_setzero_ps();
+            if constexpr (C::has_min) sxv = _mm256_castps128_ps256(_mm_set_ss(float(sx)));
+#pragma GCC unroll 8
+            for (int r = 0; r < RW; ++r) {
+                __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(bias, wq[r], xq));
+                __m256 s = _mm256_mul_ps(p, dw[r]);
+                if constexpr (C::has_min) s = _mm256_fmadd_ps(mw[r], sxv, s);
+                acc[i][r] = _mm256_fmadd_ps(s, dx, acc[i][r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) t.y[(i0 + i) * t.ldy + o0 + r] = hsum256(acc[i][r]);
+}
+
+// ---- tile drivers ----------------------------------------------------------------------------
+// Walks the tile in RW-row weight groups (outer, so each group stays in L1/L2) and RX-row x
+// groups (inner), with smaller kernels for the edges. Decode (m = 1) uses wider weight
+// groups: more independent accumulators and loads in flight.
+
+template <class P, int RX, int RW>
+struct float_kernel {
+    static void run(const gemm_tile& t, int64_t i0, int64_t o0) { float_micro<P, RX, RW>(t, i0, o0); }
+};
+template <class P, int RX, int RW>
+struct quant_kernel {
+    static void run(const gemm_tile& t, int64_t i0, int64_t o0) { quant_micro<P, RX, RW>(t, i0, o0); }
+};
+
+template <template <class, int, int> class K, class P, int RW>
+void x_rows(const gemm_tile& t, int64_t o0) {
+    int64_t i = 0;
+    for (; i + 4 <= t.m; i += 4) K<P, 4, RW>::run(t, i, o0);
+    switch (t.m - i) {
+        case 3: K<P, 3, RW>::run(t, i, o0); break;
+        case 2: K<P, 2, RW>::run(t, i, o0); break;
+        case 1: K<P, 1, RW>::run(t, i, o0); break;
+        default: break;
+    }
+}
+
+template <template <class, int, int> class K, class P>
+void drive(const gemm_tile& t) {
+    int64_t o = 0;
+    if (t.m == 1) {
+        for (; o + 8 <= t.n_o; o += 8) K<P, 1, 8>::run(t, 0, o);
+    }
+    for (; o + 4 <= t.n_o; o += 4) x_rows<K, P, 4>(t, o);
+    for (; o < t.n_o; ++o) x_rows<K, P, 1>(t, o);
+}
+
+void gemm_f32(const gemm_tile& t) { drive<float_kernel, load_f32>(t); }
+void gemm_f16(const gemm_tile& t) { drive<float_kernel, load_f16>(t); }
+void gemm_bf16(const gemm_tile& t) { drive<float_kernel, load_bf16>(t); }
+void gemm_q8_0(const gemm_tile& t) { drive<quant_kernel, codes_q8_0>(t); }
+void gemm_q4_0(const gemm_tile& t) { drive<quant_kernel, codes_q4_0>(t); }
+void gemm_q4_1(const gemm_tile& t) { drive<quant_kernel, codes_q4_1>(t); }
+
+// ---- activation quantization and dot ---------------------------------------------------------
+
+// Same arithmetic as the scalar path: d = amax / 127, q = RNE(x · 127 / amax) (vcvtps2dq
+// rounds to nearest even under the default MXCSR), so all paths produce identical bytes.
+void quantize_q8_row(const float* x, int64_t n, int8_t* qs, float* d, int32_t* s) {
+    const __m512 sign_off = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (int64_t b = 0; b < n / 32; ++b) {
+        __m512 v0 = _mm512_loadu_ps(x + b * 32);
+        __m512 v1 = _mm512_loadu_ps(x + b * 32 + 16);
+        __m512 a = _mm512_max_ps(_mm512_and_ps(v0, sign_off), _mm512_and_ps(v1, sign_off));
+        float amax = _mm512_reduce_max_ps(a);
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
+        d[b] = amax / 127.0f;
+        s[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+        acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), acc3);
+    }
+    for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+}
+
+constexpr kernel_table table{gemm_f32,  gemm_f16,  gemm_bf16,       gemm_q8_0,
+                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32};
+
+}  // namespace
+
+const kernel_table* kernels_avx512() { return &table; }
+
+}  // namespace kvs::cpu::detail
+
+#else
+
+namespace kvs::cpu::detail {
+const kernel_table* kernels_avx512() { return nullptr; }
+}  // namespace kvs::cpu::detail
+
+#endif

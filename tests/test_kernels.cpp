@@ -1,0 +1,379 @@
+// CPU kernels against their float64 references, for every dtype and every ISA path that is
+// compiled and supported here; plus the thread pool they run on.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
+#include "test_util.h"
+
+namespace kvs::cpu {
+namespace {
+
+std::vector<isa> supported_isas() {
+    std::vector<isa> out;
+    for (isa i : {isa::scalar, isa::avx2, isa::avx512}) {
+        if (isa_supported(i)) out.push_back(i);
+    }
+    return out;
+}
+
+// Restores the default dispatch even when an assertion returns early.
+struct isa_scope {
+    explicit isa_scope(isa i) { isa_override(i); }
+    ~isa_scope() { isa_reset(); }
+};
+
+// ---- dispatch ---------------------------------------------------------------------------------
+
+TEST(Isa, ScalarAlwaysAvailableAndOverrideWorks) {
+    EXPECT_TRUE(isa_compiled(isa::scalar));
+    EXPECT_TRUE(isa_supported(isa::scalar));
+    for (isa i : supported_isas()) {
+        isa_override(i);
+        EXPECT_EQ(isa_active(), i) << isa_name(i);
+    }
+    isa_reset();
+    isa best = supported_isas().back();
+    EXPECT_EQ(isa_active(), best);
+    EXPECT_STREQ(isa_name(isa::avx512), "avx512");
+#if defined(__x86_64__)
+    EXPECT_TRUE(isa_compiled(isa::avx2));
+    EXPECT_TRUE(isa_compiled(isa::avx512));
+#endif
+}
+
+// ---- matmul -------------------------------------------------------------------------------------
+
+struct weights {
+    std::vector<uint8_t> bytes;  // (n_out, row_bytes)
+    weight_view view;
+};
+
+weights make_weights(dtype t, int64_t n_out, int64_t n_in, uint64_t seed) {
+    weights w;
+    std::vector<float> f = test::random_floats(n_out * n_in, seed, 0.5f);
+    size_t row_bytes = dtype_row_bytes(t, n_in);
+    w.bytes.resize(size_t(n_out) * row_bytes);
+    for (int64_t o = 0; o < n_out; ++o) {
+        EXPECT_TRUE(quantize_row(t, f.data() + o * n_in, w.bytes.data() + size_t(o) * row_bytes, n_in));
+    }
+    w.view = {w.bytes.data(), t, n_out, n_in};
+    return w;
+}
+
+// Tolerance of matmul against ref::matmul (which uses the dequantized weights and the exact
+// x): float weights only differ by float accumulation; quantized weights also quantize x to
+// 8 bits per block of 32 (relative noise ≈ 0.4% for uniform data).
+double tolerance(dtype t) {
+    switch (t) {
+        case dtype::f32: return 1e-6;
+        case dtype::f16:
+        case dtype::bf16: return 1e-5;
+        default: return 1e-2;
+    }
+}
+
+struct shape {
+    int64_t n_in, n_out;
+};
+
+std::vector<shape> shapes_for(dtype t) {
+    std::vector<shape> s = {{96, 37}, {544, 19}, {32, 5}, {256, 130}};
+    if (dtype_info(t).block_size == 1) {
+        s.push_back({37, 23});  // row tails shorter than a vector
+        s.push_back({100, 9});
+    }
+    return s;
+}
+
+class MatmulTest : public ::testing::TestWithParam<dtype> {};
+
+TEST_P(MatmulTest, MatchesReferenceOnEveryIsa) {
+    const dtype t = GetParam();
+    ASSERT_TRUE(matmul_supported(t));
+    for (shape sh : shapes_for(t)) {
+        weights w = make_weights(t, sh.n_out, sh.n_in, 11 + uint64_t(sh.n_in));
+        for (int64_t m : {1, 3, 7, 64, 130}) {
+            std::vector<float> x = test::random_floats(m * sh.n_in, 5 + uint64_t(m), 2.0f);
+            std::vector<float> want(size_t(m * sh.n_out));
+            ref::matmul(w.view, x.data(), m, want.data());
+            std::vector<float> scalar_y;
+            for (isa i : supported_isas()) {
+                isa_scope scope(i);
+                for (int n_threads : {1, 2}) {
+                    thread_pool pool(n_threads);
+                    std::vector<float> y(size_t(m * sh.n_out), -12345.0f);
+                    matmul(w.view, x.data(), m, y.data(), pool);
+                    double err = test::nmse_norm(y.data(), want.data(), m * sh.n_out);
+                    EXPECT_LE(err, tolerance(t))
+                        << dtype_name(t) << " isa " << isa_name(i) << " threads " << n_threads
+                        << " m " << m << " n_in " << sh.n_in << " n_out " << sh.n_out;
+                    // Every path computes the same integer block dots (quantized) or the same
+                    // products (float), so paths agree far more closely than with the
+                    // reference: this catches a wrong block or lane that the looser
+                    // quantization tolerance could hide.
+                    if (scalar_y.empty()) {
+                        scalar_y = y;
+                    } else {
+                        EXPECT_LE(test::nmse_norm(y.data(), scalar_y.data(), m * sh.n_out), 2e-6)
+                            << dtype_name(t) << " isa " << isa_name(i) << " vs scalar, m " << m
+                            << " n_in " << sh.n_in;
+                    }
+                }
+            }
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDtypes, MatmulTest,
+                         ::testing::Values(dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0,
+                                           dtype::q4_1),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// The tolerance is meaningful: a single flipped weight row is detected.
+TEST(Matmul, ToleranceDetectsAWrongRow) {
+    weights w = make_weights(dtype::q4_0, 16, 64, 3);
+    std::vector<float> x = test::random_floats(64, 4);
+    std::vector<float> want(16), y(16);
+    ref::matmul(w.view, x.data(), 1, want.data());
+    thread_pool pool(1);
+    matmul(w.view, x.data(), 1, y.data(), pool);
+    EXPECT_LE(test::nmse_norm(y.data(), want.data(), 16), tolerance(dtype::q4_0));
+    y[5] = -y[5];
+    EXPECT_GT(test::nmse_norm(y.data(), want.data(), 16), tolerance(dtype::q4_0));
+}
+
+// Exact small case: integer-valued weights and x that quantize without loss (|x| ≤ 127 with
+// max 127 in each block, so d = 1) give exact integer results on every path.
+TEST(Matmul, ExactOnLosslessQ8Inputs) {
+    const int64_t n_in = 64, n_out = 6, m = 5;
+    std::vector<float> wf(size_t(n_out * n_in)), x(size_t(m * n_in));
+    for (int64_t i = 0; i < n_out * n_in; ++i) wf[size_t(i)] = float(int(i * 37 % 255) - 127);
+    for (int64_t i = 0; i < m * n_in; ++i) x[size_t(i)] = float(int(i * 91 % 255) - 127);
+    for (int64_t b = 0; b < (n_out * n_in) / 32; ++b) wf[size_t(b * 32)] = 127.0f;  // d = 1 exactly
+    for (int64_t b = 0; b < (m * n_in) / 32; ++b) x[size_t(b * 32)] = 127.0f;
+    std::vector<uint8_t> wq(size_t(n_out) * dtype_row_bytes(dtype::q8_0, n_in));
+    ASSERT_TRUE(quantize_row(dtype::q8_0, wf.data(), wq.data(), n_out * n_in));
+    weight_view wv{wq.data(), dtype::q8_0, n_out, n_in};
+    for (isa i : supported_isas()) {
+        isa_scope scope(i);
+        thread_pool pool(2);
+        std::vector<float> y(size_t(m * n_out));
+        matmul(wv, x.data(), m, y.data(), pool);
+        for (int64_t r = 0; r < m; ++r) {
+            for (int64_t o = 0; o < n_out; ++o) {
+                double want = 0;
+                for (int64_t k = 0; k < n_in; ++k) want += double(wf[size_t(o * n_in + k)]) * x[size_t(r * n_in + k)];
+                EXPECT_EQ(y[size_t(r * n_out + o)], float(want)) << isa_name(i) << " " << r << "," << o;
+            }
+        }
+    }
+}
+
+TEST(Matmul, UnsupportedDtypeWritesNaN) {
+    EXPECT_FALSE(matmul_supported(dtype::q6_k));
+    EXPECT_FALSE(matmul_supported(dtype::i32));
+    std::vector<uint8_t> w(2 * 210);
+    weight_view wv{w.data(), dtype::q6_k, 2, 256};
+    std::vector<float> x(256, 1.0f), y(2, 0.0f);
+    thread_pool pool(1);
+    matmul(wv, x.data(), 1, y.data(), pool);
+    EXPECT_TRUE(std::isnan(y[0]) && std::isnan(y[1]));
+}
+
+// ---- elementwise kernels -------------------------------------------------------------------------
+
+TEST(Rmsnorm, MatchesReferenceAndFormula) {
+    for (int64_t n : {1, 7, 64, 2048, 2049}) {
+        std::vector<float> x = test::random_floats(n, 1 + uint64_t(n), 3.0f);
+        std::vector<float> w = test::random_floats(n, 2 + uint64_t(n), 1.5f);
+        std::vector<float> y(static_cast<size_t>(n)), r(static_cast<size_t>(n));
+        rmsnorm(x.data(), w.data(), y.data(), n, 1e-5f);
+        ref::rmsnorm(x.data(), w.data(), r.data(), n, 1e-5f);
+        double ss = 0;
+        for (float v : x) ss += double(v) * v;
+        std::vector<double> want(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) want[size_t(i)] = x[size_t(i)] / std::sqrt(ss / double(n) + 1e-5) * w[size_t(i)];
+        EXPECT_LE(test::nmse_norm(y.data(), want.data(), n), 1e-6) << n;
+        EXPECT_LE(test::nmse_norm(r.data(), want.data(), n), 1e-7) << n;
+    }
+}
+
+// Direct formula: theta_i = pos · scale · base^(-2i/n_rot), pairs per layout.
+std::vector<double> rope_formula(const std::vector<float>& x, int64_t n_head, int64_t head_dim, int64_t n_rot,
+                                 int64_t pos, double base, double scale, rope_layout layout) {
+    std::vector<double> out(x.begin(), x.end());
+    for (int64_t h = 0; h < n_head; ++h) {
+        for (int64_t i = 0; i < n_rot / 2; ++i) {
+            double th = double(pos) * scale * std::pow(base, -2.0 * double(i) / double(n_rot));
+            int64_t a = h * head_dim + (layout == rope_layout::normal ? 2 * i : i);
+            int64_t b = h * head_dim + (layout == rope_layout::normal ? 2 * i + 1 : i + n_rot / 2);
+            out[size_t(a)] = x[size_t(a)] * std::cos(th) - x[size_t(b)] * std::sin(th);
+            out[size_t(b)] = x[size_t(a)] * std::sin(th) + x[size_t(b)] * std::cos(th);
+        }
+    }
+    return out;
+}
+
+TEST(Rope, BothLayoutsMatchFormula) {
+    const int64_t n_head = 3, head_dim = 64;
+    for (rope_layout layout : {rope_layout::normal, rope_layout::neox}) {
+        for (int64_t n_rot : {64, 32}) {
+            for (int64_t pos : {0, 1, 17, 4095, 100000}) {
+                std::vector<float> x = test::random_floats(n_head * head_dim, uint64_t(pos) + 3);
+                std::vector<double> want = rope_formula(x, n_head, head_dim, n_rot, pos, 10000.0, 0.5, layout);
+                std::vector<float> y = x, r = x;
+                rope(y.data(), n_head, head_dim, n_rot, pos, 10000.0f, 0.5f, layout);
+                ref::rope(r.data(), n_head, head_dim, n_rot, pos, 10000.0f, 0.5f, layout);
+                EXPECT_LE(test::nmse_norm(y.data(), want.data(), n_head * head_dim), 1e-6)
+                    << int(layout) << " n_rot " << n_rot << " pos " << pos;
+                EXPECT_LE(test::nmse_norm(r.data(), want.data(), n_head * head_dim), 1e-7);
+                // Dims past n_rot are untouched.
+                for (int64_t h = 0; h < n_head; ++h)
+                    for (int64_t d = n_rot; d < head_dim; ++d)
+                        EXPECT_EQ(y[size_t(h * head_dim + d)], x[size_t(h * head_dim + d)]);
+            }
+        }
+    }
+}
+
+TEST(Rope, LayoutsDiffer) {
+    std::vector<float> a = test::random_floats(64, 9), b = a;
+    rope(a.data(), 1, 64, 64, 5, 10000.0f, 1.0f, rope_layout::normal);
+    rope(b.data(), 1, 64, 64, 5, 10000.0f, 1.0f, rope_layout::neox);
+    EXPECT_GT(test::nmse_norm(a.data(), b.data(), 64), 1e-2);
+}
+
+TEST(Swiglu, MatchesReferenceAndKnownValues) {
+    const int64_t n = 1000;
+    std::vector<float> g = test::random_floats(n, 1, 8.0f), u = test::random_floats(n, 2, 2.0f);
+    g[0] = 0.0f;
+    g[1] = -100.0f;
+    g[2] = 100.0f;
+    u[2] = 1.0f;
+    std::vector<float> y(n), r(n);
+    swiglu(g.data(), u.data(), y.data(), n);
+    ref::swiglu(g.data(), u.data(), r.data(), n);
+    std::vector<double> want(n);
+    for (int64_t i = 0; i < n; ++i) want[size_t(i)] = double(g[size_t(i)]) / (1.0 + std::exp(-double(g[size_t(i)]))) * u[size_t(i)];
+    EXPECT_LE(test::nmse_norm(y.data(), want.data(), n), 1e-6);
+    EXPECT_LE(test::nmse_norm(r.data(), want.data(), n), 1e-7);
+    EXPECT_EQ(y[0], 0.0f);
+    EXPECT_NEAR(y[1], 0.0f, 1e-30);
+    EXPECT_FLOAT_EQ(y[2], 100.0f);
+}
+
+TEST(Softmax, MatchesReferenceAndReturnsLse) {
+    for (int64_t n : {1, 5, 100, 4096}) {
+        std::vector<float> x = test::random_floats(n, uint64_t(n), 20.0f);
+        x[0] = 1000.0f;  // large values must not overflow
+        double mx = -1e300;
+        for (float v : x) mx = std::max(mx, double(v));
+        double sum = 0;
+        for (float v : x) sum += std::exp(double(v) - mx);
+        std::vector<double> want(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) want[size_t(i)] = std::exp(double(x[size_t(i)]) - mx) / sum;
+        const double lse = std::log(sum) + mx;
+        std::vector<float> y = x, r = x;
+        float got_lse = softmax(y.data(), n);
+        float ref_lse = ref::softmax(r.data(), n);
+        EXPECT_LE(test::nmse_norm(y.data(), want.data(), n), 1e-6) << n;
+        EXPECT_LE(test::nmse_norm(r.data(), want.data(), n), 1e-7) << n;
+        EXPECT_NEAR(got_lse, lse, 1e-6 * std::fabs(lse)) << n;
+        EXPECT_NEAR(ref_lse, lse, 1e-6 * std::fabs(lse)) << n;
+        double total = 0;
+        for (float v : y) total += v;
+        EXPECT_NEAR(total, 1.0, 1e-5);
+    }
+}
+
+TEST(Softmax, SmallKnownCaseAndMaskedRows) {
+    float x[3] = {0.0f, std::log(3.0f), -std::numeric_limits<float>::infinity()};
+    float lse = softmax(x, 3);
+    EXPECT_NEAR(x[0], 0.25f, 1e-7);
+    EXPECT_NEAR(x[1], 0.75f, 1e-7);
+    EXPECT_EQ(x[2], 0.0f);
+    EXPECT_NEAR(lse, std::log(4.0f), 1e-6);
+    float masked[4];
+    for (float& v : masked) v = -std::numeric_limits<float>::infinity();
+    EXPECT_EQ(softmax(masked, 4), -std::numeric_limits<float>::infinity());
+    for (float v : masked) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(DotF32, EveryIsaMatchesDouble) {
+    for (isa i : supported_isas()) {
+        isa_scope scope(i);
+        for (int64_t n : {0, 1, 7, 16, 17, 63, 100, 1000, 4099}) {
+            std::vector<float> a = test::random_floats(n, 1 + uint64_t(n)), b = test::random_floats(n, 2 + uint64_t(n));
+            double want = 0, mag = 0;
+            for (int64_t k = 0; k < n; ++k) {
+                want += double(a[size_t(k)]) * b[size_t(k)];
+                mag += std::fabs(double(a[size_t(k)]) * b[size_t(k)]);
+            }
+            float got = dot_f32(a.data(), b.data(), n);
+            EXPECT_NEAR(got, want, 1e-6 * mag + 1e-30) << isa_name(i) << " n " << n;
+        }
+    }
+}
+
+// ---- thread pool ----------------------------------------------------------------------------------
+
+TEST(ThreadPool, EveryTaskRunsExactlyOnce) {
+    for (int n_threads : {1, 2, 3, 5}) {
+        thread_pool pool(n_threads);
+        EXPECT_EQ(pool.n_threads(), n_threads);
+        for (int64_t n_tasks : {0, 1, 2, 3, 17, 1000}) {
+            std::vector<std::atomic<int>> hits(static_cast<size_t>(n_tasks));
+            std::atomic<bool> bad_thread{false};
+            pool.run(n_tasks, [&](int64_t t, int th) {
+                hits[size_t(t)].fetch_add(1);
+                if (th < 0 || th >= n_threads) bad_thread = true;
+            });
+            for (int64_t t = 0; t < n_tasks; ++t) EXPECT_EQ(hits[size_t(t)].load(), 1) << n_threads << " " << t;
+            EXPECT_FALSE(bad_thread);
+        }
+    }
+}
+
+// Many back-to-back jobs (workers spinning) and jobs separated by pauses long enough for the
+// workers to fall asleep: a lost wake-up would hang, a late worker would corrupt the count.
+TEST(ThreadPool, RepeatedRunsSpinningAndSleeping) {
+    thread_pool pool(3);
+    int64_t total = 0;
+    std::vector<int64_t> per_task(64, 0);
+    for (int iter = 0; iter < 20000; ++iter) {
+        int64_t n = 1 + iter % 64;
+        pool.run(n, [&](int64_t t, int) { per_task[size_t(t)] += 1; });  // distinct tasks: no race
+        total += n;
+        if (iter % 4000 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    int64_t sum = 0;
+    for (int64_t v : per_task) sum += v;
+    EXPECT_EQ(sum, total);
+}
+
+TEST(ThreadPool, WorkIsSharedAndPoolsComeAndGo) {
+    for (int rep = 0; rep < 10; ++rep) {
+        thread_pool pool(2);
+        std::atomic<int> seen_mask{0};
+        pool.run(64, [&](int64_t, int th) {
+            seen_mask.fetch_or(1 << th);
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        });
+        // With 64 tasks of 1 ms each (sleeping, so even a busy machine runs both), both
+        // threads take some.
+        EXPECT_EQ(seen_mask.load(), 3) << rep;
+    }
+}
+
+}  // namespace
+}  // namespace kvs::cpu
