@@ -110,43 +110,14 @@ void float_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
 struct codes_q8_0 {  // u = q + 128 (flip the sign bit), c = 128
     static constexpr int block_bytes = 34;
     static constexpr int32_t offset = 128;
-    static constexpr bool has_min = false;
     static __m256i codes(const uint8_t* blk) {
         __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
         return _mm256_xor_si256(q, _mm256_set1_epi8(char(0x80)));
     }
-    static float min(const uint8_t*) { return 0.0f; }
 };
 
-// Nibbles: low nibbles are elements 0..15, high nibbles 16..31; put them in the low and
-// high 128-bit halves of one ymm.
-__m256i nibbles_to_bytes(const uint8_t* qs) {
-    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-}
-
-struct codes_q4_0 {  // u = nibble, c = 8
-    static constexpr int block_bytes = 18;
-    static constexpr int32_t offset = 8;
-    static constexpr bool has_min = false;
-    static __m256i codes(const uint8_t* blk) { return nibbles_to_bytes(blk + 2); }
-    static float min(const uint8_t*) { return 0.0f; }
-};
-
-struct codes_q4_1 {  // u = nibble, c = 0, plus the block minimum m: w = u·dw + m
-    static constexpr int block_bytes = 20;
-    static constexpr int32_t offset = 0;
-    static constexpr bool has_min = true;
-    static __m256i codes(const uint8_t* blk) { return nibbles_to_bytes(blk + 4); }
-    static float min(const uint8_t* blk) {
-        return _cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk + 2));
-    }
-};
-
-// Micro-kernel: RX x rows × RW weight rows. Per block: RW weight decodes shared by RX rows,
-// then per (x row, weight row) pair one vpdpbusd, one convert, one scale, one FMA.
-// q4_1's minimum adds m·dx·sx per block, folded in as lane 0 of a float vector.
+// Micro-kernel (q8_0): RX x rows × RW weight rows. Per block: RW weight decodes shared by
+// RX rows, then per (x row, weight row) pair one vpdpbusd, one convert, one scale, one FMA.
 template <class C, int RX, int RW>
 void quant_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
     const auto& x = *static_cast<const q8_rows*>(t.x);
@@ -160,13 +131,11 @@ void quant_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
     for (int64_t b = 0; b < nb; ++b) {
         __m256i wq[RW];
         __m256 dw[RW];
-        __m256 mw[RW];
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) {
             const uint8_t* blk = w + size_t(r) * t.w_row_bytes + size_t(b) * C::block_bytes;
             wq[r] = C::codes(blk);
             dw[r] = _mm256_set1_ps(_cvtsh_ss(*reinterpret_cast<const uint16_t*>(blk)));
-            if constexpr (C::has_min) mw[r] = _mm256_set1_ps(C::min(blk));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < RX; ++i) {
@@ -176,17 +145,111 @@ void quant_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
             __m256i bias = _mm256_setzero_si256();
             if constexpr (C::offset != 0) bias = _mm256_castsi128_si256(_mm_cvtsi32_si128(-C::offset * sx));
             __m256 dx = _mm256_set1_ps(x.d[row * nb + b]);
-            __m256 sxv = _mm256_setzero_ps();
-            if constexpr (C::has_min) sxv = _mm256_castps128_ps256(_mm_set_ss(float(sx)));
 #pragma GCC unroll 8
             for (int r = 0; r < RW; ++r) {
                 __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(bias, wq[r], xq));
-                __m256 s = _mm256_mul_ps(p, dw[r]);
-                if constexpr (C::has_min) s = _mm256_fmadd_ps(mw[r], sxv, s);
-                acc[i][r] = _mm256_fmadd_ps(s, dx, acc[i][r]);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_mul_ps(p, dw[r]), dx, acc[i][r]);
             }
         }
     }
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) t.y[(i0 + i) * t.ldy + o0 + r] = hsum256(acc[i][r]);
+}
+
+// Nibble formats, two blocks per ymm. One ymm holds the 16 code bytes of block b (low
+// half) and of block b+1 (high half); masking gives the low nibbles [b 0..15 | b+1 0..15]
+// and shifting the high nibbles [b 16..31 | b+1 16..31]. The x bytes are gathered in the same
+// order (amortized over the RW weight rows), so after two vpdpbusd lanes 0-3 hold block b's dot
+// and lanes 4-7 block b+1's, and one convert / scale / FMA serves both blocks: per pair of
+// blocks about 14 vector ops per row instead of 22 for one block at a time.
+struct nibble_q4_0 {
+    static constexpr int block_bytes = 18, qs_offset = 2;
+    static constexpr int32_t offset = 8;
+    static constexpr bool has_min = false;
+};
+struct nibble_q4_1 {
+    static constexpr int block_bytes = 20, qs_offset = 4;
+    static constexpr int32_t offset = 0;
+    static constexpr bool has_min = true;
+};
+
+uint16_t load_u16(const uint8_t* p) {
+    uint16_t v;
+    __builtin_memcpy(&v, p, 2);
+    return v;
+}
+
+// [f(h0) ×4, f(h1) ×4] from two f16 values.
+__m256 pair_halves(uint16_t h0, uint16_t h1) {
+    __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(int(uint32_t(h0) | (uint32_t(h1) << 16))));
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(f), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
+// [lo ×4, hi ×4] from two floats; [lo, 0, 0, 0, hi, 0, 0, 0] for the lane-0 variant.
+__m256 pair_bcast(float lo, float hi) { return _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)); }
+__m256 pair_lane0(float lo, float hi) { return _mm256_set_m128(_mm_set_ss(hi), _mm_set_ss(lo)); }
+__m256i pair_lane0(int32_t lo, int32_t hi) {
+    return _mm256_set_m128i(_mm_cvtsi32_si128(hi), _mm_cvtsi32_si128(lo));
+}
+
+// Blocks b and b+1 (or only b when !two: the high half is zeroed and contributes nothing).
+template <class C, int RX, int RW, bool two>
+inline void nibble_step(const gemm_tile& t, const q8_rows& x, int64_t i0, const uint8_t* w, int64_t b,
+                        __m256 (&acc)[RX][RW]) {
+    const int64_t nb = t.n_in / 32;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i lo[RW], hi[RW];
+    __m256 dw[RW], mw[RW];
+#pragma GCC unroll 8
+    for (int r = 0; r < RW; ++r) {
+        const uint8_t* b0 = w + size_t(r) * t.w_row_bytes + size_t(b) * C::block_bytes;
+        const uint8_t* b1 = b0 + C::block_bytes;
+        const auto* q0 = reinterpret_cast<const __m128i*>(b0 + C::qs_offset);
+        __m256i v = two ? _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(b1 + C::qs_offset), q0)
+                        : _mm256_zextsi128_si256(_mm_loadu_si128(q0));
+        lo[r] = _mm256_and_si256(v, m4);
+        hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        dw[r] = pair_halves(load_u16(b0), two ? load_u16(b1) : 0);
+        if constexpr (C::has_min) mw[r] = pair_halves(load_u16(b0 + 2), two ? load_u16(b1 + 2) : 0);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i) {
+        const int64_t row = i0 + i;
+        const int8_t* xb = x.qs + row * t.n_in + b * 32;
+        const auto* xp = reinterpret_cast<const __m128i*>(xb);
+        __m256i xlo = two ? _mm256_loadu2_m128i(xp + 2, xp) : _mm256_zextsi128_si256(_mm_loadu_si128(xp));
+        __m256i xhi = two ? _mm256_loadu2_m128i(xp + 3, xp + 1) : _mm256_zextsi128_si256(_mm_loadu_si128(xp + 1));
+        const int32_t s0 = x.s[row * nb + b], s1 = two ? x.s[row * nb + b + 1] : 0;
+        const __m256 dx = pair_bcast(x.d[row * nb + b], two ? x.d[row * nb + b + 1] : 0.0f);
+        __m256i bias = _mm256_setzero_si256();
+        if constexpr (C::offset != 0) bias = pair_lane0(-C::offset * s0, -C::offset * s1);
+        __m256 sx = _mm256_setzero_ps();
+        if constexpr (C::has_min) sx = pair_lane0(float(s0), float(s1));
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) {
+            __m256i p = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(bias, lo[r], xlo), hi[r], xhi);
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(p), dw[r]);
+            if constexpr (C::has_min) f = _mm256_fmadd_ps(mw[r], sx, f);
+            acc[i][r] = _mm256_fmadd_ps(f, dx, acc[i][r]);
+        }
+    }
+}
+
+template <class C, int RX, int RW>
+void nibble_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
+    const auto& x = *static_cast<const q8_rows*>(t.x);
+    const int64_t nb = t.n_in / 32;
+    const uint8_t* w = t.w + size_t(o0) * t.w_row_bytes;
+    __m256 acc[RX][RW];
+#pragma GCC unroll 4
+    for (int i = 0; i < RX; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < RW; ++r) acc[i][r] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) nibble_step<C, RX, RW, true>(t, x, i0, w, b, acc);
+    if (b < nb) nibble_step<C, RX, RW, false>(t, x, i0, w, b, acc);
 #pragma GCC unroll 4
     for (int i = 0; i < RX; ++i)
 #pragma GCC unroll 8
@@ -201,6 +264,10 @@ void quant_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
 template <class P, int RX, int RW>
 struct float_kernel {
     static void run(const gemm_tile& t, int64_t i0, int64_t o0) { float_micro<P, RX, RW>(t, i0, o0); }
+};
+template <class P, int RX, int RW>
+struct nibble_kernel {
+    static void run(const gemm_tile& t, int64_t i0, int64_t o0) { nibble_micro<P, RX, RW>(t, i0, o0); }
 };
 template <class P, int RX, int RW>
 struct quant_kernel {
@@ -233,8 +300,8 @@ void gemm_f32(const gemm_tile& t) { drive<float_kernel, load_f32>(t); }
 void gemm_f16(const gemm_tile& t) { drive<float_kernel, load_f16>(t); }
 void gemm_bf16(const gemm_tile& t) { drive<float_kernel, load_bf16>(t); }
 void gemm_q8_0(const gemm_tile& t) { drive<quant_kernel, codes_q8_0>(t); }
-void gemm_q4_0(const gemm_tile& t) { drive<quant_kernel, codes_q4_0>(t); }
-void gemm_q4_1(const gemm_tile& t) { drive<quant_kernel, codes_q4_1>(t); }
+void gemm_q4_0(const gemm_tile& t) { drive<nibble_kernel, nibble_q4_0>(t); }
+void gemm_q4_1(const gemm_tile& t) { drive<nibble_kernel, nibble_q4_1>(t); }
 
 // ---- activation quantization and dot ---------------------------------------------------------
 
