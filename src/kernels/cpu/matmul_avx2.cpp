@@ -3,7 +3,20 @@
 // ODR rule in isa.h).
 #include "kernels/cpu/isa.h"
 
-#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// CMake passes the ISA flags for this file by its name (kvserve_isa_flags); should a build
+// miss them, GCC's target pragma enables the same instruction sets for this file alone, so
+// the path is never silently dropped. (In C++ the pragma does not define the ISA macros, so
+// the guard is our own.) Other compilers need the flags.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if !defined(__AVX2__)
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define KVS_ISA_PATH 1
+#elif defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define KVS_ISA_PATH 1
+#endif
+
+#if defined(KVS_ISA_PATH)
 
 // GCC 12's intrinsic headers build "undefined" vectors as `__m512 y = y;`, which trips
 // -Wuninitialized once inlined (GCC bug 105593); the warning is about the header, not us.
