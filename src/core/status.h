@@ -14,24 +14,28 @@ class status {
 public:
     status() = default;  // ok
     static status ok() { return {}; }
-    static status error(std::string message) {
+    static status error(std::string message, int code = 0) {
         status s;
         s.message_ = std::move(message);
         s.failed_ = true;
+        s.code_ = code;
         return s;
     }
+    // An optional machine-readable kind (e.g. an HTTP status the server maps it to); 0 = none.
+    int code() const { return code_; }
     bool is_ok() const { return !failed_; }
     explicit operator bool() const { return !failed_; }
     const std::string& message() const { return message_; }
     // Prepends context: status::error("bad dims").with_context("tensor x") -> "tensor x: bad dims".
     status with_context(const std::string& context) const {
         if (!failed_) return *this;
-        return error(context + ": " + message_);
+        return error(context + ": " + message_, code_);
     }
 
 private:
     std::string message_;
     bool failed_ = false;
+    int code_ = 0;
 };
 
 template <class T>

@@ -1,0 +1,112 @@
+#include "sched/engine.h"
+
+#include <chrono>
+#include <cstdio>
+
+namespace kvs {
+
+result<std::unique_ptr<engine>> engine::create(const llama_model& model, const tokenizer& tok, const engine_config& c) {
+    std::unique_ptr<engine> e(new engine());
+    const int32_t ps = c.page_size;
+    if (ps <= 0 || ps > 4096) return status::error(strfmt("page size %d is out of range", ps));
+    kv_config geom = model.kv_geometry(ps, 1);
+    const int64_t bytes_per_page = int64_t(ps) * 2 * geom.n_layer * geom.n_kv_head * geom.head_dim * int64_t(sizeof(float));
+    int64_t n_pages;
+    if (c.kv_tokens > 0) {
+        n_pages = kv_cache::pages_for(c.kv_tokens, ps);
+    } else if (c.kv_memory_bytes > 0) {
+        n_pages = c.kv_memory_bytes / bytes_per_page;
+    } else {
+        const int64_t n_ctx = c.sched.n_ctx > 0 ? c.sched.n_ctx : model.hparams().n_ctx_train;
+        n_pages = std::min<int64_t>(int64_t(c.sched.max_seqs) * kv_cache::pages_for(n_ctx, ps), (int64_t(2) << 30) / bytes_per_page);
+    }
+    if (n_pages < 1) return status::error("the KV memory budget is smaller than one page");
+    if (n_pages > (int64_t(1) << 30)) return status::error("the KV pool is too large");
+    geom.n_pages = int32_t(n_pages);
+    auto kv = kv_cache::create(geom);
+    if (!kv) return kv.error();
+    e->kv_ = std::move(kv.value());
+    e->pool_ = std::make_unique<thread_pool>(std::max(1, c.threads));
+    e->sched_ = std::make_unique<scheduler>(model, tok, *e->kv_, *e->pool_, c.sched);
+    e->max_queued_ = std::max<int32_t>(1, c.max_queued);
+    e->stats_.kv_pages_total = e->kv_->pool().n_pages();
+    e->thread_ = std::thread([p = e.get()] { p->loop(); });
+    return e;
+}
+
+engine::~engine() {
+    {
+        std::lock_guard<std::mutex> l(mu_);
+        accepting_ = false;
+        stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+result<std::shared_ptr<request_stream>> engine::submit(request_params params) {
+    status v = sched_->validate(params);
+    if (!v) return status::error(v.message(), 400);
+    auto stream = std::make_shared<request_stream>();
+    {
+        std::lock_guard<std::mutex> l(mu_);
+        if (!accepting_) return status::error("the server is shutting down", 503);
+        if (int32_t(inbox_.size()) + stats_.waiting >= max_queued_)
+            return status::error(strfmt("the queue is full (%d requests waiting)", max_queued_), 503);
+        inbox_.emplace_back(std::move(params), stream);
+    }
+    cv_.notify_all();
+    return stream;
+}
+
+engine_stats engine::stats() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return stats_;
+}
+
+void engine::shutdown(bool drain) {
+    std::unique_lock<std::mutex> l(mu_);
+    accepting_ = false;
+    if (drain) idle_cv_.wait(l, [&] { return inbox_.empty() && stats_.running == 0 && stats_.waiting == 0; });
+}
+
+void engine::loop() {
+    using clock = std::chrono::steady_clock;
+    std::vector<std::pair<request_params, std::shared_ptr<request_stream>>> incoming;
+    for (;;) {
+        {
+            std::unique_lock<std::mutex> l(mu_);
+            cv_.wait(l, [&] { return stop_ || !inbox_.empty() || !sched_->idle(); });
+            if (stop_) break;
+            incoming.swap(inbox_);
+        }
+        for (auto& [params, stream] : incoming) {
+            if (status s = sched_->submit(std::move(params), stream); !s) {
+                request_event ev;
+                ev.finish = finish_reason::error;
+                ev.error = s.message();
+                stream->set_expected(1);
+                stream->push(std::move(ev));
+            }
+        }
+        incoming.clear();
+        auto t0 = clock::now();
+        auto r = sched_->step();
+        const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+        if (!r) std::fprintf(stderr, "kvserve: step failed: %s\n", r.message().c_str());
+        {
+            std::lock_guard<std::mutex> l(mu_);
+            stats_.running = sched_->n_running();
+            stats_.waiting = sched_->n_waiting();
+            stats_.kv_pages_used = kv_->pool().n_used();
+            stats_.sched = sched_->metrics();
+            stats_.busy_seconds += dt;
+        }
+        idle_cv_.notify_all();
+    }
+    // Stopping: everything unfinished ends as cancelled.
+    sched_->cancel_all();
+    idle_cv_.notify_all();
+}
+
+}  // namespace kvs

@@ -1,0 +1,69 @@
+// The serving engine: one model, one KV page pool and one scheduler driven by a background
+// thread. Clients on any thread submit requests and read their events from request_streams.
+//
+// Contract: submit(), stats() and shutdown() are thread-safe. The model and tokenizer must
+// outlive the engine. A request is validated in the caller's thread (errors come back at once,
+// nothing is queued); a full queue is refused with code 503.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "sched/scheduler.h"
+
+namespace kvs {
+
+struct engine_config {
+    scheduler_config sched;
+    int32_t page_size = 16;       // tokens per KV page
+    int64_t kv_tokens = 0;        // pool capacity in tokens; 0 = from kv_memory_bytes
+    int64_t kv_memory_bytes = 0;  // pool size in bytes; 0 with kv_tokens 0 = max_seqs full contexts, capped at 2 GiB
+    int threads = 1;
+    int32_t max_queued = 256;     // waiting requests beyond this are refused (503)
+};
+
+struct engine_stats {
+    int32_t running = 0, waiting = 0;
+    int32_t kv_pages_total = 0, kv_pages_used = 0;
+    scheduler_metrics sched;
+    double busy_seconds = 0;      // time spent in steps
+};
+
+class engine {
+public:
+    static result<std::unique_ptr<engine>> create(const llama_model& model, const tokenizer& tok, const engine_config& config);
+    ~engine();  // stops the loop; unfinished requests end as cancelled
+    engine(const engine&) = delete;
+    engine& operator=(const engine&) = delete;
+
+    // Errors: invalid request (code 400), queue full (503), shutting down (503).
+    result<std::shared_ptr<request_stream>> submit(request_params params);
+    engine_stats stats() const;
+    const scheduler_config& config() const { return sched_->config(); }
+    int64_t n_ctx() const { return sched_->n_ctx(); }
+    // Stops accepting requests; with drain, waits until every accepted request has finished.
+    void shutdown(bool drain);
+
+private:
+    engine() = default;
+    void loop();
+
+    std::unique_ptr<kv_cache> kv_;
+    std::unique_ptr<thread_pool> pool_;
+    std::unique_ptr<scheduler> sched_;
+    int32_t max_queued_ = 256;
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;       // wakes the loop (new work, stop)
+    std::condition_variable idle_cv_;  // wakes shutdown(drain)
+    std::vector<std::pair<request_params, std::shared_ptr<request_stream>>> inbox_;
+    bool accepting_ = true, stop_ = false;
+    engine_stats stats_;
+    std::thread thread_;
+};
+
+}  // namespace kvs

@@ -1,0 +1,369 @@
+#include "sched/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace kvs {
+
+struct scheduler::request_state {
+    request_params params;
+    std::shared_ptr<request_stream> out;
+    int64_t n_prompt = 0;
+    std::vector<std::unique_ptr<sequence>> seqs;  // one per completion
+    int32_t n_finished = 0;
+    bool forked = false;  // siblings of completion 0 share its prompt pages
+    int64_t completion_tokens = 0;
+};
+
+struct scheduler::sequence {
+    request_state* req;
+    int32_t index;
+    uint64_t order;               // admission priority: lower is older
+    std::vector<int32_t> tokens;  // prompt + generated
+    int64_t n_computed = 0;       // tokens whose K/V are in the cache
+    int32_t kv_seq = -1;          // kv_cache sequence, -1 when it holds no pages
+    sampler smp;
+    detok_stream detok;
+    stop_matcher stops;
+    int64_t n_generated = 0;
+    bool finished = false;
+    bool scheduled = false;       // in running_ or waiting_
+
+    sequence(request_state* r, int32_t i, uint64_t ord, const tokenizer& tok)
+        : req(r), index(i), order(ord), tokens(r->params.prompt), smp(seeded(r->params.sampling, i)), detok(tok),
+          stops(r->params.stop) {
+        // Text continues the prompt: feed its last token so the first piece keeps its space.
+        detok.push(tokens.back());
+        detok.flush();
+    }
+    // Completion i samples with seed + i, so n > 1 completions differ yet stay reproducible.
+    static sampling_params seeded(sampling_params sp, int32_t i) {
+        sp.seed += uint64_t(i);
+        return sp;
+    }
+};
+
+scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config)
+    : model_(model), tok_(tok), kv_(kv), pool_(pool), cfg_(config) {
+    n_ctx_ = cfg_.n_ctx > 0 ? cfg_.n_ctx : model.hparams().n_ctx_train;
+    cfg_.max_batch_tokens = std::max<int64_t>(1, cfg_.max_batch_tokens);
+    cfg_.prefill_chunk = std::clamp<int64_t>(cfg_.prefill_chunk, 1, cfg_.max_batch_tokens);
+    cfg_.max_seqs = std::max<int32_t>(1, cfg_.max_seqs);
+    // One logit row per running sequence at most.
+    state_ = std::make_unique<forward_state>(model, cfg_.max_batch_tokens, std::min<int64_t>(cfg_.max_batch_tokens, cfg_.max_seqs));
+}
+
+scheduler::~scheduler() = default;
+
+status scheduler::validate(const request_params& p) const {
+    const int64_t n_vocab = model_.hparams().n_vocab;
+    const int64_t n_prompt = int64_t(p.prompt.size());
+    if (n_prompt == 0) return status::error("the prompt is empty");
+    for (int32_t t : p.prompt)
+        if (t < 0 || t >= n_vocab) return status::error(strfmt("prompt token id %d is outside the vocabulary (0..%lld)", t, (long long)n_vocab - 1));
+    const int32_t max_n = std::min(cfg_.max_n, cfg_.max_seqs);
+    if (p.n < 1 || p.n > max_n) return status::error(strfmt("n must be in [1, %d], got %d", max_n, p.n));
+    if (p.n_logprobs > 20) return status::error(strfmt("top_logprobs must be at most 20, got %d", p.n_logprobs));
+    if (p.min_tokens < 0) return status::error("min_tokens must be non-negative");
+    if (p.max_tokens == 0) return status::error("max_tokens must be at least 1");
+    if (p.max_tokens > 0 && p.min_tokens > p.max_tokens)
+        return status::error(strfmt("min_tokens (%lld) is larger than max_tokens (%lld)", (long long)p.min_tokens, (long long)p.max_tokens));
+    sampling_params sp = p.sampling;
+    sp.n_vocab = n_vocab;
+    KVS_TRY(sp.validate());
+    if (n_prompt >= n_ctx_)
+        return status::error(strfmt("the prompt has %lld tokens, but the context length is %lld (the prompt must leave room for at least one new token)",
+                                    (long long)n_prompt, (long long)n_ctx_));
+    if (p.max_tokens > 0 && n_prompt + p.max_tokens > n_ctx_)
+        return status::error(strfmt("the prompt (%lld tokens) plus max_tokens (%lld) exceeds the context length %lld",
+                                    (long long)n_prompt, (long long)p.max_tokens, (long long)n_ctx_));
+    const int64_t longest = p.max_tokens > 0 ? n_prompt + p.max_tokens : n_prompt + 1;
+    const int32_t pages = kv_cache::pages_for(longest, kv_.config().page_size);
+    if (pages > kv_.pool().n_pages())
+        return status::error(strfmt("the request needs %d KV pages, but the whole pool has %d (raise --kv-memory)", pages, kv_.pool().n_pages()));
+    return status::ok();
+}
+
+status scheduler::submit(request_params params, std::shared_ptr<request_stream> out) {
+    KVS_TRY(validate(params));
+    params.sampling.n_vocab = model_.hparams().n_vocab;
+    auto r = std::make_unique<request_state>();
+    r->params = std::move(params);
+    r->out = std::move(out);
+    r->n_prompt = int64_t(r->params.prompt.size());
+    r->out->set_expected(r->params.n);
+    const uint64_t base = next_arrival_++ * 64;
+    for (int32_t i = 0; i < r->params.n; ++i)
+        r->seqs.push_back(std::make_unique<sequence>(r.get(), i, base + uint64_t(i), tok_));
+    sequence* first = r->seqs[0].get();
+    first->scheduled = true;
+    waiting_.push_back(first);
+    requests_.push_back(std::move(r));
+    return status::ok();
+}
+
+namespace {
+template <class C, class T>
+void insert_by_order(C& c, T* s) {
+    auto it = std::upper_bound(c.begin(), c.end(), s, [](const T* a, const T* b) { return a->order < b->order; });
+    c.insert(it, s);
+}
+}  // namespace
+
+void scheduler::release(sequence* s) {
+    if (s->kv_seq >= 0) {
+        kv_.seq_remove(s->kv_seq);
+        s->kv_seq = -1;
+    }
+    if (s->scheduled) {
+        auto r = std::find(running_.begin(), running_.end(), s);
+        if (r != running_.end()) running_.erase(r);
+        auto w = std::find(waiting_.begin(), waiting_.end(), s);
+        if (w != waiting_.end()) waiting_.erase(w);
+        s->scheduled = false;
+    }
+}
+
+void scheduler::preempt(sequence* s) {
+    release(s);
+    s->n_computed = 0;
+    s->scheduled = true;
+    insert_by_order(waiting_, s);
+    ++metrics_.preemptions;
+}
+
+void scheduler::finish(sequence* s, finish_reason reason, request_event& ev) {
+    ev.finish = reason;
+    s->finished = true;
+    release(s);
+    request_state* r = s->req;
+    if (++r->n_finished == r->params.n) {
+        // Completions that never started (siblings of a cancelled parent) finish with it.
+        request_usage u;
+        u.prompt_tokens = r->n_prompt;
+        u.completion_tokens = r->completion_tokens;
+        r->out->set_usage(u);
+        if (reason == finish_reason::cancelled) ++metrics_.requests_cancelled;
+        else ++metrics_.requests_finished;
+    }
+}
+
+void scheduler::cancel_all() {
+    for (auto& r : requests_) r->out->cancel();
+    handle_cancellations();
+    forget_finished_requests();
+}
+
+void scheduler::handle_cancellations() {
+    for (auto& r : requests_) {
+        if (!r->out->cancelled() || r->n_finished == r->params.n) continue;
+        for (auto& s : r->seqs) {
+            if (s->finished) continue;
+            request_event ev;
+            ev.index = s->index;
+            finish(s.get(), finish_reason::cancelled, ev);
+            r->out->push(std::move(ev));
+        }
+    }
+}
+
+bool scheduler::make_room(sequence* s, int64_t n_tokens) {
+    const int64_t end = s->n_computed + n_tokens;
+    for (;;) {
+        if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, s->n_computed, end)) return true;
+        // Out of pages: preempt the newest running sequence (running_ is ordered oldest first).
+        sequence* victim = running_.back();
+        if (victim == s) {
+            if (running_.size() == 1) return false;  // alone and still no room: the caller ends it
+            preempt(s);
+            return false;
+        }
+        preempt(victim);
+    }
+}
+
+bool scheduler::schedule_running(int64_t& budget) {
+    for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+        sequence* s = running_[i];
+        const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
+        const int64_t take = std::min({need, budget, need > 1 ? cfg_.prefill_chunk : int64_t(1)});
+        if (take <= 0) continue;
+        if (!make_room(s, take)) {
+            if (s->scheduled && std::find(running_.begin(), running_.end(), s) != running_.end()) {
+                // The only running sequence and the pool cannot hold it: end it.
+                request_event ev;
+                ev.index = s->index;
+                ev.text = s->stops.flush();
+                finish(s, finish_reason::length, ev);
+                s->req->out->push(std::move(ev));
+            }
+            --i;
+            continue;
+        }
+        plan_.push_back({s, take, s->n_computed + take == int64_t(s->tokens.size())});
+        budget -= take;
+    }
+    return true;
+}
+
+void scheduler::admit_waiting(int64_t& budget) {
+    const int32_t watermark = running_.empty() ? 0 : std::max<int32_t>(1, kv_.pool().n_pages() / 100);
+    while (!waiting_.empty() && budget > 0 && int32_t(running_.size()) < cfg_.max_seqs) {
+        sequence* s = waiting_.front();
+        // A request with n > 1 completions keeps room for the siblings it will fork.
+        const int32_t slots = (s->index == 0 && !s->req->forked) ? s->req->params.n - s->req->n_finished : 1;
+        if (int32_t(running_.size()) + slots > cfg_.max_seqs) break;
+        const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
+        const int64_t take = std::min({need, budget, cfg_.prefill_chunk});
+        const int32_t pages = kv_cache::pages_for(take, kv_.config().page_size);
+        if (kv_.pool().n_free() - pages < watermark) break;
+        if (s->kv_seq < 0) s->kv_seq = kv_.seq_add();
+        if (!kv_.seq_reserve(s->kv_seq, take)) break;
+        waiting_.pop_front();
+        insert_by_order(running_, s);
+        plan_.push_back({s, take, take == int64_t(s->tokens.size())});
+        budget -= take;
+    }
+}
+
+void scheduler::fork_siblings(sequence* parent) {
+    request_state* r = parent->req;
+    r->forked = true;
+    for (auto& s : r->seqs) {
+        if (s.get() == parent || s->finished) continue;
+        s->kv_seq = kv_.seq_fork(parent->kv_seq);
+        s->n_computed = parent->n_computed;
+        s->scheduled = true;
+        insert_by_order(running_, s.get());
+    }
+}
+
+void scheduler::sample_and_emit(sequence* s, const float* logits) {
+    const request_params& p = s->req->params;
+    const int64_t n_vocab = model_.hparams().n_vocab;
+    request_event ev;
+    ev.index = s->index;
+    int32_t tok;
+    if (s->n_generated < p.min_tokens && !p.ignore_eos) {
+        // min_tokens: end-of-generation and stop tokens cannot be drawn yet.
+        thread_local std::vector<float> masked;
+        masked.assign(logits, logits + n_vocab);
+        for (int64_t t = 0; t < n_vocab; ++t)
+            if (tok_.is_eog(int32_t(t))) masked[size_t(t)] = -std::numeric_limits<float>::infinity();
+        for (int32_t t : p.stop_token_ids)
+            if (t >= 0 && t < n_vocab) masked[size_t(t)] = -std::numeric_limits<float>::infinity();
+        tok = s->smp.sample(masked.data(), n_vocab);
+    } else {
+        tok = s->smp.sample(logits, n_vocab);
+    }
+    if (p.n_logprobs >= 0) {
+        token_logprobs lp;
+        if (s->smp.logprobs(logits, n_vocab, tok, p.n_logprobs, &lp)) ev.logprobs.push_back(std::move(lp));
+    }
+    (void)s->smp.accept(tok);
+    s->tokens.push_back(tok);
+    ++s->n_generated;
+    ++s->req->completion_tokens;
+    ++metrics_.generated_tokens;
+    ev.tokens.push_back(tok);
+
+    const bool stop_token = (!p.ignore_eos && tok_.is_eog(tok)) ||
+                            std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), tok) != p.stop_token_ids.end();
+    finish_reason reason = finish_reason::none;
+    bool stopped = false;
+    if (stop_token && s->n_generated > p.min_tokens) {
+        ev.text = s->stops.push(s->detok.flush(), &stopped);
+        if (!stopped) ev.text += s->stops.flush();
+        reason = finish_reason::stop;
+    } else {
+        ev.text = s->stops.push(s->detok.push(tok), &stopped);
+        if (stopped) {
+            reason = finish_reason::stop;
+        } else if ((p.max_tokens > 0 && s->n_generated >= p.max_tokens) || int64_t(s->tokens.size()) >= n_ctx_) {
+            ev.text += s->stops.push(s->detok.flush(), &stopped);
+            if (!stopped) ev.text += s->stops.flush();
+            reason = stopped ? finish_reason::stop : finish_reason::length;
+        }
+    }
+    if (reason != finish_reason::none) finish(s, reason, ev);
+    s->req->out->push(std::move(ev));
+}
+
+void scheduler::forget_finished_requests() {
+    requests_.erase(std::remove_if(requests_.begin(), requests_.end(),
+                                   [](const std::unique_ptr<request_state>& r) { return r->n_finished == r->params.n; }),
+                    requests_.end());
+}
+
+result<bool> scheduler::step() {
+    handle_cancellations();
+    plan_.clear();
+    int64_t budget = cfg_.max_batch_tokens;
+    schedule_running(budget);
+    admit_waiting(budget);
+    if (plan_.empty()) {
+        forget_finished_requests();
+        return false;
+    }
+    batch_.clear();
+    for (const planned& pl : plan_) {
+        sequence* s = pl.seq;
+        for (int64_t i = 0; i < pl.n_tokens; ++i) {
+            const int64_t pos = s->n_computed + i;
+            batch_.add(s->tokens[size_t(pos)], int32_t(pos), s->kv_seq, pl.wants_logits && i == pl.n_tokens - 1);
+        }
+    }
+    status st = model_.forward(batch_, kv_, *state_, pool_);
+    if (!st) {
+        // An internal failure: fail the requests of this step, keep serving the others.
+        for (const planned& pl : plan_) {
+            if (pl.seq->finished) continue;
+            request_event ev;
+            ev.index = pl.seq->index;
+            ev.error = st.message();
+            finish(pl.seq, finish_reason::error, ev);
+            pl.seq->req->out->push(std::move(ev));
+        }
+        forget_finished_requests();
+        return st;
+    }
+    ++metrics_.steps;
+    const int64_t n_vocab = model_.hparams().n_vocab;
+    int64_t row = 0;
+    for (const planned& pl : plan_) {
+        sequence* s = pl.seq;
+        const bool prompt_part = s->n_computed < s->req->n_prompt;
+        s->n_computed += pl.n_tokens;
+        if (prompt_part) metrics_.prompt_tokens += std::min(pl.n_tokens, s->req->n_prompt - (s->n_computed - pl.n_tokens));
+        if (!pl.wants_logits) continue;
+        const float* logits = state_->logits() + row * n_vocab;
+        ++row;
+        if (s->index == 0 && s->req->params.n > 1 && !s->req->forked) {
+            fork_siblings(s);
+            for (auto& sib : s->req->seqs)
+                if (sib.get() != s && !sib->finished) sample_and_emit(sib.get(), logits);
+        }
+        sample_and_emit(s, logits);
+    }
+    forget_finished_requests();
+    return true;
+}
+
+status scheduler::check_integrity() const {
+    KVS_TRY(kv_.check_integrity());
+    for (const sequence* s : running_) {
+        if (s->kv_seq < 0 || !kv_.seq_exists(s->kv_seq)) return status::error("a running sequence has no KV sequence");
+        if (kv_.seq_capacity(s->kv_seq) < s->n_computed) return status::error("a running sequence holds fewer pages than its computed tokens need");
+        if (s->finished) return status::error("a finished sequence is still running");
+    }
+    for (const sequence* s : waiting_) {
+        if (s->kv_seq >= 0 && !kv_.seq_pages(s->kv_seq).empty()) return status::error("a waiting sequence holds pages");
+        if (s->n_computed != 0) return status::error("a waiting sequence has computed tokens");
+    }
+    if (running_.empty() && waiting_.empty() && kv_.pool().n_free() != kv_.pool().n_pages())
+        return status::error(strfmt("idle, but %d pages are still in use (leak)", kv_.pool().n_used()));
+    return status::ok();
+}
+
+}  // namespace kvs

@@ -1,0 +1,115 @@
+// Continuous batching with chunked prefill over a shared pool of KV pages.
+//
+// Each step fills a token budget (max_batch_tokens): first every running sequence, oldest
+// first — a decode takes 1 token, a sequence still prefilling takes up to prefill_chunk — then
+// waiting sequences are admitted (FIFO) while the budget, max_seqs and free pages allow. The
+// scheduler only counts tokens (architecture.md, invariant 2): a sequence has tokens (prompt +
+// generated) and n_computed (tokens whose KV is cached); each step computes
+// min(tokens - n_computed, share of budget) of it. Prefill, chunked prefill, decode and
+// recompute after preemption are one path.
+//
+// When pages run out, the newest running sequence is preempted by recompute: its pages are
+// freed, n_computed returns to 0, it goes back to the front of the waiting queue, and it later
+// recomputes its prompt and the tokens it already generated — its output continues where it
+// stopped, with nothing lost or repeated. n > 1 completions prefill once and then fork the
+// prompt's pages (copy-on-write).
+//
+// Contract: not thread-safe; one thread calls submit/step (the engine's loop). validate() is
+// const and safe from any thread. Events reach clients through each request's request_stream.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "kv/kv_cache.h"
+#include "model/llama.h"
+#include "sched/request.h"
+#include "sched/stop_matcher.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvs {
+
+struct scheduler_config {
+    int64_t max_batch_tokens = 2048;  // tokens per forward pass (the step's budget)
+    int64_t prefill_chunk = 512;      // most prompt tokens one sequence computes per step
+    int32_t max_seqs = 64;            // running sequences at most
+    int64_t n_ctx = 0;                // per-sequence context limit; 0 = the model's training context
+    int32_t max_n = 16;               // most completions per request
+};
+
+struct scheduler_metrics {
+    int64_t steps = 0;
+    int64_t prompt_tokens = 0;      // prompt tokens computed (recompute included)
+    int64_t generated_tokens = 0;   // tokens sampled
+    int64_t preemptions = 0;
+    int64_t requests_finished = 0;
+    int64_t requests_cancelled = 0;
+};
+
+class scheduler {
+public:
+    scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config);
+    ~scheduler();
+    scheduler(const scheduler&) = delete;
+    scheduler& operator=(const scheduler&) = delete;
+
+    const scheduler_config& config() const { return cfg_; }
+    int64_t n_ctx() const { return n_ctx_; }
+    // Checks a request without queuing it: parameters, token ids, context and pool capacity.
+    // The message names the problem ("the prompt has 5000 tokens, more than the context length 4096").
+    status validate(const request_params& params) const;
+    // Queues a validated request; its events go to `out`.
+    status submit(request_params params, std::shared_ptr<request_stream> out);
+    // One scheduling step and forward pass. Returns false when there was nothing to run.
+    result<bool> step();
+    // Ends every unfinished completion with finish_reason::cancelled and frees its pages.
+    void cancel_all();
+    bool idle() const { return running_.empty() && waiting_.empty(); }
+    int32_t n_running() const { return int32_t(running_.size()); }
+    int32_t n_waiting() const { return int32_t(waiting_.size()); }
+    const scheduler_metrics& metrics() const { return metrics_; }
+    const kv_cache& kv() const { return kv_; }
+    // KV integrity plus: every running sequence holds exactly the pages its computed tokens need.
+    status check_integrity() const;
+
+private:
+    struct request_state;
+    struct sequence;
+    struct planned {
+        sequence* seq;
+        int64_t n_tokens;   // tokens computed this step
+        bool wants_logits;  // the chunk reaches the sequence's last token
+    };
+
+    bool schedule_running(int64_t& budget);
+    void admit_waiting(int64_t& budget);
+    bool make_room(sequence* s, int64_t n_tokens);
+    void preempt(sequence* s);
+    void finish(sequence* s, finish_reason reason, request_event& ev);
+    void release(sequence* s);
+    void fork_siblings(sequence* parent);
+    void sample_and_emit(sequence* s, const float* logits);
+    void handle_cancellations();
+    void forget_finished_requests();
+
+    const llama_model& model_;
+    const tokenizer& tok_;
+    kv_cache& kv_;
+    thread_pool& pool_;
+    scheduler_config cfg_;
+    int64_t n_ctx_;
+    std::unique_ptr<forward_state> state_;
+    batch batch_;
+    std::vector<planned> plan_;
+    std::vector<std::unique_ptr<request_state>> requests_;
+    std::vector<sequence*> running_;   // admission order (oldest first)
+    std::deque<sequence*> waiting_;    // FIFO; preempted sequences return to the front
+    uint64_t next_arrival_ = 0;
+    scheduler_metrics metrics_;
+};
+
+}  // namespace kvs

@@ -1,0 +1,292 @@
+// Continuous batching on the real stories260K model: batching, chunked prefill, preemption by
+// recompute and n > 1 forks must not change greedy outputs; cancellation frees pages; stop
+// strings, max_tokens and validation behave as the OpenAI API does. The KV integrity check
+// runs after every scheduler step.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "sched/engine.h"
+#include "sched/scheduler.h"
+#include "test_util.h"
+
+using namespace kvs;
+
+namespace {
+
+struct fixture {
+    std::unique_ptr<llama_model> model;
+    std::unique_ptr<tokenizer> tok;
+};
+
+const fixture* load_fixture() {
+    static fixture f;
+    static bool tried = false;
+    if (!tried) {
+        tried = true;
+        std::string path = test::shared_file("models/stories260K.gguf");
+        if (path.empty()) return nullptr;
+        f.model = std::move(llama_model::load(path).value());
+        f.tok = std::move(tokenizer::from_gguf(f.model->file()).value());
+    }
+    return f.model ? &f : nullptr;
+}
+
+#define NEED_MODEL(f)                                                                           \
+    const fixture* f = load_fixture();                                                          \
+    if (!f) GTEST_SKIP() << "models/stories260K.gguf not found under " << test::shared_dir()
+
+struct completion_out {
+    std::string text;
+    std::vector<int32_t> tokens;
+    finish_reason finish = finish_reason::none;
+};
+
+request_params greedy(const fixture* f, const std::string& prompt, int64_t max_tokens) {
+    request_params p;
+    p.prompt = f->tok->encode(prompt, true, false);
+    p.sampling.temperature = 0;
+    p.max_tokens = max_tokens;
+    return p;
+}
+
+// Drains every stream (non-blocking: the scheduler runs in this thread).
+void collect(std::vector<std::shared_ptr<request_stream>>& streams, std::vector<std::vector<completion_out>>& outs) {
+    for (size_t i = 0; i < streams.size(); ++i)
+        while (auto ev = streams[i]->pop(0)) {
+            auto& o = outs[i][size_t(ev->index)];
+            o.text += ev->text;
+            o.tokens.insert(o.tokens.end(), ev->tokens.begin(), ev->tokens.end());
+            if (ev->finish != finish_reason::none) o.finish = ev->finish;
+        }
+}
+
+struct run_result {
+    std::vector<std::vector<completion_out>> outs;
+    scheduler_metrics metrics;
+    int64_t max_pages_used = 0;
+};
+
+run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler_config cfg, int32_t n_pages,
+                   int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr) {
+    auto kv = kv_cache::create(f->model->kv_geometry(page_size, n_pages)).value();
+    thread_pool pool(2);
+    scheduler s(*f->model, *f->tok, *kv, pool, cfg);
+    run_result r;
+    std::vector<std::shared_ptr<request_stream>> streams;
+    for (auto& p : reqs) {
+        r.outs.emplace_back(size_t(p.n));
+        streams.push_back(std::make_shared<request_stream>());
+        status st = s.submit(p, streams.back());
+        EXPECT_TRUE(st) << st.message();
+    }
+    int step = 0;
+    while (!s.idle()) {
+        auto ok = s.step();
+        EXPECT_TRUE(ok) << ok.message();
+        EXPECT_TRUE(s.check_integrity()) << s.check_integrity().message();
+        r.max_pages_used = std::max<int64_t>(r.max_pages_used, kv->pool().n_used());
+        collect(streams, r.outs);
+        if (each_step) each_step(step, streams);
+        if (++step > 100000) {
+            ADD_FAILURE() << "scheduler does not finish";
+            break;
+        }
+    }
+    collect(streams, r.outs);
+    EXPECT_EQ(kv->pool().n_free(), kv->pool().n_pages()) << "pages leaked";
+    for (auto& st : streams) EXPECT_TRUE(st->done());
+    r.metrics = s.metrics();
+    return r;
+}
+
+const std::vector<std::string> k_prompts = {"Once upon a time", "Lily and Tom went to the park", "The cat",
+                                            "One day, a little bird", "Sam had a big red ball. He"};
+
+}  // namespace
+
+TEST(Scheduler, BatchEqualsEachPromptAlone) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs;
+    for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 24));
+    scheduler_config cfg;
+    std::vector<completion_out> alone;
+    for (auto& r : reqs) alone.push_back(run_all(f, {r}, cfg, 64).outs[0][0]);
+    auto together = run_all(f, reqs, cfg, 64);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        EXPECT_EQ(together.outs[i][0].tokens, alone[i].tokens) << k_prompts[i];
+        EXPECT_EQ(together.outs[i][0].text, alone[i].text);
+        EXPECT_EQ(together.outs[i][0].finish, finish_reason::length);
+        EXPECT_EQ(together.outs[i][0].tokens.size(), 24u);
+    }
+    // The known continuation of the first prompt.
+    EXPECT_EQ(alone[0].text.rfind(", there was a little girl named Lily.", 0), 0u) << alone[0].text;
+}
+
+TEST(Scheduler, ChunkedPrefillAndSmallBudgetsGiveTheSameTokens) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs;
+    for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 16));
+    auto base = run_all(f, reqs, scheduler_config{}, 64);
+    scheduler_config tiny;
+    tiny.max_batch_tokens = 5;
+    tiny.prefill_chunk = 2;
+    tiny.max_seqs = 3;
+    auto chunked = run_all(f, reqs, tiny, 64, 4);
+    for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(chunked.outs[i][0].tokens, base.outs[i][0].tokens) << k_prompts[i];
+}
+
+TEST(Scheduler, PreemptionByRecomputeLosesAndRepeatsNothing) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs;
+    for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 40));
+    auto base = run_all(f, reqs, scheduler_config{}, 128);
+    // 12 pages of 4 tokens: far less than 5 sequences of ~50 tokens need.
+    auto tight = run_all(f, reqs, scheduler_config{}, 14, 4);
+    EXPECT_GT(tight.metrics.preemptions, 0);
+    EXPECT_LE(tight.max_pages_used, 14);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        EXPECT_EQ(tight.outs[i][0].tokens, base.outs[i][0].tokens) << k_prompts[i];
+        EXPECT_EQ(tight.outs[i][0].text, base.outs[i][0].text);
+    }
+}
+
+TEST(Scheduler, ParallelCompletionsShareThePromptPages) {
+    NEED_MODEL(f);
+    request_params p = greedy(f, "Once upon a time there was a boy who liked to run and jump in the", 8);
+    p.n = 4;
+    auto single = run_all(f, {greedy(f, "Once upon a time there was a boy who liked to run and jump in the", 8)}, scheduler_config{}, 64, 4);
+    auto forked = run_all(f, {p}, scheduler_config{}, 64, 4);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(forked.outs[0][size_t(i)].tokens, single.outs[0][0].tokens) << "completion " << i;
+    // Four unshared copies would need about 4x the pages of one.
+    EXPECT_LT(forked.max_pages_used, 2 * single.max_pages_used + 4);
+
+    // Sampled completions differ from each other but are reproducible.
+    p.sampling.temperature = 1.0f;
+    p.sampling.seed = 5;
+    p.max_tokens = 20;
+    auto a = run_all(f, {p}, scheduler_config{}, 64, 4);
+    auto b = run_all(f, {p}, scheduler_config{}, 64, 4);
+    bool any_differ = false;
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(a.outs[0][size_t(i)].tokens, b.outs[0][size_t(i)].tokens);
+        any_differ |= a.outs[0][size_t(i)].tokens != a.outs[0][0].tokens;
+    }
+    EXPECT_TRUE(any_differ);
+}
+
+TEST(Scheduler, StopStringsCutTheOutput) {
+    NEED_MODEL(f);
+    auto base = run_all(f, {greedy(f, "Once upon a time", 40)}, scheduler_config{}, 64).outs[0][0];
+    ASSERT_NE(base.text.find("Lily"), std::string::npos) << base.text;
+    request_params p = greedy(f, "Once upon a time", 40);
+    p.stop = {"Lily", "never matches this"};
+    auto cut = run_all(f, {p}, scheduler_config{}, 64).outs[0][0];
+    EXPECT_EQ(cut.text, base.text.substr(0, base.text.find("Lily")));
+    EXPECT_EQ(cut.finish, finish_reason::stop);
+    EXPECT_LT(cut.tokens.size(), base.tokens.size());
+}
+
+TEST(Scheduler, CancellationFreesPagesAtOnce) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs = {greedy(f, "Once upon a time", 200), greedy(f, "The cat", 30)};
+    auto r = run_all(f, reqs, scheduler_config{}, 64, 16, [](int step, std::vector<std::shared_ptr<request_stream>>& s) {
+        if (step == 5) s[0]->cancel();
+    });
+    EXPECT_EQ(r.outs[0][0].finish, finish_reason::cancelled);
+    EXPECT_LT(r.outs[0][0].tokens.size(), 10u);
+    EXPECT_EQ(r.outs[1][0].finish, finish_reason::length);
+    EXPECT_EQ(r.outs[1][0].tokens.size(), 30u);
+    EXPECT_EQ(r.metrics.requests_cancelled, 1);
+}
+
+TEST(Scheduler, ValidationNamesTheProblem) {
+    NEED_MODEL(f);
+    auto kv = kv_cache::create(f->model->kv_geometry(16, 8)).value();
+    thread_pool pool(1);
+    scheduler_config cfg;
+    cfg.n_ctx = 64;
+    scheduler s(*f->model, *f->tok, *kv, pool, cfg);
+    request_params p = greedy(f, "Once upon a time", 8);
+    EXPECT_TRUE(s.validate(p));
+    auto expect_error = [&](request_params q, const char* needle) {
+        status st = s.validate(q);
+        ASSERT_FALSE(st) << needle;
+        EXPECT_NE(st.message().find(needle), std::string::npos) << st.message();
+    };
+    request_params q = p;
+    q.prompt.assign(64, 5);
+    expect_error(q, "context length is 64");
+    q = p;
+    q.max_tokens = 100;
+    expect_error(q, "max_tokens");
+    q = p;
+    q.n = 99;
+    expect_error(q, "n must be");
+    q = p;
+    q.sampling.top_p = 2;
+    expect_error(q, "top_p");
+    q = p;
+    q.prompt.clear();
+    expect_error(q, "empty");
+    q = p;
+    q.prompt[1] = 100000;
+    expect_error(q, "outside the vocabulary");
+    scheduler_config small = cfg;
+    small.n_ctx = 1024;
+    scheduler s2(*f->model, *f->tok, *kv, pool, small);
+    q = p;
+    q.max_tokens = 500;
+    status st = s2.validate(q);
+    ASSERT_FALSE(st);
+    EXPECT_NE(st.message().find("KV pages"), std::string::npos) << st.message();
+}
+
+TEST(Engine, ConcurrentClientsGetTheirOwnOutputs) {
+    NEED_MODEL(f);
+    std::vector<completion_out> alone;
+    for (auto& p : k_prompts) alone.push_back(run_all(f, {greedy(f, p, 20)}, scheduler_config{}, 64).outs[0][0]);
+    engine_config ec;
+    ec.threads = 2;
+    ec.kv_tokens = 4096;
+    auto e = engine::create(*f->model, *f->tok, ec).value();
+    std::vector<std::thread> clients;
+    std::vector<completion_out> got(k_prompts.size());
+    for (size_t i = 0; i < k_prompts.size(); ++i)
+        clients.emplace_back([&, i] {
+            for (int rep = 0; rep < 3; ++rep) {
+                auto s = e->submit(greedy(f, k_prompts[i], 20));
+                ASSERT_TRUE(s) << s.message();
+                completion_out o;
+                while (auto ev = s.value()->pop()) {
+                    o.text += ev->text;
+                    o.tokens.insert(o.tokens.end(), ev->tokens.begin(), ev->tokens.end());
+                    if (ev->finish != finish_reason::none) o.finish = ev->finish;
+                }
+                EXPECT_EQ(s.value()->usage().completion_tokens, 20);
+                got[i] = o;
+            }
+        });
+    for (auto& t : clients) t.join();
+    for (size_t i = 0; i < k_prompts.size(); ++i) EXPECT_EQ(got[i].tokens, alone[i].tokens) << k_prompts[i];
+    e->shutdown(true);
+    auto st = e->stats();
+    EXPECT_EQ(st.kv_pages_used, 0);
+    EXPECT_EQ(st.sched.requests_finished, int64_t(3 * k_prompts.size()));
+    auto refused = e->submit(greedy(f, "late", 4));
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code(), 503);
+}
+
+TEST(Engine, InvalidRequestIsRefusedWith400) {
+    NEED_MODEL(f);
+    engine_config ec;
+    ec.kv_tokens = 1024;
+    auto e = engine::create(*f->model, *f->tok, ec).value();
+    request_params p = greedy(f, "Once", 4);
+    p.sampling.temperature = -1;
+    auto r = e->submit(p);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code(), 400);
+    EXPECT_NE(r.message().find("temperature"), std::string::npos) << r.message();
+}
