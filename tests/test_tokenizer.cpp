@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "gguf/gguf.h"
 #include "test_util.h"
@@ -341,6 +342,70 @@ TEST_P(tok_vocab, EncodesAMegabyteQuickly) {
     std::printf("[ perf     ] %s: encoded %zu bytes into %zu tokens in %.1f ms (%.2f MB/s)\n",
                 GetParam().name, text.size(), ids.size(), ms, text.size() / 1e3 / std::max(ms, 1e-3));
     EXPECT_EQ(l.tok->decode(ids), text);
+}
+
+TEST_P(tok_vocab, LongRunsRoundTrip) {
+    KVS_LOAD_TOK(l, GetParam().rel);
+    const size_t n = 1 << 17;
+    std::string cjk, mixed;
+    while (cjk.size() < n) cjk += "\xe4\xb8\x80\xe7\x95\x8c";
+    while (mixed.size() < n) mixed += " \t\n!?";
+    const std::vector<std::string> runs = {std::string(n, ' ') + "x", std::string(n, 'a'), std::string(n, '7'),
+                                           std::string(n, '\n') + "x", cjk, mixed};
+    for (const auto& text : runs) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto ids = l.tok->encode(text, false, false);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        EXPECT_EQ(l.tok->decode(ids), text) << "run starting with " << printable(text.substr(0, 8));
+        if (ms > 100)
+            std::printf("[ perf     ] %s: %zu-byte run of \"%s\" took %.1f ms\n", GetParam().name, text.size(),
+                        printable(text.substr(0, 6)).c_str(), ms);
+    }
+}
+
+TEST_P(tok_vocab, ConcurrentEncodeIsDeterministic) {
+    KVS_LOAD_TOK(l, GetParam().rel);
+    const auto cases = corpus();
+    std::vector<std::vector<int32_t>> expect;
+    for (const auto& t : cases) expect.push_back(l.tok->encode(t, true, true));
+    std::vector<int> n_bad(4, 0);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < 4; ++k)
+        threads.emplace_back([&, k] {
+            for (size_t i = 0; i < cases.size(); ++i)
+                n_bad[size_t(k)] += l.tok->encode(cases[i], true, true) != expect[i];
+        });
+    for (auto& th : threads) th.join();
+    for (int k = 0; k < 4; ++k) EXPECT_EQ(n_bad[size_t(k)], 0) << "thread " << k;
+}
+
+TEST_P(tok_vocab, RandomBytesRoundTrip) {
+    KVS_LOAD_TOK(l, GetParam().rel);
+    // Bytes biased towards ASCII, spaces, special-token punctuation and UTF-8 lead/continuation
+    // bytes; C0, C1 and F5..FF are left out (some BPE vocabularies cannot spell them).
+    const std::string alphabet = std::string("ab <|>/s\n\t 09'") + "\xc3\xa9\xe2\x96\x81\xe4\xb8\x80\xf0\x9f\xa6\x99\x80\xbf";
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    auto next = [&] {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        return state;
+    };
+    int n_checked = 0;
+    for (int i = 0; i < 400; ++i) {
+        std::string text;
+        const size_t len = next() % 48;
+        for (size_t k = 0; k < len; ++k) text += alphabet[next() % alphabet.size()];
+        for (bool ps : {false, true}) {
+            const auto ids = l.tok->encode(text, true, ps);
+            for (int32_t id : ids) ASSERT_TRUE(id >= 0 && id < l.tok->n_vocab());
+            // SPM cannot round-trip a literal U+2581 (it is its escape for a space).
+            if (ps || text.find("\xe2\x96\x81") != std::string::npos) continue;
+            EXPECT_EQ(l.tok->decode(ids), text) << "ids " << ids_str(ids);
+            ++n_checked;
+        }
+    }
+    EXPECT_GT(n_checked, 200);
 }
 
 INSTANTIATE_TEST_SUITE_P(all, tok_vocab, ::testing::ValuesIn(all_vocabs),

@@ -112,8 +112,10 @@ void split_one(pcre2_code* code, pcre2_match_data* md, std::string_view text, te
     const size_t len = span.length;
     size_t pos = 0, gap_start = 0;
     while (pos < len) {
-        const int rc = pcre2_match(code, subject, len, pos, PCRE2_NO_UTF_CHECK, md, nullptr);
-        if (rc < 0) break;  // no match (or a resource limit): the rest is one gap
+        int rc = pcre2_match(code, subject, len, pos, PCRE2_NO_UTF_CHECK, md, nullptr);
+        if (rc < 0 && rc != PCRE2_ERROR_NOMATCH)  // JIT stack exhausted: retry interpreted
+            rc = pcre2_match(code, subject, len, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
+        if (rc < 0) break;  // no further match (or a resource limit): the rest is one gap
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
         size_t b = ov[0], e = ov[1];
         if (e <= b) {  // empty match (not produced by the built-in patterns): step one character

@@ -84,11 +84,12 @@ public:
     // Id of a token by its exact text, or -1.
     int32_t find_token(std::string_view text) const;
 
-    // Internal: used by detok_stream; strips the SPM prefix space when `at_start`.
-    void append_piece(int32_t id, bool render_special, bool& at_start, std::string& out) const;
-
 private:
+    friend class detok_stream;
     tokenizer();
+    // Appends the piece of `id` to `out`; while `at_start` (nothing visible emitted yet), the
+    // SPM prefix space is stripped. Shared by decode() and detok_stream.
+    void append_piece(int32_t id, bool render_special, bool& at_start, std::string& out) const;
     std::unique_ptr<vocab> vocab_;
     std::unique_ptr<token_model> model_;
 };
