@@ -17,6 +17,7 @@
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "gguf/llama2c.h"
+#include "model/session.h"
 #include "model/shapes.h"
 #include "test_util.h"
 
@@ -588,6 +589,29 @@ TEST(Inspect, ModelAndVocabulary) {
         EXPECT_EQ(kvserve("inspect " + bin, &text), 1);
         EXPECT_NE(text.find("not a GGUF file"), std::string::npos) << text;
     }
+}
+
+TEST(Llama2cConvert, ConvertedModelGivesTheSameLogitsAsTheGguf) {
+    KVS_SKIP_IF_MISSING(bin, "models/stories260K.bin");
+    KVS_SKIP_IF_MISSING(tok, "models/tok512.bin");
+    KVS_SKIP_IF_MISSING(ref_path, "models/stories260K.gguf");
+    std::string out = test::temp_dir() + "/stories-converted-logits.gguf";
+    ASSERT_TRUE(llama2c_convert(bin, tok, out).is_ok());
+    auto converted = llama_model::load(out);
+    auto reference = llama_model::load(ref_path);
+    ASSERT_TRUE(converted && reference);
+    thread_pool pool(2);
+    session_params sp;
+    sp.n_ctx = 64;
+    sp.max_logit_rows = 64;
+    std::vector<int32_t> tokens = {1, 403, 407, 261, 378, 13, 90, 200, 511, 7, 3, 299};
+    std::vector<float> a, b;
+    auto sa = session::create(*converted.value(), pool, sp).value();
+    auto sb = session::create(*reference.value(), pool, sp).value();
+    ASSERT_TRUE(sa->eval(tokens.data(), int64_t(tokens.size()), 0, &a));
+    ASSERT_TRUE(sb->eval(tokens.data(), int64_t(tokens.size()), 0, &b));
+    ASSERT_EQ(a.size(), tokens.size() * 512);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "logits differ";
 }
 
 }  // namespace

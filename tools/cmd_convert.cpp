@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "command.h"
+#include "common.h"
 #include "gguf/gguf.h"
 #include "gguf/llama2c.h"
 
@@ -24,11 +25,7 @@ int cmd_convert(int argc, char** argv) {
     app.add_option("--context-length", opt.context_length, "llama.context_length to record (default: the checkpoint's seq_len)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
     app.add_option("--name", opt.name, "general.name")->capture_default_str();
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? 0 : 2;
-    }
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     for (const std::string* p : {&checkpoint, &tokenizer}) {
         std::error_code ec;
         if (!std::filesystem::is_regular_file(*p, ec)) {

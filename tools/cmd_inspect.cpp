@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "command.h"
+#include "common.h"
 #include "gguf/gguf.h"
 
 namespace kvs::tools {
@@ -94,11 +95,7 @@ int cmd_inspect(int argc, char** argv) {
     app.add_option("model", path, "GGUF file")->required();
     app.add_option("-n,--array-items", n_show, "array elements to show per key")->check(CLI::Range(0, 1000000))->capture_default_str();
     app.add_flag("--no-tensors", no_tensors, "print the metadata only");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? 0 : 2;
-    }
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
         std::fprintf(stderr, "kvserve inspect: no such file: %s\n", path.c_str());

@@ -15,6 +15,7 @@
 #include <CLI/CLI.hpp>
 
 #include "command.h"
+#include "common.h"
 #include "core/dtype.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -50,11 +51,7 @@ int cmd_quantize(int argc, char** argv) {
     app.add_option("input", in, "source GGUF")->required();
     app.add_option("output", out, "GGUF file to write")->required();
     app.add_option("type", type_name, "target dtype: f32, f16, bf16, q8_0, q4_0, q4_1")->required();
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? 0 : 2;
-    }
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     dtype type;
     if (!dtype_from_name(type_name, &type) || llama_ftype_of(type) < 0 || !dtype_info(type).supported) {
         std::fprintf(stderr, "kvserve quantize: unsupported type '%s' (use f32, f16, bf16, q8_0, q4_0 or q4_1)\n", type_name.c_str());

@@ -20,6 +20,7 @@
 #include <CLI/CLI.hpp>
 
 #include "command.h"
+#include "common.h"
 #include "core/dtype.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -46,11 +47,6 @@ float synth_normal(uint64_t key, uint64_t index) {
     uint64_t r = mix64(key + (index + 1) * 0x9e3779b97f4a7c15ull);
     float s = float(r & 0xffff) + float((r >> 16) & 0xffff) + float((r >> 32) & 0xffff) + float(r >> 48);
     return (s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;  // sum of 4 U(0,1): mean 2, variance 1/3
-}
-
-std::string shared_dir() {
-    if (const char* env = std::getenv("KVSERVE_SHARED"); env && *env) return env;
-    return "../shared";
 }
 
 struct tensor_plan {
@@ -174,11 +170,7 @@ int cmd_synth(int argc, char** argv) {
     app.add_option("--vocab", vocab_path, "vocabulary GGUF to copy tokenizer.* keys from (default: the shape's, under $KVSERVE_SHARED or ../shared)");
     app.add_option("--seed", seed, "random seed")->capture_default_str();
     app.add_option("-t,--threads", n_threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? 0 : 2;
-    }
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     const model_shape* shape = find_model_shape(shape_name);
     if (!shape) {
         std::fprintf(stderr, "kvserve synth: unknown shape '%s' (known: %s)\n", shape_name.c_str(), model_shape_names().c_str());
