@@ -1,0 +1,221 @@
+// kvserve bench: llama-bench's tests on our engine — prompt processing (pp), token generation
+// (tg), each optionally after a pre-filled depth (d) — as mean ± sd tokens/s over repetitions,
+// as a table or as llama-bench-compatible JSON. Comma lists sweep a parameter.
+//   kvserve bench -m MODEL -p 512 -n 128 -d 0,4096 -r 5 -t 2 [-o json]
+// Decode figures are also shown as a fraction of the measured memory bandwidth.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "command.h"
+#include "common.h"
+#include "kernels/cpu/bandwidth.h"
+#include "model/llama.h"
+#include "model/session.h"
+
+namespace kvs::tools {
+
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& s, const char* what, bool* ok) {
+    std::vector<int64_t> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        try {
+            size_t used = 0;
+            long long v = std::stoll(item, &used);
+            if (used != item.size() || v < 0) throw std::invalid_argument(item);
+            out.push_back(v);
+        } catch (const std::exception&) {
+            std::fprintf(stderr, "kvserve bench: %s: '%s' is not a non-negative integer\n", what, item.c_str());
+            *ok = false;
+        }
+    }
+    if (out.empty()) {
+        std::fprintf(stderr, "kvserve bench: %s: empty list\n", what);
+        *ok = false;
+    }
+    return out;
+}
+
+struct bench_result {
+    std::string model;
+    int64_t size_bytes = 0, n_params = 0;
+    int threads = 0;
+    int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
+    std::vector<double> samples_ts, samples_ns;
+    double mean_ts() const {
+        double s = 0;
+        for (double x : samples_ts) s += x;
+        return samples_ts.empty() ? 0 : s / double(samples_ts.size());
+    }
+    double sd_ts() const {
+        if (samples_ts.size() < 2) return 0;
+        const double m = mean_ts();
+        double s = 0;
+        for (double x : samples_ts) s += (x - m) * (x - m);
+        return std::sqrt(s / double(samples_ts.size() - 1));
+    }
+    std::string test_name() const {
+        std::string t = n_prompt > 0 ? "pp" + std::to_string(n_prompt) : "tg" + std::to_string(n_gen);
+        if (n_depth > 0) t += " @ d" + std::to_string(n_depth);
+        return t;
+    }
+};
+
+using clock_type = std::chrono::steady_clock;
+
+// One timed repetition; the depth is pre-filled untimed.
+result<double> run_once(session& s, const std::vector<int32_t>& tokens, int64_t depth, int64_t n_prompt, int64_t n_gen) {
+    s.reset();
+    if (depth > 0) KVS_TRY(s.eval(tokens.data(), depth, -1, nullptr));
+    auto t0 = clock_type::now();
+    if (n_prompt > 0) {
+        KVS_TRY(s.eval(tokens.data() + depth, n_prompt, -1, nullptr));
+    } else {
+        for (int64_t i = 0; i < n_gen; ++i) KVS_TRY(s.decode(tokens[size_t(depth + i)]));
+    }
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+int64_t count_params(const llama_model& m) {
+    int64_t n = 0;
+    for (auto& t : m.file().tensors()) n += t.n_elements();
+    return n;
+}
+
+int cmd_bench(int argc, char** argv) {
+    CLI::App app("Benchmark prompt processing and generation speed (llama-bench's tests)", "kvserve bench");
+    std::string model_path = default_model_path(), p_list = "512", n_list = "128", d_list = "0", t_list, output = "md";
+    int reps = 5;
+    int64_t n_batch = 512;
+    bool no_probe = false;
+    t_list = std::to_string(default_threads());
+    app.add_option("-m,--model", model_path, "GGUF model file")->capture_default_str();
+    app.add_option("-p,--n-prompt", p_list, "prompt lengths (comma list; 0 skips pp)")->capture_default_str();
+    app.add_option("-n,--n-gen", n_list, "generated tokens (comma list; 0 skips tg)")->capture_default_str();
+    app.add_option("-d,--n-depth", d_list, "tokens already in the cache (comma list)")->capture_default_str();
+    app.add_option("-t,--threads", t_list, "thread counts (comma list)")->capture_default_str();
+    app.add_option("-r,--repetitions", reps, "repetitions per test")->check(CLI::Range(1, 1000))->capture_default_str();
+    app.add_option("-b,--batch-size", n_batch, "prompt tokens per forward pass")->check(CLI::Range(int64_t(1), int64_t(1) << 16))->capture_default_str();
+    app.add_option("-o,--output", output, "output format: md (table) or json")->check(CLI::IsMember({"md", "json"}))->capture_default_str();
+    app.add_flag("--no-bandwidth-probe", no_probe, "skip the memory-bandwidth probe");
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    bool ok = true;
+    auto ps = parse_list(p_list, "-p", &ok), ns = parse_list(n_list, "-n", &ok), ds = parse_list(d_list, "-d", &ok),
+         ts = parse_list(t_list, "-t", &ok);
+    for (int64_t t : ts)
+        if (t < 1 || t > 1024) {
+            std::fprintf(stderr, "kvserve bench: -t: thread counts must be in [1, 1024]\n");
+            ok = false;
+        }
+    if (!ok) return 2;
+    if (!std::filesystem::exists(model_path)) {
+        std::fprintf(stderr, "kvserve bench: %s\n", missing_model_help(model_path).c_str());
+        return 2;
+    }
+    auto model = llama_model::load(model_path);
+    if (!model) {
+        std::fprintf(stderr, "kvserve bench: %s\n", model.message().c_str());
+        return 1;
+    }
+    const llama_model& m = *model.value();
+    int64_t max_tokens = 0;
+    for (int64_t d : ds)
+        for (int64_t p : ps) max_tokens = std::max(max_tokens, d + p);
+    for (int64_t d : ds)
+        for (int64_t n : ns) max_tokens = std::max(max_tokens, d + n);
+    std::mt19937 rng(42);
+    std::vector<int32_t> tokens(static_cast<size_t>(max_tokens + 1));
+    for (auto& t : tokens) t = int32_t(rng() % uint64_t(m.hparams().n_vocab));
+
+    std::vector<bench_result> results;
+    std::map<int, double> bandwidth;
+    const std::string name = std::filesystem::path(model_path).filename().string();
+    const int64_t n_params = count_params(m);
+    if (output == "md") {
+        std::printf("| model | size | params | threads | test | t/s | of bandwidth |\n");
+        std::printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    }
+    for (int64_t nt : ts) {
+        thread_pool pool{int(nt)};
+        if (!no_probe) bandwidth[int(nt)] = cpu::measure_read_bandwidth(pool);
+        session_params sp;
+        sp.n_ctx = max_tokens + 1;
+        sp.n_batch = n_batch;
+        auto s = session::create(m, pool, sp);
+        if (!s) {
+            std::fprintf(stderr, "kvserve bench: %s\n", s.message().c_str());
+            return 1;
+        }
+        // Warm-up: page in the weights, spin up the threads.
+        (void)run_once(*s.value(), tokens, 0, std::min<int64_t>(32, max_tokens), 0);
+        for (int64_t d : ds) {
+            std::vector<std::pair<int64_t, int64_t>> tests;
+            for (int64_t p : ps)
+                if (p > 0) tests.push_back({p, 0});
+            for (int64_t n : ns)
+                if (n > 0) tests.push_back({0, n});
+            for (auto [p, n] : tests) {
+                bench_result r;
+                r.model = name;
+                r.size_bytes = int64_t(m.weight_bytes());
+                r.n_params = n_params;
+                r.threads = int(nt);
+                r.n_prompt = p;
+                r.n_gen = n;
+                r.n_depth = d;
+                for (int rep = 0; rep < reps; ++rep) {
+                    auto secs = run_once(*s.value(), tokens, d, p, n);
+                    if (!secs) {
+                        std::fprintf(stderr, "kvserve bench: %s\n", secs.message().c_str());
+                        return 1;
+                    }
+                    r.samples_ns.push_back(secs.value() * 1e9);
+                    r.samples_ts.push_back(double(p + n) / secs.value());
+                }
+                if (output == "md") {
+                    std::string frac = "";
+                    if (n > 0 && bandwidth.count(int(nt)) && bandwidth[int(nt)] > 0)
+                        frac = strfmt("%.0f%% of %.1f GB/s", 100.0 * double(r.size_bytes) * r.mean_ts() * 1e-9 / bandwidth[int(nt)], bandwidth[int(nt)]);
+                    std::printf("| %s | %.2f GiB | %.2f B | %d | %s | %.2f ± %.2f | %s |\n", name.c_str(),
+                                double(r.size_bytes) / (1 << 30), double(n_params) * 1e-9, r.threads, r.test_name().c_str(),
+                                r.mean_ts(), r.sd_ts(), frac.c_str());
+                    std::fflush(stdout);
+                }
+                results.push_back(std::move(r));
+            }
+        }
+    }
+    if (output == "json") {
+        nlohmann::json arr = nlohmann::json::array();
+        for (const auto& r : results) {
+            double mean_ns = 0, sd_ns = 0;
+            for (double x : r.samples_ns) mean_ns += x / double(r.samples_ns.size());
+            for (double x : r.samples_ns) sd_ns += (x - mean_ns) * (x - mean_ns);
+            sd_ns = r.samples_ns.size() > 1 ? std::sqrt(sd_ns / double(r.samples_ns.size() - 1)) : 0;
+            nlohmann::json j = {{"model_filename", model_path}, {"model_type", m.hparams().arch}, {"model_size", r.size_bytes},
+                                {"model_n_params", r.n_params}, {"n_batch", n_batch}, {"n_threads", r.threads},
+                                {"n_prompt", r.n_prompt}, {"n_gen", r.n_gen}, {"n_depth", r.n_depth},
+                                {"avg_ns", int64_t(mean_ns)}, {"stddev_ns", int64_t(sd_ns)}, {"avg_ts", r.mean_ts()},
+                                {"stddev_ts", r.sd_ts()}, {"samples_ns", r.samples_ns}, {"samples_ts", r.samples_ts}};
+            if (bandwidth.count(r.threads)) j["bandwidth_gbps"] = bandwidth[r.threads];
+            arr.push_back(j);
+        }
+        std::printf("%s\n", arr.dump(2).c_str());
+    }
+    return 0;
+}
+
+}  // namespace
+
+KVS_COMMAND("bench", "benchmark prompt and generation speed (llama-bench's tests)", cmd_bench);
+
+}  // namespace kvs::tools
