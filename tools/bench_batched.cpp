@@ -1,0 +1,130 @@
+// kvserve bench batched: llama-batched-bench's measurement on the continuous-batching
+// scheduler. For each batch size B, B different random prompts of PP tokens are submitted at
+// once and each generates TG tokens (EOS ignored). Reported: prompt time and speed (until every
+// sequence has its first token), generation time and speed (the rest), and the total.
+//   kvserve bench batched -m MODEL -p 128 -n 32 -b 1,4,16,32 -t 2
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <sstream>
+
+#include "bench_commands.h"
+#include "common.h"
+#include "sched/scheduler.h"
+
+namespace kvs::tools {
+
+namespace {
+
+std::vector<int64_t> int_list(const std::string& s, bool* ok) {
+    std::vector<int64_t> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        char* end = nullptr;
+        long long v = std::strtoll(item.c_str(), &end, 10);
+        if (item.empty() || *end || v <= 0) {
+            *ok = false;
+            return {};
+        }
+        out.push_back(v);
+    }
+    *ok = !out.empty();
+    return out;
+}
+
+}  // namespace
+
+int bench_batched(int argc, char** argv) {
+    CLI::App app("Batched generation throughput on the scheduler (llama-batched-bench's test)", "kvserve bench batched");
+    std::string model_path = default_model_path(), b_list = "1,4,16,32";
+    int64_t n_prompt = 128, n_gen = 32, max_batch_tokens = 2048, prefill_chunk = 512;
+    int threads = default_threads();
+    int32_t page_size = 16;
+    app.add_option("-m,--model", model_path, "GGUF model file")->capture_default_str();
+    app.add_option("-p,--n-prompt", n_prompt, "prompt tokens per sequence")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("-n,--n-gen", n_gen, "generated tokens per sequence")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("-b,--batch", b_list, "batch sizes (comma list)")->capture_default_str();
+    app.add_option("-t,--threads", threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+    app.add_option("--max-batch-tokens", max_batch_tokens, "scheduler token budget per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--prefill-chunk", prefill_chunk, "most prompt tokens of one sequence per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--page-size", page_size, "KV tokens per page")->check(CLI::Range(1, 4096))->capture_default_str();
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    bool ok = false;
+    auto batches = int_list(b_list, &ok);
+    if (!ok) {
+        std::fprintf(stderr, "kvserve bench batched: -b: expected a comma list of positive integers, got '%s'\n", b_list.c_str());
+        return 2;
+    }
+    if (!std::filesystem::exists(model_path)) {
+        std::fprintf(stderr, "kvserve bench batched: %s\n", missing_model_help(model_path).c_str());
+        return 2;
+    }
+    auto model = llama_model::load(model_path);
+    if (!model) {
+        std::fprintf(stderr, "kvserve bench batched: %s\n", model.message().c_str());
+        return 1;
+    }
+    auto tok = tokenizer::from_gguf(model.value()->file());
+    if (!tok) {
+        std::fprintf(stderr, "kvserve bench batched: %s\n", tok.message().c_str());
+        return 1;
+    }
+    const llama_model& m = *model.value();
+    thread_pool pool(threads);
+    std::mt19937 rng(1);
+    std::printf("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |\n");
+    std::printf("|-------|--------|------|--------|----------|----------|----------|----------|----------|----------|\n");
+    for (int64_t B : batches) {
+        const int64_t n_kv = B * (n_prompt + n_gen);
+        auto kv = kv_cache::create(m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) + 1));
+        if (!kv) {
+            std::fprintf(stderr, "kvserve bench batched: %s\n", kv.message().c_str());
+            return 1;
+        }
+        scheduler_config sc;
+        sc.max_batch_tokens = max_batch_tokens;
+        sc.prefill_chunk = prefill_chunk;
+        sc.max_seqs = int32_t(B);
+        sc.n_ctx = n_prompt + n_gen;
+        scheduler sched(m, *tok.value(), *kv.value(), pool, sc);
+        std::vector<std::shared_ptr<request_stream>> streams;
+        for (int64_t b = 0; b < B; ++b) {
+            request_params p;
+            p.prompt.resize(size_t(n_prompt));
+            for (auto& t : p.prompt) t = int32_t(rng() % uint64_t(m.hparams().n_vocab));
+            p.max_tokens = n_gen;
+            p.ignore_eos = true;
+            p.sampling.temperature = 0;
+            streams.push_back(std::make_shared<request_stream>());
+            if (status s = sched.submit(std::move(p), streams.back()); !s) {
+                std::fprintf(stderr, "kvserve bench batched: %s\n", s.message().c_str());
+                return 1;
+            }
+        }
+        auto t0 = std::chrono::steady_clock::now();
+        double t_pp = -1;
+        while (!sched.idle()) {
+            auto r = sched.step();
+            if (!r) {
+                std::fprintf(stderr, "kvserve bench batched: %s\n", r.message().c_str());
+                return 1;
+            }
+            if (t_pp < 0 && sched.metrics().generated_tokens >= B)
+                t_pp = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            for (auto& s : streams)
+                while (s->pop(0)) {
+                }
+        }
+        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double t_tg = t - t_pp;
+        std::printf("| %5lld | %6lld | %4lld | %6lld | %8.3f | %8.2f | %8.3f | %8.2f | %8.3f | %8.2f |\n", (long long)n_prompt,
+                    (long long)n_gen, (long long)B, (long long)n_kv, t_pp, double(B * n_prompt) / t_pp, t_tg,
+                    double(B * (n_gen - 1)) / std::max(t_tg, 1e-9), t, double(n_kv) / t);
+        std::fflush(stdout);
+    }
+    return 0;
+}
+
+}  // namespace kvs::tools

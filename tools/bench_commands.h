@@ -1,0 +1,9 @@
+// Sub-benchmarks of `kvserve bench` (dispatched on its first argument).
+#pragma once
+
+namespace kvs::tools {
+
+int bench_batched(int argc, char** argv);  // kvserve bench batched ...
+int bench_serve(int argc, char** argv);    // kvserve bench serve ...
+
+}  // namespace kvs::tools
