@@ -92,6 +92,14 @@ int32_t kv_cache::seq_fork(int32_t src) {
     return dst;
 }
 
+void kv_cache::seq_attach(int32_t seq, const std::vector<int32_t>& pages) {
+    seq_state& s = seqs_[size_t(seq)];
+    for (int32_t p : pages) {
+        pool_.ref(p);
+        s.pages.push_back(p);
+    }
+}
+
 void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v) {
     const int32_t page = seqs_[size_t(seq)].pages[size_t(slot / cfg_.page_size)];
     const int64_t row = slot % cfg_.page_size;
@@ -104,9 +112,13 @@ void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, c
     }
 }
 
-status kv_cache::check_integrity() const {
+status kv_cache::check_integrity(const std::vector<int32_t>& other_owners) const {
     KVS_TRY(pool_.check_integrity());
-    std::vector<int32_t> owners(size_t(cfg_.n_pages), 0);
+    std::vector<int32_t> owners(static_cast<size_t>(cfg_.n_pages), 0);
+    for (int32_t p : other_owners) {
+        if (p < 0 || p >= cfg_.n_pages) return status::error(strfmt("invalid page %d held outside the tables", p));
+        ++owners[size_t(p)];
+    }
     for (size_t s = 0; s < seqs_.size(); ++s) {
         if (!seqs_[s].live && !seqs_[s].pages.empty())
             return status::error(strfmt("removed sequence %zu still holds pages", s));
@@ -117,7 +129,7 @@ status kv_cache::check_integrity() const {
     }
     for (int32_t p = 0; p < cfg_.n_pages; ++p)
         if (owners[size_t(p)] != pool_.ref_count(p))
-            return status::error(strfmt("page %d: ref count %d but %d tables hold it", p, pool_.ref_count(p), owners[size_t(p)]));
+            return status::error(strfmt("page %d: ref count %d but %d owners hold it", p, pool_.ref_count(p), owners[size_t(p)]));
     return status::ok();
 }
 

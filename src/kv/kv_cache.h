@@ -58,6 +58,9 @@ public:
     bool seq_prepare_write(int32_t seq, int64_t begin, int64_t end);
     // A new sequence sharing all pages of `src` (ref counts +1). n > 1 completions.
     int32_t seq_fork(int32_t src);
+    // Appends already-filled pages (e.g. from the prefix cache) to a sequence, taking a
+    // reference on each. The sequence's table must end on a page boundary (normally empty).
+    void seq_attach(int32_t seq, const std::vector<int32_t>& pages);
     const std::vector<int32_t>& seq_pages(int32_t seq) const { return seqs_[size_t(seq)].pages; }
     int64_t seq_capacity(int32_t seq) const { return int64_t(seq_pages(seq).size()) * cfg_.page_size; }
 
@@ -70,8 +73,9 @@ public:
     // The slot must be reserved and its page exclusive.
     void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v);
 
-    // Every page free or owned; ref counts equal the number of tables holding each page.
-    status check_integrity() const;
+    // Every page free or owned; each page's ref count equals the number of tables holding it
+    // plus its occurrences in `other_owners` (e.g. the prefix cache's pages).
+    status check_integrity(const std::vector<int32_t>& other_owners = {}) const;
 
 private:
     explicit kv_cache(const kv_config& config);

@@ -98,7 +98,8 @@ void engine::loop() {
             std::lock_guard<std::mutex> l(mu_);
             stats_.running = sched_->n_running();
             stats_.waiting = sched_->n_waiting();
-            stats_.kv_pages_used = kv_->pool().n_used();
+            stats_.kv_pages_cached = int32_t(sched_->n_cached_only_pages());
+            stats_.kv_pages_used = kv_->pool().n_used() - stats_.kv_pages_cached;
             stats_.sched = sched_->metrics();
             stats_.busy_seconds += dt;
         }

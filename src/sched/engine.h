@@ -28,7 +28,9 @@ struct engine_config {
 
 struct engine_stats {
     int32_t running = 0, waiting = 0;
-    int32_t kv_pages_total = 0, kv_pages_used = 0;
+    int32_t kv_pages_total = 0;
+    int32_t kv_pages_used = 0;    // held by sequences
+    int32_t kv_pages_cached = 0;  // held only by the prefix cache (evictable)
     scheduler_metrics sched;
     double busy_seconds = 0;      // time spent in steps
 };

@@ -28,6 +28,7 @@ struct request_params {
     bool ignore_eos = false;
     std::vector<std::string> stop;      // stop strings (not included in the output)
     std::vector<int32_t> stop_token_ids;
+    std::string cache_salt;             // prefix-cache namespace: requests share pages only within one salt
     int32_t n = 1;                      // completions sharing the prompt's KV pages
     int32_t n_logprobs = -1;            // -1: none; 0: the chosen token's; k: plus the top k
 };

@@ -14,6 +14,8 @@ struct scheduler::request_state {
     int32_t n_finished = 0;
     bool forked = false;  // siblings of completion 0 share its prompt pages
     int64_t completion_tokens = 0;
+    int64_t cached_tokens = 0;  // prompt tokens reused from the prefix cache at first admission
+    bool admitted_once = false;
 };
 
 struct scheduler::sequence {
@@ -29,6 +31,8 @@ struct scheduler::sequence {
     int64_t n_generated = 0;
     bool finished = false;
     bool scheduled = false;       // in running_ or waiting_
+    int64_t n_registered_pages = 0;  // leading full pages already in the prefix cache
+    int32_t skipped = 0;          // times passed over by longest-prefix-match admission
 
     sequence(request_state* r, int32_t i, uint64_t ord, const tokenizer& tok)
         : req(r), index(i), order(ord), tokens(r->params.prompt), smp(seeded(r->params.sampling, i)), detok(tok),
@@ -52,6 +56,7 @@ scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& k
     cfg_.max_seqs = std::max<int32_t>(1, cfg_.max_seqs);
     // One logit row per running sequence at most.
     state_ = std::make_unique<forward_state>(model, cfg_.max_batch_tokens, std::min<int64_t>(cfg_.max_batch_tokens, cfg_.max_seqs));
+    if (cfg_.prefix_cache) cache_ = std::make_unique<prefix_cache>(kv_.pool(), kv_.config().page_size);
 }
 
 scheduler::~scheduler() = default;
@@ -128,6 +133,7 @@ void scheduler::release(sequence* s) {
 void scheduler::preempt(sequence* s) {
     release(s);
     s->n_computed = 0;
+    s->n_registered_pages = 0;
     s->scheduled = true;
     insert_by_order(waiting_, s);
     ++metrics_.preemptions;
@@ -143,6 +149,7 @@ void scheduler::finish(sequence* s, finish_reason reason, request_event& ev) {
         request_usage u;
         u.prompt_tokens = r->n_prompt;
         u.completion_tokens = r->completion_tokens;
+        u.cached_tokens = r->cached_tokens;
         r->out->set_usage(u);
         if (reason == finish_reason::cancelled) ++metrics_.requests_cancelled;
         else ++metrics_.requests_finished;
@@ -172,6 +179,11 @@ bool scheduler::make_room(sequence* s, int64_t n_tokens) {
     const int64_t end = s->n_computed + n_tokens;
     for (;;) {
         if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, s->n_computed, end)) return true;
+        // Cached pages nobody uses go before any running sequence is preempted (+1: a
+        // copy-on-write of the first written page).
+        const int32_t need = kv_cache::pages_for(end, kv_.config().page_size) - int32_t(kv_.seq_pages(s->kv_seq).size()) + 1;
+        if (ensure_free_pages(need) && kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, s->n_computed, end))
+            return true;
         // Out of pages: preempt the newest running sequence (running_ is ordered oldest first).
         sequence* victim = running_.back();
         if (victim == s) {
@@ -207,24 +219,114 @@ bool scheduler::schedule_running(int64_t& budget) {
     return true;
 }
 
+bool scheduler::ensure_free_pages(int32_t n) {
+    if (kv_.pool().n_free() >= n) return true;
+    if (cache_) metrics_.prefix_evicted_pages += cache_->evict_until_free(n);
+    return kv_.pool().n_free() >= n;
+}
+
+// Starts a sequence (no pages yet) from the longest cached prefix of its tokens.
+void scheduler::attach_cached_prefix(sequence* s) {
+    request_state* r = s->req;
+    if (!cache_ || s->n_computed != 0) return;
+    const int64_t ps = kv_.config().page_size;
+    const int64_t n = int64_t(s->tokens.size());
+    // At least the last token is computed: its logits are needed.
+    std::vector<int32_t> pages = cache_->match(r->params.cache_salt, s->tokens.data(), n, (n - 1) / ps);
+    kv_.seq_attach(s->kv_seq, pages);
+    s->n_computed = int64_t(pages.size()) * ps;
+    s->n_registered_pages = int64_t(pages.size());
+    if (!r->admitted_once) {
+        metrics_.prefix_queried_tokens += r->n_prompt;
+        metrics_.prefix_hit_tokens += std::min(s->n_computed, r->n_prompt);
+        r->cached_tokens = std::min(s->n_computed, r->n_prompt);
+    }
+}
+
+void scheduler::register_full_pages(sequence* s) {
+    if (!cache_ || s->kv_seq < 0) return;
+    const int64_t full = s->n_computed / kv_.config().page_size;
+    if (full <= s->n_registered_pages) return;
+    cache_->insert(s->req->params.cache_salt, s->tokens.data(), kv_.seq_pages(s->kv_seq).data(), full);
+    s->n_registered_pages = full;
+}
+
+// Index of the waiting sequence to admit next: the front, unless a fresh request within the
+// LPM window has a longer cached prefix (and the front has not been passed over too often).
+size_t scheduler::pick_waiting() {
+    sequence* front = waiting_.front();
+    if (!cache_ || cfg_.lpm_window <= 1 || front->n_generated > 0 || front->skipped >= cfg_.lpm_max_skips) return 0;
+    const int64_t ps = kv_.config().page_size;
+    auto cached_pages = [&](sequence* s) {
+        const int64_t n = int64_t(s->tokens.size());
+        return int64_t(cache_->match(s->req->params.cache_salt, s->tokens.data(), n, (n - 1) / ps).size());
+    };
+    size_t best = 0;
+    int64_t best_len = cached_pages(front);
+    const size_t window = std::min(waiting_.size(), size_t(cfg_.lpm_window));
+    for (size_t i = 1; i < window; ++i) {
+        sequence* s = waiting_[i];
+        if (s->n_generated > 0) continue;  // preempted sequences keep their place
+        const int64_t len = cached_pages(s);
+        if (len > best_len) best = i, best_len = len;
+    }
+    for (size_t i = 0; i < best; ++i) ++waiting_[i]->skipped;
+    return best;
+}
+
+// True if a running sequence is about to compute full pages of this sequence's prefix that are
+// not cached yet: admitting it now would compute them twice, waiting a step or two reuses them.
+bool scheduler::waits_for_inflight_prefix(sequence* s) {
+    if (!cache_ || s->n_generated > 0) return false;
+    const int64_t ps = kv_.config().page_size;
+    const int64_t n = int64_t(s->tokens.size());
+    const int64_t max_pages = (n - 1) / ps;
+    if (max_pages == 0) return false;
+    const int64_t cached = int64_t(cache_->match(s->req->params.cache_salt, s->tokens.data(), n, max_pages).size());
+    for (const sequence* r : running_) {
+        if (r->req->params.cache_salt != s->req->params.cache_salt) continue;
+        const int64_t limit = std::min<int64_t>(max_pages * ps, int64_t(r->tokens.size()));
+        int64_t common = 0;
+        while (common < limit && r->tokens[size_t(common)] == s->tokens[size_t(common)]) ++common;
+        if (common / ps > cached) return true;
+    }
+    return false;
+}
+
 void scheduler::admit_waiting(int64_t& budget) {
     const int32_t watermark = running_.empty() ? 0 : std::max<int32_t>(1, kv_.pool().n_pages() / 100);
+    std::vector<sequence*> deferred;  // wait for a running sequence's prefix pages
     while (!waiting_.empty() && budget > 0 && int32_t(running_.size()) < cfg_.max_seqs) {
-        sequence* s = waiting_.front();
+        const size_t at = pick_waiting();
+        sequence* s = waiting_[at];
+        if (waits_for_inflight_prefix(s)) {
+            deferred.push_back(s);
+            waiting_.erase(waiting_.begin() + long(at));
+            continue;
+        }
         // A request with n > 1 completions keeps room for the siblings it will fork.
         const int32_t slots = (s->index == 0 && !s->req->forked) ? s->req->params.n - s->req->n_finished : 1;
         if (int32_t(running_.size()) + slots > cfg_.max_seqs) break;
+        if (s->kv_seq < 0) s->kv_seq = kv_.seq_add();
+        attach_cached_prefix(s);
         const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
         const int64_t take = std::min({need, budget, cfg_.prefill_chunk});
-        const int32_t pages = kv_cache::pages_for(take, kv_.config().page_size);
-        if (kv_.pool().n_free() - pages < watermark) break;
-        if (s->kv_seq < 0) s->kv_seq = kv_.seq_add();
-        if (!kv_.seq_reserve(s->kv_seq, take)) break;
-        waiting_.pop_front();
+        const int32_t pages = kv_cache::pages_for(s->n_computed + take, kv_.config().page_size) - int32_t(kv_.seq_pages(s->kv_seq).size());
+        if (!ensure_free_pages(pages + watermark) || !kv_.seq_reserve(s->kv_seq, s->n_computed + take)) {
+            // Not now: give the cached pages back (they stay in the tree) and wait.
+            kv_.seq_remove(s->kv_seq);
+            s->kv_seq = -1;
+            s->n_computed = 0;
+            s->n_registered_pages = 0;
+            break;
+        }
+        s->req->admitted_once = true;
+        waiting_.erase(waiting_.begin() + long(at));
         insert_by_order(running_, s);
-        plan_.push_back({s, take, take == int64_t(s->tokens.size())});
+        plan_.push_back({s, take, s->n_computed + take == int64_t(s->tokens.size())});
         budget -= take;
     }
+    for (sequence* s : deferred) insert_by_order(waiting_, s);
 }
 
 void scheduler::fork_siblings(sequence* parent) {
@@ -234,6 +336,7 @@ void scheduler::fork_siblings(sequence* parent) {
         if (s.get() == parent || s->finished) continue;
         s->kv_seq = kv_.seq_fork(parent->kv_seq);
         s->n_computed = parent->n_computed;
+        s->n_registered_pages = parent->n_registered_pages;
         s->scheduled = true;
         insert_by_order(running_, s.get());
     }
@@ -335,6 +438,7 @@ result<bool> scheduler::step() {
         sequence* s = pl.seq;
         const bool prompt_part = s->n_computed < s->req->n_prompt;
         s->n_computed += pl.n_tokens;
+        register_full_pages(s);
         if (prompt_part) metrics_.prompt_tokens += std::min(pl.n_tokens, s->req->n_prompt - (s->n_computed - pl.n_tokens));
         if (!pl.wants_logits) continue;
         const float* logits = state_->logits() + row * n_vocab;
@@ -347,11 +451,23 @@ result<bool> scheduler::step() {
         sample_and_emit(s, logits);
     }
     forget_finished_requests();
+    if (cache_) metrics_.prefix_cached_pages = cache_->n_pages();
     return true;
 }
 
+void scheduler::drop_prefix_cache() {
+    if (!cache_) return;
+    cache_->clear();
+    metrics_.prefix_cached_pages = cache_->n_pages();
+}
+
 status scheduler::check_integrity() const {
-    KVS_TRY(kv_.check_integrity());
+    std::vector<int32_t> tree_pages;
+    if (cache_) {
+        KVS_TRY(cache_->check_integrity());
+        cache_->collect_pages(tree_pages);
+    }
+    KVS_TRY(kv_.check_integrity(tree_pages));
     for (const sequence* s : running_) {
         if (s->kv_seq < 0 || !kv_.seq_exists(s->kv_seq)) return status::error("a running sequence has no KV sequence");
         if (kv_.seq_capacity(s->kv_seq) < s->n_computed) return status::error("a running sequence holds fewer pages than its computed tokens need");
@@ -361,8 +477,10 @@ status scheduler::check_integrity() const {
         if (s->kv_seq >= 0 && !kv_.seq_pages(s->kv_seq).empty()) return status::error("a waiting sequence holds pages");
         if (s->n_computed != 0) return status::error("a waiting sequence has computed tokens");
     }
-    if (running_.empty() && waiting_.empty() && kv_.pool().n_free() != kv_.pool().n_pages())
-        return status::error(strfmt("idle, but %d pages are still in use (leak)", kv_.pool().n_used()));
+    const int64_t cached_only = cache_ ? cache_->n_cached_only() : 0;
+    if (running_.empty() && kv_.pool().n_used() != cached_only)
+        return status::error(strfmt("no sequence runs, but %d pages are in use and only %lld are cached (leak)", kv_.pool().n_used(),
+                                    (long long)cached_only));
     return status::ok();
 }
 

@@ -14,6 +14,13 @@
 // stopped, with nothing lost or repeated. n > 1 completions prefill once and then fork the
 // prompt's pages (copy-on-write).
 //
+// With the prefix cache on, a sequence starts from the longest cached prefix of its tokens
+// (whole pages; at least its last token is computed), and every page it fills is registered in
+// the tree, so later requests — and the sequence itself after a preemption — reuse it. Cached
+// pages nobody uses are evicted (LRU) before any running sequence is preempted. Among waiting
+// requests the one with the longest cached prefix goes first (longest-prefix-match), but a
+// request passed over lpm_max_skips times is admitted next.
+//
 // Contract: not thread-safe; one thread calls submit/step (the engine's loop). validate() is
 // const and safe from any thread. Events reach clients through each request's request_stream.
 #pragma once
@@ -26,6 +33,7 @@
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
+#include "kv/prefix_cache.h"
 #include "model/llama.h"
 #include "sched/request.h"
 #include "sched/stop_matcher.h"
@@ -39,6 +47,9 @@ struct scheduler_config {
     int32_t max_seqs = 64;            // running sequences at most
     int64_t n_ctx = 0;                // per-sequence context limit; 0 = the model's training context
     int32_t max_n = 16;               // most completions per request
+    bool prefix_cache = true;         // reuse KV pages of cached prompt prefixes (RadixAttention)
+    int32_t lpm_window = 32;          // waiting requests considered for longest-prefix-match first
+    int32_t lpm_max_skips = 8;        // a request passed over this often is admitted next
 };
 
 struct scheduler_metrics {
@@ -48,6 +59,11 @@ struct scheduler_metrics {
     int64_t preemptions = 0;
     int64_t requests_finished = 0;
     int64_t requests_cancelled = 0;
+    // prefix cache
+    int64_t prefix_queried_tokens = 0;  // prompt tokens looked up at admission
+    int64_t prefix_hit_tokens = 0;      // of which reused from the cache
+    int64_t prefix_evicted_pages = 0;
+    int64_t prefix_cached_pages = 0;    // pages in the tree now
 };
 
 class scheduler {
@@ -66,6 +82,10 @@ public:
     status submit(request_params params, std::shared_ptr<request_stream> out);
     // One scheduling step and forward pass. Returns false when there was nothing to run.
     result<bool> step();
+    // Pages only the prefix cache holds (evictable).
+    int64_t n_cached_only_pages() const { return cache_ ? cache_->n_cached_only() : 0; }
+    // Evicts every cached page that no sequence uses.
+    void drop_prefix_cache();
     // Ends every unfinished completion with finish_reason::cancelled and frees its pages.
     void cancel_all();
     bool idle() const { return running_.empty() && waiting_.empty(); }
@@ -88,6 +108,11 @@ private:
     bool schedule_running(int64_t& budget);
     void admit_waiting(int64_t& budget);
     bool make_room(sequence* s, int64_t n_tokens);
+    bool ensure_free_pages(int32_t n);
+    void attach_cached_prefix(sequence* s);
+    void register_full_pages(sequence* s);
+    size_t pick_waiting();
+    bool waits_for_inflight_prefix(sequence* s);
     void preempt(sequence* s);
     void finish(sequence* s, finish_reason reason, request_event& ev);
     void release(sequence* s);
@@ -103,6 +128,7 @@ private:
     scheduler_config cfg_;
     int64_t n_ctx_;
     std::unique_ptr<forward_state> state_;
+    std::unique_ptr<prefix_cache> cache_;  // null with config.prefix_cache off
     batch batch_;
     std::vector<planned> plan_;
     std::vector<std::unique_ptr<request_state>> requests_;
