@@ -78,26 +78,64 @@ struct attn_case {
 
 class AttentionPaged : public ::testing::TestWithParam<attn_case> {};
 
-TEST_P(AttentionPaged, MatchesFloat64Reference) {
-    const attn_case c = GetParam();
-    for (int threads : {1, 2}) {
-        thread_pool pool(threads);
-        paged_setup s = make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {1, 17, 40, 100}, 5, 42);
-        auto b = batch_of(s);
-        auto kv = view_of(s);
-        const size_t n_out = size_t(b.n_q * c.n_head * c.head_dim);
-        std::vector<float> o(n_out), lse(size_t(b.n_q * c.n_head)), o_ref(n_out), lse_ref(lse.size());
-        cpu::attention_paged(b, kv, o.data(), lse.data(), pool);
-        cpu::ref::attention_paged(b, kv, o_ref.data(), lse_ref.data());
-        EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), 1e-5);
-        for (size_t i = 0; i < lse.size(); ++i) {
-            if (std::isinf(lse_ref[i])) {
-                EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0);
-            } else {
-                EXPECT_NEAR(lse[i], lse_ref[i], 1e-4f * std::max(1.0f, std::fabs(lse_ref[i])));
+std::vector<cpu::isa> supported_isas() {
+    std::vector<cpu::isa> out;
+    for (cpu::isa i : {cpu::isa::scalar, cpu::isa::avx2, cpu::isa::avx512})
+        if (cpu::isa_supported(i)) out.push_back(i);
+    return out;
+}
+
+// Restores the default dispatch even when an assertion returns early.
+struct isa_scope {
+    explicit isa_scope(cpu::isa i) { cpu::isa_override(i); }
+    ~isa_scope() { cpu::isa_reset(); }
+};
+
+// The kernel against the float64 reference on every ISA path and with 1-3 threads.
+void expect_matches_reference(const paged_setup& s, double tol) {
+    auto b = batch_of(s);
+    auto kv = view_of(s);
+    const size_t n_out = size_t(b.n_q * s.n_head * s.head_dim);
+    std::vector<float> o_ref(n_out), lse_ref(size_t(b.n_q * s.n_head));
+    cpu::ref::attention_paged(b, kv, o_ref.data(), lse_ref.data());
+    for (cpu::isa i : supported_isas()) {
+        isa_scope scope(i);
+        for (int threads : {1, 2, 3}) {
+            thread_pool pool(threads);
+            std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
+            cpu::attention_paged(b, kv, o.data(), lse.data(), pool);
+            EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), tol) << cpu::isa_name(i) << " threads " << threads;
+            for (size_t j = 0; j < lse.size(); ++j) {
+                if (std::isinf(lse_ref[j])) {
+                    EXPECT_TRUE(std::isinf(lse[j]) && lse[j] < 0);
+                } else {
+                    EXPECT_NEAR(lse[j], lse_ref[j], 1e-4f * std::max(1.0f, std::fabs(lse_ref[j])))
+                        << cpu::isa_name(i) << " threads " << threads << " index " << j;
+                }
             }
         }
     }
+}
+
+TEST_P(AttentionPaged, MatchesFloat64Reference) {
+    const attn_case c = GetParam();
+    // Several sequences, causal rows (prefill-like blocks of rows of one sequence).
+    expect_matches_reference(make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {1, 17, 40, 100}, 5, 42), 1e-5);
+    // Decode-like: one row per sequence, one long sequence (the KV range is split over
+    // tasks and the partial states merged).
+    expect_matches_reference(make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {1300}, 1, 43), 1e-5);
+    // Many rows of one sequence: several row blocks, uneven lengths inside a block.
+    expect_matches_reference(make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {90, 3}, 70, 44), 1e-5);
+}
+
+TEST(AttentionPaged, WideGroupsAndLargeScores) {
+    // 100 query heads per KV head: more than one kernel call's query vectors (head chunks).
+    expect_matches_reference(make_setup(100, 1, 16, 8, {30, 600}, 2, 5), 1e-5);
+    // 40 heads per KV head (3 vectors of 16 lanes), odd head_dim, large scores (the online
+    // softmax rescales often and exp must not overflow).
+    paged_setup s = make_setup(40, 1, 19, 5, {77}, 3, 6);
+    for (float& x : s.q) x *= 30.0f;
+    expect_matches_reference(s, 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Heads, AttentionPaged,

@@ -22,6 +22,9 @@ forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64
     lse.resize(n * size_t(hp.n_head));
     gate.resize(n * size_t(hp.n_ff));
     up.resize(n * size_t(hp.n_ff));
+    const int64_t n_pairs = std::max<int64_t>(1, std::min(hp.n_rot, hp.head_dim) / 2);
+    rope_cos.resize(n * size_t(n_pairs));
+    rope_sin.resize(n * size_t(n_pairs));
     out_rows.resize(size_t(max_logits_ * hp.n_embd));
     logits_.resize(size_t(max_logits_ * hp.n_vocab));
     q_seq.reserve(n);
@@ -41,7 +44,7 @@ void add_bias(float* y, const float* bias, int64_t rows, int64_t cols) {
 status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook) const {
     const llama_hparams& hp = hp_;
     const int64_t n = b.size();
-    const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd, ff = hp.n_ff;
+    const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;
     const int64_t n_out = b.n_logits();
 
     // Validate the whole batch before touching any state.
@@ -96,6 +99,12 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     for (int64_t i = 0; i < n; ++i)
         dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, st.x.data() + i * d, d);
 
+    // RoPE angles of every row's position, shared by q and k of all layers.
+    const int64_t n_rot = std::min(hp.n_rot, hd), n_pairs = std::max<int64_t>(1, n_rot / 2);
+    for (int64_t i = 0; i < n; ++i)
+        cpu::rope_angles(n_rot, b.positions[size_t(i)], hp.rope_freq_base, hp.rope_freq_scale,
+                         st.rope_cos.data() + i * n_pairs, st.rope_sin.data() + i * n_pairs);
+
     cpu::paged_kv_view kvv;
     kvv.n_kv_head = hp.n_head_kv;
     kvv.page_size = kv.config().page_size;
@@ -115,16 +124,20 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         // Attention block.
         for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.attn_norm, st.xb.data() + i * d, d, hp.rms_eps);
         dump("attn_norm", il, st.xb.data(), n, d);
-        cpu::matmul(L.wq, st.xb.data(), n, st.q.data(), pool);
-        cpu::matmul(L.wk, st.xb.data(), n, st.k.data(), pool);
-        cpu::matmul(L.wv, st.xb.data(), n, st.v.data(), pool);
+        {
+            // Q, K and V in one pass over the activations (one fork/join, x quantized once).
+            const cpu::weight_view wqkv[3] = {L.wq, L.wk, L.wv};
+            float* const yqkv[3] = {st.q.data(), st.k.data(), st.v.data()};
+            cpu::matmul_multi(wqkv, 3, st.xb.data(), n, yqkv, pool);
+        }
         add_bias(st.q.data(), L.bq, n, nq);
         add_bias(st.k.data(), L.bk, n, nkv);
         add_bias(st.v.data(), L.bv, n, nkv);
         for (int64_t i = 0; i < n; ++i) {
-            const int64_t pos = b.positions[size_t(i)];
-            cpu::rope(st.q.data() + i * nq, hp.n_head, hd, hp.n_rot, pos, hp.rope_freq_base, hp.rope_freq_scale, hp.rope);
-            cpu::rope(st.k.data() + i * nkv, hp.n_head_kv, hd, hp.n_rot, pos, hp.rope_freq_base, hp.rope_freq_scale, hp.rope);
+            const float* rc = st.rope_cos.data() + i * n_pairs;
+            const float* rs = st.rope_sin.data() + i * n_pairs;
+            cpu::rope_apply(st.q.data() + i * nq, hp.n_head, hd, n_rot, rc, rs, hp.rope);
+            cpu::rope_apply(st.k.data() + i * nkv, hp.n_head_kv, hd, n_rot, rc, rs, hp.rope);
         }
         dump("Qcur", il, st.q.data(), n, nq);
         dump("Kcur", il, st.k.data(), n, nkv);
@@ -143,9 +156,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         // Feed-forward block (SwiGLU).
         for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.ffn_norm, st.xb.data() + i * d, d, hp.rms_eps);
         dump("ffn_norm", il, st.xb.data(), n, d);
-        cpu::matmul(L.w_gate, st.xb.data(), n, st.gate.data(), pool);
-        cpu::matmul(L.w_up, st.xb.data(), n, st.up.data(), pool);
-        for (int64_t i = 0; i < n; ++i) cpu::swiglu(st.gate.data() + i * ff, st.up.data() + i * ff, st.gate.data() + i * ff, ff);
+        // gate and up in one pass, SwiGLU applied per chunk while it is in cache.
+        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb.data(), n, st.gate.data(), st.up.data(), st.gate.data(), pool);
         cpu::matmul(L.w_down, st.gate.data(), n, st.xb2.data(), pool);
         dump("ffn_out", il, st.xb2.data(), n, d);
         for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];

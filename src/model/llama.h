@@ -71,6 +71,7 @@ private:
     std::vector<float> k, v;             // (max_tokens, n_kv*hd)
     std::vector<float> lse;              // (max_tokens, n_head)
     std::vector<float> gate, up;         // (max_tokens, n_ff)
+    std::vector<float> rope_cos, rope_sin;  // (max_tokens, n_rot / 2) angles of each row's position
     std::vector<float> out_rows;         // (max_logits, n_embd)
     std::vector<float> logits_;          // (max_logits, n_vocab)
     std::vector<int32_t> q_seq, q_kv_len, page_indptr, page_ids;  // attention CSR

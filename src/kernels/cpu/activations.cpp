@@ -8,9 +8,8 @@
 namespace kvs::cpu {
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
-    // silu(g) = g · sigmoid(g) = g / (1 + e^-g); for g → -inf, e^-g overflows to inf and the
-    // quotient correctly goes to -0.
-    for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    const detail::kernel_table& k = detail::active_kernels();
+    (k.swiglu ? k.swiglu : detail::kernels_scalar()->swiglu)(gate, up, out, n);
 }
 
 float softmax(float* x, int64_t n) {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/attention_isa.h"
 #include "kernels/cpu/ops.h"
 
 namespace kvs::cpu {
@@ -13,74 +14,153 @@ namespace {
 
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
-// One (query row, KV head) task: the n_group query heads sharing this KV head read each
-// page once. Online softmax (FlashAttention): running max m, denominator l and the
-// unnormalized output acc per head; scores are never stored beyond one page.
-void attend_row_kv_head(const attention_batch& b, const paged_kv_view& kv, int64_t row, int64_t kvh,
-                        float* o, float* lse, std::vector<float>& scratch) {
-    const int64_t hd = kv.head_dim, ps = kv.page_size;
-    const int64_t n_group = b.n_head / kv.n_kv_head;
-    const int64_t h0 = kvh * n_group;
-    const int64_t n_kv = b.q_kv_len[row];
-    const int32_t* pages = b.page_ids + b.page_indptr[b.q_seq[row]];
-    const size_t page_elems = size_t(kv.n_kv_head * ps * hd);
-
-    scratch.resize(size_t(n_group * (hd + 2 + ps)));
-    float* acc = scratch.data();           // (n_group, hd)
-    float* m = acc + n_group * hd;         // (n_group)
-    float* l = m + n_group;                // (n_group)
-    float* s = l + n_group;                // (ps) scores of one head for one page
-    std::fill(acc, acc + n_group * hd, 0.0f);
-    std::fill(m, m + n_group, neg_inf);
-    std::fill(l, l + n_group, 0.0f);
-
-    for (int64_t start = 0; start < n_kv; start += ps) {
-        const int64_t n_t = std::min(ps, n_kv - start);
-        const size_t base = size_t(pages[start / ps]) * page_elems + size_t(kvh * ps * hd);
-        const float* kp = kv.k + base;  // (ps, hd)
-        const float* vp = kv.v + base;  // (ps, hd)
-        for (int64_t g = 0; g < n_group; ++g) {
-            const float* q = b.q + (row * b.n_head + h0 + g) * hd;
-            float mx = m[g];
-            for (int64_t t = 0; t < n_t; ++t) {
-                s[t] = dot_f32(q, kp + t * hd, hd) * b.scale;
-                mx = std::max(mx, s[t]);
+// Portable tile kernel (scalar and AVX2 paths): one query vector at a time, online softmax
+// over the keys one by one (FlashAttention's running max m, denominator l, accumulator acc).
+void attend_portable(const detail::attn_work& w) {
+    const int64_t hd = w.hd;
+    static thread_local std::vector<float> acc_buf;
+    acc_buf.resize(size_t(hd));
+    float* acc = acc_buf.data();  // (hd)
+    for (int64_t r = 0; r < w.n_rows; ++r) {
+        const int64_t t_end = std::min<int64_t>(w.t1, w.kv_len[r]);
+        for (int64_t g = 0; g < w.n_group; ++g) {
+            const float* q = w.q + r * w.q_row_stride + g * hd;
+            float m = neg_inf, l = 0.0f;
+            std::fill(acc, acc + hd, 0.0f);
+            for (int64_t t = w.t0; t < t_end; ++t) {
+                const size_t off = size_t(w.pages[t / w.page_size]) * w.page_elems + w.head_off +
+                                   size_t((t % w.page_size) * hd);
+                const float* k = w.k + off;
+                const float* v = w.v + off;
+                float s = 0.0f;
+                for (int64_t d = 0; d < hd; ++d) s += q[d] * k[d];
+                s *= w.scale;
+                if (s > m) {
+                    const float corr = std::exp(m - s);  // 0 when m was -inf
+                    for (int64_t d = 0; d < hd; ++d) acc[d] *= corr;
+                    l *= corr;
+                    m = s;
+                }
+                const float p = std::exp(s - m);
+                l += p;
+                for (int64_t d = 0; d < hd; ++d) acc[d] += p * v[d];
             }
-            const float corr = std::exp(m[g] - mx);  // 0 when m was -inf
-            float* a = acc + g * hd;
-            float sum = 0.0f;
-            for (int64_t d = 0; d < hd; ++d) a[d] *= corr;
-            for (int64_t t = 0; t < n_t; ++t) {
-                const float p = std::exp(s[t] - mx);
-                sum += p;
-                const float* v = vp + t * hd;
-                for (int64_t d = 0; d < hd; ++d) a[d] += p * v[d];
+            float* out = w.o + r * w.o_row_stride + g * hd;
+            if (l == 0.0f) {
+                std::fill(out, out + hd, 0.0f);
+                w.lse[r * w.lse_row_stride + g] = neg_inf;
+                continue;
             }
-            l[g] = l[g] * corr + sum;
-            m[g] = mx;
+            const float inv = 1.0f / l;
+            for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] * inv;
+            w.lse[r * w.lse_row_stride + g] = m + std::log(l);
         }
-    }
-    for (int64_t g = 0; g < n_group; ++g) {
-        float* out = o + (row * b.n_head + h0 + g) * hd;
-        if (l[g] == 0.0f) {
-            std::fill(out, out + hd, 0.0f);
-            lse[row * b.n_head + h0 + g] = neg_inf;
-            continue;
-        }
-        const float inv = 1.0f / l[g];
-        for (int64_t d = 0; d < hd; ++d) out[d] = acc[g * hd + d] * inv;
-        lse[row * b.n_head + h0 + g] = m[g] + std::log(l[g]);
     }
 }
 
+detail::attn_fn active_attention_kernel() {
+    if (isa_active() == isa::avx512) {
+        if (detail::attn_fn f = detail::attention_kernel_avx512()) return f;
+    }
+    return attend_portable;
+}
+
+struct row_block {
+    int64_t row0, n_rows, max_len;
+};
+
 }  // namespace
 
+// Plan: query rows are grouped into blocks of consecutive rows of one sequence, so that a
+// block's query vectors (rows × the heads of a GQA group, at most attn_max_qv) share every
+// K/V element loaded; tasks are (block, KV head, head chunk). When that gives too few tasks
+// for the pool and the KV is long (decode at long context), the KV range is also split and
+// the partial (O, LSE) states merged exactly (attention_merge), so all threads stream KV.
 void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o, float* lse, thread_pool& pool) {
-    const int64_t n_tasks = b.n_q * kv.n_kv_head;
-    pool.run(n_tasks, [&](int64_t task, int) {
-        thread_local std::vector<float> scratch;
-        attend_row_kv_head(b, kv, task / kv.n_kv_head, task % kv.n_kv_head, o, lse, scratch);
+    if (b.n_q <= 0) return;
+    const int64_t hd = kv.head_dim, ps = kv.page_size;
+    const int64_t n_group = b.n_head / kv.n_kv_head;
+    const int64_t hc = std::min(n_group, detail::attn_max_qv);  // heads per task
+    const int64_t n_hchunks = (n_group + hc - 1) / hc;
+    const int64_t rows_per_block = std::max<int64_t>(1, detail::attn_max_qv / hc);
+
+    // Plan and partial states live in the calling thread's scratch; the tasks (on other
+    // threads) reach them through plain pointers, never by naming the thread_locals.
+    static thread_local std::vector<row_block> block_buf;
+    std::vector<row_block>& blocks = block_buf;
+    blocks.clear();
+    int64_t max_len = 0;
+    for (int64_t r = 0; r < b.n_q; ++r) {
+        const int64_t len = b.q_kv_len[r];
+        max_len = std::max(max_len, len);
+        if (blocks.empty() || b.q_seq[r] != b.q_seq[blocks.back().row0] || blocks.back().n_rows == rows_per_block) {
+            blocks.push_back({r, 1, len});
+        } else {
+            blocks.back().n_rows++;
+            blocks.back().max_len = std::max(blocks.back().max_len, len);
+        }
+    }
+    const int64_t n_base = int64_t(blocks.size()) * kv.n_kv_head * n_hchunks;
+    const int64_t want_tasks = 4 * int64_t(pool.n_threads());
+    int64_t n_split = 1;
+    constexpr int64_t min_split_keys = 256;
+    if (n_base < want_tasks && max_len >= 2 * min_split_keys)
+        n_split = std::min((want_tasks + n_base - 1) / n_base, max_len / min_split_keys);
+    int64_t split_len = (max_len + n_split - 1) / n_split;
+    split_len = std::max<int64_t>(1, (split_len + ps - 1) / ps * ps);
+    n_split = std::max<int64_t>(1, (max_len + split_len - 1) / split_len);
+
+    // Splits after the first write partial states here: (n_split - 1, n_q, n_head, hd), lse
+    // (n_split - 1, n_q, n_head).
+    static thread_local std::vector<float> part_o_buf, part_lse_buf;
+    std::vector<float>& part_o = part_o_buf;
+    std::vector<float>& part_lse = part_lse_buf;
+    const size_t o_elems = size_t(b.n_q * b.n_head * hd), lse_elems = size_t(b.n_q * b.n_head);
+    if (n_split > 1) {
+        if (part_o.size() < size_t(n_split - 1) * o_elems) part_o.resize(size_t(n_split - 1) * o_elems);
+        if (part_lse.size() < size_t(n_split - 1) * lse_elems) part_lse.resize(size_t(n_split - 1) * lse_elems);
+    }
+
+    const detail::attn_fn kernel = active_attention_kernel();
+    const size_t page_elems = size_t(kv.n_kv_head * ps * hd);
+    const int64_t per_block = kv.n_kv_head * n_hchunks * n_split;
+    const row_block* block_list = blocks.data();
+    float* part_o_data = part_o.data();
+    float* part_lse_data = part_lse.data();
+    pool.run(int64_t(blocks.size()) * per_block, [&](int64_t task, int) {
+        const row_block& blk = block_list[size_t(task / per_block)];
+        int64_t rest = task % per_block;
+        const int64_t split = rest % n_split;
+        rest /= n_split;
+        const int64_t hchunk = rest % n_hchunks, kvh = rest / n_hchunks;
+        const int64_t g0 = hchunk * hc, h0 = kvh * n_group + g0;
+        detail::attn_work w{};
+        w.q = b.q + (blk.row0 * b.n_head + h0) * hd;
+        w.q_row_stride = b.n_head * hd;
+        w.n_rows = blk.n_rows;
+        w.n_group = std::min(hc, n_group - g0);
+        w.hd = hd;
+        w.kv_len = b.q_kv_len + blk.row0;
+        w.k = kv.k;
+        w.v = kv.v;
+        w.pages = b.page_ids + b.page_indptr[b.q_seq[blk.row0]];
+        w.page_size = ps;
+        w.page_elems = page_elems;
+        w.head_off = size_t(kvh * ps * hd);
+        w.t0 = split * split_len;
+        w.t1 = std::min(blk.max_len, w.t0 + split_len);
+        w.scale = b.scale;
+        float* o_base = split == 0 ? o : part_o_data + size_t(split - 1) * o_elems;
+        float* lse_base = split == 0 ? lse : part_lse_data + size_t(split - 1) * lse_elems;
+        w.o = o_base + (blk.row0 * b.n_head + h0) * hd;
+        w.o_row_stride = b.n_head * hd;
+        w.lse = lse_base + blk.row0 * b.n_head + h0;
+        w.lse_row_stride = b.n_head;
+        kernel(w);
     });
+    for (int64_t sp = 1; sp < n_split; ++sp)
+        attention_merge(o, lse, part_o.data() + size_t(sp - 1) * o_elems, part_lse.data() + size_t(sp - 1) * lse_elems,
+                        b.n_q * b.n_head, hd);
 }
 
 void attention_merge(float* o_a, float* lse_a, const float* o_b, const float* lse_b, int64_t n, int64_t head_dim) {

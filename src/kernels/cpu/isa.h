@@ -50,6 +50,8 @@ struct kernel_table {
     // d = max|x| / 127 per block, q = x / d rounded to nearest even, s = sum of q.
     void (*quantize_q8_row)(const float* x, int64_t n, int8_t* qs, float* d, int32_t* s);
     float (*dot_f32)(const float* a, const float* b, int64_t n);
+    // out[i] = silu(gate[i]) * up[i] (n); out may alias gate or up.
+    void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
 };
 
 // Null when the build does not contain that path (e.g. a non-x86 target).

@@ -61,25 +61,43 @@ constexpr int64_t max_m_block = 64;  // x rows per task (their q8 copy stays in 
 
 bool matmul_supported(dtype t) { return gemm_for(*detail::kernels_scalar(), t) != nullptr; }
 
-void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool) {
-    if (m <= 0 || w.n_out <= 0) return;
+namespace {
+
+// The common body of matmul, matmul_multi and matmul_swiglu: y[j] = x · w[j]ᵀ for the n_w
+// weights (all with the same n_in), in one fork/join and with x quantized once. With
+// `glu_out`, n_w is 2 (gate, up of equal n_out) and every task computes the same row chunk
+// of both, then writes glu_out = swiglu(gate, up) over that chunk while it is hot in cache.
+void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, float* const* ys,
+                 float* glu_out, thread_pool& pool) {
+    constexpr int max_w = 8;
+    if (m <= 0 || n_w <= 0) return;
     const detail::kernel_table& k = detail::active_kernels();
-    detail::gemm_fn fn = gemm_for(k, w.type);
-    if (!fn) fn = gemm_for(*detail::kernels_scalar(), w.type);
-    const dtype_traits& tr = dtype_info(w.type);
-    if (!fn || w.n_in % tr.block_size != 0) {
+    const int64_t n_in = ws[0].n_in;
+    detail::gemm_fn fns[max_w] = {};
+    bool any_quantized = false, ok = n_w <= max_w;
+    for (int j = 0; ok && j < n_w; ++j) {
+        const weight_view& w = ws[j];
+        detail::gemm_fn fn = gemm_for(k, w.type);
+        if (!fn) fn = gemm_for(*detail::kernels_scalar(), w.type);
+        fns[j] = fn;
+        if (!fn || w.n_in != n_in || w.n_in % dtype_info(w.type).block_size != 0) ok = false;
+        any_quantized = any_quantized || is_quantized(w.type);
+    }
+    if (glu_out && (n_w != 2 || ws[0].n_out != ws[1].n_out)) ok = false;
+    if (!ok) {
         // Unsupported: callers validate weights at load time (matmul_supported); make a slip
         // loud rather than silently wrong.
-        std::fill(y, y + m * w.n_out, std::numeric_limits<float>::quiet_NaN());
+        for (int j = 0; j < n_w; ++j)
+            std::fill(ys[j], ys[j] + m * ws[j].n_out, std::numeric_limits<float>::quiet_NaN());
+        if (glu_out) std::fill(glu_out, glu_out + m * ws[0].n_out, std::numeric_limits<float>::quiet_NaN());
         return;
     }
-    const int64_t n_in = w.n_in;
-    const size_t row_bytes = dtype_row_bytes(w.type, n_in);
     const int n_threads = pool.n_threads();
+    const auto glu = k.swiglu ? k.swiglu : detail::kernels_scalar()->swiglu;
 
-    // Quantize x once for all tasks.
+    // Quantize x once for all tasks and all weights.
     detail::q8_rows q8{};
-    if (is_quantized(w.type)) {
+    if (any_quantized) {
         q8_scratch& sc = scratch();
         sc.reserve(m, n_in);
         const int64_t nb = n_in / 32;
@@ -95,28 +113,31 @@ void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_po
         q8 = {sc.qs.data(), sc.d.data(), sc.s.data(), n_in};
     }
 
-    // Task geometry.
+    // Task geometry: (x row block) × (weight, chunk of its rows). Chunks have one size for
+    // all weights, sized from their total rows (a swiglu pair counts once).
+    const int n_units = glu_out ? 1 : n_w;
+    int64_t total_rows = 0;
+    for (int j = 0; j < n_units; ++j) total_rows += ws[j].n_out;
     const int64_t n_m_blocks = (m + max_m_block - 1) / max_m_block;
     const int64_t m_block = (m + n_m_blocks - 1) / n_m_blocks;  // balanced block height
     // Aim for ~8 tasks per thread in total, weight-row chunks a multiple of 16 rows.
     int64_t target_chunks = std::max<int64_t>(1, int64_t(n_threads) * 8 / n_m_blocks);
-    int64_t chunk = (w.n_out + target_chunks - 1) / target_chunks;
+    int64_t chunk = (total_rows + target_chunks - 1) / target_chunks;
     chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
-    const int64_t n_chunks = (w.n_out + chunk - 1) / chunk;
+    int64_t chunk_start[max_w + 1] = {0};  // prefix sums of chunks per unit
+    for (int j = 0; j < n_units; ++j) chunk_start[j + 1] = chunk_start[j] + (ws[j].n_out + chunk - 1) / chunk;
+    const int64_t n_chunks = chunk_start[n_units];
 
-    const auto* wbytes = static_cast<const uint8_t*>(w.data);
-    const bool quantized = is_quantized(w.type);
-    auto tile = [&](int64_t task, int) {
-        const int64_t c = task % n_chunks, mb = task / n_chunks;
-        const int64_t o0 = c * chunk, o1 = std::min(w.n_out, o0 + chunk);
-        const int64_t i0 = mb * m_block, i1 = std::min(m, i0 + m_block);
+    auto run_tile = [&](int j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
+        const weight_view& w = ws[j];
+        const size_t row_bytes = dtype_row_bytes(w.type, n_in);
         detail::q8_rows q8_block{};
         detail::gemm_tile t{};
-        t.w = wbytes + size_t(o0) * row_bytes;
+        t.w = static_cast<const uint8_t*>(w.data) + size_t(o0) * row_bytes;
         t.w_row_bytes = row_bytes;
         t.n_o = o1 - o0;
         t.n_in = n_in;
-        if (quantized) {
+        if (is_quantized(w.type)) {
             const int64_t nb = n_in / 32;
             q8_block = {q8.qs + i0 * n_in, q8.d + i0 * nb, q8.s + i0 * nb, n_in};
             t.x = &q8_block;
@@ -125,11 +146,43 @@ void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_po
         }
         t.x_stride = n_in;
         t.m = i1 - i0;
-        t.y = y + i0 * w.n_out + o0;
+        t.y = ys[j] + i0 * w.n_out + o0;
         t.ldy = w.n_out;
-        fn(t);
+        fns[j](t);
+    };
+    auto tile = [&](int64_t task, int) {
+        const int64_t c = task % n_chunks, mb = task / n_chunks;
+        int j = 0;
+        while (c >= chunk_start[j + 1]) ++j;
+        const int64_t o0 = (c - chunk_start[j]) * chunk, o1 = std::min(ws[j].n_out, o0 + chunk);
+        const int64_t i0 = mb * m_block, i1 = std::min(m, i0 + m_block);
+        run_tile(j, o0, o1, i0, i1);
+        if (glu_out) {
+            run_tile(1, o0, o1, i0, i1);
+            const int64_t n_ff = ws[0].n_out;
+            for (int64_t i = i0; i < i1; ++i)
+                glu(ys[0] + i * n_ff + o0, ys[1] + i * n_ff + o0, glu_out + i * n_ff + o0, o1 - o0);
+        }
     };
     pool.run(n_chunks * n_m_blocks, tile);
+}
+
+}  // namespace
+
+void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool) {
+    if (w.n_out <= 0) return;
+    matmul_impl(&w, 1, x, m, &y, nullptr, pool);
+}
+
+void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, float* const* y, thread_pool& pool) {
+    matmul_impl(w, n_w, x, m, y, nullptr, pool);
+}
+
+void matmul_swiglu(const weight_view& gate, const weight_view& up, const float* x, int64_t m, float* y_gate,
+                   float* y_up, float* out, thread_pool& pool) {
+    const weight_view ws[2] = {gate, up};
+    float* const ys[2] = {y_gate, y_up};
+    matmul_impl(ws, 2, x, m, ys, out, pool);
 }
 
 }  // namespace kvs::cpu

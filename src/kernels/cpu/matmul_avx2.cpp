@@ -300,7 +300,7 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 }
 
 constexpr kernel_table table{gemm_f32,  gemm_f16,  gemm_bf16,       gemm_q8_0,
-                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32};
+                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32, nullptr};
 
 }  // namespace
 

@@ -356,8 +356,46 @@ float dot_f32(const float* a, const float* b, int64_t n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
 }
 
+// e^x for 16 lanes: x = n·ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (relative
+// error ~2e-7), then scaled by 2^n with vscalefps, which saturates to inf / 0 for huge |x|
+// (no exponent-field overflow to handle) and passes NaN through.
+__m512 exp512(__m512 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(100.0f)), _mm512_set1_ps(-110.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+    r = _mm512_fnmadd_ps(n, ln2_lo, r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// silu(g)·u = g·u / (1 + e^-g); e^-g saturates to inf for g → -inf, giving -0 as the scalar
+// path does. (The clamp at ±100/110 keeps vscalefps in range; e^110 is already inf in float.)
+void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = _mm512_loadu_ps(gate + i), u = _mm512_loadu_ps(up + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        _mm512_storeu_ps(out + i, _mm512_div_ps(_mm512_mul_ps(g, u), _mm512_add_ps(one, e)));
+    }
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_div_ps(_mm512_mul_ps(g, u), _mm512_add_ps(one, e)));
+    }
+}
+
 constexpr kernel_table table{gemm_f32,  gemm_f16,  gemm_bf16,       gemm_q8_0,
-                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32};
+                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32, swiglu};
 
 }  // namespace
 

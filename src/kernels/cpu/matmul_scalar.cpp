@@ -140,8 +140,14 @@ void gemm_q4_1(const gemm_tile& t) {
     }
 }
 
+// silu(g) = g · sigmoid(g) = g / (1 + e^-g); for g → -inf, e^-g overflows to inf and the
+// quotient correctly goes to -0.
+void swiglu_scalar(const float* gate, const float* up, float* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 constexpr kernel_table table{gemm_f32,  gemm_f16,  gemm_bf16, gemm_q8_0,
-                             gemm_q4_0, gemm_q4_1, quantize_q8_row_scalar, dot_scalar};
+                             gemm_q4_0, gemm_q4_1, quantize_q8_row_scalar, dot_scalar, swiglu_scalar};
 
 }  // namespace
 

@@ -30,6 +30,15 @@ struct weight_view {
 // Quantized weights may quantize x to 8 bits on the fly (as ggml does for q4_0/q8_0 dots);
 // tolerance against the float64 reference is then per dtype. Work is split over the pool.
 void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool);
+// Several matmuls that share x, in one pass over the pool (one fork/join, x quantized once):
+// y[j] (m, w[j].n_out) = x · w[j]ᵀ for j in [0, n_w), n_w <= 8, every w[j].n_in equal
+// (otherwise every y[j] is NaN). Values are identical to n_w separate matmul calls.
+void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, float* const* y, thread_pool& pool);
+// The SwiGLU feed-forward input in one pass: y_gate = x · gateᵀ, y_up = x · upᵀ (both
+// (m, n_out), used as scratch) and out = swiglu(y_gate, y_up) (m, n_out), computed chunk by
+// chunk while the chunk is in cache. out may alias y_gate. gate.n_out must equal up.n_out.
+void matmul_swiglu(const weight_view& gate, const weight_view& up, const float* x, int64_t m, float* y_gate,
+                   float* y_up, float* out, thread_pool& pool);
 // Whether matmul has kernels for weights of this dtype (f32, f16, bf16, q8_0, q4_0, q4_1).
 // matmul with an unsupported dtype, or n_in not a multiple of its block size, writes NaN.
 bool matmul_supported(dtype t);
@@ -43,6 +52,14 @@ enum class rope_layout { normal = 0, neox = 1 };
 // theta_i = pos * freq_scale * freq_base^(-2i/n_rot).
 void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
           float freq_base, float freq_scale, rope_layout layout);
+
+// The same rotation in two steps, so that the angles of a position are computed once and
+// reused (all heads of q and k, every layer): rope_angles fills cos_t, sin_t (n_rot / 2) for
+// pos (n_rot already clamped to head_dim), rope_apply rotates x with them. rope(...) equals
+// rope_angles followed by rope_apply bit for bit.
+void rope_angles(int64_t n_rot, int64_t pos, float freq_base, float freq_scale, float* cos_t, float* sin_t);
+void rope_apply(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, const float* cos_t, const float* sin_t,
+                rope_layout layout);
 
 // out[i] = silu(gate[i]) * up[i]  (n)
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
