@@ -1,0 +1,437 @@
+#include "server/http_server.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "model/llama.h"
+#include "sched/engine.h"
+#include "server/chat_prompt.h"
+#include "server/http.h"
+#include "server/metrics.h"
+#include "server/openai_request.h"
+#include "server/openai_response.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvs {
+
+using json = nlohmann::json;
+
+std::string default_model_name(const llama_model& model, const std::string& path) {
+    auto name = model.file().get_string_opt("general.name");
+    if (name && name.value() && !name.value()->empty()) return *name.value();
+    std::string stem = std::filesystem::path(path).filename().string();
+    if (stem.size() > 5 && stem.ends_with(".gguf")) stem.resize(stem.size() - 5);
+    return stem.empty() ? "model" : stem;
+}
+
+namespace {
+
+constexpr const char* k_json_type = "application/json";
+
+void send_json(httplib::Response& res, int code, const json& body) {
+    res.status = code;
+    res.set_content(dump_json(body), k_json_type);
+}
+
+void send_error(httplib::Response& res, const api_error& e) {
+    res.status = e.http_status;
+    res.set_content(api_error_body(e), k_json_type);
+}
+
+// The request parameter an engine validation message is about ("" when none fits).
+std::string param_of_engine_message(const std::string& msg, api_endpoint ep) {
+    const std::string prompt_field = ep == api_endpoint::chat ? "messages" : "prompt";
+    if (msg.find("plus max_tokens") != std::string::npos) return "max_tokens";
+    if (msg.starts_with("the prompt") || msg.starts_with("prompt token")) return prompt_field;
+    if (msg.starts_with("top_logprobs")) return ep == api_endpoint::chat ? "top_logprobs" : "logprobs";
+    static const char* const names[] = {"n", "min_tokens", "max_tokens", "temperature", "top_p", "min_p", "top_k",
+                                        "presence_penalty", "frequency_penalty"};
+    const std::string first = msg.substr(0, msg.find(' '));
+    for (const char* n : names)
+        if (first == n) return n;
+    if (first == "repeat_penalty") return "repetition_penalty";
+    return "";
+}
+
+api_error shutting_down_error() {
+    return {503, "the server is shutting down", "", "server_error", "service_unavailable"};
+}
+
+// The JSON body, or a 400 naming where it fails to parse.
+std::optional<api_error> parse_body(const httplib::Request& req, json* out) {
+    try {
+        *out = json::parse(req.body);
+    } catch (const json::parse_error& e) {
+        return api_error::invalid(std::string("invalid JSON in the request body: ") + e.what());
+    }
+    if (!out->is_object()) return api_error::invalid("the request body must be a JSON object");
+    return std::nullopt;
+}
+
+// Compares keys without an early exit on the first differing byte.
+bool constant_time_equal(const std::string& a, const std::string& b) {
+    if (a.size() != b.size()) return false;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+// One streamed response: what the content provider needs between calls.
+struct stream_job {
+    std::shared_ptr<request_stream> stream;
+    response_meta meta;
+    openai_request req;
+    std::vector<stream_choice_state> choices;
+};
+
+}  // namespace
+
+struct http_server::impl {
+    impl(const llama_model& m, const tokenizer& t, engine& e, const server_config& c) : model(m), tok(t), eng(e), cfg(c) {}
+
+    const llama_model& model;
+    const tokenizer& tok;
+    engine& eng;
+    server_config cfg;
+    std::string name;                 // the served model id
+    std::unique_ptr<chat_prompt> chat;
+    httplib::Server svr;
+    server_metrics metrics;
+    int port = -1;
+
+    std::mutex mu;
+    std::condition_variable cv;       // active reached 0, run() returned
+    bool stopping = false, run_started = false, run_returned = false;
+    std::set<std::shared_ptr<request_stream>> active;  // accepted, response not yet written
+
+    void setup_routes();
+    bool authorized(const httplib::Request& req) const;
+    void handle_generate(const httplib::Request& req, httplib::Response& res, api_endpoint ep);
+    std::optional<api_error> build_request(const json& body, api_endpoint ep, openai_request* r);
+    void respond_whole(httplib::Response& res, const openai_request& r, const std::shared_ptr<request_stream>& s);
+    void respond_stream(httplib::Response& res, openai_request r, std::shared_ptr<request_stream> s);
+    static bool write_stream(stream_job& job, const tokenizer& tok, httplib::DataSink& sink);
+    void handle_tokenize(const httplib::Request& req, httplib::Response& res);
+    void handle_detokenize(const httplib::Request& req, httplib::Response& res);
+    json model_card() const;
+
+    void begin(const std::shared_ptr<request_stream>& s) {
+        std::lock_guard<std::mutex> l(mu);
+        active.insert(s);
+    }
+    void end(const std::shared_ptr<request_stream>& s) {
+        {
+            std::lock_guard<std::mutex> l(mu);
+            active.erase(s);
+        }
+        cv.notify_all();
+    }
+    bool is_stopping() {
+        std::lock_guard<std::mutex> l(mu);
+        return stopping;
+    }
+};
+
+bool http_server::impl::authorized(const httplib::Request& req) const {
+    if (cfg.api_key.empty() || req.path == "/health") return true;
+    const std::string h = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    if (h.size() <= prefix.size() || h.compare(0, prefix.size(), prefix) != 0) return false;
+    return constant_time_equal(h.substr(prefix.size()), cfg.api_key);
+}
+
+std::optional<api_error> http_server::impl::build_request(const json& body, api_endpoint ep, openai_request* r) {
+    // An unknown model is a 404, as OpenAI answers; a missing one means the served model.
+    if (auto m = body.find("model"); m != body.end() && m->is_string() && m->get_ref<const std::string&>() != name)
+        return api_error{404, "the model '" + m->get<std::string>() + "' does not exist (this server serves '" + name + "')",
+                         "model", "invalid_request_error", "model_not_found"};
+    auto e = ep == api_endpoint::chat ? parse_chat_request(body, r) : parse_completion_request(body, tok, r);
+    if (e) return e;
+    if (ep == api_endpoint::chat) {
+        auto tokens = chat->tokenize(r->messages, r->tools);
+        if (!tokens) return api_error::invalid(tokens.message(), "messages");
+        r->params.prompt = std::move(tokens.value());
+    }
+    return std::nullopt;
+}
+
+void http_server::impl::handle_generate(const httplib::Request& req, httplib::Response& res, api_endpoint ep) {
+    json body;
+    if (auto e = parse_body(req, &body)) return send_error(res, *e);
+    openai_request r;
+    if (auto e = build_request(body, ep, &r)) return send_error(res, *e);
+    if (is_stopping()) return send_error(res, shutting_down_error());
+    auto sub = eng.submit(r.params);
+    if (!sub) {
+        const status err = sub.error();
+        if (err.code() == 503) return send_error(res, {503, err.message(), "", "server_error", "service_unavailable"});
+        return send_error(res, api_error::invalid(err.message(), param_of_engine_message(err.message(), ep)));
+    }
+    std::shared_ptr<request_stream> s = std::move(sub.value());
+    begin(s);
+    if (r.stream) return respond_stream(res, std::move(r), std::move(s));
+    respond_whole(res, r, s);
+    end(s);
+}
+
+void http_server::impl::respond_whole(httplib::Response& res, const openai_request& r, const std::shared_ptr<request_stream>& s) {
+    std::vector<completion_choice> choices(static_cast<size_t>(r.params.n));
+    std::string error;
+    bool cancelled = false;
+    while (auto ev = s->pop()) {
+        if (ev->index < 0 || ev->index >= r.params.n) continue;
+        completion_choice& c = choices[static_cast<size_t>(ev->index)];
+        c.text += ev->text;
+        for (auto& lp : ev->logprobs) c.logprobs.push_back(std::move(lp));
+        if (ev->finish != finish_reason::none) c.finish = ev->finish;
+        if (ev->finish == finish_reason::error) error = ev->error;
+        if (ev->finish == finish_reason::cancelled) cancelled = true;
+    }
+    if (!error.empty()) return send_error(res, {500, "generation failed: " + error, "", "server_error", ""});
+    if (cancelled) return send_error(res, shutting_down_error());
+    const response_meta meta = make_response_meta(r.endpoint, name);
+    send_json(res, 200, completion_response(meta, choices, s->usage(), tok, r.params.n_logprobs >= 0, r.echo ? r.prompt_text : ""));
+}
+
+bool http_server::impl::write_stream(stream_job& job, const tokenizer& tok, httplib::DataSink& sink) {
+    auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+    const bool with_lp = job.req.params.n_logprobs >= 0;
+    const std::string echo = job.req.echo ? job.req.prompt_text : "";
+    for (int32_t i = 0; i < job.req.params.n; ++i) {
+        json open = stream_open_chunk(job.meta, i, echo, job.req.include_usage);
+        if (!open.is_null() && !write(sse_data(open))) return false;
+    }
+    for (;;) {
+        auto ev = job.stream->pop(200);
+        if (!ev) {
+            if (job.stream->done()) break;
+            if (!sink.is_writable()) return false;
+            continue;
+        }
+        if (ev->index < 0 || ev->index >= job.req.params.n) continue;
+        if (ev->finish == finish_reason::error) {
+            const api_error e{500, "generation failed: " + ev->error, "", "server_error", ""};
+            if (!write("data: " + api_error_body(e) + "\n\n")) return false;
+            continue;
+        }
+        json chunk = stream_event_chunk(job.meta, *ev, tok, with_lp, job.req.include_usage,
+                                        &job.choices[static_cast<size_t>(ev->index)]);
+        if (!chunk.is_null() && !write(sse_data(chunk))) return false;
+    }
+    if (job.req.include_usage && !write(sse_data(stream_usage_chunk(job.meta, job.stream->usage())))) return false;
+    return write(sse_done());
+}
+
+void http_server::impl::respond_stream(httplib::Response& res, openai_request r, std::shared_ptr<request_stream> s) {
+    auto job = std::make_shared<stream_job>();
+    job->stream = std::move(s);
+    job->meta = make_response_meta(r.endpoint, name);
+    job->choices.resize(static_cast<size_t>(r.params.n));
+    for (auto& c : job->choices) c.text_offset = r.echo ? int64_t(r.prompt_text.size()) : 0;
+    job->req = std::move(r);
+    res.status = 200;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, job](size_t, httplib::DataSink& sink) {
+            if (!write_stream(*job, tok, sink)) {
+                job->stream->cancel();  // the client is gone: free its pages
+                return false;
+            }
+            sink.done();
+            return true;
+        },
+        [this, job](bool) {
+            // Runs once the response is over, written or not (also when the provider never ran).
+            if (!job->stream->done()) job->stream->cancel();
+            end(job->stream);
+        });
+}
+
+void http_server::impl::handle_tokenize(const httplib::Request& req, httplib::Response& res) {
+    json body;
+    if (auto e = parse_body(req, &body)) return send_error(res, *e);
+    auto content = body.find("content");
+    if (content == body.end() || !content->is_string()) return send_error(res, api_error::invalid("content must be a string", "content"));
+    bool add_special = false, parse_special = true, with_pieces = false;
+    const std::pair<const char*, bool*> flags[] = {{"add_special", &add_special}, {"parse_special", &parse_special}, {"with_pieces", &with_pieces}};
+    for (auto [key, flag] : flags) {
+        auto it = body.find(key);
+        if (it == body.end() || it->is_null()) continue;
+        if (!it->is_boolean()) return send_error(res, api_error::invalid(std::string(key) + " must be a boolean", key));
+        *flag = it->get<bool>();
+    }
+    const std::vector<int32_t> ids = tok.encode(content->get_ref<const std::string&>(), add_special && tok.add_bos(), parse_special);
+    json tokens = json::array();
+    for (int32_t id : ids) {
+        if (with_pieces) tokens.push_back({{"id", id}, {"piece", tok.token_to_piece(id, true)}});
+        else tokens.push_back(id);
+    }
+    send_json(res, 200, {{"tokens", std::move(tokens)}});
+}
+
+void http_server::impl::handle_detokenize(const httplib::Request& req, httplib::Response& res) {
+    json body;
+    if (auto e = parse_body(req, &body)) return send_error(res, *e);
+    auto tokens = body.find("tokens");
+    if (tokens == body.end() || !tokens->is_array()) return send_error(res, api_error::invalid("tokens must be an array of token ids", "tokens"));
+    std::vector<int32_t> ids;
+    for (const json& t : *tokens) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= tok.n_vocab())
+            return send_error(res, api_error::invalid(strfmt("tokens must be token ids in [0, %d), got %s", tok.n_vocab(), dump_json(t).c_str()), "tokens"));
+        ids.push_back(int32_t(t.get<int64_t>()));
+    }
+    send_json(res, 200, {{"content", tok.decode(ids)}});
+}
+
+json http_server::impl::model_card() const {
+    return {{"id", name},
+            {"object", "model"},
+            {"created", 0},
+            {"owned_by", "kvserve"},
+            {"meta", {{"n_ctx", eng.n_ctx()}, {"n_ctx_train", model.hparams().n_ctx_train}, {"n_vocab", tok.n_vocab()}}}};
+}
+
+void http_server::impl::setup_routes() {
+    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+        if (authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
+        send_error(res, {401, "invalid or missing API key (send the header 'Authorization: Bearer <key>')", "", "authentication_error",
+                         "invalid_api_key"});
+        return httplib::Server::HandlerResponse::Handled;
+    });
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty() || res.status != 404) return httplib::Server::HandlerResponse::Unhandled;
+        send_error(res, {404, "no route for " + req.method + " " + req.path, "", "invalid_request_error", "not_found"});
+        return httplib::Server::HandlerResponse::Handled;
+    }));
+    svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown error";
+        try {
+            if (ep) std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+            what = e.what();
+        } catch (...) {
+        }
+        send_error(res, {500, "internal error: " + what, "", "server_error", ""});
+    });
+    svr.set_logger([this](const httplib::Request&, const httplib::Response& res) { metrics.count_response(res.status); });
+
+    svr.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { handle_generate(q, r, api_endpoint::completions); });
+    svr.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { handle_generate(q, r, api_endpoint::chat); });
+    svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
+        send_json(r, 200, {{"object", "list"}, {"data", json::array({model_card()})}});
+    });
+    svr.Get("/v1/models/(.+)", [this](const httplib::Request& q, httplib::Response& r) {
+        if (q.matches[1] != name)
+            return send_error(r, {404, "the model '" + std::string(q.matches[1]) + "' does not exist", "model", "invalid_request_error", "model_not_found"});
+        send_json(r, 200, model_card());
+    });
+    svr.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
+        if (is_stopping()) return send_json(r, 503, {{"status", "shutting down"}});
+        send_json(r, 200, {{"status", "ok"}});
+    });
+    svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+        r.set_content(metrics.render(eng.stats()), "text/plain; version=0.0.4");
+    });
+    svr.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) { handle_tokenize(q, r); });
+    svr.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) { handle_detokenize(q, r); });
+}
+
+http_server::http_server(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+result<std::unique_ptr<http_server>> http_server::create(const llama_model& model, const tokenizer& tok, engine& eng,
+                                                         const server_config& config) {
+    auto p = std::make_unique<impl>(model, tok, eng, config);
+    p->name = config.model_name.empty() ? default_model_name(model, "") : config.model_name;
+    std::string source = config.chat_template;
+    if (source.empty()) {
+        auto t = model.file().get_string_opt("tokenizer.chat_template");
+        if (t && t.value()) source = *t.value();
+    }
+    p->chat = chat_prompt::create(source, tok);
+    const int threads = config.http_threads > 0 ? config.http_threads : eng.config().max_seqs + 8;
+    p->svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+    p->svr.set_keep_alive_timeout(2);
+    p->svr.set_payload_max_length(size_t(64) << 20);
+    p->setup_routes();
+    return std::unique_ptr<http_server>(new http_server(std::move(p)));
+}
+
+http_server::~http_server() {
+    bool running;
+    {
+        std::lock_guard<std::mutex> l(impl_->mu);
+        running = impl_->run_started && !impl_->run_returned;
+    }
+    if (running) shutdown(false);
+}
+
+status http_server::bind() {
+    const server_config& c = impl_->cfg;
+    if (c.port < 0 || c.port > 65535) return status::error(strfmt("port %d is out of range", c.port));
+    int port = c.port == 0 ? impl_->svr.bind_to_any_port(c.host) : (impl_->svr.bind_to_port(c.host, c.port) ? c.port : -1);
+    if (port <= 0) return status::error(strfmt("cannot listen on %s:%d (address in use or not available)", c.host.c_str(), c.port));
+    impl_->port = port;
+    return status::ok();
+}
+
+int http_server::port() const { return impl_->port; }
+const std::string& http_server::model_name() const { return impl_->name; }
+
+status http_server::run() {
+    if (impl_->port < 0) return status::error("http_server::run() before a successful bind()");
+    {
+        std::lock_guard<std::mutex> l(impl_->mu);
+        if (impl_->run_started) return status::error("http_server::run() called twice");
+        impl_->run_started = true;
+        if (impl_->stopping) impl_->run_returned = true;
+    }
+    bool ok = true;
+    if (!impl_->run_returned) ok = impl_->svr.listen_after_bind();
+    {
+        std::lock_guard<std::mutex> l(impl_->mu);
+        impl_->run_returned = true;
+    }
+    impl_->cv.notify_all();
+    // listen_after_bind() reports false when stop() closed the socket: that is a normal end.
+    if (!ok && !impl_->is_stopping()) return status::error("the HTTP listener failed");
+    return status::ok();
+}
+
+void http_server::cancel_all() {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    for (const auto& s : impl_->active) s->cancel();
+}
+
+void http_server::shutdown(bool drain) {
+    impl& p = *impl_;
+    {
+        std::lock_guard<std::mutex> l(p.mu);
+        p.stopping = true;
+    }
+    p.eng.shutdown(drain);  // refuses new requests; with drain, waits for the accepted ones
+    if (!drain) cancel_all();
+    {
+        std::unique_lock<std::mutex> l(p.mu);
+        p.cv.wait(l, [&] { return p.active.empty(); });  // responses written (or abandoned)
+    }
+    // stop() only acts on a listening server: repeat until run() has returned.
+    for (;;) {
+        {
+            std::lock_guard<std::mutex> l(p.mu);
+            if (!p.run_started || p.run_returned) break;
+        }
+        p.svr.stop();
+        std::unique_lock<std::mutex> l(p.mu);
+        p.cv.wait_for(l, std::chrono::milliseconds(20), [&] { return p.run_returned; });
+    }
+}
+
+}  // namespace kvs

@@ -1,0 +1,45 @@
+#include "server/metrics.h"
+
+namespace kvs {
+
+namespace {
+
+void add(std::string& out, const char* name, const char* type, const char* help, double value) {
+    out += strfmt("# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, value);
+}
+
+}  // namespace
+
+void server_metrics::count_response(int http_status) {
+    std::lock_guard<std::mutex> l(mu_);
+    ++responses_[http_status];
+}
+
+std::string server_metrics::render(const engine_stats& s) const {
+    std::string out;
+    const int32_t free = s.kv_pages_total - s.kv_pages_used;
+    add(out, "kvserve_requests_running", "gauge", "Sequences running in the scheduler.", s.running);
+    add(out, "kvserve_requests_waiting", "gauge", "Sequences waiting for admission.", s.waiting);
+    add(out, "kvserve_kv_pages_used", "gauge", "KV cache pages in use.", s.kv_pages_used);
+    add(out, "kvserve_kv_pages_free", "gauge", "KV cache pages free.", free);
+    add(out, "kvserve_kv_pages_total", "gauge", "KV cache pages in the pool.", s.kv_pages_total);
+    add(out, "kvserve_kv_cache_usage_ratio", "gauge", "Fraction of KV cache pages in use.",
+        s.kv_pages_total > 0 ? double(s.kv_pages_used) / s.kv_pages_total : 0.0);
+    add(out, "kvserve_prompt_tokens_total", "counter", "Prompt tokens computed (recompute after preemption included).",
+        double(s.sched.prompt_tokens));
+    add(out, "kvserve_generation_tokens_total", "counter", "Tokens generated.", double(s.sched.generated_tokens));
+    add(out, "kvserve_generation_tokens_per_second", "gauge", "Generated tokens per second of engine busy time.",
+        s.busy_seconds > 0 ? double(s.sched.generated_tokens) / s.busy_seconds : 0.0);
+    add(out, "kvserve_preemptions_total", "counter", "Sequences preempted by recompute.", double(s.sched.preemptions));
+    add(out, "kvserve_requests_finished_total", "counter", "Requests finished (stop or length).", double(s.sched.requests_finished));
+    add(out, "kvserve_requests_cancelled_total", "counter", "Requests cancelled (client gone or server stopping).",
+        double(s.sched.requests_cancelled));
+    add(out, "kvserve_engine_steps_total", "counter", "Scheduler steps (forward passes).", double(s.sched.steps));
+    add(out, "kvserve_engine_busy_seconds_total", "counter", "Seconds the engine spent in steps.", s.busy_seconds);
+    std::lock_guard<std::mutex> l(mu_);
+    out += "# HELP kvserve_http_requests_total HTTP responses by status code.\n# TYPE kvserve_http_requests_total counter\n";
+    for (const auto& [code, n] : responses_) out += strfmt("kvserve_http_requests_total{code=\"%d\"} %lld\n", code, (long long)n);
+    return out;
+}
+
+}  // namespace kvs

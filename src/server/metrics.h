@@ -1,0 +1,38 @@
+// Prometheus text exposition (format 0.0.4) for GET /metrics: the engine's gauges and counters
+// plus the HTTP server's own counters.
+//
+//   kvserve_requests_running / _waiting            gauge    sequences in the scheduler
+//   kvserve_kv_pages_used / _free / _total         gauge    KV pages of the pool
+//   kvserve_kv_cache_usage_ratio                   gauge    used / total
+//   kvserve_prompt_tokens_total                    counter  prompt tokens computed (recompute included)
+//   kvserve_generation_tokens_total                counter  tokens sampled
+//   kvserve_generation_tokens_per_second           gauge    generated tokens / seconds the engine was busy
+//   kvserve_preemptions_total                      counter  sequences preempted by recompute
+//   kvserve_requests_finished_total / _cancelled_total  counter
+//   kvserve_engine_steps_total, kvserve_engine_busy_seconds_total  counter
+//   kvserve_http_requests_total{code="200"}        counter  HTTP responses by status code
+//
+// Contract: server_metrics is thread-safe (handlers on many threads count responses).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "sched/engine.h"
+
+namespace kvs {
+
+class server_metrics {
+public:
+    void count_response(int http_status);
+    // The exposition text for the given engine snapshot and this server's counters.
+    std::string render(const engine_stats& stats) const;
+
+private:
+    mutable std::mutex mu_;
+    std::map<int, int64_t> responses_;  // HTTP status -> count
+};
+
+}  // namespace kvs

@@ -1,0 +1,138 @@
+// kvserve serve: the OpenAI-compatible HTTP server (src/server/http_server.h).
+//
+// SIGINT / SIGTERM: stop accepting requests, let the ones in flight finish and their responses
+// be written, exit 0. A second signal during the drain cancels what is still running.
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "command.h"
+#include "common.h"
+#include "model/llama.h"
+#include "sched/engine.h"
+#include "server/http_server.h"
+#include "server/signals.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvs::tools {
+
+namespace {
+
+int cmd_serve(int argc, char** argv) {
+    CLI::App app("Serve a GGUF model over an OpenAI-compatible HTTP API", "kvserve serve");
+    std::string model_path = default_model_path();
+    server_config sc;
+    engine_config ec;
+    int threads = default_threads();
+    int64_t kv_memory_mib = 0;
+    app.add_option("-m,--model", model_path, "GGUF model file")->capture_default_str();
+    app.add_option("--host", sc.host, "address to listen on")->capture_default_str();
+    app.add_option("--port", sc.port, "port to listen on (0 = any free port)")->check(CLI::Range(0, 65535))->capture_default_str();
+    app.add_option("-t,--threads", threads, "compute threads")->check(CLI::Range(1, 1024))->capture_default_str();
+    app.add_option("--api-key", sc.api_key, "require 'Authorization: Bearer KEY' on every route but /health");
+    app.add_option("--alias", sc.model_name, "model id to serve (default: the GGUF's general.name, else the file name)");
+    app.add_option("-c,--ctx-size", ec.sched.n_ctx, "context length per sequence (0 = the model's)")->check(CLI::NonNegativeNumber);
+    auto* kv_mem = app.add_option("--kv-memory", kv_memory_mib, "KV cache size in MiB (default: max-seqs full contexts, at most 2 GiB)")
+                       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+    auto* kv_tok = app.add_option("--kv-tokens", ec.kv_tokens, "KV cache size in tokens")->check(CLI::Range(int64_t(1), int64_t(1) << 40));
+    kv_mem->excludes(kv_tok);
+    app.add_option("--page-size", ec.page_size, "tokens per KV page")->check(CLI::Range(1, 4096))->capture_default_str();
+    app.add_option("--max-batch-tokens", ec.sched.max_batch_tokens, "tokens per forward pass")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--prefill-chunk", ec.sched.prefill_chunk, "most prompt tokens of one sequence per step")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--max-seqs", ec.sched.max_seqs, "running sequences at most")->check(CLI::Range(1, 65536))->capture_default_str();
+    app.add_option("--max-queued", ec.max_queued, "waiting requests at most (more are refused with 503)")
+        ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+    app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
+    app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
+        ->check(CLI::ExistingFile);
+    if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+
+    if (!sc.chat_template.empty()) {
+        FILE* f = std::fopen(sc.chat_template.c_str(), "rb");
+        std::string text;
+        if (f) {
+            char buf[4096];
+            size_t n;
+            while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+            std::fclose(f);
+        }
+        if (text.empty()) {
+            std::fprintf(stderr, "kvserve serve: cannot read the chat template file %s\n", sc.chat_template.c_str());
+            return 2;
+        }
+        sc.chat_template = std::move(text);
+    }
+    if (!std::filesystem::exists(model_path)) {
+        std::fprintf(stderr, "kvserve serve: %s\n", missing_model_help(model_path).c_str());
+        return 2;
+    }
+    // Before any thread starts: every thread inherits the mask, the watch below receives the signals.
+    termination_watch::block_signals();
+
+    auto model = llama_model::load(model_path);
+    if (!model) {
+        std::fprintf(stderr, "kvserve serve: %s\n", model.message().c_str());
+        return 1;
+    }
+    auto tok = tokenizer::from_gguf(model.value()->file());
+    if (!tok) {
+        std::fprintf(stderr, "kvserve serve: %s: %s\n", model_path.c_str(), tok.message().c_str());
+        return 1;
+    }
+    if (tok.value()->n_vocab() != model.value()->hparams().n_vocab) {
+        std::fprintf(stderr, "kvserve serve: vocabulary has %d tokens but the model's output has %lld\n", tok.value()->n_vocab(),
+                     (long long)model.value()->hparams().n_vocab);
+        return 1;
+    }
+    ec.threads = threads;
+    ec.kv_memory_bytes = kv_memory_mib << 20;
+    auto eng = engine::create(*model.value(), *tok.value(), ec);
+    if (!eng) {
+        std::fprintf(stderr, "kvserve serve: %s\n", eng.message().c_str());
+        return 1;
+    }
+    if (sc.model_name.empty()) sc.model_name = default_model_name(*model.value(), model_path);
+    auto server = http_server::create(*model.value(), *tok.value(), *eng.value(), sc);
+    if (!server) {
+        std::fprintf(stderr, "kvserve serve: %s\n", server.message().c_str());
+        return 1;
+    }
+    http_server& srv = *server.value();
+    if (status st = srv.bind(); !st) {
+        std::fprintf(stderr, "kvserve serve: %s\n", st.message().c_str());
+        return 1;
+    }
+
+    std::thread drain;
+    int n_signals = 0;
+    termination_watch watch([&](int) {
+        if (n_signals++ == 0) {
+            std::fprintf(stderr, "kvserve serve: draining (in-flight requests finish; signal again to cancel them)\n");
+            drain = std::thread([&] { srv.shutdown(true); });
+        } else {
+            std::fprintf(stderr, "kvserve serve: cancelling in-flight requests\n");
+            srv.cancel_all();
+        }
+    });
+    const auto& st = eng.value()->stats();
+    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens\n", srv.model_name().c_str(),
+                 (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size);
+    std::fprintf(stderr, "kvserve serve: listening on http://%s:%d\n", sc.host.c_str(), srv.port());
+    std::fflush(stderr);
+    status run = srv.run();
+    if (drain.joinable()) drain.join();
+    if (!run) {
+        std::fprintf(stderr, "kvserve serve: %s\n", run.message().c_str());
+        return 1;
+    }
+    std::fprintf(stderr, "kvserve serve: stopped\n");
+    return 0;
+}
+
+}  // namespace
+
+KVS_COMMAND("serve", "serve a model over an OpenAI-compatible HTTP API", cmd_serve);
+
+}  // namespace kvs::tools
