@@ -3,6 +3,10 @@
 // once and each generates TG tokens (EOS ignored). Reported: prompt time and speed (until every
 // sequence has its first token), generation time and speed (the rest), and the total.
 //   kvserve bench batched -m MODEL -p 128 -n 32 -b 1,4,16,32 -t 2
+// With --long-prompt L, once the B sequences are decoding a request with an L-token prompt
+// arrives; the longest scheduler step while it is prefilled is reported next to the decode-only
+// step time, showing whether decodes stall behind the long prompt (chunked prefill keeps each
+// step to at most one prefill chunk plus the decodes).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -42,6 +46,7 @@ int bench_batched(int argc, char** argv) {
     int64_t n_prompt = 128, n_gen = 32, max_batch_tokens = 2048, prefill_chunk = 512;
     int threads = default_threads();
     int32_t page_size = 16;
+    int64_t long_prompt = 0;
     app.add_option("-m,--model", model_path, "GGUF model file")->capture_default_str();
     app.add_option("-p,--n-prompt", n_prompt, "prompt tokens per sequence")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("-n,--n-gen", n_gen, "generated tokens per sequence")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
@@ -50,6 +55,7 @@ int bench_batched(int argc, char** argv) {
     app.add_option("--max-batch-tokens", max_batch_tokens, "scheduler token budget per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--prefill-chunk", prefill_chunk, "most prompt tokens of one sequence per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--page-size", page_size, "KV tokens per page")->check(CLI::Range(1, 4096))->capture_default_str();
+    app.add_option("--long-prompt", long_prompt, "tokens of a prompt that arrives while the batch decodes (0 = none)")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     bool ok = false;
     auto batches = int_list(b_list, &ok);
@@ -78,7 +84,8 @@ int bench_batched(int argc, char** argv) {
     std::printf("|-------|--------|------|--------|----------|----------|----------|----------|----------|----------|\n");
     for (int64_t B : batches) {
         const int64_t n_kv = B * (n_prompt + n_gen);
-        auto kv = kv_cache::create(m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) + 1));
+        auto kv = kv_cache::create(m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) +
+                                                                kv_cache::pages_for(long_prompt + 2, page_size) + 1));
         if (!kv) {
             std::fprintf(stderr, "kvserve bench batched: %s\n", kv.message().c_str());
             return 1;
@@ -86,8 +93,8 @@ int bench_batched(int argc, char** argv) {
         scheduler_config sc;
         sc.max_batch_tokens = max_batch_tokens;
         sc.prefill_chunk = prefill_chunk;
-        sc.max_seqs = int32_t(B);
-        sc.n_ctx = n_prompt + n_gen;
+        sc.max_seqs = int32_t(B) + (long_prompt > 0 ? 1 : 0);
+        sc.n_ctx = std::max(n_prompt + n_gen, long_prompt + 2);
         scheduler sched(m, *tok.value(), *kv.value(), pool, sc);
         std::vector<std::shared_ptr<request_stream>> streams;
         for (int64_t b = 0; b < B; ++b) {
@@ -105,8 +112,37 @@ int bench_batched(int argc, char** argv) {
         }
         auto t0 = std::chrono::steady_clock::now();
         double t_pp = -1;
+        bool long_sent = false, long_done = false;
+        double max_step_long = 0, sum_step_decode = 0;
+        int64_t n_step_decode = 0, long_prefill_steps = 0;
+        std::shared_ptr<request_stream> long_stream;
         while (!sched.idle()) {
+            if (long_prompt > 0 && !long_sent && t_pp >= 0 && n_step_decode >= 3) {
+                request_params p;
+                p.prompt.resize(size_t(long_prompt));
+                for (auto& t : p.prompt) t = int32_t(rng() % uint64_t(m.hparams().n_vocab));
+                p.max_tokens = 1;
+                p.ignore_eos = true;
+                p.sampling.temperature = 0;
+                long_stream = std::make_shared<request_stream>();
+                if (status st = sched.submit(std::move(p), long_stream); !st) {
+                    std::fprintf(stderr, "kvserve bench batched: %s\n", st.message().c_str());
+                    return 1;
+                }
+                long_sent = true;
+            }
+            auto ts = std::chrono::steady_clock::now();
             auto r = sched.step();
+            const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+            if (t_pp >= 0 && !long_sent) {
+                sum_step_decode += dt;
+                ++n_step_decode;
+            }
+            if (long_sent && !long_done) {
+                max_step_long = std::max(max_step_long, dt);
+                ++long_prefill_steps;
+                while (long_stream->pop(0)) long_done = true;
+            }
             if (!r) {
                 std::fprintf(stderr, "kvserve bench batched: %s\n", r.message().c_str());
                 return 1;
@@ -122,6 +158,11 @@ int bench_batched(int argc, char** argv) {
         std::printf("| %5lld | %6lld | %4lld | %6lld | %8.3f | %8.2f | %8.3f | %8.2f | %8.3f | %8.2f |\n", (long long)n_prompt,
                     (long long)n_gen, (long long)B, (long long)n_kv, t_pp, double(B * n_prompt) / t_pp, t_tg,
                     double(B * (n_gen - 1)) / std::max(t_tg, 1e-9), t, double(n_kv) / t);
+        if (long_prompt > 0 && long_sent)
+            std::printf("|       | long prompt of %lld tokens arrived while %lld decode: longest step %.3f s over %lld steps; "
+                        "decode-only step %.3f s (prefill chunk %lld)\n",
+                        (long long)long_prompt, (long long)B, max_step_long, (long long)long_prefill_steps,
+                        sum_step_decode / double(std::max<int64_t>(1, n_step_decode)), (long long)prefill_chunk);
         std::fflush(stdout);
     }
     return 0;
