@@ -148,6 +148,7 @@ sse_result post_stream(const served& s, const std::string& path, json body, int 
     auto r = c->send(req);
     if (r) out.status = r->status;
     for (const std::string& ev : split_events(buf)) {
+        if (ev.rfind(":", 0) == 0) continue;  // an SSE comment (keep-alive)
         EXPECT_EQ(ev.rfind("data: ", 0), 0u) << ev;
         const std::string payload = ev.substr(6);
         if (payload == "[DONE]") {
@@ -297,13 +298,41 @@ TEST(server, stream_matches_non_stream) {
     }
     const json& last = r.chunks.back();
     EXPECT_TRUE(last["choices"].empty());
-    EXPECT_EQ(last["usage"], whole["usage"]);
+    EXPECT_EQ(last["usage"]["prompt_tokens"], whole["usage"]["prompt_tokens"]);
+    EXPECT_EQ(last["usage"]["completion_tokens"], whole["usage"]["completion_tokens"]);
+    EXPECT_EQ(last["usage"]["total_tokens"], whole["usage"]["total_tokens"]);
 
     // Without include_usage no chunk carries usage.
     req.erase("stream_options");
     sse_result r2 = post_stream(s, "/v1/completions", req);
     for (const json& c : r2.chunks) EXPECT_FALSE(c.contains("usage"));
     EXPECT_EQ(stream_texts(r2)[0], whole["choices"][0]["text"].get<std::string>());
+}
+
+// A prompt sent twice: the second reuses the first one's full KV pages (prefix cache), which
+// usage reports as cached_tokens; afterwards the pages are cached, not used.
+TEST(server, prefix_cache_in_usage_and_metrics) {
+    NEED_MODEL(f);
+    served s(f);
+    std::string prompt;
+    for (int i = 0; i < 6; ++i) prompt += "Once upon a time, there was a little girl named Lily. ";
+    auto [st1, b1] = s.post("/v1/completions", greedy_completion(prompt, 4));
+    ASSERT_EQ(st1, 200);
+    EXPECT_EQ(b1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    auto [st2, b2] = s.post("/v1/completions", greedy_completion(prompt, 4));
+    ASSERT_EQ(st2, 200);
+    const int64_t cached = b2["usage"]["prompt_tokens_details"]["cached_tokens"];
+    const int64_t n_prompt = b2["usage"]["prompt_tokens"];
+    EXPECT_GT(cached, 0);
+    EXPECT_LT(cached, n_prompt);
+    EXPECT_EQ(cached % 16, 0);
+    EXPECT_EQ(b2["choices"][0]["text"], b1["choices"][0]["text"]);
+    ASSERT_TRUE(wait_idle(s));
+    auto [ms, mb] = s.get("/metrics");
+    EXPECT_EQ(metric(mb, "kvserve_kv_pages_used"), 0);
+    EXPECT_GT(metric(mb, "kvserve_kv_pages_cached"), 0);
+    EXPECT_EQ(metric(mb, "kvserve_kv_pages_free") + metric(mb, "kvserve_kv_pages_cached"), metric(mb, "kvserve_kv_pages_total"));
+    EXPECT_EQ(metric(mb, "kvserve_prefix_cache_hit_tokens_total"), double(cached));
 }
 
 TEST(server, stop_strings_and_finish_reasons) {
@@ -433,7 +462,7 @@ TEST(server, chat_default_template) {
     EXPECT_TRUE(b["choices"][0]["message"]["content"].is_string());
     EXPECT_EQ(b["choices"][0]["finish_reason"], "length");
     // The prompt is the documented ChatML-like default, BOS first.
-    json flat = {{{"role", "system"}, {"content", "You tell stories."}}, {{"role", "user"}, {"content", "Once upon a time"}}};
+    nlohmann::ordered_json flat = {{{"role", "system"}, {"content", "You tell stories."}}, {{"role", "user"}, {"content", "Once upon a time"}}};
     const std::string text = render_default_chat(flat, true);
     EXPECT_EQ(text, "<|im_start|>system\nYou tell stories.<|im_end|>\n<|im_start|>user\nOnce upon a time<|im_end|>\n<|im_start|>assistant\n");
     EXPECT_EQ(b["usage"]["prompt_tokens"], int64_t(f->tok->encode(text, true, true).size()));
@@ -456,6 +485,80 @@ TEST(server, chat_default_template) {
     auto [e3, eb3] = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"top_logprobs", 2}});
     EXPECT_EQ(e3, 400);
     EXPECT_EQ(eb3["error"]["param"], "top_logprobs");
+}
+
+static std::string read_text(const std::string& path) {
+    std::string out;
+    if (FILE* f = std::fopen(path.c_str(), "rb")) {
+        char buf[4096];
+        size_t n;
+        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+        std::fclose(f);
+    }
+    return out;
+}
+
+// A template injected through server_config: it renders the prompt (BOS written by the
+// template is not doubled) and its failures are 400s that name the problem.
+TEST(server, chat_injected_template) {
+    NEED_MODEL(f);
+    server_config sc;
+    sc.chat_template =
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m.role == 'system' and not allow_system | default(true) %}{{ raise_exception('system messages are not supported') }}{% endif %}"
+        "[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    served s(f, small_engine(), sc);
+    json req = {{"messages", {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Once upon a time"}}}},
+                {"temperature", 0},
+                {"max_tokens", 4}};
+    auto [st, b] = s.post("/v1/chat/completions", req);
+    ASSERT_EQ(st, 200) << b.dump();
+    const std::string bos = f->tok->text_of(f->tok->bos());
+    const std::string text = bos + "[system] Be brief.\n[user] Once upon a time\n[assistant]";
+    const std::vector<int32_t> expect = f->tok->encode(text, false, true);
+    ASSERT_EQ(expect[0], f->tok->bos());
+    EXPECT_EQ(b["usage"]["prompt_tokens"], int64_t(expect.size()));
+
+    // raise_exception() in the template: 400 with the template's message.
+    req["chat_template_kwargs"] = {{"allow_system", false}};
+    auto [e1, eb1] = s.post("/v1/chat/completions", req);
+    EXPECT_EQ(e1, 400);
+    EXPECT_EQ(eb1["error"]["param"], "messages");
+    EXPECT_NE(eb1["error"]["message"].get<std::string>().find("system messages are not supported"), std::string::npos) << eb1.dump();
+    req["chat_template_kwargs"] = "no";
+    EXPECT_EQ(s.post("/v1/chat/completions", req).second["error"]["param"], "chat_template_kwargs");
+}
+
+TEST(server, chat_template_that_does_not_parse) {
+    NEED_MODEL(f);
+    server_config sc;
+    sc.chat_template = "{% for m in messages %}{{ m.content }";
+    served s(f, small_engine(), sc);
+    auto [st, b] = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}});
+    EXPECT_EQ(st, 400);
+    EXPECT_NE(b["error"]["message"].get<std::string>().find("chat template"), std::string::npos) << b.dump();
+    // Completions are unaffected.
+    EXPECT_EQ(s.post("/v1/completions", greedy_completion("Hi", 2)).first, 200);
+}
+
+TEST(server, chat_real_template_qwen) {
+    NEED_MODEL(f);
+    KVS_SKIP_IF_MISSING(path, "templates/Qwen-Qwen2.5-7B-Instruct.jinja");
+    server_config sc;
+    sc.chat_template = read_text(path);
+    ASSERT_FALSE(sc.chat_template.empty());
+    served s(f, small_engine(), sc);
+    auto [st, b] = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 3}});
+    ASSERT_EQ(st, 200) << b.dump();
+    const std::string text =
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    EXPECT_EQ(b["usage"]["prompt_tokens"], int64_t(f->tok->encode(text, true, true).size()));
+    // Tools reach the template (its tool preamble lengthens the prompt).
+    json tools = {{{"type", "function"}, {"function", {{"name", "get_weather"}, {"description", "Weather"}, {"parameters", {{"type", "object"}}}}}}};
+    auto [st2, b2] = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 3}, {"tools", tools}});
+    ASSERT_EQ(st2, 200) << b2.dump();
+    EXPECT_GT(b2["usage"]["prompt_tokens"].get<int64_t>(), b["usage"]["prompt_tokens"].get<int64_t>());
 }
 
 TEST(server, error_codes) {
@@ -700,7 +803,7 @@ TEST(server, graceful_drain) {
         r.done = buf.find("data: [DONE]\n\n") != std::string::npos;
         std::map<int, std::string> fin;
         for (const std::string& e : split_events(buf))
-            if (e != "data: [DONE]") r.chunks.push_back(json::parse(e.substr(6)));
+            if (e.rfind("data: {", 0) == 0) r.chunks.push_back(json::parse(e.substr(6)));
     });
     while (events < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::thread stopper([&] { s->srv->shutdown(true); });

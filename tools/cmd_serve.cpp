@@ -44,6 +44,8 @@ int cmd_serve(int argc, char** argv) {
     app.add_option("--max-seqs", ec.sched.max_seqs, "running sequences at most")->check(CLI::Range(1, 65536))->capture_default_str();
     app.add_option("--max-queued", ec.max_queued, "waiting requests at most (more are refused with 503)")
         ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+    bool no_prefix_cache = false;
+    app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse the KV pages of cached prompt prefixes");
     app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
@@ -87,6 +89,7 @@ int cmd_serve(int argc, char** argv) {
         return 1;
     }
     ec.threads = threads;
+    ec.sched.prefix_cache = !no_prefix_cache;
     ec.kv_memory_bytes = kv_memory_mib << 20;
     auto eng = engine::create(*model.value(), *tok.value(), ec);
     if (!eng) {

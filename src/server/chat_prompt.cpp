@@ -4,7 +4,7 @@
 
 namespace kvs {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 std::string render_default_chat(const json& messages, bool add_generation_prompt) {
     std::string out;
@@ -22,22 +22,27 @@ std::string render_default_chat(const json& messages, bool add_generation_prompt
 
 std::unique_ptr<chat_prompt> chat_prompt::create(const std::string& source, const tokenizer& tok) {
     std::unique_ptr<chat_prompt> p(new chat_prompt(tok));
-    if (!source.empty()) {
-        p->is_default_ = false;
-        p->parse_error_ = "chat templates are not supported by this build";
-    }
+    if (source.empty()) return p;
+    auto t = chat_template::parse(source);
+    if (t) p->tmpl_ = std::move(t.value());
+    else p->parse_error_ = t.message();
     return p;
 }
 
 chat_prompt::~chat_prompt() = default;
 
-result<std::string> chat_prompt::render(const json& messages, const json& /*tools*/) const {
-    if (!parse_error_.empty()) return status::error("the model's chat template cannot be used: " + parse_error_, 400);
-    return render_default_chat(messages, true);
+result<std::string> chat_prompt::render(const json& messages, const json& tools, const json& extra) const {
+    if (!parse_error_.empty()) return status::error("the model's chat template does not parse: " + parse_error_, 400);
+    if (!tmpl_) return render_default_chat(messages, true);
+    const std::string bos = tok_.bos() >= 0 ? tok_.text_of(tok_.bos()) : "";
+    const std::string eos = tok_.eos() >= 0 ? tok_.text_of(tok_.eos()) : "";
+    auto text = apply_chat_template(*tmpl_, messages, true, bos, eos, tools, extra.is_object() ? extra : json::object());
+    if (!text) return status::error("chat template: " + text.message(), 400);
+    return text;
 }
 
-result<std::vector<int32_t>> chat_prompt::tokenize(const json& messages, const json& tools) const {
-    auto text = render(messages, tools);
+result<std::vector<int32_t>> chat_prompt::tokenize(const json& messages, const json& tools, const json& extra) const {
+    auto text = render(messages, tools, extra);
     if (!text) return text.error();
     const std::string& s = text.value();
     bool add_bos = tok_.add_bos() && tok_.bos() >= 0;

@@ -64,11 +64,11 @@ api_error shutting_down_error() {
     return {503, "the server is shutting down", "", "server_error", "service_unavailable"};
 }
 
-// The JSON body, or a 400 naming where it fails to parse.
-std::optional<api_error> parse_body(const httplib::Request& req, json* out) {
+// The JSON body (keys in the request's order), or a 400 naming where it fails to parse.
+std::optional<api_error> parse_body(const httplib::Request& req, nlohmann::ordered_json* out) {
     try {
-        *out = json::parse(req.body);
-    } catch (const json::parse_error& e) {
+        *out = nlohmann::ordered_json::parse(req.body);
+    } catch (const nlohmann::ordered_json::parse_error& e) {
         return api_error::invalid(std::string("invalid JSON in the request body: ") + e.what());
     }
     if (!out->is_object()) return api_error::invalid("the request body must be a JSON object");
@@ -114,7 +114,7 @@ struct http_server::impl {
     void setup_routes();
     bool authorized(const httplib::Request& req) const;
     void handle_generate(const httplib::Request& req, httplib::Response& res, api_endpoint ep);
-    std::optional<api_error> build_request(const json& body, api_endpoint ep, openai_request* r);
+    std::optional<api_error> build_request(const nlohmann::ordered_json& body, api_endpoint ep, openai_request* r);
     void respond_whole(httplib::Response& res, const openai_request& r, const std::shared_ptr<request_stream>& s);
     void respond_stream(httplib::Response& res, openai_request r, std::shared_ptr<request_stream> s);
     static bool write_stream(stream_job& job, const tokenizer& tok, httplib::DataSink& sink);
@@ -147,7 +147,7 @@ bool http_server::impl::authorized(const httplib::Request& req) const {
     return constant_time_equal(h.substr(prefix.size()), cfg.api_key);
 }
 
-std::optional<api_error> http_server::impl::build_request(const json& body, api_endpoint ep, openai_request* r) {
+std::optional<api_error> http_server::impl::build_request(const nlohmann::ordered_json& body, api_endpoint ep, openai_request* r) {
     // An unknown model is a 404, as OpenAI answers; a missing one means the served model.
     if (auto m = body.find("model"); m != body.end() && m->is_string() && m->get_ref<const std::string&>() != name)
         return api_error{404, "the model '" + m->get<std::string>() + "' does not exist (this server serves '" + name + "')",
@@ -155,7 +155,7 @@ std::optional<api_error> http_server::impl::build_request(const json& body, api_
     auto e = ep == api_endpoint::chat ? parse_chat_request(body, r) : parse_completion_request(body, tok, r);
     if (e) return e;
     if (ep == api_endpoint::chat) {
-        auto tokens = chat->tokenize(r->messages, r->tools);
+        auto tokens = chat->tokenize(r->messages, r->tools, r->template_kwargs);
         if (!tokens) return api_error::invalid(tokens.message(), "messages");
         r->params.prompt = std::move(tokens.value());
     }
@@ -163,7 +163,7 @@ std::optional<api_error> http_server::impl::build_request(const json& body, api_
 }
 
 void http_server::impl::handle_generate(const httplib::Request& req, httplib::Response& res, api_endpoint ep) {
-    json body;
+    nlohmann::ordered_json body;
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
     openai_request r;
     if (auto e = build_request(body, ep, &r)) return send_error(res, *e);
@@ -201,7 +201,12 @@ void http_server::impl::respond_whole(httplib::Response& res, const openai_reque
 }
 
 bool http_server::impl::write_stream(stream_job& job, const tokenizer& tok, httplib::DataSink& sink) {
-    auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+    using clock = std::chrono::steady_clock;
+    auto last_write = clock::now();
+    auto write = [&](const std::string& s) {
+        last_write = clock::now();
+        return sink.write(s.data(), s.size());
+    };
     const bool with_lp = job.req.params.n_logprobs >= 0;
     const std::string echo = job.req.echo ? job.req.prompt_text : "";
     for (int32_t i = 0; i < job.req.params.n; ++i) {
@@ -212,7 +217,10 @@ bool http_server::impl::write_stream(stream_job& job, const tokenizer& tok, http
         auto ev = job.stream->pop(200);
         if (!ev) {
             if (job.stream->done()) break;
+            // While nothing comes (queued, long prefill), an SSE comment every second finds out
+            // whether the client is still there: writes to a closed connection fail.
             if (!sink.is_writable()) return false;
+            if (clock::now() - last_write >= std::chrono::seconds(1) && !write(": keep-alive\n\n")) return false;
             continue;
         }
         if (ev->index < 0 || ev->index >= job.req.params.n) continue;
@@ -256,7 +264,7 @@ void http_server::impl::respond_stream(httplib::Response& res, openai_request r,
 }
 
 void http_server::impl::handle_tokenize(const httplib::Request& req, httplib::Response& res) {
-    json body;
+    nlohmann::ordered_json body;
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
     auto content = body.find("content");
     if (content == body.end() || !content->is_string()) return send_error(res, api_error::invalid("content must be a string", "content"));
@@ -278,12 +286,12 @@ void http_server::impl::handle_tokenize(const httplib::Request& req, httplib::Re
 }
 
 void http_server::impl::handle_detokenize(const httplib::Request& req, httplib::Response& res) {
-    json body;
+    nlohmann::ordered_json body;
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
     auto tokens = body.find("tokens");
     if (tokens == body.end() || !tokens->is_array()) return send_error(res, api_error::invalid("tokens must be an array of token ids", "tokens"));
     std::vector<int32_t> ids;
-    for (const json& t : *tokens) {
+    for (const auto& t : *tokens) {
         if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= tok.n_vocab())
             return send_error(res, api_error::invalid(strfmt("tokens must be token ids in [0, %d), got %s", tok.n_vocab(), dump_json(t).c_str()), "tokens"));
         ids.push_back(int32_t(t.get<int64_t>()));

@@ -13,9 +13,11 @@
 // 404 unknown route or model name (a missing "model" is accepted), 503 queue full or draining,
 // 500 when the engine fails a request.
 //
-// Streaming: "data: <chunk>\n\n" per engine event, then "data: [DONE]\n\n". A client that goes
-// away mid-stream is noticed at the next write (or by a 200 ms poll while no events come) and
-// its request is cancelled, so its KV pages return to the pool at the engine's next step.
+// Streaming: "data: <chunk>\n\n" per engine event, then "data: [DONE]\n\n"; while no event
+// comes for a second (a queued request, a long prefill) an SSE comment ": keep-alive\n\n" is
+// sent. A client that goes away mid-stream is noticed by a failing write (the next token or
+// keep-alive) and its request is cancelled, so its KV pages return to the pool at the engine's
+// next step.
 // A client that drops a non-streamed request is not noticed: that request runs to its end.
 //
 // Lifecycle: create() -> bind() -> run() (blocks, on any thread) ... shutdown(drain) from

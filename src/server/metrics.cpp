@@ -17,10 +17,11 @@ void server_metrics::count_response(int http_status) {
 
 std::string server_metrics::render(const engine_stats& s) const {
     std::string out;
-    const int32_t free = s.kv_pages_total - s.kv_pages_used;
+    const int32_t free = s.kv_pages_total - s.kv_pages_used - s.kv_pages_cached;
     add(out, "kvserve_requests_running", "gauge", "Sequences running in the scheduler.", s.running);
     add(out, "kvserve_requests_waiting", "gauge", "Sequences waiting for admission.", s.waiting);
     add(out, "kvserve_kv_pages_used", "gauge", "KV cache pages in use.", s.kv_pages_used);
+    add(out, "kvserve_kv_pages_cached", "gauge", "KV cache pages held only by the prefix cache (evictable).", s.kv_pages_cached);
     add(out, "kvserve_kv_pages_free", "gauge", "KV cache pages free.", free);
     add(out, "kvserve_kv_pages_total", "gauge", "KV cache pages in the pool.", s.kv_pages_total);
     add(out, "kvserve_kv_cache_usage_ratio", "gauge", "Fraction of KV cache pages in use.",
@@ -34,6 +35,11 @@ std::string server_metrics::render(const engine_stats& s) const {
     add(out, "kvserve_requests_finished_total", "counter", "Requests finished (stop or length).", double(s.sched.requests_finished));
     add(out, "kvserve_requests_cancelled_total", "counter", "Requests cancelled (client gone or server stopping).",
         double(s.sched.requests_cancelled));
+    add(out, "kvserve_prefix_cache_queried_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
+        double(s.sched.prefix_queried_tokens));
+    add(out, "kvserve_prefix_cache_hit_tokens_total", "counter", "Prompt tokens whose KV was reused from the prefix cache.",
+        double(s.sched.prefix_hit_tokens));
+    add(out, "kvserve_prefix_cache_evicted_pages_total", "counter", "Prefix cache pages evicted.", double(s.sched.prefix_evicted_pages));
     add(out, "kvserve_engine_steps_total", "counter", "Scheduler steps (forward passes).", double(s.sched.steps));
     add(out, "kvserve_engine_busy_seconds_total", "counter", "Seconds the engine spent in steps.", s.busy_seconds);
     std::lock_guard<std::mutex> l(mu_);

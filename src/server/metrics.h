@@ -2,8 +2,10 @@
 // plus the HTTP server's own counters.
 //
 //   kvserve_requests_running / _waiting            gauge    sequences in the scheduler
-//   kvserve_kv_pages_used / _free / _total         gauge    KV pages of the pool
+//   kvserve_kv_pages_used / _cached / _free / _total  gauge  KV pages of the pool: held by
+//                                                  sequences / only by the prefix cache / free
 //   kvserve_kv_cache_usage_ratio                   gauge    used / total
+//   kvserve_prefix_cache_queried_tokens_total, _hit_tokens_total, _evicted_pages_total  counter
 //   kvserve_prompt_tokens_total                    counter  prompt tokens computed (recompute included)
 //   kvserve_generation_tokens_total                counter  tokens sampled
 //   kvserve_generation_tokens_per_second           gauge    generated tokens / seconds the engine was busy

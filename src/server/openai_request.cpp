@@ -8,7 +8,7 @@
 
 namespace kvs {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -234,15 +234,22 @@ std::optional<api_error> parse_messages(const json& body, openai_request* out) {
         if (role == m.end() || !role->is_string() || role->get_ref<const std::string&>().empty())
             return api_error::invalid(strfmt("messages[%zu].role must be a non-empty string", i), "messages");
         json msg = m;
-        std::string text;
         auto content = m.find("content");
-        if (content != m.end()) KVS_API_TRY(content_text(*content, i, &text));
-        msg["content"] = text;
+        if (content != m.end() && !content->is_null()) {
+            std::string text;
+            KVS_API_TRY(content_text(*content, i, &text));
+            msg["content"] = text;
+        }
         out->messages.push_back(std::move(msg));
     }
     if (const json* tools = field(body, "tools")) {
         if (!tools->is_array()) return api_error::invalid("tools must be an array, got " + brief(*tools), "tools");
         out->tools = *tools;
+    }
+    out->template_kwargs = json::object();
+    if (const json* kw = field(body, "chat_template_kwargs")) {
+        if (!kw->is_object()) return api_error::invalid("chat_template_kwargs must be an object, got " + brief(*kw), "chat_template_kwargs");
+        out->template_kwargs = *kw;
     }
     return std::nullopt;
 }

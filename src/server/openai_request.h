@@ -11,7 +11,8 @@
 //   seed (int; default random)   stop (string or up to 16 non-empty strings)   n (int >= 1)
 //   logprobs (completions: int in [0, 20]; chat: bool, with top_logprobs int in [0, 20])
 //   stream (bool)   stream_options.include_usage (bool)   ignore_eos (bool)
-//   min_tokens (int >= 0)   echo (completions: bool)
+//   min_tokens (int >= 0)   echo (completions: bool)   tools (chat: array, passed to the template)
+//   chat_template_kwargs (chat: object of extra template variables, as vLLM accepts)
 // A wrong type or range is an api_error (400) naming the field in `param`, e.g.
 //   {"message": "temperature must be a number in [0, 2], got \"hot\"", "param": "temperature"}.
 // Limits that depend on the engine (context length, n at most max_n) are checked by the
@@ -40,16 +41,18 @@ struct openai_request {
     bool include_usage = false;   // stream_options.include_usage
     bool echo = false;            // completions: the prompt text precedes the completion
     std::string prompt_text;      // completions: the prompt as text (decoded for token prompts)
-    nlohmann::json messages;      // chat: validated messages, every content a string
-    nlohmann::json tools;         // chat: "tools" as given (null when absent)
+    // chat, in the request's own key order (templates print tool schemas as given):
+    nlohmann::ordered_json messages;  // validated; content given as text parts joined to a string
+    nlohmann::ordered_json tools;     // "tools" as given (null when absent)
+    nlohmann::ordered_json template_kwargs;  // "chat_template_kwargs": extra template variables ({} when absent)
 };
 
 // Parses a /v1/completions body. Text prompts are tokenized with BOS when the vocabulary asks
 // for it (tokenizer::add_bos); token-id prompts are used as given.
-std::optional<api_error> parse_completion_request(const nlohmann::json& body, const tokenizer& tok,
+std::optional<api_error> parse_completion_request(const nlohmann::ordered_json& body, const tokenizer& tok,
                                                   openai_request* out);
 
 // Parses a /v1/chat/completions body; the caller renders `messages` into params.prompt.
-std::optional<api_error> parse_chat_request(const nlohmann::json& body, openai_request* out);
+std::optional<api_error> parse_chat_request(const nlohmann::ordered_json& body, openai_request* out);
 
 }  // namespace kvs

@@ -13,7 +13,8 @@
 //   chunks carry "delta" ({"role": "assistant", "content": ""} first, then {"content"});
 //   finish_reason is null until a choice's last chunk. With stream_options.include_usage,
 //   every chunk has "usage": null and a last chunk has "choices": [] and the usage.
-// usage = {"prompt_tokens", "completion_tokens" (over all choices), "total_tokens"}.
+// usage = {"prompt_tokens", "completion_tokens" (over all choices), "total_tokens",
+//          "prompt_tokens_details": {"cached_tokens"} (prompt tokens served from the prefix cache)}.
 // Logprobs are natural logs; -inf (a masked token) is reported as -9999.0, as OpenAI does.
 // Token pieces that are not valid UTF-8 on their own (byte tokens) are serialized with U+FFFD;
 // chat "bytes" carry the exact bytes.
