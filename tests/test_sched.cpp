@@ -160,6 +160,13 @@ TEST(Scheduler, ParallelCompletionsShareThePromptPages) {
     auto single = run_all(f, {greedy(f, "Once upon a time there was a boy who liked to run and jump in the", 8)}, scheduler_config{}, 64, 4);
     auto forked = run_all(f, {p}, scheduler_config{}, 64, 4);
     for (int i = 0; i < 4; ++i) EXPECT_EQ(forked.outs[0][size_t(i)].tokens, single.outs[0][0].tokens) << "completion " << i;
+    // The four decode rows share the prompt's pages: cascade attention served them.
+    EXPECT_GT(forked.metrics.cascade_rows, 0);
+    scheduler_config no_cascade;
+    no_cascade.cascade = false;
+    auto plain = run_all(f, {p}, no_cascade, 64, 4);
+    EXPECT_EQ(plain.metrics.cascade_rows, 0);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(plain.outs[0][size_t(i)].tokens, single.outs[0][0].tokens) << "completion " << i;
     // Four unshared copies would need about 4x the pages of one.
     EXPECT_LT(forked.max_pages_used, 2 * single.max_pages_used + 4);
 

@@ -768,12 +768,9 @@ TEST(server, concurrent_soak_leaks_no_pages) {
     run_soak(f, 16);  // room for every sequence of the 8 clients (n <= 2)
 }
 
-// Fewer sequence slots than the clients' sequences: n > 1 requests admitted in the same step
-// (or while an n > 1 parent is still prefilling in chunks) fork more siblings than max_seqs
-// allows, and the step fails ("batch asks for 7 logit rows, more than the forward state's 6").
-// A scheduler bug (admit_waiting counts only running_, not the siblings that running parents
-// will fork); enable once sched/ reserves those slots.
-TEST(server, DISABLED_concurrent_soak_fewer_slots_than_sequences) {
+// Fewer sequence slots than the clients' sequences: admission must reserve slots for the
+// siblings that n > 1 parents (admitted in the same step, or still prefilling) will fork.
+TEST(server, concurrent_soak_fewer_slots_than_sequences) {
     NEED_MODEL(f);
     run_soak(f, 6);
 }

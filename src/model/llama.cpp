@@ -89,6 +89,10 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         st.q_kv_len[size_t(i)] = b.slots[size_t(i)] + 1;
     }
     for (int64_t i = 0; i < n; ++i) st.seq_index[size_t(b.seq_ids[size_t(i)])] = -1;
+    // Cascade: one plan from the page tables serves every layer.
+    st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, st.q_seq.data(), st.q_kv_len.data(), st.page_indptr.data(),
+                                                         st.page_ids.data(), kv.config().page_size)
+                                          : cascade_plan{};
 
     auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
         if (hook) hook(name, layer, data, rows, cols);
@@ -146,7 +150,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
         kvv.k = kv.k_layer(il);
         kvv.v = kv.v_layer(il);
-        cpu::attention_paged(ab, kvv, st.attn.data(), st.lse.data(), pool);
+        attention_with_cascade(ab, kvv, st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
         dump("kqv_out", il, st.attn.data(), n, nq);
         cpu::matmul(L.wo, st.attn.data(), n, st.xb2.data(), pool);
         dump("attn_out", il, st.xb2.data(), n, d);

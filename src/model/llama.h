@@ -22,8 +22,10 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kernels/cpu/ops.h"
+#include "kv/cascade.h"
 #include "kv/kv_cache.h"
 #include "model/batch.h"
+#include "model/cascade_attention.h"
 #include "model/hparams.h"
 
 namespace kvs {
@@ -62,6 +64,10 @@ public:
     int64_t max_tokens() const { return max_tokens_; }
     int64_t max_logits() const { return max_logits_; }
     const float* logits() const { return logits_.data(); }  // (n_logits, n_vocab) of the last forward
+    // Cascade attention for decode rows sharing leading pages (on by default).
+    void set_cascade(bool on) { cascade_on_ = on; }
+    // Shared-prefix groups of the last forward (for metrics and tests).
+    const cascade_plan& last_cascade_plan() const { return cascade_; }
 
 private:
     friend class llama_model;
@@ -76,6 +82,9 @@ private:
     std::vector<float> logits_;          // (max_logits, n_vocab)
     std::vector<int32_t> q_seq, q_kv_len, page_indptr, page_ids;  // attention CSR
     std::vector<int32_t> seq_index;      // kv seq id -> CSR index (-1 if absent)
+    bool cascade_on_ = true;
+    cascade_plan cascade_;               // decided once per forward, used by every layer
+    cascade_scratch cascade_scratch_;
 };
 
 class llama_model {

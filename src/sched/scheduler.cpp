@@ -57,6 +57,7 @@ scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& k
     // One logit row per running sequence at most.
     state_ = std::make_unique<forward_state>(model, cfg_.max_batch_tokens, std::min<int64_t>(cfg_.max_batch_tokens, cfg_.max_seqs));
     if (cfg_.prefix_cache) cache_ = std::make_unique<prefix_cache>(kv_.pool(), kv_.config().page_size);
+    state_->set_cascade(cfg_.cascade);
 }
 
 scheduler::~scheduler() = default;
@@ -293,10 +294,18 @@ bool scheduler::waits_for_inflight_prefix(sequence* s) {
     return false;
 }
 
+// Running sequences plus the siblings that running n > 1 parents will still fork.
+int32_t scheduler::slots_in_use() const {
+    int32_t n = int32_t(running_.size());
+    for (const sequence* s : running_)
+        if (s->index == 0 && !s->req->forked) n += s->req->params.n - 1;
+    return n;
+}
+
 void scheduler::admit_waiting(int64_t& budget) {
     const int32_t watermark = running_.empty() ? 0 : std::max<int32_t>(1, kv_.pool().n_pages() / 100);
     std::vector<sequence*> deferred;  // wait for a running sequence's prefix pages
-    while (!waiting_.empty() && budget > 0 && int32_t(running_.size()) < cfg_.max_seqs) {
+    while (!waiting_.empty() && budget > 0 && slots_in_use() < cfg_.max_seqs) {
         const size_t at = pick_waiting();
         sequence* s = waiting_[at];
         if (waits_for_inflight_prefix(s)) {
@@ -306,7 +315,7 @@ void scheduler::admit_waiting(int64_t& budget) {
         }
         // A request with n > 1 completions keeps room for the siblings it will fork.
         const int32_t slots = (s->index == 0 && !s->req->forked) ? s->req->params.n - s->req->n_finished : 1;
-        if (int32_t(running_.size()) + slots > cfg_.max_seqs) break;
+        if (slots_in_use() + slots > cfg_.max_seqs) break;
         if (s->kv_seq < 0) s->kv_seq = kv_.seq_add();
         attach_cached_prefix(s);
         const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
@@ -432,6 +441,10 @@ result<bool> scheduler::step() {
         return st;
     }
     ++metrics_.steps;
+    if (!state_->last_cascade_plan().empty()) {
+        ++metrics_.cascade_steps;
+        for (const auto& g : state_->last_cascade_plan().groups) metrics_.cascade_rows += int64_t(g.rows.size());
+    }
     const int64_t n_vocab = model_.hparams().n_vocab;
     int64_t row = 0;
     for (const planned& pl : plan_) {

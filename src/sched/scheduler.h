@@ -48,6 +48,7 @@ struct scheduler_config {
     int64_t n_ctx = 0;                // per-sequence context limit; 0 = the model's training context
     int32_t max_n = 16;               // most completions per request
     bool prefix_cache = true;         // reuse KV pages of cached prompt prefixes (RadixAttention)
+    bool cascade = true;              // shared-prefix attention once for all decode rows sharing pages
     int32_t lpm_window = 32;          // waiting requests considered for longest-prefix-match first
     int32_t lpm_max_skips = 8;        // a request passed over this often is admitted next
 };
@@ -64,6 +65,9 @@ struct scheduler_metrics {
     int64_t prefix_hit_tokens = 0;      // of which reused from the cache
     int64_t prefix_evicted_pages = 0;
     int64_t prefix_cached_pages = 0;    // pages in the tree now
+    // cascade attention
+    int64_t cascade_steps = 0;          // forward passes that used at least one shared-prefix group
+    int64_t cascade_rows = 0;           // decode rows served through a group
 };
 
 class scheduler {
@@ -112,6 +116,7 @@ private:
     void attach_cached_prefix(sequence* s);
     void register_full_pages(sequence* s);
     size_t pick_waiting();
+    int32_t slots_in_use() const;
     bool waits_for_inflight_prefix(sequence* s);
     void preempt(sequence* s);
     void finish(sequence* s, finish_reason reason, request_event& ev);
