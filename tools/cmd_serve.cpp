@@ -46,6 +46,8 @@ int cmd_serve(int argc, char** argv) {
         ->check(CLI::Range(1, 1 << 20))->capture_default_str();
     bool no_prefix_cache = false;
     app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse the KV pages of cached prompt prefixes");
+    bool no_cascade = false;
+    app.add_flag("--no-cascade", no_cascade, "attend to shared prefixes per sequence instead of once per group");
     app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
@@ -90,6 +92,7 @@ int cmd_serve(int argc, char** argv) {
     }
     ec.threads = threads;
     ec.sched.prefix_cache = !no_prefix_cache;
+    ec.sched.cascade = !no_cascade;
     ec.kv_memory_bytes = kv_memory_mib << 20;
     auto eng = engine::create(*model.value(), *tok.value(), ec);
     if (!eng) {

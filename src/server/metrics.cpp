@@ -40,6 +40,13 @@ std::string server_metrics::render(const engine_stats& s) const {
     add(out, "kvserve_prefix_cache_hit_tokens_total", "counter", "Prompt tokens whose KV was reused from the prefix cache.",
         double(s.sched.prefix_hit_tokens));
     add(out, "kvserve_prefix_cache_evicted_pages_total", "counter", "Prefix cache pages evicted.", double(s.sched.prefix_evicted_pages));
+    const double queried = double(s.sched.prefix_queried_tokens);
+    add(out, "kvserve_prefix_cache_hit_rate", "gauge", "Share of looked-up prompt tokens found in the prefix cache.",
+        queried > 0 ? double(s.sched.prefix_hit_tokens) / queried : 0.0);
+    add(out, "kvserve_cascade_steps_total", "counter", "Forward passes that used shared-prefix (cascade) attention.",
+        double(s.sched.cascade_steps));
+    add(out, "kvserve_cascade_rows_total", "counter", "Decode rows whose shared prefix was attended once for their group.",
+        double(s.sched.cascade_rows));
     add(out, "kvserve_engine_steps_total", "counter", "Scheduler steps (forward passes).", double(s.sched.steps));
     add(out, "kvserve_engine_busy_seconds_total", "counter", "Seconds the engine spent in steps.", s.busy_seconds);
     std::lock_guard<std::mutex> l(mu_);
