@@ -1,13 +1,19 @@
 // Fork/join thread pool.
 //
 // Protocol (one job at a time, published by the owning thread):
-//   run():   write the job (fn, n_tasks, next = 0, pending = n_workers), then bump `generation`.
-//            Workers that are asleep are woken through `work_cv`; the caller then takes tasks
-//            itself and finally waits until `pending` drops to 0.
-//   worker:  wait until `generation` differs from the last one it served (spin, then sleep),
-//            take tasks from `next` until exhausted, then decrement `pending`.
-// A worker touches the job only between observing the new generation and decrementing
-// `pending`, so once `pending` is 0 the caller may overwrite the job for the next run.
+//   run():   lock `ticket` at the new generation, write the job (fn, n_tasks, done = 0), then
+//            publish `ticket` = (generation, 0):
+//            the high 32 bits name the job, the low 32 bits are the next task to hand out.
+//            Sleeping workers are woken through `work_cv`. The caller takes tasks itself and
+//            returns once `done` reaches n_tasks.
+//   worker:  wait until the generation differs from the last one it served (spin, then
+//            sleep), then claim tasks with a compare-and-swap on `ticket` that succeeds only
+//            while the ticket still names that generation; after each task, bump `done`.
+// The caller never waits for a worker that took no task: on an oversubscribed machine a
+// descheduled worker costs nothing, the caller simply runs every task itself (a pool of 2
+// threads is then never slower than 1). A late worker cannot touch a finished job: its claim
+// fails once the generation has moved on, and a job's fn is only called under a successful
+// claim, i.e. while the owning run() is still waiting for that task.
 //
 // Sleeping without lost wake-ups uses the usual flag + mutex handshake in both directions:
 // the sleeper announces itself (`n_sleeping` / `caller_sleeping`, seq_cst) before re-checking
@@ -17,6 +23,7 @@
 // miss the notification.
 #include "core/thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -63,12 +70,12 @@ struct thread_pool::impl {
     int n_threads = 1;
     std::vector<std::thread> workers;  // n_threads - 1 threads; the caller is thread 0
 
-    // The current job (valid while pending > 0 for workers).
-    const std::function<void(int64_t, int)>* fn = nullptr;
-    int64_t n_tasks = 0;
-    alignas(64) std::atomic<int64_t> next{0};     // next task to hand out
-    alignas(64) std::atomic<int> pending{0};      // workers not yet done with the job
-    alignas(64) std::atomic<uint64_t> generation{0};
+    // The current job. fn and n_tasks are atomics because a late worker may read them while
+    // the caller publishes the next job; it only uses them under a successful claim.
+    std::atomic<const std::function<void(int64_t, int)>*> fn{nullptr};
+    std::atomic<int64_t> n_tasks{0};
+    alignas(64) std::atomic<uint64_t> ticket{0};  // (generation << 32) | next task
+    alignas(64) std::atomic<int64_t> done{0};     // tasks finished in the current job
     std::atomic<bool> stop{false};
 
     std::mutex work_mutex;
@@ -79,51 +86,73 @@ struct thread_pool::impl {
     std::condition_variable done_cv;
     std::atomic<bool> caller_sleeping{false};
 
-    void work(int thread) {
-        const auto& f = *fn;
-        for (;;) {
-            int64_t t = next.fetch_add(1, std::memory_order_relaxed);
-            if (t >= n_tasks) break;
-            f(t, thread);
-        }
-    }
+    static uint32_t gen_of(uint64_t t) { return uint32_t(t >> 32); }
+    static constexpr uint32_t locked = 0xFFFFFFFFu;  // task field while a job is being written
 
-    void worker_loop(int thread) {
-        uint64_t seen = 0;
+    // Runs tasks of generation `gen` until none is left (or the job has changed).
+    void work(uint32_t gen, int thread) {
+        const auto* f = fn.load(std::memory_order_acquire);
+        const int64_t n = n_tasks.load(std::memory_order_acquire);
+        uint64_t t = ticket.load(std::memory_order_acquire);
         for (;;) {
-            uint64_t g = seen;
-            spin_until([&] { return (g = generation.load(std::memory_order_acquire)) != seen; });
-            if (g == seen) {
-                std::unique_lock<std::mutex> lock(work_mutex);
-                n_sleeping.fetch_add(1, std::memory_order_seq_cst);
-                while ((g = generation.load(std::memory_order_seq_cst)) == seen) work_cv.wait(lock);
-                n_sleeping.fetch_sub(1, std::memory_order_relaxed);
+            if (gen_of(t) == gen && uint32_t(t) == locked) {  // the caller is mid-publish
+                cpu_relax();
+                t = ticket.load(std::memory_order_acquire);
+                continue;
             }
-            seen = g;
-            if (stop.load(std::memory_order_acquire)) return;
-            work(thread);
-            if (pending.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            if (gen_of(t) != gen || int64_t(uint32_t(t)) >= n) return;
+            if (!ticket.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+            (*f)(int64_t(uint32_t(t)), thread);
+            if (done.fetch_add(1, std::memory_order_seq_cst) + 1 == n &&
                 caller_sleeping.load(std::memory_order_seq_cst)) {
                 std::lock_guard<std::mutex> lock(done_mutex);
                 done_cv.notify_one();
             }
+            t = ticket.load(std::memory_order_acquire);
         }
     }
 
-    // Publishes the current job fields (or the stop flag) to the workers.
-    void publish() {
-        generation.fetch_add(1, std::memory_order_seq_cst);
+    void worker_loop(int thread) {
+        uint32_t seen = 0;
+        for (;;) {
+            uint32_t g = seen;
+            spin_until([&] { return (g = gen_of(ticket.load(std::memory_order_acquire))) != seen; });
+            if (g == seen) {
+                std::unique_lock<std::mutex> lock(work_mutex);
+                n_sleeping.fetch_add(1, std::memory_order_seq_cst);
+                while ((g = gen_of(ticket.load(std::memory_order_seq_cst))) == seen) work_cv.wait(lock);
+                n_sleeping.fetch_sub(1, std::memory_order_relaxed);
+            }
+            seen = g;
+            if (stop.load(std::memory_order_acquire)) return;
+            work(g, thread);
+        }
+    }
+
+    // Publishes a new generation with job (f, n) (none for the stop flag) to the workers.
+    // The ticket is first locked (new generation, nothing to claim) and the job written after
+    // that, with release stores: a worker that reads a job field of generation g (acquire) is
+    // then guaranteed to see the ticket of g or later, so it can never claim a task of an
+    // older generation with the newer job's fields.
+    uint32_t publish(const std::function<void(int64_t, int)>* f, int64_t n) {
+        const uint32_t g = gen_of(ticket.load(std::memory_order_relaxed)) + 1;
+        ticket.store((uint64_t(g) << 32) | locked, std::memory_order_seq_cst);
+        fn.store(f, std::memory_order_release);
+        n_tasks.store(n, std::memory_order_release);
+        done.store(0, std::memory_order_release);
+        ticket.store(uint64_t(g) << 32, std::memory_order_seq_cst);
         if (n_sleeping.load(std::memory_order_seq_cst) > 0) {
             { std::lock_guard<std::mutex> lock(work_mutex); }
             work_cv.notify_all();
         }
+        return g;
     }
 
-    void wait_done() {
-        if (spin_until([&] { return pending.load(std::memory_order_acquire) == 0; })) return;
+    void wait_done(int64_t n) {
+        if (spin_until([&] { return done.load(std::memory_order_acquire) == n; })) return;
         std::unique_lock<std::mutex> lock(done_mutex);
         caller_sleeping.store(true, std::memory_order_seq_cst);
-        while (pending.load(std::memory_order_seq_cst) != 0) done_cv.wait(lock);
+        while (done.load(std::memory_order_seq_cst) != n) done_cv.wait(lock);
         caller_sleeping.store(false, std::memory_order_relaxed);
     }
 };
@@ -138,7 +167,7 @@ thread_pool::thread_pool(int n_threads) : impl_(std::make_unique<impl>()) {
 
 thread_pool::~thread_pool() {
     impl_->stop.store(true, std::memory_order_release);
-    impl_->publish();
+    impl_->publish(nullptr, 0);
     for (auto& w : impl_->workers) w.join();
 }
 
@@ -151,14 +180,17 @@ void thread_pool::run(int64_t n_tasks, const std::function<void(int64_t task, in
         for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
         return;
     }
-    p.fn = &fn;
-    p.n_tasks = n_tasks;
-    p.next.store(0, std::memory_order_relaxed);
-    p.pending.store(int(p.workers.size()), std::memory_order_relaxed);
-    p.publish();  // seq_cst increment: releases the job fields written above
-    p.work(0);
-    p.wait_done();
-    p.fn = nullptr;
+    constexpr int64_t max_tasks = int64_t(1) << 31;  // the ticket's task field is 32 bits
+    if (n_tasks > max_tasks) {
+        for (int64_t base = 0; base < n_tasks; base += max_tasks) {
+            const std::function<void(int64_t, int)> part = [&](int64_t t, int th) { fn(base + t, th); };
+            run(std::min(max_tasks, n_tasks - base), part);
+        }
+        return;
+    }
+    const uint32_t g = p.publish(&fn, n_tasks);
+    p.work(g, 0);
+    p.wait_done(n_tasks);
 }
 
 }  // namespace kvs
