@@ -89,26 +89,28 @@ struct thread_pool::impl {
     static uint32_t gen_of(uint64_t t) { return uint32_t(t >> 32); }
     static constexpr uint32_t locked = 0xFFFFFFFFu;  // task field while a job is being written
 
-    // Runs tasks of generation `gen` until none is left (or the job has changed).
+    // Runs tasks of generation `gen` until none is left (or the job has changed). The job
+    // fields are read after each unlocked ticket of `gen` is seen (so they are gen's or
+    // newer), and a task is run only if the claim on that very ticket value succeeds (so
+    // they were gen's: a newer job's fields are written only after the ticket moved on).
     void work(uint32_t gen, int thread) {
-        const auto* f = fn.load(std::memory_order_acquire);
-        const int64_t n = n_tasks.load(std::memory_order_acquire);
-        uint64_t t = ticket.load(std::memory_order_acquire);
         for (;;) {
-            if (gen_of(t) == gen && uint32_t(t) == locked) {  // the caller is mid-publish
+            uint64_t t = ticket.load(std::memory_order_acquire);
+            if (gen_of(t) != gen) return;
+            if (uint32_t(t) == locked) {  // the caller is mid-publish
                 cpu_relax();
-                t = ticket.load(std::memory_order_acquire);
                 continue;
             }
-            if (gen_of(t) != gen || int64_t(uint32_t(t)) >= n) return;
-            if (!ticket.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+            const auto* f = fn.load(std::memory_order_acquire);
+            const int64_t n = n_tasks.load(std::memory_order_acquire);
+            if (int64_t(uint32_t(t)) >= n) return;
+            if (!ticket.compare_exchange_strong(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
             (*f)(int64_t(uint32_t(t)), thread);
             if (done.fetch_add(1, std::memory_order_seq_cst) + 1 == n &&
                 caller_sleeping.load(std::memory_order_seq_cst)) {
                 std::lock_guard<std::mutex> lock(done_mutex);
                 done_cv.notify_one();
             }
-            t = ticket.load(std::memory_order_acquire);
         }
     }
 
