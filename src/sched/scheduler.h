@@ -42,7 +42,7 @@
 namespace kvs {
 
 struct scheduler_config {
-    int64_t max_batch_tokens = 2048;  // tokens per forward pass (the step's budget)
+    int64_t max_batch_tokens = 512;   // tokens per forward pass (the step's budget; bounds every step's time)
     int64_t prefill_chunk = 512;      // most prompt tokens one sequence computes per step
     int32_t max_seqs = 64;            // running sequences at most
     int64_t n_ctx = 0;                // per-sequence context limit; 0 = the model's training context
