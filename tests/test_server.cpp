@@ -333,6 +333,21 @@ TEST(server, prefix_cache_in_usage_and_metrics) {
     EXPECT_GT(metric(mb, "kvserve_kv_pages_cached"), 0);
     EXPECT_EQ(metric(mb, "kvserve_kv_pages_free") + metric(mb, "kvserve_kv_pages_cached"), metric(mb, "kvserve_kv_pages_total"));
     EXPECT_EQ(metric(mb, "kvserve_prefix_cache_hit_tokens_total"), double(cached));
+
+    // Another tenant's salt shares nothing; the same salt again hits its own entry.
+    json salted = greedy_completion(prompt, 4);
+    salted["cache_salt"] = "tenant-b";
+    auto [st3, b3] = s.post("/v1/completions", salted);
+    ASSERT_EQ(st3, 200);
+    EXPECT_EQ(b3["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    auto [st4, b4] = s.post("/v1/completions", salted);
+    ASSERT_EQ(st4, 200);
+    EXPECT_EQ(b4["usage"]["prompt_tokens_details"]["cached_tokens"], cached);
+    EXPECT_EQ(b4["choices"][0]["text"], b1["choices"][0]["text"]);
+    salted["cache_salt"] = 5;
+    auto [st5, b5] = s.post("/v1/completions", salted);
+    EXPECT_EQ(st5, 400);
+    EXPECT_EQ(b5["error"]["param"], "cache_salt");
 }
 
 TEST(server, stop_strings_and_finish_reasons) {

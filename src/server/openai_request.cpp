@@ -151,6 +151,11 @@ std::optional<api_error> parse_common(const json& body, openai_request* out) {
     }
     KVS_API_TRY(parse_stop(body, &p.stop));
     KVS_API_TRY(get_bool(body, "ignore_eos", &p.ignore_eos));
+    if (const json* salt = field(body, "cache_salt")) {
+        // vLLM's extension: requests share cached prefix pages only within one salt.
+        if (!salt->is_string()) return api_error::invalid("cache_salt must be a string, got " + brief(*salt), "cache_salt");
+        p.cache_salt = salt->get<std::string>();
+    }
     KVS_API_TRY(get_bool(body, "stream", &out->stream));
     if (const json* so = field(body, "stream_options")) {
         if (!so->is_object()) return api_error::invalid("stream_options must be an object, got " + brief(*so), "stream_options");
