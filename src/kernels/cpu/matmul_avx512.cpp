@@ -39,6 +39,27 @@ float hsum256(__m256 v) {
 
 __mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1); }
 
+// Software prefetch for GEMV. A decode micro-kernel streams RW weight rows side by side;
+// with short rows (1-4 KB) each row is too short a stream for the hardware prefetcher to
+// ramp up, and the kernel stalls on DRAM latency. The RW rows of the next group are
+// contiguous, so while the current group is consumed step by step, the next group is
+// prefetched at the same rate: `bytes` ahead, split evenly over `n_steps` calls of next().
+struct group_prefetch {
+    const char* p;
+    const char* end;
+    size_t step;
+    group_prefetch(const uint8_t* begin, size_t bytes, int64_t n_steps)
+        : p(reinterpret_cast<const char*>(begin)), end(p + bytes),
+          step((bytes / size_t(n_steps > 0 ? n_steps : 1) + 127) & ~size_t(63)) {}
+    void next() {
+        for (size_t o = 0; o < step && p < end; o += 64, p += 64) _mm_prefetch(p, _MM_HINT_T0);
+    }
+};
+// Only the decode kernels (one x row, 8 weight rows) prefetch: in prefill the weights of a
+// group are reused by every x row and stay in cache.
+template <int RX, int RW>
+constexpr bool gemv_prefetch = RX == 1 && RW == 8;
+
 // ---- float weights: y[i][o] = Σ_k w[o][k] · x[i][k] with 16 lanes of FMA ------------------
 // Each loader widens 16 weights at w + k (elements) to f32; the masked form reads only the
 // first `mask` lanes (row tails), so no read goes past the row.
@@ -84,8 +105,10 @@ void float_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
     for (int i = 0; i < RX; ++i)
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) acc[i][r] = _mm512_setzero_ps();
+    group_prefetch pf(w + size_t(RW) * t.w_row_bytes, size_t(RW) * t.w_row_bytes, t.n_in / 16);
     int64_t k = 0;
     for (; k + 16 <= t.n_in; k += 16) {
+        if constexpr (gemv_prefetch<RX, RW>) pf.next();
         __m512 wv[RW];
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) wv[r] = L::load(w + size_t(r) * t.w_row_bytes, k);
@@ -141,7 +164,9 @@ void quant_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
     for (int i = 0; i < RX; ++i)
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) acc[i][r] = _mm256_setzero_ps();
+    group_prefetch pf(w + size_t(RW) * t.w_row_bytes, size_t(RW) * t.w_row_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (gemv_prefetch<RX, RW>) pf.next();
         __m256i wq[RW];
         __m256 dw[RW];
 #pragma GCC unroll 8
@@ -260,8 +285,12 @@ void nibble_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
     for (int i = 0; i < RX; ++i)
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) acc[i][r] = _mm256_setzero_ps();
+    group_prefetch pf(w + size_t(RW) * t.w_row_bytes, size_t(RW) * t.w_row_bytes, nb / 2);
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) nibble_step<C, RX, RW, true>(t, x, i0, w, b, acc);
+    for (; b + 2 <= nb; b += 2) {
+        if constexpr (gemv_prefetch<RX, RW>) pf.next();
+        nibble_step<C, RX, RW, true>(t, x, i0, w, b, acc);
+    }
     if (b < nb) nibble_step<C, RX, RW, false>(t, x, i0, w, b, acc);
 #pragma GCC unroll 4
     for (int i = 0; i < RX; ++i)
