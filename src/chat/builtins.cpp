@@ -123,7 +123,9 @@ void merge_mapping(value_dict& d, const call_args& a, const char* fn) {
                     fail(std::string(fn) + ": sequence elements must be key/value pairs");
                 dict_set(d, pair.items()[0], pair.items()[1]);
             }
-        } else if (!m.is_undefined()) {
+        } else if (m.is_undefined()) {
+            fail_undefined(m);  // Python's dict() probes .keys(), which raises on Undefined
+        } else {
             fail(std::string(fn) + ": '" + py_type_name(m) + "' object is not a mapping");
         }
     }

@@ -271,6 +271,7 @@ call_args evaluator::eval_args(const expr& e, size_t first, const scope_ptr& sc)
 }
 
 value evaluator::apply_filter(const expr& f, const value& input, const scope_ptr& sc) {
+    if (!f.filter) fail("no filter named '" + f.name + "'");  // allowed to parse inside an if (see parser)
     const call_args a = eval_args(f, 1, sc);
     return f.filter->fn(*this, input, a);
 }
@@ -323,6 +324,7 @@ value evaluator::eval(const expr& e, const scope_ptr& sc) {
             }
             case expr_kind::filter: return apply_filter(e, eval(*e.items[0], sc), sc);
             case expr_kind::test: {
+                if (!e.test) fail("no test named '" + e.name + "'");
                 const value v = eval(*e.items[0], sc);
                 const call_args a = eval_args(e, 1, sc);
                 return value::boolean(e.test->fn(*this, v, a) != e.negated);

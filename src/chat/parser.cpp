@@ -19,10 +19,45 @@ public:
     body parse_root() {
         std::string end;
         body b = parse_body({}, &end, 0, "");
+        validate(b, false);
         return b;
     }
 
 private:
+    // ---- unknown filters and tests ---------------------------------------------------------
+    // Jinja2 3.x rejects an unknown filter or test when compiling, except inside an {% if %}
+    // (condition and branches) or an inline `a if b else c`, where it becomes a runtime error
+    // raised only if that expression is evaluated. Loop, macro and block bodies reset this.
+    static void validate_expr(const expr& e, bool soft) {
+        if (e.kind == expr_kind::cond) soft = true;
+        if (!soft && e.kind == expr_kind::filter && !e.filter) {
+            if (is_unsupported_jinja_filter(e.name)) fail("filter '" + e.name + "' is not supported", e.pos);
+            fail("unknown filter '" + e.name + "'", e.pos);
+        }
+        if (!soft && e.kind == expr_kind::test && !e.test) fail("unknown test '" + e.name + "'", e.pos);
+        for (const auto& c : e.items)
+            if (c) validate_expr(*c, soft);
+        for (const auto& [k, v] : e.kwargs) validate_expr(*v, soft);
+    }
+
+    static void validate(const body& b, bool soft) {
+        for (const auto& s : b) {
+            if (s->value) validate_expr(*s->value, soft);
+            if (s->cond) validate_expr(*s->cond, false);
+            for (const auto& br : s->branches) {
+                if (br.cond) validate_expr(*br.cond, true);
+                validate(br.then, true);
+            }
+            for (const auto& p : s->params)
+                if (p.default_value) validate_expr(*p.default_value, false);
+            for (const auto& f : s->filters) validate_expr(*f, false);
+            for (const auto& v : s->values) validate_expr(*v, soft);
+            const bool inner_soft = s->kind == stmt_kind::block && s->targets.empty() ? soft : false;
+            validate(s->body_, inner_soft);
+            validate(s->else_body, false);
+        }
+    }
+
     // ---- token helpers -------------------------------------------------------------------
     const token& cur() const { return t_[i_]; }
     const token& peek(size_t k = 1) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
@@ -169,7 +204,7 @@ private:
         }
         if (tag == "generation" || tag == "block") {  // transformers' {% generation %}; inline blocks
             auto s = make_stmt(stmt_kind::block, pos);
-            if (tag == "block") expect_name();
+            if (tag == "block") s->targets.push_back(expect_name());
             expect_block_end();
             std::string end;
             s->body_ = parse_body({tag == "block" ? "endblock" : "endgeneration"}, &end, pos, tag.c_str());
@@ -643,32 +678,58 @@ private:
         }
     }
 
-    expr_ptr parse_subscript(expr_ptr target, size_t pos) {
-        expr_ptr start;
+    struct subscribed {
+        expr_ptr start, stop, step;
+        bool is_slice = false;
+    };
+
+    // One item between brackets: `expr` or a slice `a:b:c` (each part optional).
+    subscribed parse_subscribed() {
+        subscribed r;
         if (!at_op(":")) {
-            start = parse_expression(true);
-            if (!at_op(":")) {
-                expect_op("]");
-                auto it = node(expr_kind::item, pos);
-                add(*it, std::move(target));
-                add(*it, std::move(start));
-                return it;
-            }
+            r.start = parse_expression(true);
+            if (!at_op(":")) return r;
         }
+        r.is_slice = true;
         advance();  // ':'
-        expr_ptr stop, step;
-        if (!at_op("]") && !at_op(":")) stop = parse_expression(true);
+        if (!at_op("]") && !at_op(",") && !at_op(":")) r.stop = parse_expression(true);
         if (at_op(":")) {
             advance();
-            if (!at_op("]")) step = parse_expression(true);
+            if (!at_op("]") && !at_op(",")) r.step = parse_expression(true);
         }
-        expect_op("]");
-        auto sl = node(expr_kind::slice, pos);
-        add(*sl, std::move(target));
-        add(*sl, std::move(start));
-        add(*sl, std::move(stop));
-        add(*sl, std::move(step));
-        return sl;
+        return r;
+    }
+
+    // `target[...]`: an index, a slice, or (Jinja2 allows it) a tuple key such as x[] or x[a, b].
+    expr_ptr parse_subscript(expr_ptr target, size_t pos) {
+        std::vector<subscribed> keys;
+        while (!at_op("]")) {
+            if (!keys.empty()) expect_op(",");
+            if (at_op("]")) break;
+            keys.push_back(parse_subscribed());
+        }
+        advance();
+        if (keys.size() == 1 && keys[0].is_slice) {
+            auto sl = node(expr_kind::slice, pos);
+            add(*sl, std::move(target));
+            add(*sl, std::move(keys[0].start));
+            add(*sl, std::move(keys[0].stop));
+            add(*sl, std::move(keys[0].step));
+            return sl;
+        }
+        auto it = node(expr_kind::item, pos);
+        add(*it, std::move(target));
+        if (keys.size() == 1) {
+            add(*it, std::move(keys[0].start));
+            return it;
+        }
+        auto key = node(expr_kind::tuple, pos);
+        for (auto& k : keys) {
+            if (k.is_slice) fail("slices inside a tuple subscript are not supported", pos);
+            add(*key, std::move(k.start));
+        }
+        add(*it, std::move(key));
+        return it;
     }
 
     // Parses `( args, kw=value )` into e's items (after any existing ones) and kwargs.
@@ -717,11 +778,7 @@ private:
         const size_t pos = cur().pos;
         auto f = node(expr_kind::filter, pos);
         f->name = parse_dotted_name();
-        f->filter = find_filter(f->name);
-        if (!f->filter) {
-            if (is_unsupported_jinja_filter(f->name)) fail("filter '" + f->name + "' is not supported", pos);
-            fail("unknown filter '" + f->name + "'", pos);
-        }
+        f->filter = find_filter(f->name);  // null: checked by validate() once the context is known
         add(*f, std::move(input));
         if (at_op("(")) parse_args(*f);
         return f;
@@ -736,7 +793,6 @@ private:
         }
         t->name = parse_dotted_name();
         t->test = find_test(t->name);
-        if (!t->test) fail("unknown test '" + t->name + "'", pos);
         add(*t, std::move(operand));
         if (at_op("(")) {
             parse_args(*t);
