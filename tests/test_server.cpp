@@ -820,7 +820,12 @@ TEST(server, graceful_drain) {
     while (events < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::thread stopper([&] { s->srv->shutdown(true); });
     // While draining, new generation requests are refused (or the listener is already gone).
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    // Wait until the drain has begun (/health says so) rather than for a fixed time.
+    for (int i = 0; i < 5000; ++i) {
+        auto [hs, hb] = s->get("/health");
+        if (hs != 200) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     auto [st, b] = s->post("/v1/completions", greedy_completion("Hi", 2));
     EXPECT_TRUE(st == 503 || st == -1) << st;
     stopper.join();
