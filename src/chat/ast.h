@@ -89,4 +89,12 @@ struct stmt {
     body else_body;
 };
 
+// A deep copy of an expression tree.
+expr_ptr clone_expr(const expr& e);
+
+// Rejects unknown filters and tests the way Jinja2 3.x compiles: an error, except inside an
+// {% if %} (condition and branches) or an inline `a if b else c`, where the node is kept and
+// fails only if evaluated. Loop, macro and block bodies are not "soft". Throws template_error.
+void check_names(const body& root);
+
 }  // namespace kvs::jinja

@@ -19,45 +19,11 @@ public:
     body parse_root() {
         std::string end;
         body b = parse_body({}, &end, 0, "");
-        validate(b, false);
+        check_names(b);
         return b;
     }
 
 private:
-    // ---- unknown filters and tests ---------------------------------------------------------
-    // Jinja2 3.x rejects an unknown filter or test when compiling, except inside an {% if %}
-    // (condition and branches) or an inline `a if b else c`, where it becomes a runtime error
-    // raised only if that expression is evaluated. Loop, macro and block bodies reset this.
-    static void validate_expr(const expr& e, bool soft) {
-        if (e.kind == expr_kind::cond) soft = true;
-        if (!soft && e.kind == expr_kind::filter && !e.filter) {
-            if (is_unsupported_jinja_filter(e.name)) fail("filter '" + e.name + "' is not supported", e.pos);
-            fail("unknown filter '" + e.name + "'", e.pos);
-        }
-        if (!soft && e.kind == expr_kind::test && !e.test) fail("unknown test '" + e.name + "'", e.pos);
-        for (const auto& c : e.items)
-            if (c) validate_expr(*c, soft);
-        for (const auto& [k, v] : e.kwargs) validate_expr(*v, soft);
-    }
-
-    static void validate(const body& b, bool soft) {
-        for (const auto& s : b) {
-            if (s->value) validate_expr(*s->value, soft);
-            if (s->cond) validate_expr(*s->cond, false);
-            for (const auto& br : s->branches) {
-                if (br.cond) validate_expr(*br.cond, true);
-                validate(br.then, true);
-            }
-            for (const auto& p : s->params)
-                if (p.default_value) validate_expr(*p.default_value, false);
-            for (const auto& f : s->filters) validate_expr(*f, false);
-            for (const auto& v : s->values) validate_expr(*v, soft);
-            const bool inner_soft = s->kind == stmt_kind::block && s->targets.empty() ? soft : false;
-            validate(s->body_, inner_soft);
-            validate(s->else_body, false);
-        }
-    }
-
     // ---- token helpers -------------------------------------------------------------------
     const token& cur() const { return t_[i_]; }
     const token& peek(size_t k = 1) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
@@ -496,7 +462,7 @@ private:
             advance();
             if (o == op::not_in) advance();
             expr_ptr right = parse_math1();
-            expr_ptr left = last_right ? clone(**last_right) : std::move(e);
+            expr_ptr left = last_right ? clone_expr(**last_right) : std::move(e);
             expr_ptr cmp = binary(o, std::move(left), std::move(right), pos);
             last_right = &cmp->items[1];
             if (!chain) {
@@ -508,22 +474,6 @@ private:
             }
         }
         return chain ? std::move(chain) : std::move(e);
-    }
-
-    expr_ptr clone(const expr& e) {
-        auto c = std::make_unique<expr>();
-        c->kind = e.kind;
-        c->oper = e.oper;
-        c->negated = e.negated;
-        c->pos = e.pos;
-        c->depth = e.depth;
-        c->name = e.name;
-        c->lit = e.lit;
-        c->filter = e.filter;
-        c->test = e.test;
-        for (const auto& i : e.items) c->items.push_back(i ? clone(*i) : nullptr);
-        for (const auto& [k, v] : e.kwargs) c->kwargs.emplace_back(k, clone(*v));
-        return c;
     }
 
     expr_ptr parse_math1() {
@@ -778,7 +728,7 @@ private:
         const size_t pos = cur().pos;
         auto f = node(expr_kind::filter, pos);
         f->name = parse_dotted_name();
-        f->filter = find_filter(f->name);  // null: checked by validate() once the context is known
+        f->filter = find_filter(f->name);  // null: check_names() decides once the context is known
         add(*f, std::move(input));
         if (at_op("(")) parse_args(*f);
         return f;
