@@ -9,6 +9,8 @@
 //   norms    residual adds and RMSNorms; head: final norm and LM head
 // Model: $KVS_BENCH_MODEL (default /tmp/perf/tinyllama-q4_0.gguf); skipped if absent.
 // Depth: $KVS_BENCH_DEPTH tokens in the cache before the timed decode (default 0).
+// Tokens per timed forward: $KVS_BENCH_TOKENS (default 1 = decode; e.g. 64 = prefill chunks);
+// the figures are per forward pass and per token.
 #include <benchmark/benchmark.h>
 
 #include <time.h>
@@ -46,6 +48,8 @@ void bm_forward_profile(benchmark::State& state) {
     const std::string path = env ? env : "/tmp/perf/tinyllama-q4_0.gguf";
     const char* denv = std::getenv("KVS_BENCH_DEPTH");
     const int64_t depth = denv ? std::atoll(denv) : 0;
+    const char* tenv = std::getenv("KVS_BENCH_TOKENS");
+    const int64_t n_step = std::max<int64_t>(1, tenv ? std::atoll(tenv) : 1);
     auto m = kvs::llama_model::load(path);
     if (!m) {
         state.SkipWithError(("no model: " + path).c_str());
@@ -63,14 +67,14 @@ void bm_forward_profile(benchmark::State& state) {
         stage_s[stage_after(name)] += now - last;
         last = now;
     };
-    auto kv = kvs::kv_cache::create(model.kv_geometry(16, int32_t((depth + 256) / 16 + 1)));
+    auto kv = kvs::kv_cache::create(model.kv_geometry(16, int32_t((depth + 256) / 16 + 1 + 1000 * n_step / 16)));
     if (!kv) {
         state.SkipWithError(kv.message().c_str());
         return;
     }
     kvs::kv_cache& cache = *kv.value();
     const int32_t seq = cache.seq_add();
-    kvs::forward_state st(model, 64, 1);
+    kvs::forward_state st(model, std::max<int64_t>(64, n_step), 1);
     int64_t pos = 0;
     auto step = [&](int64_t n, bool timed) {
         cache.seq_reserve(seq, pos + n);
@@ -85,14 +89,20 @@ void bm_forward_profile(benchmark::State& state) {
     int64_t n_tok = 0;
     const double cpu0 = thread_cpu_s();
     for (auto _ : state) {
-        step(1, true);
-        ++n_tok;
+        if (pos + n_step > depth + 1000 * n_step) {  // keep the depth: rewind the sequence
+            cache.seq_remove(seq);
+            state.SkipWithError("ran out of cache");
+            break;
+        }
+        step(n_step, true);
+        n_tok += n_step;
     }
     const double cpu = thread_cpu_s() - cpu0;
     double total = 0;
     for (auto& [k, v] : stage_s) total += v;
-    for (auto& [k, v] : stage_s) state.counters[k + "_ms"] = 1e3 * v / double(n_tok);
+    for (auto& [k, v] : stage_s) state.counters[k + "_ms"] = 1e3 * v / double(n_tok);  // per token
     state.counters["cpu_ms_per_tok"] = 1e3 * cpu / double(n_tok);
+    state.counters["tok_per_cpu_s"] = double(n_tok) / cpu;
     state.counters["staged_ms"] = 1e3 * total / double(n_tok);
     state.SetLabel(path + " depth " + std::to_string(depth));
 }

@@ -21,6 +21,7 @@
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
 
 namespace {
@@ -174,6 +175,48 @@ void matmul_args(benchmark::internal::Benchmark* b) {
                 for (int64_t th : {1, 2}) b->Args({di, si, m, th});
 }
 BENCHMARK(bm_matmul)->Apply(matmul_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// ---- attention ------------------------------------------------------------------------------------
+// TinyLlama geometry (32 query heads, 4 KV heads, head_dim 64, pages of 16): one decode row or
+// a block of prefill rows at the end of a context of n_kv tokens. Args: n_kv, rows, threads.
+
+void bm_attention(benchmark::State& state) {
+    const int64_t n_kv = state.range(0), rows = state.range(1);
+    const int64_t n_head = 32, n_kv_head = 4, hd = 64, ps = 16;
+    const int64_t n_pages = (n_kv + ps - 1) / ps;
+    std::vector<float> k = pseudo_random(n_pages * n_kv_head * ps * hd, 3), v = pseudo_random(n_pages * n_kv_head * ps * hd, 4);
+    std::vector<float> q = pseudo_random(rows * n_head * hd, 5);
+    std::vector<int32_t> ids(static_cast<size_t>(n_pages)), q_seq(static_cast<size_t>(rows), 0), q_len(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < n_pages; ++i) ids[size_t(i)] = int32_t(i);
+    for (int64_t r = 0; r < rows; ++r) q_len[size_t(r)] = int32_t(n_kv - rows + 1 + r);
+    std::vector<int32_t> indptr = {0, int32_t(n_pages)};
+    kvs::cpu::attention_batch b;
+    b.n_q = rows;
+    b.n_head = n_head;
+    b.q = q.data();
+    b.q_seq = q_seq.data();
+    b.q_kv_len = q_len.data();
+    b.page_indptr = indptr.data();
+    b.page_ids = ids.data();
+    b.scale = 0.125f;
+    kvs::cpu::paged_kv_view kv{k.data(), v.data(), n_kv_head, ps, hd};
+    std::vector<float> o(size_t(rows * n_head * hd)), lse(size_t(rows * n_head));
+    kvs::thread_pool& pool = pool_of(int(state.range(2)));
+    for (auto _ : state) {
+        kvs::cpu::attention_paged(b, kv, o.data(), lse.data(), pool);
+        benchmark::ClobberMemory();
+    }
+    // Useful multiply-adds: Q·K and P·V over the visible keys of every row and head.
+    double macs = 0;
+    for (int64_t r = 0; r < rows; ++r) macs += 2.0 * double(q_len[size_t(r)]) * double(n_head * hd);
+    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * macs * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["KV_GB/s"] = benchmark::Counter(2.0 * double(n_kv * n_kv_head * hd * 4) * 1e-9,
+                                                   benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(bm_attention)
+    ->ArgNames({"n_kv", "rows", "threads"})
+    ->Args({4096, 1, 1})->Args({4096, 1, 2})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({512, 64, 1})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
