@@ -8,33 +8,14 @@
 
 #include "sched/engine.h"
 #include "sched/scheduler.h"
+#include "stories_fixture.h"
 #include "test_util.h"
 
 using namespace kvs;
 
 namespace {
 
-struct fixture {
-    std::unique_ptr<llama_model> model;
-    std::unique_ptr<tokenizer> tok;
-};
-
-const fixture* load_fixture() {
-    static fixture f;
-    static bool tried = false;
-    if (!tried) {
-        tried = true;
-        std::string path = test::shared_file("models/stories260K.gguf");
-        if (path.empty()) return nullptr;
-        f.model = std::move(llama_model::load(path).value());
-        f.tok = std::move(tokenizer::from_gguf(f.model->file()).value());
-    }
-    return f.model ? &f : nullptr;
-}
-
-#define NEED_MODEL(f)                                                                           \
-    const fixture* f = load_fixture();                                                          \
-    if (!f) GTEST_SKIP() << "models/stories260K.gguf not found under " << test::shared_dir()
+using fixture = test::stories_fixture;
 
 struct completion_out {
     std::string text;

@@ -17,6 +17,7 @@
 #include "server/chat_prompt.h"
 #include "server/http.h"
 #include "server/http_server.h"
+#include "stories_fixture.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -27,27 +28,7 @@ namespace {
 
 const char* const k_golden = ", there was a little girl named Lily. She loved to play outside in the park.";
 
-struct fixture {
-    std::unique_ptr<llama_model> model;
-    std::unique_ptr<tokenizer> tok;
-};
-
-const fixture* load_fixture() {
-    static fixture f;
-    static bool tried = false;
-    if (!tried) {
-        tried = true;
-        std::string path = test::shared_file("models/stories260K.gguf");
-        if (path.empty()) return nullptr;
-        f.model = std::move(llama_model::load(path).value());
-        f.tok = std::move(tokenizer::from_gguf(f.model->file()).value());
-    }
-    return f.model ? &f : nullptr;
-}
-
-#define NEED_MODEL(f)                                                                           \
-    const fixture* f = load_fixture();                                                          \
-    if (!f) GTEST_SKIP() << "models/stories260K.gguf not found under " << test::shared_dir()
+using fixture = test::stories_fixture;
 
 engine_config small_engine() {
     engine_config ec;
