@@ -22,6 +22,7 @@
 #include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/bandwidth.h"
 #include "kernels/cpu/ops.h"
 
 namespace {
@@ -80,60 +81,19 @@ const weight_set& weights_of(dtype t, shape s) {
 
 // ---- memory bandwidth probe -------------------------------------------------------------------
 
-constexpr size_t probe_bytes = size_t(256) << 20;
-
-const std::vector<uint64_t>& probe_buffer() {
-    static std::vector<uint64_t> buf = [] {
-        std::vector<uint64_t> b(probe_bytes / 8);
-        for (size_t i = 0; i < b.size(); ++i) b[i] = i;
-        return b;
-    }();
-    return buf;
-}
-
-// Sums the buffer in chunks spread over the pool; returns the sum so it is not optimized out.
-uint64_t stream_read(kvs::thread_pool& pool) {
-    const auto& buf = probe_buffer();
-    constexpr int64_t n_chunks = 64;
-    const size_t per = buf.size() / n_chunks;
-    std::vector<uint64_t> partial(n_chunks, 0);
-    pool.run(n_chunks, [&](int64_t c, int) {
-        const uint64_t* p = buf.data() + size_t(c) * per;
-        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        for (size_t i = 0; i < per; i += 4) {
-            a0 += p[i];
-            a1 += p[i + 1];
-            a2 += p[i + 2];
-            a3 += p[i + 3];
-        }
-        partial[size_t(c)] = a0 + a1 + a2 + a3;
-    });
-    uint64_t s = 0;
-    for (uint64_t v : partial) s += v;
-    return s;
-}
-
+// The shared probe (kernels/cpu/bandwidth.h), measured once per thread count.
 double stream_gbps(int n_threads) {
     static std::map<int, double> measured;
     auto it = measured.find(n_threads);
     if (it != measured.end()) return it->second;
-    kvs::thread_pool& pool = pool_of(n_threads);
-    stream_read(pool);  // warm up (page faults)
-    double best = 0;
-    for (int rep = 0; rep < 5; ++rep) {
-        auto t0 = std::chrono::steady_clock::now();
-        benchmark::DoNotOptimize(stream_read(pool));
-        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, double(probe_bytes) / s * 1e-9);
-    }
-    return measured[n_threads] = best;
+    return measured[n_threads] = kvs::cpu::measure_read_bandwidth(pool_of(n_threads), size_t(256) << 20, 5);
 }
 
 void bm_stream_read(benchmark::State& state) {
-    kvs::thread_pool& pool = pool_of(int(state.range(0)));
-    stream_read(pool);
-    for (auto _ : state) benchmark::DoNotOptimize(stream_read(pool));
-    state.counters["GB/s"] = benchmark::Counter(double(probe_bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    const int n_threads = int(state.range(0));
+    double gbps = 0;
+    for (auto _ : state) gbps = kvs::cpu::measure_read_bandwidth(pool_of(n_threads), size_t(256) << 20, 1);
+    state.counters["GB/s"] = gbps;
 }
 BENCHMARK(bm_stream_read)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
