@@ -89,23 +89,10 @@ public:
     void encode_fragment(std::string_view text, bool, std::vector<int32_t>& out) const override {
         std::vector<text_span> words;
         pre_->split(text, words);
-        // word text -> [begin, end) in `cached`; views point into `text`, alive for this call.
-        std::unordered_map<std::string_view, std::pair<size_t, size_t>> cache;
-        std::vector<int32_t> cached;
-        std::vector<int32_t> ids;
-        for (const text_span& w : words) {
-            const std::string_view word = text.substr(w.offset, w.length);
-            auto it = cache.find(word);
-            if (it == cache.end()) {
-                ids.clear();
-                encode_word(word, ids);
-                const size_t begin = cached.size();
-                cached.insert(cached.end(), ids.begin(), ids.end());
-                it = cache.emplace(word, std::make_pair(begin, cached.size())).first;
-            }
-            out.insert(out.end(), cached.begin() + long(it->second.first),
-                       cached.begin() + long(it->second.second));
-        }
+        word_memo memo;
+        for (const text_span& w : words)
+            memo.append(text.substr(w.offset, w.length), out,
+                        [&](std::string_view word, std::vector<int32_t>& ids) { encode_word(word, ids); });
     }
 
 private:

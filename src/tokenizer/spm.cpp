@@ -77,26 +77,15 @@ public:
             encode_word(s, out);
             return;
         }
-        // word text -> [begin, end) in `cached`; views point into `s`, alive for this call.
-        std::unordered_map<std::string_view, std::pair<size_t, size_t>> cache;
-        std::vector<int32_t> cached, ids;
+        word_memo memo;
         const std::string_view all(s);
         size_t start = 0;
         for (size_t p = all.find(utf8::spm_space, 1);; p = all.find(utf8::spm_space, p + 3)) {
             if (p != std::string_view::npos && p >= 3 && all.compare(p - 3, 3, utf8::spm_space) == 0)
                 continue;  // a run of U+2581 stays together
             const size_t end = p == std::string_view::npos ? all.size() : p;
-            const std::string_view word = all.substr(start, end - start);
-            auto it = cache.find(word);
-            if (it == cache.end()) {
-                ids.clear();
-                encode_word(word, ids);
-                const size_t begin = cached.size();
-                cached.insert(cached.end(), ids.begin(), ids.end());
-                it = cache.emplace(word, std::make_pair(begin, cached.size())).first;
-            }
-            out.insert(out.end(), cached.begin() + long(it->second.first),
-                       cached.begin() + long(it->second.second));
+            memo.append(all.substr(start, end - start), out,
+                        [&](std::string_view word, std::vector<int32_t>& ids) { encode_word(word, ids); });
             if (p == std::string_view::npos) break;
             start = p;
         }
