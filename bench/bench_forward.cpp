@@ -7,7 +7,7 @@
 //   wo       kqv_out → attn_out   output projection
 //   ffn      ffn_norm → ffn_out   gate/up, SwiGLU, down
 //   norms    residual adds and RMSNorms; head: final norm and LM head
-// Model: $KVS_BENCH_MODEL (default /tmp/perf/tinyllama-q4_0.gguf); skipped if absent.
+// Model: $KVS_BENCH_MODEL (default /tmp/tinyllama-q4_0.gguf); skipped if absent.
 // Depth: $KVS_BENCH_DEPTH tokens in the cache before the timed decode (default 0).
 // Tokens per timed forward: $KVS_BENCH_TOKENS (default 1 = decode; e.g. 64 = prefill chunks);
 // the figures are per forward pass and per token.
@@ -45,7 +45,7 @@ const char* stage_after(const char* name) {
 
 void bm_forward_profile(benchmark::State& state) {
     const char* env = std::getenv("KVS_BENCH_MODEL");
-    const std::string path = env ? env : "/tmp/perf/tinyllama-q4_0.gguf";
+    const std::string path = env ? env : "/tmp/tinyllama-q4_0.gguf";
     const char* denv = std::getenv("KVS_BENCH_DEPTH");
     const int64_t depth = denv ? std::atoll(denv) : 0;
     const char* tenv = std::getenv("KVS_BENCH_TOKENS");
