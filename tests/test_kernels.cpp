@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <thread>
@@ -87,6 +88,7 @@ struct shape {
 };
 
 std::vector<shape> shapes_for(dtype t) {
+    if (dtype_info(t).block_size == qk_k) return {{256, 37}, {768, 19}, {512, 5}, {256, 130}};
     std::vector<shape> s = {{96, 37}, {544, 19}, {32, 5}, {256, 130}};
     if (dtype_info(t).block_size == 1) {
         s.push_back({37, 23});  // row tails shorter than a vector
@@ -182,7 +184,7 @@ TEST_P(MatmulTest, MultiAndSwigluEqualSeparateCalls) {
 
 INSTANTIATE_TEST_SUITE_P(AllDtypes, MatmulTest,
                          ::testing::Values(dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0,
-                                           dtype::q4_1),
+                                           dtype::q4_1, dtype::q4_k, dtype::q5_k, dtype::q6_k),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 // The tolerance is meaningful: a single flipped weight row is detected.
@@ -225,11 +227,83 @@ TEST(Matmul, ExactOnLosslessQ8Inputs) {
     }
 }
 
+// K-quant kernels on blocks of random bytes (every scale, min and high bit pattern occurs, not
+// only those the quantizer produces) against the dequantized weights, with x that the 8-bit
+// activation quantization keeps exactly (integers, 127 in each super-block, so d_x = 1): every
+// path must then equal the float64 dot up to float rounding of the per-super-block scaling.
+TEST(KQuantMatmul, RandomBlocksMatchDequantizedDot) {
+    const int64_t n_in = 512, n_out = 21;
+    for (dtype t : {dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
+        const size_t row_bytes = dtype_row_bytes(t, n_in), bs = size_t(dtype_info(t).type_size);
+        std::vector<uint8_t> w(size_t(n_out) * row_bytes);
+        uint64_t r = 0x9e3779b97f4a7c15ull * (uint64_t(t) + 1);
+        for (auto& b : w) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            b = uint8_t(r >> 56);
+        }
+        for (size_t blk = 0; blk < w.size() / bs; ++blk) {  // sane f16 super-block scales
+            uint8_t* p = w.data() + blk * bs;
+            const uint16_t d = f32_to_f16(0x1p-6f * float(1 + blk % 5)), dmin = f32_to_f16(0x1p-5f);
+            if (t == dtype::q6_k) {
+                std::memcpy(p + 208, &d, 2);
+            } else {
+                std::memcpy(p, &d, 2);
+                std::memcpy(p + 2, &dmin, 2);
+            }
+        }
+        weight_view wv{w.data(), t, n_out, n_in};
+        for (int64_t m : {1, 2, 5, 9}) {
+            std::vector<float> x(size_t(m * n_in));
+            for (int64_t i = 0; i < m * n_in; ++i) x[size_t(i)] = float(int((i * 7919 + 13) % 255) - 127);
+            for (int64_t b = 0; b < m * n_in / 256; ++b) x[size_t(b * 256 + 17)] = 127.0f;
+            std::vector<float> want(size_t(m * n_out));
+            ref::matmul(wv, x.data(), m, want.data());
+            for (isa i : supported_isas()) {
+                isa_scope scope(i);
+                thread_pool pool(2);
+                std::vector<float> y(size_t(m * n_out));
+                matmul(wv, x.data(), m, y.data(), pool);
+                EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * n_out), 1e-6)
+                    << dtype_name(t) << " isa " << isa_name(i) << " m " << m;
+            }
+        }
+    }
+}
+
+// One pass over x for weights that need both activation formats (per-32 q8 and per-256 q8_K),
+// as a q4_k_m model's fused QKV does (q4_k beside q6_k, q8_0 fallbacks): values identical to
+// separate calls on every ISA.
+TEST(KQuantMatmul, MixedFormatsInOnePass) {
+    const int64_t n_in = 512;
+    weights wa = make_weights(dtype::q4_k, 40, n_in, 41), wb = make_weights(dtype::q6_k, 24, n_in, 42),
+            wc = make_weights(dtype::q8_0, 33, n_in, 43), wd = make_weights(dtype::q5_k, 9, n_in, 44);
+    const weight_view views[4] = {wa.view, wb.view, wc.view, wd.view};
+    for (int64_t m : {1, 6}) {
+        std::vector<float> x = test::random_floats(m * n_in, 51 + uint64_t(m), 2.0f);
+        for (isa i : supported_isas()) {
+            isa_scope scope(i);
+            thread_pool pool(2);
+            std::vector<std::vector<float>> ys(4);
+            float* yp[4];
+            for (int j = 0; j < 4; ++j) {
+                ys[size_t(j)].resize(size_t(m * views[j].n_out));
+                yp[j] = ys[size_t(j)].data();
+            }
+            matmul_multi(views, 4, x.data(), m, yp, pool);
+            for (int j = 0; j < 4; ++j) {
+                std::vector<float> want(size_t(m * views[j].n_out));
+                matmul(views[j], x.data(), m, want.data(), pool);
+                for (size_t e = 0; e < want.size(); ++e) ASSERT_EQ(ys[size_t(j)][e], want[e]) << isa_name(i) << " weight " << j;
+            }
+        }
+    }
+}
+
 TEST(Matmul, UnsupportedDtypeWritesNaN) {
-    EXPECT_FALSE(matmul_supported(dtype::q6_k));
+    EXPECT_FALSE(matmul_supported(dtype::q3_k));
     EXPECT_FALSE(matmul_supported(dtype::i32));
-    std::vector<uint8_t> w(2 * 210);
-    weight_view wv{w.data(), dtype::q6_k, 2, 256};
+    std::vector<uint8_t> w(2 * 110);
+    weight_view wv{w.data(), dtype::q3_k, 2, 256};
     std::vector<float> x(256, 1.0f), y(2, 0.0f);
     thread_pool pool(1);
     matmul(wv, x.data(), 1, y.data(), pool);

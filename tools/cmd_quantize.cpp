@@ -1,9 +1,12 @@
-// kvserve quantize IN OUT TYPE: rewrites a GGUF with its weight matrices in another dtype.
+// kvserve quantize IN OUT TYPE: rewrites a GGUF with its weight matrices in another dtype, or
+// in llama.cpp's q4_k_m / q5_k_m mixtures (model/shapes.h: weight_dtype_for).
 // Metadata is copied (general.file_type updated to llama.cpp's LLAMA_FTYPE numbering); 2-D
 // `.weight` matrices whose row length is a multiple of TYPE's block size become TYPE (others
-// F16; token_embd included, as llama.cpp does); 1-D tensors (norms, biases) are written F32.
+// Q8_0 for the k-quants when possible, else F16; token_embd included, as llama.cpp does); 1-D
+// tensors (norms, biases) are written F32.
 // Each tensor is dequantized from its source dtype row by row and re-encoded inside the
 // writer's fill callback, so only one tensor is in memory at a time.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -50,13 +53,18 @@ int cmd_quantize(int argc, char** argv) {
     std::string in, out, type_name;
     app.add_option("input", in, "source GGUF")->required();
     app.add_option("output", out, "GGUF file to write")->required();
-    app.add_option("type", type_name, "target dtype: f32, f16, bf16, q8_0, q4_0, q4_1")->required();
+    app.add_option("type", type_name, "target: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m")
+        ->required();
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
-    dtype type;
-    if (!dtype_from_name(type_name, &type) || llama_ftype_of(type) < 0 || !dtype_info(type).supported) {
-        std::fprintf(stderr, "kvserve quantize: unsupported type '%s' (use f32, f16, bf16, q8_0, q4_0 or q4_1)\n", type_name.c_str());
+    weight_format format;
+    if (!weight_format_from_name(type_name, &format)) {
+        std::fprintf(stderr,
+                     "kvserve quantize: unsupported type '%s' (use f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, "
+                     "q4_k_m or q5_k_m)\n",
+                     type_name.c_str());
         return 2;
     }
+    const dtype type = format.base;
     std::error_code ec;
     if (!std::filesystem::is_regular_file(in, ec)) {
         std::fprintf(stderr, "kvserve quantize: no such file: %s\n", in.c_str());
@@ -79,12 +87,20 @@ int cmd_quantize(int argc, char** argv) {
 
     gguf_writer w;
     w.copy_metadata(*src);
-    w.set_u32("general.file_type", uint32_t(llama_ftype_of(type)));
+    w.set_u32("general.file_type", uint32_t(llama_ftype_of(format)));
     if (dtype_info(type).block_size > 1) w.set_u32("general.quantization_version", 2);
     uint64_t in_bytes = 0, out_bytes = 0;
     std::map<std::string, int> n_by_type;  // output dtype name -> tensors
+    // The mixtures depend on the layer count (blk.N.* tensors) and on a separate LM head.
+    int64_t n_layer = 0;
     for (const gguf_tensor_info& t : src->tensors()) {
-        dtype tt = weight_dtype_for(t.name, t.n_dims, t.ne[0], type);
+        int64_t i = 0;
+        if (std::sscanf(std::string(t.name).c_str(), "blk.%lld.", reinterpret_cast<long long*>(&i)) == 1)
+            n_layer = std::max(n_layer, i + 1);
+    }
+    const bool has_output = src->find_tensor("output.weight") != nullptr;
+    for (const gguf_tensor_info& t : src->tensors()) {
+        dtype tt = weight_dtype_for(t.name, t.n_dims, t.ne[0], format, n_layer, has_output);
         if (tt != t.type && !dtype_info(t.type).supported) {
             std::fprintf(stderr, "kvserve quantize: tensor %.*s: source dtype %s cannot be dequantized\n", int(t.name.size()),
                          t.name.data(), dtype_name(t.type));

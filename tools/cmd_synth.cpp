@@ -114,11 +114,12 @@ status copy_vocab(gguf_writer& w, const gguf_file& vocab, int64_t n_vocab) {
     return status::ok();
 }
 
-void set_hparams(gguf_writer& w, const model_shape& s, dtype type, uint64_t seed) {
+void set_hparams(gguf_writer& w, const model_shape& s, const weight_format& format, uint64_t seed) {
+    const dtype type = format.base;
     const std::string a = std::string(s.arch) + ".";
     w.set_string("general.architecture", s.arch);
     w.set_string("general.name", std::string("synth-") + s.name);
-    w.set_u32("general.file_type", uint32_t(llama_ftype_of(type)));
+    w.set_u32("general.file_type", uint32_t(llama_ftype_of(format)));
     if (dtype_info(type).block_size > 1) w.set_u32("general.quantization_version", 2);
     w.set_u32(a + "vocab_size", uint32_t(s.n_vocab));
     w.set_u32(a + "context_length", uint32_t(s.n_ctx_train));
@@ -165,7 +166,10 @@ int cmd_synth(int argc, char** argv) {
     uint64_t seed = 1;
     int n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
     app.add_option("--shape", shape_name, "model geometry: " + model_shape_names())->required();
-    app.add_option("--dtype", dtype_name_str, "weight dtype: f32, f16, bf16, q8_0, q4_0, q4_1")->required();
+    app.add_option("--dtype", dtype_name_str,
+                   "weight dtype: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, or the llama.cpp mixtures q4_k_m, "
+                   "q5_k_m")
+        ->required();
     app.add_option("-o,--output", out, "GGUF file to write")->required();
     app.add_option("--vocab", vocab_path, "vocabulary GGUF to copy tokenizer.* keys from (default: the shape's, under $KVSERVE_SHARED or ../shared)");
     app.add_option("--seed", seed, "random seed")->capture_default_str();
@@ -176,9 +180,12 @@ int cmd_synth(int argc, char** argv) {
         std::fprintf(stderr, "kvserve synth: unknown shape '%s' (known: %s)\n", shape_name.c_str(), model_shape_names().c_str());
         return 2;
     }
-    dtype type;
-    if (!dtype_from_name(dtype_name_str, &type) || llama_ftype_of(type) < 0 || !dtype_info(type).supported) {
-        std::fprintf(stderr, "kvserve synth: unsupported --dtype '%s' (use f32, f16, bf16, q8_0, q4_0 or q4_1)\n", dtype_name_str.c_str());
+    weight_format format;
+    if (!weight_format_from_name(dtype_name_str, &format)) {
+        std::fprintf(stderr,
+                     "kvserve synth: unsupported --dtype '%s' (use f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, "
+                     "q4_k_m or q5_k_m)\n",
+                     dtype_name_str.c_str());
         return 2;
     }
     if (vocab_path.empty()) vocab_path = shared_dir() + "/" + shape->default_vocab;
@@ -195,14 +202,14 @@ int cmd_synth(int argc, char** argv) {
     }
 
     gguf_writer w;
-    set_hparams(w, *shape, type, seed);
+    set_hparams(w, *shape, format, seed);
     if (status s = copy_vocab(w, *vocab.value(), shape->n_vocab); !s) {
         std::fprintf(stderr, "kvserve synth: %s: %s\n", vocab_path.c_str(), s.message().c_str());
         return 1;
     }
     uint64_t n_bytes = 0;
     for (const tensor_plan& p : plan_tensors(*shape)) {
-        dtype t = weight_dtype_for(p.name, int(p.ne.size()), p.ne[0], type);
+        dtype t = weight_dtype_for(p.name, int(p.ne.size()), p.ne[0], format, shape->n_layer, !shape->tied_output);
         uint64_t key = mix64(seed ^ hash_name(p.name));
         status s = w.add_tensor(p.name, t, p.ne, [p, t, key, n_threads](uint8_t* dst) { return fill_tensor(dst, p, t, key, n_threads); });
         if (!s) {
@@ -214,7 +221,7 @@ int cmd_synth(int argc, char** argv) {
         n_bytes += dtype_row_bytes(t, p.ne[0]) * uint64_t(n / p.ne[0]);
     }
     std::fprintf(stderr, "kvserve synth: writing %s (%s, %.1fM parameters, %s, %.1f MB of weights)...\n", out.c_str(), shape->name,
-                 double(shape->n_params()) / 1e6, dtype_name(type), double(n_bytes) / 1e6);
+                 double(shape->n_params()) / 1e6, weight_format_name(format).c_str(), double(n_bytes) / 1e6);
     if (status s = w.write(out); !s) {
         std::fprintf(stderr, "kvserve synth: %s\n", s.message().c_str());
         return 1;

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/dtype_kquants.h"
+
 namespace kvs {
 
 namespace {
@@ -31,9 +33,9 @@ constexpr std::array<dtype_traits, dtype_id_limit> make_traits_table() {
     t[uint32_t(dtype::q8_1)] = {"q8_1", 32, 36, true, false};
     t[uint32_t(dtype::q2_k)] = {"q2_k", 256, 84, true, false};
     t[uint32_t(dtype::q3_k)] = {"q3_k", 256, 110, true, false};
-    t[uint32_t(dtype::q4_k)] = {"q4_k", 256, 144, true, false};
-    t[uint32_t(dtype::q5_k)] = {"q5_k", 256, 176, true, false};
-    t[uint32_t(dtype::q6_k)] = {"q6_k", 256, 210, true, false};
+    t[uint32_t(dtype::q4_k)] = {"q4_k", 256, 144, true, true};
+    t[uint32_t(dtype::q5_k)] = {"q5_k", 256, 176, true, true};
+    t[uint32_t(dtype::q6_k)] = {"q6_k", 256, 210, true, true};
     t[uint32_t(dtype::q8_k)] = {"q8_k", 256, 292, true, false};
     t[uint32_t(dtype::i8)] = {"i8", 1, 1, true, false};
     t[uint32_t(dtype::i16)] = {"i16", 1, 2, true, false};
@@ -256,6 +258,9 @@ bool dequantize_row(dtype t, const void* src, float* dst, int64_t n) {
         case dtype::q8_0: dequantize_q8_0(static_cast<const block_q8_0*>(src), dst, nb); return true;
         case dtype::q4_0: dequantize_q4_0(static_cast<const block_q4_0*>(src), dst, nb); return true;
         case dtype::q4_1: dequantize_q4_1(static_cast<const block_q4_1*>(src), dst, nb); return true;
+        case dtype::q4_k: detail::dequantize_q4_k(static_cast<const block_q4_k*>(src), dst, nb); return true;
+        case dtype::q5_k: detail::dequantize_q5_k(static_cast<const block_q5_k*>(src), dst, nb); return true;
+        case dtype::q6_k: detail::dequantize_q6_k(static_cast<const block_q6_k*>(src), dst, nb); return true;
         default: return false;
     }
 }
@@ -281,6 +286,9 @@ bool quantize_row(dtype t, const float* src, void* dst, int64_t n) {
         case dtype::q8_0: quantize_q8_0(src, static_cast<block_q8_0*>(dst), nb); return true;
         case dtype::q4_0: quantize_q4_0(src, static_cast<block_q4_0*>(dst), nb); return true;
         case dtype::q4_1: quantize_q4_1(src, static_cast<block_q4_1*>(dst), nb); return true;
+        case dtype::q4_k: detail::quantize_q4_k(src, static_cast<block_q4_k*>(dst), nb); return true;
+        case dtype::q5_k: detail::quantize_q5_k(src, static_cast<block_q5_k*>(dst), nb); return true;
+        case dtype::q6_k: detail::quantize_q6_k(src, static_cast<block_q6_k*>(dst), nb); return true;
         default: return false;
     }
 }

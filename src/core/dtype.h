@@ -78,6 +78,47 @@ struct block_q8_0 {
 };
 static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 && sizeof(block_q8_0) == 34);
 
+// K-quants: super-blocks of 256 elements with per-sub-block scales (ggml's "k-quants").
+inline constexpr int64_t qk_k = 256;
+// q4_K: 8 sub-blocks of 32; value = d · sc[j] · q - dmin · m[j], q in [0, 15], sc and m 6-bit.
+// scales[12] packs (sc, m) of sub-block j (ggml's get_scale_min_k4):
+//   j < 4:  sc = scales[j] & 63,                                m = scales[j + 4] & 63
+//   j >= 4: sc = (scales[j + 4] & 15) | (scales[j - 4] >> 6) << 4,
+//           m  = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4
+// qs[32 c + l] holds element 64 c + l (low nibble, sub-block 2c) and 64 c + 32 + l (high
+// nibble, sub-block 2c + 1), c = 0..3, l = 0..31.
+struct block_q4_k {
+    uint16_t d;           // f16 super-block scale of the 6-bit scales
+    uint16_t dmin;        // f16 super-block scale of the 6-bit mins
+    uint8_t scales[12];   // 8 × (6-bit scale, 6-bit min), packed as above
+    uint8_t qs[128];      // 256 nibbles
+};
+// q5_K: as q4_K with 5-bit q in [0, 31]; bit j of qh[l] is bit 4 of element 32 j + l.
+struct block_q5_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qh[32];       // high bits: bit j ↔ sub-block j
+    uint8_t qs[128];      // low nibbles, laid out as q4_K's
+};
+// q6_K: 16 sub-blocks of 16; value = d · scales[j] · (q - 32), q in [0, 63]. For each half
+// h (128 elements; ql += 64 h, qh += 32 h, element e = 128 h + ...) and l = 0..31:
+//   e = l:      ql[l] & 15      | (qh[l] >> 0 & 3) << 4
+//   e = 32 + l: ql[32 + l] & 15 | (qh[l] >> 2 & 3) << 4
+//   e = 64 + l: ql[l] >> 4      | (qh[l] >> 4 & 3) << 4
+//   e = 96 + l: ql[32 + l] >> 4 | (qh[l] >> 6 & 3) << 4
+// and sub-block j = e / 16 (over the whole super-block) has scale scales[j].
+struct block_q6_k {
+    uint8_t ql[128];      // low 4 bits
+    uint8_t qh[64];       // high 2 bits
+    int8_t scales[16];    // signed 8-bit sub-block scales
+    uint16_t d;           // f16 super-block scale
+};
+static_assert(sizeof(block_q4_k) == 144 && sizeof(block_q5_k) == 176 && sizeof(block_q6_k) == 210);
+
+// Unpacks the eight 6-bit (scale, min) pairs of a q4_K / q5_K block.
+void kquant_scale_min(const uint8_t* scales, uint8_t sc[8], uint8_t m[8]);
+
 // Row conversions; n is a multiple of the block size. These are the scalar references the
 // SIMD paths are tested against. Unsupported types return false and write nothing.
 bool dequantize_row(dtype t, const void* src, float* dst, int64_t n);

@@ -50,6 +50,9 @@ int32_t llama_ftype_of(dtype t) {
         case dtype::q4_0: return 2;
         case dtype::q4_1: return 3;
         case dtype::q8_0: return 7;
+        case dtype::q4_k: return 14;
+        case dtype::q5_k: return 16;
+        case dtype::q6_k: return 18;
         case dtype::bf16: return 32;
         default: return -1;
     }
@@ -59,7 +62,69 @@ dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, dt
     constexpr std::string_view suffix = ".weight";
     bool is_weight = name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
     if (n_dims != 2 || !is_weight) return dtype::f32;
-    return row_length % dtype_info(target).block_size == 0 ? target : dtype::f16;
+    if (row_length % dtype_info(target).block_size == 0) return target;
+    if (dtype_info(target).block_size == qk_k && row_length % qk8_0 == 0) return dtype::q8_0;
+    return dtype::f16;
+}
+
+bool weight_format_from_name(std::string_view name, weight_format* out) {
+    std::string lower(name);
+    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c;
+    weight_format f;
+    if (lower == "q4_k_m" || lower == "q5_k_m") {
+        f.base = lower == "q4_k_m" ? dtype::q4_k : dtype::q5_k;
+        f.k_mix = true;
+    } else if (!dtype_from_name(lower, &f.base) || llama_ftype_of(f.base) < 0 || !dtype_info(f.base).supported) {
+        return false;
+    }
+    if (out) *out = f;
+    return true;
+}
+
+std::string weight_format_name(const weight_format& f) {
+    return std::string(dtype_name(f.base)) + (f.k_mix ? "_m" : "");
+}
+
+int32_t llama_ftype_of(const weight_format& f) {
+    if (f.k_mix) return f.base == dtype::q4_k ? 15 : 17;
+    return llama_ftype_of(f.base);
+}
+
+bool kquant_use_more_bits(int64_t i_layer, int64_t n_layer) {
+    return i_layer < n_layer / 8 || i_layer >= 7 * n_layer / 8 || (i_layer - n_layer / 8) % 3 == 2;
+}
+
+namespace {
+
+// N of "blk.N.<suffix>", or -1 if `name` is not of that form.
+int64_t block_index(std::string_view name, std::string_view suffix) {
+    constexpr std::string_view prefix = "blk.";
+    if (name.size() <= prefix.size() + suffix.size() + 1 || name.substr(0, prefix.size()) != prefix) return -1;
+    if (name.substr(name.size() - suffix.size()) != suffix) return -1;
+    std::string_view num = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    if (num.empty() || num.back() != '.') return -1;
+    num.remove_suffix(1);
+    if (num.empty() || num.size() > 9) return -1;
+    int64_t v = 0;
+    for (char c : num) {
+        if (c < '0' || c > '9') return -1;
+        v = v * 10 + (c - '0');
+    }
+    return v;
+}
+
+}  // namespace
+
+dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, const weight_format& f, int64_t n_layer,
+                       bool has_output) {
+    dtype t = f.base;
+    if (f.k_mix) {
+        const bool is_head = name == "output.weight" || (!has_output && name == "token_embd.weight");
+        int64_t i = block_index(name, "attn_v.weight");
+        if (i < 0) i = block_index(name, "ffn_down.weight");
+        if (is_head || (i >= 0 && kquant_use_more_bits(i, n_layer))) t = dtype::q6_k;
+    }
+    return weight_dtype_for(name, n_dims, row_length, t);
 }
 
 }  // namespace kvs

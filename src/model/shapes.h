@@ -43,12 +43,36 @@ const model_shape* find_model_shape(std::string_view name);
 std::string model_shape_names();
 
 // llama.cpp's LLAMA_FTYPE for a file whose matrices are mostly `t` (ALL_F32 = 0, MOSTLY_F16 = 1,
-// MOSTLY_Q4_0 = 2, MOSTLY_Q4_1 = 3, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32); -1 if it has none.
+// MOSTLY_Q4_0 = 2, MOSTLY_Q4_1 = 3, MOSTLY_Q8_0 = 7, MOSTLY_Q4_K_S = 14 for q4_k, MOSTLY_Q5_K_S =
+// 16 for q5_k, MOSTLY_Q6_K = 18, MOSTLY_BF16 = 32); -1 if it has none.
 int32_t llama_ftype_of(dtype t);
 
 // The dtype a tensor gets when a model is written "in" `target`: 2-D `.weight` matrices take
-// `target` when their row length is a multiple of its block size (else F16), everything else
-// (norms, biases, 1-D, 3-D+) stays F32.
+// `target` when their row length is a multiple of its block size, everything else (norms,
+// biases, 1-D, 3-D+) stays F32. Matrices whose rows do not fit the block size fall back to
+// Q8_0 for the k-quants (rows a multiple of 32; as ggml falls back to a 32-block type), else F16.
 dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, dtype target);
+
+// A whole model's weight format: one dtype for the matrices, or one of llama.cpp's k-quant
+// mixtures ("q4_k_m", "q5_k_m"), which keep the base k-quant for most matrices and give Q6_K
+// to the LM head and to attn_v / ffn_down of the layers where more bits pay off most.
+struct weight_format {
+    dtype base = dtype::f32;
+    bool k_mix = false;  // llama.cpp's *_M mixture over `base` (q4_k or q5_k)
+};
+// Parses a dtype name kvserve can write ("q4_0", "q6_k", ...) or "q4_k_m" / "q5_k_m" (any case).
+bool weight_format_from_name(std::string_view name, weight_format* out);
+// "q4_k_m" or the dtype's name.
+std::string weight_format_name(const weight_format& f);
+// LLAMA_FTYPE of the format (MOSTLY_Q4_K_M = 15, MOSTLY_Q5_K_M = 17, else llama_ftype_of(base)).
+int32_t llama_ftype_of(const weight_format& f);
+// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+bool kquant_use_more_bits(int64_t i_layer, int64_t n_layer);
+// The dtype of tensor `name` in a model written in `f`. For the *_M mixtures: output.weight
+// (or token_embd.weight when the model has no output.weight, as llama.cpp does) → Q6_K;
+// blk.N.attn_v.weight and blk.N.ffn_down.weight → Q6_K where kquant_use_more_bits(N, n_layer);
+// all else the base type; then the rules of weight_dtype_for (fallbacks, F32 for non-matrices).
+dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, const weight_format& f, int64_t n_layer,
+                       bool has_output);
 
 }  // namespace kvs

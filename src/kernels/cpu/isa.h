@@ -21,9 +21,20 @@ struct q8_rows {
     int64_t n_in;
 };
 
+// Activations quantized to 8 bits per super-block of 256 (like ggml's q8_K), for the k-quant
+// weights (q4_K, q5_K, q6_K): one float scale per 256 elements lets a super-block's sub-block
+// dots, each weighted by its integer sub-block scale, be summed in integer arithmetic.
+struct q8k_rows {
+    const int8_t* qs;      // (m, n_in)        q = round(x / d), |q| <= 127
+    const float* d;        // (m, n_in / 256)  super-block scales
+    const int16_t* bsums;  // (m, n_in / 16)   sum of q over each 16 elements
+    int64_t n_in;
+};
+
 // One tile of y = x · wᵀ: weight rows [0, n_o) starting at `w` (rows `w_row_bytes` apart)
 // against x rows [0, m); writes y[i * ldy + o]. `x` is float rows (m, n_in) for float
-// weights or a q8_rows* for quantized weights (then n_in is a multiple of 32).
+// weights, a q8_rows* for q8_0/q4_0/q4_1 weights (then n_in is a multiple of 32) or a
+// q8k_rows* for k-quant weights (n_in a multiple of 256).
 struct gemm_tile {
     const uint8_t* w;
     size_t w_row_bytes;
@@ -52,6 +63,13 @@ struct kernel_table {
     float (*dot_f32)(const float* a, const float* b, int64_t n);
     // out[i] = silu(gate[i]) * up[i] (n); out may alias gate or up.
     void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
+    // K-quant weights (x is a q8k_rows*), and the activation quantizer for them: one row x
+    // (n, a multiple of 256) into q8k_rows planes, d = max|x| / 127 per 256, q = x / d rounded
+    // to nearest even, bsums = sums of q per 16.
+    gemm_fn gemm_q4_k;
+    gemm_fn gemm_q5_k;
+    gemm_fn gemm_q6_k;
+    void (*quantize_q8k_row)(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsums);
 };
 
 // Null when the build does not contain that path (e.g. a non-x86 target).

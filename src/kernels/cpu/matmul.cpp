@@ -10,6 +10,8 @@
 //
 // Quantized weights (q8_0, q4_0, q4_1) are multiplied with x quantized on the fly to 8-bit
 // blocks of 32 (one f32 scale per block), so each block's dot is an integer dot product.
+// K-quant weights (q4_K, q5_K, q6_K) use x quantized per super-block of 256 (q8k_rows), so
+// a whole super-block's scaled sub-block dots are summed in integers.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -30,11 +32,15 @@ detail::gemm_fn gemm_for(const detail::kernel_table& k, dtype t) {
         case dtype::q8_0: return k.gemm_q8_0;
         case dtype::q4_0: return k.gemm_q4_0;
         case dtype::q4_1: return k.gemm_q4_1;
+        case dtype::q4_k: return k.gemm_q4_k;
+        case dtype::q5_k: return k.gemm_q5_k;
+        case dtype::q6_k: return k.gemm_q6_k;
         default: return nullptr;
     }
 }
 
 bool is_quantized(dtype t) { return t == dtype::q8_0 || t == dtype::q4_0 || t == dtype::q4_1; }
+bool is_kquant(dtype t) { return t == dtype::q4_k || t == dtype::q5_k || t == dtype::q6_k; }
 
 // Scratch for quantized activations, grown on first use and then reused (no allocation on
 // the decode path after warm-up). Only the thread calling matmul touches it.
@@ -42,11 +48,20 @@ struct q8_scratch {
     std::vector<int8_t> qs;   // (m, n_in)
     std::vector<float> d;     // (m, n_in / 32)
     std::vector<int32_t> s;   // (m, n_in / 32)
+    std::vector<int8_t> k_qs;      // (m, n_in)        q8k_rows planes, for k-quant weights
+    std::vector<float> k_d;        // (m, n_in / 256)
+    std::vector<int16_t> k_bsums;  // (m, n_in / 16)
     void reserve(int64_t m, int64_t n_in) {
         size_t n = size_t(m * n_in);
         if (qs.size() < n) qs.resize(n);
         if (d.size() < n / 32) d.resize(n / 32);
         if (s.size() < n / 32) s.resize(n / 32);
+    }
+    void reserve_k(int64_t m, int64_t n_in) {
+        size_t n = size_t(m * n_in);
+        if (k_qs.size() < n) k_qs.resize(n);
+        if (k_d.size() < n / 256) k_d.resize(n / 256);
+        if (k_bsums.size() < n / 16) k_bsums.resize(n / 16);
     }
 };
 
@@ -74,7 +89,7 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     const detail::kernel_table& k = detail::active_kernels();
     const int64_t n_in = ws[0].n_in;
     detail::gemm_fn fns[max_w] = {};
-    bool any_quantized = false, ok = n_w <= max_w;
+    bool any_quantized = false, any_kquant = false, ok = n_w <= max_w;
     for (int j = 0; ok && j < n_w; ++j) {
         const weight_view& w = ws[j];
         detail::gemm_fn fn = gemm_for(k, w.type);
@@ -82,6 +97,7 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         fns[j] = fn;
         if (!fn || w.n_in != n_in || w.n_in % dtype_info(w.type).block_size != 0) ok = false;
         any_quantized = any_quantized || is_quantized(w.type);
+        any_kquant = any_kquant || is_kquant(w.type);
     }
     if (glu_out && (n_w != 2 || ws[0].n_out != ws[1].n_out)) ok = false;
     if (!ok) {
@@ -112,6 +128,23 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         }
         q8 = {sc.qs.data(), sc.d.data(), sc.s.data(), n_in};
     }
+    detail::q8k_rows q8k{};
+    if (any_kquant) {
+        q8_scratch& sc = scratch();
+        sc.reserve_k(m, n_in);
+        const auto quantize_k = k.quantize_q8k_row ? k.quantize_q8k_row : detail::kernels_scalar()->quantize_q8k_row;
+        const int64_t nb = n_in / 256;
+        auto quantize_row = [&](int64_t i) {
+            quantize_k(x + i * n_in, n_in, sc.k_qs.data() + i * n_in, sc.k_d.data() + i * nb,
+                       sc.k_bsums.data() + i * nb * 16);
+        };
+        if (m >= 4 && n_threads > 1) {
+            pool.run(m, [&](int64_t i, int) { quantize_row(i); });
+        } else {
+            for (int64_t i = 0; i < m; ++i) quantize_row(i);
+        }
+        q8k = {sc.k_qs.data(), sc.k_d.data(), sc.k_bsums.data(), n_in};
+    }
 
     // Task geometry: (x row block) × (weight, chunk of its rows). Chunks have one size for
     // all weights, sized from their total rows (a swiglu pair counts once).
@@ -132,6 +165,7 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         const weight_view& w = ws[j];
         const size_t row_bytes = dtype_row_bytes(w.type, n_in);
         detail::q8_rows q8_block{};
+        detail::q8k_rows q8k_block{};
         detail::gemm_tile t{};
         t.w = static_cast<const uint8_t*>(w.data) + size_t(o0) * row_bytes;
         t.w_row_bytes = row_bytes;
@@ -141,6 +175,10 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
             const int64_t nb = n_in / 32;
             q8_block = {q8.qs + i0 * n_in, q8.d + i0 * nb, q8.s + i0 * nb, n_in};
             t.x = &q8_block;
+        } else if (is_kquant(w.type)) {
+            const int64_t nb = n_in / 256;
+            q8k_block = {q8k.qs + i0 * n_in, q8k.d + i0 * nb, q8k.bsums + i0 * nb * 16, n_in};
+            t.x = &q8k_block;
         } else {
             t.x = x + i0 * n_in;
         }

@@ -2,6 +2,7 @@
 // KVSERVE_AVX512_FLAGS; only called when dispatch.cpp found the CPU supports them.
 // Everything here has internal linkage (see the ODR rule in isa.h).
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/matmul_kquants.h"
 
 // CMake passes the ISA flags for this file by its name (kvserve_isa_flags); should a build
 // miss them, GCC's target pragma enables the same instruction sets for this file alone, so
@@ -424,7 +425,8 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
 }
 
 constexpr kernel_table table{gemm_f32,  gemm_f16,  gemm_bf16,       gemm_q8_0,
-                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32, swiglu};
+                             gemm_q4_0, gemm_q4_1, quantize_q8_row, dot_f32, swiglu,
+                             gemm_q4_k_avx512, gemm_q5_k_avx512, gemm_q6_k_avx512, quantize_q8k_row_avx512};
 
 }  // namespace
 

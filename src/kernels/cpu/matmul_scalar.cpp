@@ -7,6 +7,7 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/matmul_kquants.h"
 
 namespace kvs::cpu::detail {
 
@@ -147,7 +148,8 @@ void swiglu_scalar(const float* gate, const float* up, float* out, int64_t n) {
 }
 
 constexpr kernel_table table{gemm_f32,  gemm_f16,  gemm_bf16, gemm_q8_0,
-                             gemm_q4_0, gemm_q4_1, quantize_q8_row_scalar, dot_scalar, swiglu_scalar};
+                             gemm_q4_0, gemm_q4_1, quantize_q8_row_scalar, dot_scalar, swiglu_scalar,
+                             gemm_q4_k_scalar, gemm_q5_k_scalar, gemm_q6_k_scalar, quantize_q8k_row_scalar};
 
 }  // namespace
 

@@ -39,7 +39,8 @@ void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, floa
 // chunk while the chunk is in cache. out may alias y_gate. gate.n_out must equal up.n_out.
 void matmul_swiglu(const weight_view& gate, const weight_view& up, const float* x, int64_t m, float* y_gate,
                    float* y_up, float* out, thread_pool& pool);
-// Whether matmul has kernels for weights of this dtype (f32, f16, bf16, q8_0, q4_0, q4_1).
+// Whether matmul has kernels for weights of this dtype (f32, f16, bf16, q8_0, q4_0, q4_1,
+// q4_k, q5_k, q6_k).
 // matmul with an unsupported dtype, or n_in not a multiple of its block size, writes NaN.
 bool matmul_supported(dtype t);
 
