@@ -102,3 +102,20 @@ TEST(Cli, PerplexityNeedsAtLeastOneChunk) {
     EXPECT_EQ(run_command(kvserve_binary() + " perplexity -m " + q(model) + " -f " + q(path) + " -c 256", &out), 2) << out;
     EXPECT_NE(out.find("at least"), std::string::npos) << out;
 }
+
+TEST(Cli, QuantizeToQ4KMAndRun) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    // stories260K's rows (64, 172) are no multiple of 256: every matrix takes the fallback types,
+    // and the file still says Q4_K_M.
+    std::string out = kvs::test::temp_dir() + "/stories-q4_k_m.gguf", text;
+    ASSERT_EQ(run_command(kvserve_binary() + " quantize " + q(model) + " " + q(out) + " q4_k_m", &text), 0) << text;
+    EXPECT_NE(text.find("q8_0"), std::string::npos) << text;
+    ASSERT_EQ(run_command(kvserve_binary() + " inspect " + q(out), &text), 0) << text;
+    EXPECT_NE(text.find("general.file_type"), std::string::npos) << text;
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(out) + " -p 'Once upon a time' -n 8 --temp 0", &text), 0) << text;
+    EXPECT_NE(text.find("Once upon a time"), std::string::npos) << text;
+    EXPECT_EQ(run_command(kvserve_binary() + " quantize --help", &text), 0) << text;
+    EXPECT_NE(text.find("q4_k_m"), std::string::npos) << text;
+    EXPECT_EQ(run_command(kvserve_binary() + " synth --help", &text), 0) << text;
+    EXPECT_NE(text.find("q4_k_m"), std::string::npos) << text;
+}

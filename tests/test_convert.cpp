@@ -353,8 +353,8 @@ TEST(Quantize, Stories260KRoundTrips) {
 TEST(Quantize, Errors) {
     KVS_SKIP_IF_MISSING(path, "models/stories260K.gguf");
     std::string out = test::temp_dir() + "/q-err.gguf", text;
-    EXPECT_EQ(kvserve("quantize " + path + " " + out + " q5_k", &text), 2);
-    EXPECT_NE(text.find("unsupported type 'q5_k'"), std::string::npos) << text;
+    EXPECT_EQ(kvserve("quantize " + path + " " + out + " q3_k", &text), 2);
+    EXPECT_NE(text.find("unsupported type 'q3_k'"), std::string::npos) << text;
     EXPECT_EQ(kvserve("quantize " + path + " " + out, &text), 2);
     EXPECT_EQ(kvserve("quantize /no/such.gguf " + out + " q8_0", &text), 2);
     std::string vocab = test::shared_file("vocab/ggml-vocab-gpt-2.gguf");
@@ -559,10 +559,62 @@ TEST(Shapes, TableMatchesThePublishedModels) {
     }
     EXPECT_EQ(llama_ftype_of(dtype::q8_0), 7);
     EXPECT_EQ(llama_ftype_of(dtype::bf16), 32);
-    EXPECT_EQ(llama_ftype_of(dtype::q4_k), -1);
+    EXPECT_EQ(llama_ftype_of(dtype::q3_k), -1);
+    EXPECT_EQ(llama_ftype_of(dtype::q4_k), 14);
+    EXPECT_EQ(llama_ftype_of(dtype::q6_k), 18);
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_down.weight", 2, 5632, dtype::q4_k), dtype::q4_k);
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_down.weight", 2, 172, dtype::q4_k), dtype::f16);
+    EXPECT_EQ(weight_dtype_for("blk.0.attn_q.weight", 2, 64, dtype::q6_k), dtype::q8_0);  // rows of 64: fallback
     EXPECT_EQ(weight_dtype_for("blk.0.ffn_down.weight", 2, 172, dtype::q4_0), dtype::f16);
     EXPECT_EQ(weight_dtype_for("blk.0.attn_q.bias", 1, 64, dtype::q4_0), dtype::f32);
     EXPECT_EQ(weight_dtype_for("token_embd.weight", 2, 64, dtype::q4_0), dtype::q4_0);
+}
+
+// llama.cpp's q4_k_m / q5_k_m mixtures (llama_tensor_get_type): LM head and attn_v / ffn_down of
+// the use_more_bits layers in q6_k, everything else in the base k-quant.
+TEST(Shapes, KQuantMixturesFollowLlamaCpp) {
+    weight_format f;
+    ASSERT_TRUE(weight_format_from_name("Q4_K_M", &f));
+    EXPECT_EQ(f.base, dtype::q4_k);
+    EXPECT_TRUE(f.k_mix);
+    EXPECT_EQ(weight_format_name(f), "q4_k_m");
+    EXPECT_EQ(llama_ftype_of(f), 15);
+    weight_format f5;
+    ASSERT_TRUE(weight_format_from_name("q5_k_m", &f5));
+    EXPECT_EQ(llama_ftype_of(f5), 17);
+    weight_format plain;
+    ASSERT_TRUE(weight_format_from_name("q6_k", &plain));
+    EXPECT_FALSE(plain.k_mix);
+    EXPECT_EQ(llama_ftype_of(plain), 18);
+    EXPECT_FALSE(weight_format_from_name("q4_k_s", nullptr));
+    EXPECT_FALSE(weight_format_from_name("q3_k", nullptr));
+    EXPECT_FALSE(weight_format_from_name("q8_0_m", nullptr));
+
+    // TinyLlama: 22 layers, so n/8 = 2 and 7n/8 = 19: layers 0, 1, 4, 7, 10, 13, 16, 19, 20, 21.
+    std::vector<int64_t> more;
+    for (int64_t i = 0; i < 22; ++i)
+        if (kquant_use_more_bits(i, 22)) more.push_back(i);
+    EXPECT_EQ(more, (std::vector<int64_t>{0, 1, 4, 7, 10, 13, 16, 19, 20, 21}));
+    for (int64_t i = 0; i < 22; ++i) {
+        const std::string p = "blk." + std::to_string(i) + ".";
+        const dtype more_bits = kquant_use_more_bits(i, 22) ? dtype::q6_k : dtype::q4_k;
+        EXPECT_EQ(weight_dtype_for(p + "attn_v.weight", 2, 2048, f, 22, true), more_bits) << i;
+        EXPECT_EQ(weight_dtype_for(p + "ffn_down.weight", 2, 5632, f, 22, true), more_bits) << i;
+        EXPECT_EQ(weight_dtype_for(p + "attn_k.weight", 2, 2048, f, 22, true), dtype::q4_k) << i;
+        EXPECT_EQ(weight_dtype_for(p + "ffn_up.weight", 2, 2048, f, 22, true), dtype::q4_k) << i;
+        EXPECT_EQ(weight_dtype_for(p + "attn_norm.weight", 1, 2048, f, 22, true), dtype::f32) << i;
+    }
+    EXPECT_EQ(weight_dtype_for("output.weight", 2, 2048, f, 22, true), dtype::q6_k);
+    EXPECT_EQ(weight_dtype_for("token_embd.weight", 2, 2048, f, 22, true), dtype::q4_k);
+    EXPECT_EQ(weight_dtype_for("token_embd.weight", 2, 2048, f, 22, false), dtype::q6_k);  // tied head
+    EXPECT_EQ(weight_dtype_for("blk.0.attn_v.weight", 2, 2048, f5, 22, true), dtype::q6_k);
+    EXPECT_EQ(weight_dtype_for("blk.2.attn_v.weight", 2, 2048, f5, 22, true), dtype::q5_k);
+    // Rows that are no multiple of 256 fall back (q8_0 for multiples of 32, else f16).
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_down.weight", 2, 864, f, 22, true), dtype::q8_0);
+    EXPECT_EQ(weight_dtype_for("blk.2.ffn_down.weight", 2, 172, f, 22, true), dtype::f16);
+    // Names that only look like layer tensors are not in the mixture.
+    EXPECT_EQ(weight_dtype_for("blk.x.attn_v.weight", 2, 2048, f, 22, true), dtype::q4_k);
+    EXPECT_EQ(weight_dtype_for("blk.0attn_v.weight", 2, 2048, f, 22, true), dtype::q4_k);
 }
 
 // ---------------------------------------------------------------------------------------------
