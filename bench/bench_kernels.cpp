@@ -29,7 +29,8 @@ namespace {
 
 using kvs::dtype;
 
-constexpr dtype bench_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0, dtype::q4_1};
+constexpr dtype bench_dtypes[] = {dtype::f32,  dtype::f16,  dtype::bf16, dtype::q8_0, dtype::q4_0,
+                                  dtype::q4_1, dtype::q4_k, dtype::q5_k, dtype::q6_k};
 struct shape {
     int64_t n_out, n_in;
 };

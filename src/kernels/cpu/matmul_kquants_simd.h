@@ -26,6 +26,10 @@ namespace kvs::cpu::detail {
 
 namespace {
 
+// Helpers called once per weight row and super-block must be inlined into the micro-kernels:
+// a call there costs a vzeroupper and a round trip of its results through memory.
+#define KQ_INLINE inline __attribute__((always_inline))
+
 float kq_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -33,8 +37,9 @@ float kq_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Prefetches the next group of weight rows (`bytes` from `begin`) at the rate the current
-// group is consumed: `n_steps` calls of next() cover it (see matmul_avx512.cpp).
+// Decode prefetch: the RW rows of the next group are contiguous, so they are prefetched as
+// one linear stream at the rate the current group is consumed, `bytes` over `n_steps` calls of
+// next() (as matmul_avx512.cpp's q4_0 GEMV does).
 struct kq_prefetch {
     const char* p;
     const char* end;
@@ -42,17 +47,17 @@ struct kq_prefetch {
     kq_prefetch(const uint8_t* begin, size_t bytes, int64_t n_steps)
         : p(reinterpret_cast<const char*>(begin)), end(p + bytes),
           step((bytes / size_t(n_steps > 0 ? n_steps : 1) + 127) & ~size_t(63)) {}
-    void next() {
+    KQ_INLINE void next() {
         for (size_t o = 0; o < step && p < end; o += 64, p += 64) _mm_prefetch(p, _MM_HINT_T0);
     }
 };
 
-__m256i kq_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+KQ_INLINE __m256i kq_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // Eight 6-bit (scale, min) pairs of a q4_K / q5_K block as dwords with the value in both
 // 16-bit halves (the form vpmaddwd / vpdpwssd multiply int16 pairs by). Same unpacking as
 // kquant_scale_min, four bytes at a time.
-void kq_scale_min_dup(const uint8_t* s, __m256i* sc, __m256i* mn) {
+KQ_INLINE void kq_scale_min_dup(const uint8_t* s, __m256i* sc, __m256i* mn) {
     uint32_t u0, u1, u2;
     std::memcpy(&u0, s, 4);
     std::memcpy(&u1, s + 4, 4);
@@ -67,11 +72,6 @@ void kq_scale_min_dup(const uint8_t* s, __m256i* sc, __m256i* mn) {
 }
 
 // Lane j of v broadcast to all 8 lanes.
-template <int j>
-__m256i kq_lane(__m256i v) {
-    return _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(j));
-}
-
 // ---- formats ------------------------------------------------------------------------------------
 // Each format decodes, per weight row and super-block, its scales (prepare) and then its 8 code
 // chunks of 32 (codes<c>), each with the dup-dword scale vector of its int16 lanes (scale<c>):
@@ -81,11 +81,14 @@ template <bool five>
 struct fmt_scale_min {  // q4_K (five = false) and q5_K
     using block = std::conditional_t<five, block_q5_k, block_q4_k>;
     static constexpr bool has_min = true;
-    __m256i sc, mn, qs, qh;
+    alignas(32) uint32_t sc_dup[8];  // read back by broadcast loads, which cost no shuffle
+    __m256i mn, qs, qh;
     float d, dmin;
-    void prepare(const uint8_t* p) {
+    KQ_INLINE void prepare(const uint8_t* p) {
         const auto* b = reinterpret_cast<const block*>(p);
+        __m256i sc;
         kq_scale_min_dup(b->scales, &sc, &mn);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sc_dup), sc);
         d = _cvtsh_ss(b->d);
         dmin = _cvtsh_ss(b->dmin);
         if constexpr (five) qh = kq_load(b->qh);
@@ -93,7 +96,7 @@ struct fmt_scale_min {  // q4_K (five = false) and q5_K
     // Chunk c = sub-block c: the low (even c) or high (odd c) nibbles of qs[32 (c/2) ...],
     // plus bit c of qh as bit 4 for q5_K.
     template <int c>
-    __m256i codes(const uint8_t* p) {
+    KQ_INLINE __m256i codes(const uint8_t* p) {
         const auto* b = reinterpret_cast<const block*>(p);
         const __m256i m4 = _mm256_set1_epi8(0x0F);
         if constexpr (c % 2 == 0) qs = kq_load(b->qs + 32 * (c / 2));
@@ -107,13 +110,13 @@ struct fmt_scale_min {  // q4_K (five = false) and q5_K
         return q;
     }
     template <int c>
-    __m256i scale() const {
-        return kq_lane<c>(sc);
+    KQ_INLINE __m256i scale() const {
+        return _mm256_set1_epi32(int(sc_dup[c]));
     }
     // Integer start value of a row's accumulator (q4_K/q5_K: none; the min is separate).
-    __m256i init(const int16_t*) const { return _mm256_setzero_si256(); }
+    KQ_INLINE __m256i init(const int16_t*) const { return _mm256_setzero_si256(); }
     // Σ_j m_j · (Σ qx)_j over the super-block, as 8 int32 lanes.
-    __m256i min_sum(const int16_t* bsums) const { return _mm256_madd_epi16(kq_load(bsums), mn); }
+    KQ_INLINE __m256i min_sum(const int16_t* bsums) const { return _mm256_madd_epi16(kq_load(bsums), mn); }
 };
 
 struct fmt_q6_k {
@@ -121,7 +124,7 @@ struct fmt_q6_k {
     static constexpr bool has_min = false;
     __m256i sc16, sc_half[2], ql0, ql1, qh;
     float d, dmin;
-    void prepare(const uint8_t* p) {
+    KQ_INLINE void prepare(const uint8_t* p) {
         const auto* b = reinterpret_cast<const block*>(p);
         sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b->scales)));
         const __m256i lo = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(sc16));
@@ -133,7 +136,7 @@ struct fmt_q6_k {
     }
     // Chunk c: half h = c / 4, part q = c % 4 (elements 128 h + 32 q ...), see dtype.h.
     template <int c>
-    __m256i codes(const uint8_t* p) {
+    KQ_INLINE __m256i codes(const uint8_t* p) {
         constexpr int h = c / 4, q = c % 4;
         const auto* b = reinterpret_cast<const block*>(p);
         if constexpr (q == 0) {
@@ -156,25 +159,31 @@ struct fmt_q6_k {
     // Sub-blocks 2c and 2c + 1 (16 elements each): scale 2 (c % 4) in the low 128-bit lane,
     // 2 (c % 4) + 1 in the high one.
     template <int c>
-    __m256i scale() const {
+    KQ_INLINE __m256i scale() const {
         constexpr int j = 2 * (c % 4);
         return _mm256_permutevar8x32_epi32(sc_half[c / 4], _mm256_setr_epi32(j, j, j, j, j + 1, j + 1, j + 1, j + 1));
     }
     // -32 · Σ_j sc_j (Σ qx)_j: the codes are stored +32.
-    __m256i init(const int16_t* bsums) const {
+    KQ_INLINE __m256i init(const int16_t* bsums) const {
         return _mm256_madd_epi16(kq_load(bsums), _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5)));
     }
-    __m256i min_sum(const int16_t*) const { return _mm256_setzero_si256(); }
+    KQ_INLINE __m256i min_sum(const int16_t*) const { return _mm256_setzero_si256(); }
 };
 
 // ---- micro-kernel -------------------------------------------------------------------------------
 
+// One chunk of 32 codes against the RX x rows. With few x rows, odd chunks go to a second
+// accumulator (isum2) so that the chain of dependent vpdpwssd per row is half as long.
 template <class F, class Ops, int RX, int c>
-inline void kq_chunk(F& f, const uint8_t* blk, const int8_t* const (&xq)[RX], __m256i (&isum)[RX]) {
+KQ_INLINE void kq_chunk(F& f, const uint8_t* blk, const int8_t* const (&xq)[RX], __m256i (&isum)[RX],
+                        __m256i (&isum2)[RX]) {
     const __m256i q = f.template codes<c>(blk);
     const __m256i s = f.template scale<c>();
 #pragma GCC unroll 4
-    for (int i = 0; i < RX; ++i) isum[i] = Ops::dot(isum[i], _mm256_maddubs_epi16(q, kq_load(xq[i] + 32 * c)), s);
+    for (int i = 0; i < RX; ++i) {
+        __m256i& acc = (RX <= 2 && c % 2 == 1) ? isum2[i] : isum[i];
+        acc = Ops::dot(acc, _mm256_maddubs_epi16(q, kq_load(xq[i] + 32 * c)), s);
+    }
 }
 
 // RX x rows × RW weight rows, full n_in.
@@ -189,30 +198,34 @@ void kq_micro(const gemm_tile& t, int64_t i0, int64_t o0) {
     for (int i = 0; i < RX; ++i)
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) acc[i][r] = _mm256_setzero_ps();
-    kq_prefetch pf(w + size_t(RW) * t.w_row_bytes, size_t(RW) * t.w_row_bytes, nb * RW);
+    kq_prefetch pf(w + size_t(RW) * t.w_row_bytes, size_t(RW) * t.w_row_bytes, nb);
     for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (RX == 1 && RW == 8) pf.next();
         const int8_t* xq[RX];
 #pragma GCC unroll 4
         for (int i = 0; i < RX; ++i) xq[i] = x.qs + (i0 + i) * t.n_in + b * qk_k;
 #pragma GCC unroll 8
         for (int r = 0; r < RW; ++r) {
-            if constexpr (RX == 1 && RW == 8) pf.next();
             const uint8_t* blk = w + size_t(r) * t.w_row_bytes + size_t(b) * sizeof(block);
             F f;
             f.prepare(blk);
-            __m256i isum[RX];
-#pragma GCC unroll 4
-            for (int i = 0; i < RX; ++i) isum[i] = f.init(x.bsums + ((i0 + i) * nb + b) * 16);
-            kq_chunk<F, Ops, RX, 0>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 1>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 2>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 3>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 4>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 5>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 6>(f, blk, xq, isum);
-            kq_chunk<F, Ops, RX, 7>(f, blk, xq, isum);
+            __m256i isum[RX], isum2[RX];
 #pragma GCC unroll 4
             for (int i = 0; i < RX; ++i) {
+                isum[i] = f.init(x.bsums + ((i0 + i) * nb + b) * 16);
+                isum2[i] = _mm256_setzero_si256();
+            }
+            kq_chunk<F, Ops, RX, 0>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 1>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 2>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 3>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 4>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 5>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 6>(f, blk, xq, isum, isum2);
+            kq_chunk<F, Ops, RX, 7>(f, blk, xq, isum, isum2);
+#pragma GCC unroll 4
+            for (int i = 0; i < RX; ++i) {
+                if constexpr (RX <= 2) isum[i] = _mm256_add_epi32(isum[i], isum2[i]);
                 const float dx = x.d[(i0 + i) * nb + b];
                 acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(f.d * dx), acc[i][r]);
                 if constexpr (F::has_min) {
@@ -284,6 +297,8 @@ void kq_quantize_q8k_row(const float* x, int64_t n, int8_t* qs, float* d, int16_
         d[b] = amax / 127.0f;
     }
 }
+
+#undef KQ_INLINE
 
 }  // namespace
 
