@@ -34,8 +34,9 @@ constexpr dtype bench_dtypes[] = {dtype::f32,  dtype::f16,  dtype::bf16, dtype::
 struct shape {
     int64_t n_out, n_in;
 };
-// TinyLlama-1.1B: attention projections, FFN gate/up, FFN down.
-constexpr shape bench_shapes[] = {{2048, 2048}, {5632, 2048}, {2048, 5632}};
+// TinyLlama-1.1B: attention projections, FFN gate/up, FFN down, LM head (larger than the
+// last-level cache: decode streams it from DRAM).
+constexpr shape bench_shapes[] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
 
 kvs::thread_pool& pool_of(int n_threads) {
     static std::map<int, std::unique_ptr<kvs::thread_pool>> pools;
@@ -130,7 +131,7 @@ void bm_matmul(benchmark::State& state) {
 
 void matmul_args(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dtype", "shape", "m", "threads"});
-    for (int64_t si = 0; si < 3; ++si)
+    for (int64_t si = 0; si < int64_t(std::size(bench_shapes)); ++si)
         for (int64_t di = 0; di < int64_t(std::size(bench_dtypes)); ++di)
             for (int64_t m : {1, 64})
                 for (int64_t th : {1, 2}) b->Args({di, si, m, th});
