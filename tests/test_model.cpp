@@ -237,11 +237,18 @@ class LlamaSynthetic : public ::testing::TestWithParam<synth_case> {};
 TEST_P(LlamaSynthetic, MatchesFloat64Reference) {
     const synth_case& c = GetParam();
     std::string path = write_synth(c.spec, c.name);
-    auto m = llama_model::load(path);
-    ASSERT_TRUE(m) << m.message();
     auto tokens = some_tokens(40, c.spec.n_vocab, 11);
-    EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 40), c.tol);
-    EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 3), c.tol);
+    // Both weight layouts: as in the file, and q4_0/q8_0 repacked to interleaved16.
+    for (weight_repack mode : {weight_repack::never, weight_repack::always}) {
+        load_options opts;
+        opts.repack = mode;
+        auto m = llama_model::load(path, opts);
+        ASSERT_TRUE(m) << m.message();
+        const bool packable = c.spec.wtype == dtype::q4_0 || c.spec.wtype == dtype::q8_0;
+        EXPECT_EQ(m.value()->repacked_bytes() > 0, packable && mode == weight_repack::always);
+        EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 40), c.tol);
+        EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 3), c.tol);
+    }
 }
 
 static synth_spec spec_with(std::function<void(synth_spec&)> f) {

@@ -51,6 +51,8 @@ int cmd_serve(int argc, char** argv) {
     app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
+    bool no_repack = false;
+    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!sc.chat_template.empty()) {
@@ -75,7 +77,7 @@ int cmd_serve(int argc, char** argv) {
     // Before any thread starts: every thread inherits the mask, the watch below receives the signals.
     termination_watch::block_signals();
 
-    auto model = llama_model::load(model_path);
+    auto model = llama_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve serve: %s\n", model.message().c_str());
         return 1;

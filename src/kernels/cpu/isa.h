@@ -54,12 +54,26 @@ struct kernel_table {
     void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
 };
 
+// Kernels for weight_layout::interleaved16 (interleave.h). A tile's `w` points at the first
+// row of a 16-row group and n_o is a multiple of 16; groups are 16 · w_row_bytes apart.
+struct interleaved_kernel_table {
+    bool native;  // faster than the row_major kernels of the same ISA (loaders repack only then)
+    gemm_fn gemm_q4_0;
+    gemm_fn gemm_q8_0;
+};
+
 // Null when the build does not contain that path (e.g. a non-x86 target).
 const kernel_table* kernels_scalar();
 const kernel_table* kernels_avx2();
 const kernel_table* kernels_avx512();
 
+// Interleaved kernels: the portable path, and AVX-512 with VNNI (null if not compiled).
+const interleaved_kernel_table* interleaved_kernels_scalar();
+const interleaved_kernel_table* interleaved_kernels_avx512();
+
 // The table of the active ISA (dispatch.cpp).
 const kernel_table& active_kernels();
+// The interleaved kernels of the active ISA, or the portable ones where it has none.
+const interleaved_kernel_table& active_interleaved_kernels();
 
 }  // namespace kvs::cpu::detail

@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/interleave.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
 
@@ -32,6 +33,17 @@ detail::gemm_fn gemm_for(const detail::kernel_table& k, dtype t) {
         case dtype::q4_1: return k.gemm_q4_1;
         default: return nullptr;
     }
+}
+
+// The kernel for w on the active ISA (falling back to the portable one), or null.
+detail::gemm_fn kernel_for(const detail::kernel_table& k, const weight_view& w) {
+    if (w.layout == weight_layout::interleaved16) {
+        if (w.n_out % interleave_rows != 0) return nullptr;
+        const detail::interleaved_kernel_table& ik = detail::active_interleaved_kernels();
+        return w.type == dtype::q4_0 ? ik.gemm_q4_0 : w.type == dtype::q8_0 ? ik.gemm_q8_0 : nullptr;
+    }
+    detail::gemm_fn fn = gemm_for(k, w.type);
+    return fn ? fn : gemm_for(*detail::kernels_scalar(), w.type);
 }
 
 bool is_quantized(dtype t) { return t == dtype::q8_0 || t == dtype::q4_0 || t == dtype::q4_1; }
@@ -77,8 +89,7 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     bool any_quantized = false, ok = n_w <= max_w;
     for (int j = 0; ok && j < n_w; ++j) {
         const weight_view& w = ws[j];
-        detail::gemm_fn fn = gemm_for(k, w.type);
-        if (!fn) fn = gemm_for(*detail::kernels_scalar(), w.type);
+        detail::gemm_fn fn = kernel_for(k, w);
         fns[j] = fn;
         if (!fn || w.n_in != n_in || w.n_in % dtype_info(w.type).block_size != 0) ok = false;
         any_quantized = any_quantized || is_quantized(w.type);
@@ -120,7 +131,8 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     for (int j = 0; j < n_units; ++j) total_rows += ws[j].n_out;
     const int64_t n_m_blocks = (m + max_m_block - 1) / max_m_block;
     const int64_t m_block = (m + n_m_blocks - 1) / n_m_blocks;  // balanced block height
-    // Aim for ~8 tasks per thread in total, weight-row chunks a multiple of 16 rows.
+    // Aim for ~8 tasks per thread in total, weight-row chunks a multiple of 16 rows (whole
+    // groups of interleaved16 weights).
     int64_t target_chunks = std::max<int64_t>(1, int64_t(n_threads) * 8 / n_m_blocks);
     int64_t chunk = (total_rows + target_chunks - 1) / target_chunks;
     chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
