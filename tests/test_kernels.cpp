@@ -96,6 +96,30 @@ std::vector<shape> shapes_for(dtype t) {
     return s;
 }
 
+// Whether matmul of these weights and rows takes the bf16 dot-product path (f16/bf16 weights,
+// m >= 2, AVX-512 with AVX512-BF16 active): activations (and f16 weights) rounded to bf16.
+bool uses_bf16_dot(dtype t, int64_t m) {
+    return (t == dtype::f16 || t == dtype::bf16) && m >= 2 && isa_active() == isa::avx512;
+}
+
+double round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// Float64 matmul of the bf16-rounded operands.
+std::vector<double> ref_bf16_dot(const weight_view& w, const float* x, int64_t m) {
+    std::vector<float> row(size_t(w.n_in));
+    std::vector<double> y(size_t(m * w.n_out));
+    const size_t row_bytes = dtype_row_bytes(w.type, w.n_in);
+    for (int64_t o = 0; o < w.n_out; ++o) {
+        dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(o) * row_bytes, row.data(), w.n_in);
+        for (int64_t i = 0; i < m; ++i) {
+            double acc = 0;
+            for (int64_t k = 0; k < w.n_in; ++k) acc += round_bf16(row[size_t(k)]) * round_bf16(x[i * w.n_in + k]);
+            y[size_t(i * w.n_out + o)] = acc;
+        }
+    }
+    return y;
+}
+
 class MatmulTest : public ::testing::TestWithParam<dtype> {};
 
 TEST_P(MatmulTest, MatchesReferenceOnEveryIsa) {
@@ -114,6 +138,16 @@ TEST_P(MatmulTest, MatchesReferenceOnEveryIsa) {
                     thread_pool pool(n_threads);
                     std::vector<float> y(size_t(m * sh.n_out), -12345.0f);
                     matmul(w.view, x.data(), m, y.data(), pool);
+                    if (uses_bf16_dot(t, m)) {
+                        // Own precision contract: against the same products in bf16, and
+                        // within bf16 rounding of the exact result.
+                        std::vector<double> want_bf16 = ref_bf16_dot(w.view, x.data(), m);
+                        EXPECT_LE(test::nmse_norm(y.data(), want_bf16.data(), m * sh.n_out), 1e-5)
+                            << dtype_name(t) << " bf16 dot, m " << m << " n_in " << sh.n_in;
+                        EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * sh.n_out), 5e-3)
+                            << dtype_name(t) << " bf16 dot, m " << m << " n_in " << sh.n_in;
+                        continue;
+                    }
                     double err = test::nmse_norm(y.data(), want.data(), m * sh.n_out);
                     EXPECT_LE(err, tolerance(t))
                         << dtype_name(t) << " isa " << isa_name(i) << " threads " << n_threads

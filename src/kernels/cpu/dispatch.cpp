@@ -82,6 +82,10 @@ const interleaved_kernel_table& active_interleaved_kernels() {
     return t ? *t : *interleaved_kernels_scalar();
 }
 
+const bf16dot_kernel_table* active_bf16dot_kernels() {
+    return isa_active() == isa::avx512 ? bf16dot_kernels_avx512() : nullptr;
+}
+
 }  // namespace detail
 
 }  // namespace kvs::cpu

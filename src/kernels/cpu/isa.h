@@ -62,6 +62,15 @@ struct interleaved_kernel_table {
     gemm_fn gemm_q8_0;
 };
 
+// Half-precision weights (f16, bf16) times activation rows rounded to bf16, with bf16 dot
+// products (for m >= 2; see matmul_bf16dot_avx512.cpp for the precision contract). A tile's
+// `x` is then bf16 rows (m, x_stride).
+struct bf16dot_kernel_table {
+    gemm_fn gemm_f16;
+    gemm_fn gemm_bf16;
+    void (*to_bf16_row)(const float* x, int64_t n, uint16_t* out);  // round to nearest even
+};
+
 // Null when the build does not contain that path (e.g. a non-x86 target).
 const kernel_table* kernels_scalar();
 const kernel_table* kernels_avx2();
@@ -71,9 +80,14 @@ const kernel_table* kernels_avx512();
 const interleaved_kernel_table* interleaved_kernels_scalar();
 const interleaved_kernel_table* interleaved_kernels_avx512();
 
+// bf16 dot-product kernels: AVX-512 with AVX512-BF16 only (null if not compiled).
+const bf16dot_kernel_table* bf16dot_kernels_avx512();
+
 // The table of the active ISA (dispatch.cpp).
 const kernel_table& active_kernels();
 // The interleaved kernels of the active ISA, or the portable ones where it has none.
 const interleaved_kernel_table& active_interleaved_kernels();
+// The bf16 dot-product kernels of the active ISA, or null (then f16/bf16 use f32 math).
+const bf16dot_kernel_table* active_bf16dot_kernels();
 
 }  // namespace kvs::cpu::detail

@@ -67,6 +67,14 @@ q8_scratch& scratch() {
     return s;
 }
 
+// Activations rounded to bf16 for the bf16 dot-product kernels, likewise reused.
+std::vector<uint16_t>& bf16_scratch() {
+    static thread_local std::vector<uint16_t> s;
+    return s;
+}
+
+bool is_half(dtype t) { return t == dtype::f16 || t == dtype::bf16; }
+
 constexpr int64_t max_m_block = 64;  // x rows per task (their q8 copy stays in L2)
 
 }  // namespace
@@ -86,10 +94,18 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     const detail::kernel_table& k = detail::active_kernels();
     const int64_t n_in = ws[0].n_in;
     detail::gemm_fn fns[max_w] = {};
-    bool any_quantized = false, ok = n_w <= max_w;
+    bool uses_bf16[max_w] = {};
+    // Half-precision weights against several rows use bf16 dot products where the CPU has
+    // them (compute-bound there); a single row (decode, bandwidth-bound) keeps f32 math.
+    const detail::bf16dot_kernel_table* bk = m >= 2 ? detail::active_bf16dot_kernels() : nullptr;
+    bool any_quantized = false, any_bf16 = false, ok = n_w <= max_w;
     for (int j = 0; ok && j < n_w; ++j) {
         const weight_view& w = ws[j];
         detail::gemm_fn fn = kernel_for(k, w);
+        if (bk && is_half(w.type) && w.layout == weight_layout::row_major) {
+            fn = w.type == dtype::f16 ? bk->gemm_f16 : bk->gemm_bf16;
+            uses_bf16[j] = any_bf16 = true;
+        }
         fns[j] = fn;
         if (!fn || w.n_in != n_in || w.n_in % dtype_info(w.type).block_size != 0) ok = false;
         any_quantized = any_quantized || is_quantized(w.type);
@@ -123,6 +139,18 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         }
         q8 = {sc.qs.data(), sc.d.data(), sc.s.data(), n_in};
     }
+    const uint16_t* x_bf16 = nullptr;
+    if (any_bf16) {
+        std::vector<uint16_t>& xb = bf16_scratch();
+        if (xb.size() < size_t(m * n_in)) xb.resize(size_t(m * n_in));
+        auto convert_row = [&](int64_t i) { bk->to_bf16_row(x + i * n_in, n_in, xb.data() + i * n_in); };
+        if (m >= 4 && n_threads > 1) {
+            pool.run(m, [&](int64_t i, int) { convert_row(i); });
+        } else {
+            for (int64_t i = 0; i < m; ++i) convert_row(i);
+        }
+        x_bf16 = xb.data();
+    }
 
     // Task geometry: (x row block) × (weight, chunk of its rows). Chunks have one size for
     // all weights, sized from their total rows (a swiglu pair counts once).
@@ -153,6 +181,8 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
             const int64_t nb = n_in / 32;
             q8_block = {q8.qs + i0 * n_in, q8.d + i0 * nb, q8.s + i0 * nb, n_in};
             t.x = &q8_block;
+        } else if (uses_bf16[j]) {
+            t.x = x_bf16 + i0 * n_in;
         } else {
             t.x = x + i0 * n_in;
         }
