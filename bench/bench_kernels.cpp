@@ -37,7 +37,8 @@ struct bench_format {
 };
 constexpr bench_format bench_formats[] = {{dtype::f32, false},  {dtype::f16, false},  {dtype::bf16, false},
                                           {dtype::q8_0, false}, {dtype::q4_0, false}, {dtype::q4_1, false},
-                                          {dtype::q8_0, true},  {dtype::q4_0, true}};
+                                          {dtype::q8_0, true},  {dtype::q4_0, true},  {dtype::f16, true},
+                                          {dtype::bf16, true}};
 struct shape {
     int64_t n_out, n_in;
 };

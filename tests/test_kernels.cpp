@@ -271,24 +271,25 @@ weights interleaved_copy(const weights& w) {
 
 // The documented byte positions (interleave.h), and the exact inverse.
 TEST(Interleave, LayoutAndRoundTrip) {
-    for (dtype t : {dtype::q4_0, dtype::q8_0}) {
+    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16}) {
         weights w = make_weights(t, 48, 96, 7);
-        ASSERT_TRUE(can_interleave(w.view));
+        ASSERT_TRUE(can_interleave(w.view)) << dtype_name(t);
         weights p = interleaved_copy(w);
         EXPECT_EQ(p.view.layout, weight_layout::interleaved16);
         EXPECT_EQ(p.bytes.size(), w.bytes.size());
         const size_t row_bytes = dtype_row_bytes(t, 96), block_bytes = row_bytes / 3;
         const size_t column_bytes = 16 * block_bytes;
+        const size_t header = t == dtype::q4_0 || t == dtype::q8_0 ? 2 : 0;  // the f16 scale
         for (int64_t row : {0, 5, 15, 16, 31, 47}) {
             for (int64_t b = 0; b < 3; ++b) {
                 const uint8_t* blk = w.bytes.data() + size_t(row) * row_bytes + size_t(b) * block_bytes;
                 const uint8_t* col = p.bytes.data() + size_t(row / 16) * 16 * row_bytes + size_t(b) * column_bytes;
                 const int r = int(row % 16);
-                EXPECT_EQ(col[2 * r], blk[0]);
-                EXPECT_EQ(col[2 * r + 1], blk[1]);
-                for (size_t k = 0; k < block_bytes - 2; ++k) {
-                    const uint8_t want = t == dtype::q8_0 ? uint8_t(blk[2 + k] ^ 0x80) : blk[2 + k];
-                    EXPECT_EQ(col[32 + 64 * (k / 4) + 4 * size_t(r) + k % 4], want) << dtype_name(t) << " row " << row;
+                for (size_t k = 0; k < header; ++k) EXPECT_EQ(col[header * size_t(r) + k], blk[k]);
+                const uint8_t* chunks = col + 16 * header;
+                for (size_t k = 0; k < block_bytes - header; ++k) {
+                    const uint8_t want = t == dtype::q8_0 ? uint8_t(blk[header + k] ^ 0x80) : blk[header + k];
+                    EXPECT_EQ(chunks[64 * (k / 4) + 4 * size_t(r) + k % 4], want) << dtype_name(t) << " row " << row;
                 }
             }
         }
@@ -297,14 +298,16 @@ TEST(Interleave, LayoutAndRoundTrip) {
         EXPECT_EQ(back, w.bytes) << dtype_name(t);
     }
     EXPECT_FALSE(can_interleave(make_weights(dtype::q4_0, 17, 64, 1).view));  // not 16 rows
+    EXPECT_FALSE(can_interleave(make_weights(dtype::bf16, 16, 48, 1).view));  // n_in not 32·k
     EXPECT_FALSE(can_interleave(make_weights(dtype::q4_1, 16, 64, 1).view));  // no kernels
     EXPECT_FALSE(can_interleave(make_weights(dtype::f32, 16, 64, 1).view));
 }
 
-// Interleaved weights give the row-major results: to rounding of the reference on every ISA,
-// and (same integer block dots, same float order) all but bit-exactly on the portable path.
+// Interleaved weights give the row-major results: to rounding of the reference on every ISA
+// (f16/bf16 rows through bf16 dot products: to the bf16-rounded reference), and (same integer
+// block dots or products, same float order) bit-exactly on the portable path.
 TEST(Interleave, MatmulMatchesRowMajorOnEveryIsa) {
-    for (dtype t : {dtype::q4_0, dtype::q8_0}) {
+    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16}) {
         for (shape sh : std::vector<shape>{{96, 32}, {544, 16}, {256, 160}}) {
             weights w = make_weights(t, sh.n_out, sh.n_in, 21 + uint64_t(sh.n_in));
             weights p = interleaved_copy(w);
@@ -326,6 +329,12 @@ TEST(Interleave, MatmulMatchesRowMajorOnEveryIsa) {
                         const std::string where = std::string(dtype_name(t)) + " isa " + isa_name(i) +
                                                   " m " + std::to_string(m) + " n_in " + std::to_string(sh.n_in) +
                                                   " n_out " + std::to_string(sh.n_out);
+                        if (uses_bf16_dot(t, m)) {
+                            std::vector<double> want_bf16 = ref_bf16_dot(w.view, x.data(), m);
+                            EXPECT_LE(test::nmse_norm(y.data(), want_bf16.data(), m * sh.n_out), 1e-5) << where;
+                            EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * sh.n_out), 5e-3) << where;
+                            continue;
+                        }
                         EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * sh.n_out), tolerance(t)) << where;
                         EXPECT_LE(test::nmse_norm(y.data(), row_major.data(), m * sh.n_out), 2e-6) << where;
                         if (i == isa::scalar) {

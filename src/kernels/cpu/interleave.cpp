@@ -9,27 +9,29 @@ namespace kvs::cpu {
 
 namespace {
 
-// Bytes of one block column of a 16-row group, and of one row's block.
+// Bytes of one row's block (32 elements) and how they split into the scale header and the
+// codes that are spread over 64-byte chunks.
 struct geometry {
-    size_t block_bytes;   // per row: 18 (q4_0) or 34 (q8_0)
-    size_t code_bytes;    // per row: 16 or 32
+    size_t block_bytes;   // per row: 18 (q4_0), 34 (q8_0), 64 (f16, bf16)
+    size_t header_bytes;  // per row: 2 (the f16 scale) or 0
     size_t column_bytes;  // 16 * block_bytes
-    int n_chunks;         // code_bytes / 4
+    int n_chunks;         // (block_bytes - header_bytes) / 4
 };
 
 geometry geometry_of(dtype t) {
     geometry g{};
-    g.block_bytes = t == dtype::q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0);
-    g.code_bytes = g.block_bytes - 2;
+    g.block_bytes = size_t(dtype_row_bytes(t, 32));
+    g.header_bytes = t == dtype::q4_0 || t == dtype::q8_0 ? 2 : 0;
     g.column_bytes = size_t(interleave_rows) * g.block_bytes;
-    g.n_chunks = int(g.code_bytes / 4);
+    g.n_chunks = int((g.block_bytes - g.header_bytes) / 4);
     return g;
 }
 
 }  // namespace
 
 bool can_interleave(const weight_view& w) {
-    return w.layout == weight_layout::row_major && (w.type == dtype::q4_0 || w.type == dtype::q8_0) &&
+    const bool type_ok = w.type == dtype::q4_0 || w.type == dtype::q8_0 || w.type == dtype::f16 || w.type == dtype::bf16;
+    return w.layout == weight_layout::row_major && type_ok &&
            w.n_out > 0 && w.n_out % interleave_rows == 0 && w.n_in > 0 && w.n_in % 32 == 0;
 }
 
@@ -50,13 +52,14 @@ weight_view interleave(const weight_view& w, void* dst, int64_t row0, int64_t ro
             uint8_t* col = group + size_t(b) * geo.column_bytes;
             for (int r = 0; r < interleave_rows; ++r) {
                 const uint8_t* blk = src + size_t(g0 + r) * row_bytes + size_t(b) * geo.block_bytes;
-                std::memcpy(col + 2 * r, blk, 2);  // f16 scale
-                const uint8_t* qs = blk + 2;
+                std::memcpy(col + geo.header_bytes * size_t(r), blk, geo.header_bytes);  // f16 scale
+                const uint8_t* qs = blk + geo.header_bytes;
+                uint8_t* chunks = col + geo.header_bytes * size_t(interleave_rows);
                 for (int c = 0; c < geo.n_chunks; ++c) {
                     uint32_t four;
                     std::memcpy(&four, qs + 4 * c, 4);
                     if (flip) four ^= 0x80808080u;
-                    std::memcpy(col + 32 + 64 * c + 4 * r, &four, 4);
+                    std::memcpy(chunks + 64 * c + 4 * r, &four, 4);
                 }
             }
         }
@@ -80,10 +83,12 @@ void deinterleave(const weight_view& w, void* dst) {
             const uint8_t* col = group + size_t(b) * geo.column_bytes;
             for (int r = 0; r < interleave_rows; ++r) {
                 uint8_t* blk = out + size_t(g0 + r) * row_bytes + size_t(b) * geo.block_bytes;
-                std::memcpy(blk, col + 2 * r, 2);
+                std::memcpy(blk, col + geo.header_bytes * size_t(r), geo.header_bytes);
+                const uint8_t* chunks = col + geo.header_bytes * size_t(interleave_rows);
                 for (int c = 0; c < geo.n_chunks; ++c) {
-                    const uint8_t* lane = col + 32 + 64 * c + 4 * r;
-                    for (int j = 0; j < 4; ++j) blk[2 + 4 * c + j] = flip ? uint8_t(lane[j] ^ 0x80) : lane[j];
+                    const uint8_t* lane = chunks + 64 * c + 4 * r;
+                    for (int j = 0; j < 4; ++j)
+                        blk[geo.header_bytes + 4 * size_t(c) + size_t(j)] = flip ? uint8_t(lane[j] ^ 0x80) : lane[j];
                 }
             }
         }

@@ -60,6 +60,10 @@ struct interleaved_kernel_table {
     bool native;  // faster than the row_major kernels of the same ISA (loaders repack only then)
     gemm_fn gemm_q4_0;
     gemm_fn gemm_q8_0;
+    gemm_fn gemm_f16;   // float activations, f32 math
+    gemm_fn gemm_bf16;
+    gemm_fn gemm_f16_bf16dot;   // activations rounded to bf16 (bf16dot contract), or null
+    gemm_fn gemm_bf16_bf16dot;
 };
 
 // Half-precision weights (f16, bf16) times activation rows rounded to bf16, with bf16 dot

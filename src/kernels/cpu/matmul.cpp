@@ -35,12 +35,35 @@ detail::gemm_fn gemm_for(const detail::kernel_table& k, dtype t) {
     }
 }
 
-// The kernel for w on the active ISA (falling back to the portable one), or null.
-detail::gemm_fn kernel_for(const detail::kernel_table& k, const weight_view& w) {
+bool is_half(dtype t) { return t == dtype::f16 || t == dtype::bf16; }
+
+// The kernel for w on the active ISA (falling back to the portable one), or null. `bk` is the
+// bf16 dot-product table when it may be used (m >= 2 and the CPU has it); *bf16_x tells
+// whether the chosen kernel reads activations rounded to bf16 instead of float.
+detail::gemm_fn kernel_for(const detail::kernel_table& k, const detail::bf16dot_kernel_table* bk,
+                           const weight_view& w, bool* bf16_x) {
+    *bf16_x = false;
     if (w.layout == weight_layout::interleaved16) {
         if (w.n_out % interleave_rows != 0) return nullptr;
         const detail::interleaved_kernel_table& ik = detail::active_interleaved_kernels();
-        return w.type == dtype::q4_0 ? ik.gemm_q4_0 : w.type == dtype::q8_0 ? ik.gemm_q8_0 : nullptr;
+        switch (w.type) {
+            case dtype::q4_0: return ik.gemm_q4_0;
+            case dtype::q8_0: return ik.gemm_q8_0;
+            case dtype::f16:
+            case dtype::bf16: {
+                detail::gemm_fn dot = w.type == dtype::f16 ? ik.gemm_f16_bf16dot : ik.gemm_bf16_bf16dot;
+                if (bk && dot) {
+                    *bf16_x = true;
+                    return dot;
+                }
+                return w.type == dtype::f16 ? ik.gemm_f16 : ik.gemm_bf16;
+            }
+            default: return nullptr;
+        }
+    }
+    if (bk && is_half(w.type)) {
+        *bf16_x = true;
+        return w.type == dtype::f16 ? bk->gemm_f16 : bk->gemm_bf16;
     }
     detail::gemm_fn fn = gemm_for(k, w.type);
     return fn ? fn : gemm_for(*detail::kernels_scalar(), w.type);
@@ -73,7 +96,7 @@ std::vector<uint16_t>& bf16_scratch() {
     return s;
 }
 
-bool is_half(dtype t) { return t == dtype::f16 || t == dtype::bf16; }
+
 
 constexpr int64_t max_m_block = 64;  // x rows per task (their q8 copy stays in L2)
 
@@ -101,11 +124,8 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     bool any_quantized = false, any_bf16 = false, ok = n_w <= max_w;
     for (int j = 0; ok && j < n_w; ++j) {
         const weight_view& w = ws[j];
-        detail::gemm_fn fn = kernel_for(k, w);
-        if (bk && is_half(w.type) && w.layout == weight_layout::row_major) {
-            fn = w.type == dtype::f16 ? bk->gemm_f16 : bk->gemm_bf16;
-            uses_bf16[j] = any_bf16 = true;
-        }
+        detail::gemm_fn fn = kernel_for(k, bk, w, &uses_bf16[j]);
+        any_bf16 = any_bf16 || uses_bf16[j];
         fns[j] = fn;
         if (!fn || w.n_in != n_in || w.n_in % dtype_info(w.type).block_size != 0) ok = false;
         any_quantized = any_quantized || is_quantized(w.type);

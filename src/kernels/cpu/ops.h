@@ -20,9 +20,9 @@ void isa_reset();            // back to the best supported path
 
 // How a weight matrix's blocks are ordered in memory.
 //   row_major:     GGUF's order, row after row (every dtype).
-//   interleaved16: q4_0 / q8_0 only, n_out a multiple of 16 (interleave.h): rows in groups of
-//                  16 whose blocks are interleaved so that one 64-byte load holds 4 codes of
-//                  each of the 16 rows; the same bytes per row as row_major.
+//   interleaved16: q4_0, q8_0, f16, bf16; n_out a multiple of 16, n_in of 32 (interleave.h):
+//                  rows in groups of 16 whose blocks are interleaved so that one 64-byte load
+//                  holds 4 bytes of each of the 16 rows; the same bytes per row as row_major.
 enum class weight_layout : uint8_t { row_major = 0, interleaved16 = 1 };
 
 // A weight matrix of n_out rows, each n_in elements of type `type`.
