@@ -2,6 +2,7 @@
 #include "model/llama.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -98,10 +99,21 @@ void llama_model::repack_weights(weight_repack mode) {
         if (!cpu::can_interleave(*views[i])) continue;
         for (int64_t r = 0; r < views[i]->n_out; r += 256) jobs.push_back({i, r, std::min(views[i]->n_out, r + 256)});
     }
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
     thread_pool pool(int(std::max(1u, std::min(8u, std::thread::hardware_concurrency()))));
     pool.run(int64_t(jobs.size()), [&](int64_t j, int) {
         const job& jb = jobs[size_t(j)];
-        cpu::interleave(*views[jb.view], repacked_.get() + offsets[jb.view], jb.row0, jb.row1);
+        const cpu::weight_view& v = *views[jb.view];
+        cpu::interleave(v, repacked_.get() + offsets[jb.view], jb.row0, jb.row1);
+        // The file's copy of these rows is no longer read (token embeddings are a separate
+        // tensor): unmap its pages from this process now, so that both copies are never
+        // resident together. Later reads, if any, fault the pages back in from the file.
+        if (&v == &w_.output && hp_.tied_output) return;
+        const size_t row_bytes = dtype_row_bytes(v.type, v.n_in);
+        const uintptr_t begin = reinterpret_cast<uintptr_t>(v.data) + size_t(jb.row0) * row_bytes;
+        const uintptr_t end = reinterpret_cast<uintptr_t>(v.data) + size_t(jb.row1) * row_bytes;
+        const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+        if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
     });
     for (size_t i = 0; i < views.size(); ++i) {
         cpu::weight_view& v = *views[i];
