@@ -41,6 +41,9 @@ int cmd_serve(int argc, char** argv) {
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--prefill-chunk", ec.sched.prefill_chunk, "most prompt tokens of one sequence per step")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--admission-reserve", ec.sched.admission_reserve,
+                   "tokens of each step kept from running prompt chunks for waiting requests (at most half the batch)")
+        ->check(CLI::Range(int64_t(0), int64_t(1) << 20))->capture_default_str();
     app.add_option("--max-seqs", ec.sched.max_seqs, "running sequences at most")->check(CLI::Range(1, 65536))->capture_default_str();
     app.add_option("--max-queued", ec.max_queued, "waiting requests at most (more are refused with 503)")
         ->check(CLI::Range(1, 1 << 20))->capture_default_str();
