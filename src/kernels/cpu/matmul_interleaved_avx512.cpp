@@ -59,64 +59,99 @@ struct q8_0_codes {
 };
 
 // 4 activation bytes broadcast to 16 lanes.
-__m512i bcast4(const int8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
+__m512i bcast4(const int8_t* p) {
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
 
-// RX activation rows [i0, i0 + RX) × one 16-row group; y points at the group's first output.
+// The activation rows of one micro-kernel call, repacked block by block so that everything a
+// block needs sits at constant offsets from one pointer (eight rows' separate pointers would
+// not fit in the general registers): per block, RX × 32 codes, RX scales, RX biases.
+template <int RX>
+struct x_block {
+    int8_t qs[RX][32];
+    float d[RX];
+    int32_t bias[RX];  // -offset · Σ qx: the code offset's share of the block dot
+};
+
 template <class C, int RX>
-void group_micro(const gemm_tile& t, const q8_rows& x, int64_t i0, const uint8_t* group, float* y) {
+void pack_rows(const gemm_tile& t, const q8_rows& x, int64_t i0, x_block<RX>* out) {
+    const int64_t nb = t.n_in / 32;
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int i = 0; i < RX; ++i) {
+            const int64_t row = i0 + i;
+            __builtin_memcpy(out[b].qs[i], x.qs + row * t.n_in + b * 32, 32);
+            out[b].d[i] = x.d[row * nb + b];
+            out[b].bias[i] = -C::offset * x.s[row * nb + b];
+        }
+    }
+}
+
+// RX activation rows × one 16-row group; y points at the group's first output of row 0.
+template <class C, int RX>
+void group_micro(const gemm_tile& t, const x_block<RX>* xb, const uint8_t* group, float* y) {
     const int64_t nb = t.n_in / 32;
     __m512 acc[RX];
 #pragma GCC unroll 8
     for (int i = 0; i < RX; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* col = group + size_t(b) * C::column_bytes;
+        const x_block<RX>& xv = xb[b];
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col)));
         __m512i c[8];
         C::decode(col, c);
 #pragma GCC unroll 8
         for (int i = 0; i < RX; ++i) {
-            const int64_t row = i0 + i;
-            const int8_t* xq = x.qs + row * t.n_in + b * 32;
             // Σ (code - offset)·qx = Σ code·qx - offset·Σ qx: start from the second term.
-            __m512i s0 = _mm512_set1_epi32(-C::offset * x.s[row * nb + b]);
+            __m512i s0 = _mm512_set1_epi32(xv.bias[i]);
             if constexpr (RX >= 4) {
 #pragma GCC unroll 8
-                for (int g = 0; g < 8; ++g) s0 = _mm512_dpbusd_epi32(s0, c[g], bcast4(xq + 4 * g));
+                for (int g = 0; g < 8; ++g) s0 = _mm512_dpbusd_epi32(s0, c[g], bcast4(xv.qs[i] + 4 * g));
             } else {  // few rows: two dependency chains keep the VNNI unit busy
                 __m512i s1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
                 for (int g = 0; g < 8; g += 2) {
-                    s0 = _mm512_dpbusd_epi32(s0, c[g], bcast4(xq + 4 * g));
-                    s1 = _mm512_dpbusd_epi32(s1, c[g + 1], bcast4(xq + 4 * g + 4));
+                    s0 = _mm512_dpbusd_epi32(s0, c[g], bcast4(xv.qs[i] + 4 * g));
+                    s1 = _mm512_dpbusd_epi32(s1, c[g + 1], bcast4(xv.qs[i] + 4 * g + 4));
                 }
                 s0 = _mm512_add_epi32(s0, s1);
             }
-            const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d[row * nb + b]));
+            const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xv.d[i]));
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), scale, acc[i]);
         }
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < RX; ++i) _mm512_storeu_ps(y + (i0 + i) * t.ldy, acc[i]);
+    for (int i = 0; i < RX; ++i) _mm512_storeu_ps(y + i * t.ldy, acc[i]);
+}
+
+// Rows [i0, i0 + RX) against every group of the tile.
+template <class C, int RX>
+void rows_by_groups(const gemm_tile& t, const q8_rows& x, int64_t i0) {
+    static thread_local std::vector<x_block<8>> storage;
+    const size_t nb = size_t(t.n_in / 32);
+    const size_t blocks = (nb * sizeof(x_block<RX>) + sizeof(x_block<8>) - 1) / sizeof(x_block<8>);
+    if (storage.size() < blocks) storage.resize(blocks);
+    auto* xb = reinterpret_cast<x_block<RX>*>(storage.data());
+    pack_rows<C, RX>(t, x, i0, xb);
+    for (int64_t g0 = 0; g0 < t.n_o; g0 += interleave_rows)
+        group_micro<C, RX>(t, xb, t.w + size_t(g0) * t.w_row_bytes, t.y + i0 * t.ldy + g0);
 }
 
 template <class C>
 void gemm_interleaved(const gemm_tile& t) {
     const auto& x = *static_cast<const q8_rows*>(t.x);
-    for (int64_t g0 = 0; g0 < t.n_o; g0 += interleave_rows) {
-        const uint8_t* group = t.w + size_t(g0) * t.w_row_bytes;
-        float* y = t.y + g0;
-        int64_t i = 0;
-        for (; i + 8 <= t.m; i += 8) group_micro<C, 8>(t, x, i, group, y);
-        switch (t.m - i) {
-            case 7: group_micro<C, 7>(t, x, i, group, y); break;
-            case 6: group_micro<C, 6>(t, x, i, group, y); break;
-            case 5: group_micro<C, 5>(t, x, i, group, y); break;
-            case 4: group_micro<C, 4>(t, x, i, group, y); break;
-            case 3: group_micro<C, 3>(t, x, i, group, y); break;
-            case 2: group_micro<C, 2>(t, x, i, group, y); break;
-            case 1: group_micro<C, 1>(t, x, i, group, y); break;
-            default: break;
-        }
+    int64_t i = 0;
+    for (; i + 8 <= t.m; i += 8) rows_by_groups<C, 8>(t, x, i);
+    switch (t.m - i) {
+        case 7: rows_by_groups<C, 7>(t, x, i); break;
+        case 6: rows_by_groups<C, 6>(t, x, i); break;
+        case 5: rows_by_groups<C, 5>(t, x, i); break;
+        case 4: rows_by_groups<C, 4>(t, x, i); break;
+        case 3: rows_by_groups<C, 3>(t, x, i); break;
+        case 2: rows_by_groups<C, 2>(t, x, i); break;
+        case 1: rows_by_groups<C, 1>(t, x, i); break;
+        default: break;
     }
 }
 
@@ -183,9 +218,10 @@ void gemm_half_float(const gemm_tile& t) {
             half_float_group<W>(t, x + i * t.x_stride, t.w + size_t(g0) * t.w_row_bytes, t.y + i * t.ldy + g0);
 }
 
-// bf16 activations: RX rows × G groups of 16 weight rows.
+// bf16 activations: RX rows × G groups of 16 weight rows. `xp` holds the RX rows block by
+// block (RX × 32 bf16 per block), so that every broadcast is at a constant offset.
 template <class P, int RX, int G>
-void half_dot_micro(const gemm_tile& t, const uint16_t* x, int64_t i0, int64_t g0) {
+void half_dot_micro(const gemm_tile& t, const uint16_t* xp, int64_t i0, int64_t g0) {
     const int64_t nb = t.n_in / 32;
     const size_t group_bytes = size_t(interleave_rows) * t.w_row_bytes;
     const uint8_t* w = t.w + size_t(g0) * t.w_row_bytes;
@@ -195,15 +231,16 @@ void half_dot_micro(const gemm_tile& t, const uint16_t* x, int64_t i0, int64_t g
 #pragma GCC unroll 2
         for (int g = 0; g < G; ++g) acc[i][g] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        const size_t col = size_t(b) * half_column_bytes;
+        const uint8_t* col = w + size_t(b) * half_column_bytes;
+        const auto* xb = reinterpret_cast<const int8_t*>(xp + b * RX * 32);
 #pragma GCC unroll 2
         for (int c = 0; c < 16; ++c) {
             __m512bh wv[G];
 #pragma GCC unroll 2
-            for (int g = 0; g < G; ++g) wv[g] = P::load(w + size_t(g) * group_bytes + col + 64 * c);
+            for (int g = 0; g < G; ++g) wv[g] = P::load(col + size_t(g) * group_bytes + 64 * c);
 #pragma GCC unroll 8
             for (int i = 0; i < RX; ++i) {
-                const __m512bh xv = __m512bh(bcast4(reinterpret_cast<const int8_t*>(x + (i0 + i) * t.x_stride + b * 32 + 2 * c)));
+                const __m512bh xv = __m512bh(bcast4(xb + 64 * i + 4 * c));
 #pragma GCC unroll 2
                 for (int g = 0; g < G; ++g) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], wv[g], xv);
             }
@@ -215,57 +252,54 @@ void half_dot_micro(const gemm_tile& t, const uint16_t* x, int64_t i0, int64_t g
         for (int g = 0; g < G; ++g) _mm512_storeu_ps(t.y + (i0 + i) * t.ldy + g0 + 16 * g, acc[i][g]);
 }
 
-template <class P, int G>
-void half_dot_rows(const gemm_tile& t, const uint16_t* x, int64_t g0) {
-    int64_t i = 0;
-    for (; i + 8 <= t.m; i += 8) half_dot_micro<P, 8, G>(t, x, i, g0);
-    switch (t.m - i) {
-        case 7: half_dot_micro<P, 7, G>(t, x, i, g0); break;
-        case 6: half_dot_micro<P, 6, G>(t, x, i, g0); break;
-        case 5: half_dot_micro<P, 5, G>(t, x, i, g0); break;
-        case 4: half_dot_micro<P, 4, G>(t, x, i, g0); break;
-        case 3: half_dot_micro<P, 3, G>(t, x, i, g0); break;
-        case 2: half_dot_micro<P, 2, G>(t, x, i, g0); break;
-        case 1: half_dot_micro<P, 1, G>(t, x, i, g0); break;
-        default: break;
-    }
+// Rows [i0, i0 + RX) of bf16 activations against every group of the tile, two groups at a time.
+template <class P, int RX>
+void half_dot_rows(const gemm_tile& t, const uint16_t* x, int64_t i0) {
+    static thread_local std::vector<uint16_t> packed;
+    const int64_t nb = t.n_in / 32;
+    if (packed.size() < size_t(nb * RX * 32)) packed.resize(size_t(nb * RX * 32));
+    for (int64_t b = 0; b < nb; ++b)
+        for (int i = 0; i < RX; ++i)
+            __builtin_memcpy(packed.data() + (b * RX + i) * 32, x + (i0 + i) * t.x_stride + b * 32, 64);
+    int64_t g0 = 0;
+    for (; g0 + 32 <= t.n_o; g0 += 32) half_dot_micro<P, RX, 2>(t, packed.data(), i0, g0);
+    if (g0 < t.n_o) half_dot_micro<P, RX, 1>(t, packed.data(), i0, g0);
 }
 
 template <class P>
 void gemm_half_dot(const gemm_tile& t) {
     const auto* x = static_cast<const uint16_t*>(t.x);
-    int64_t g0 = 0;
-    for (; g0 + 32 <= t.n_o; g0 += 32) half_dot_rows<P, 2>(t, x, g0);
-    if (g0 < t.n_o) half_dot_rows<P, 1>(t, x, g0);
+    int64_t i = 0;
+    for (; i + 8 <= t.m; i += 8) half_dot_rows<P, 8>(t, x, i);
+    switch (t.m - i) {
+        case 7: half_dot_rows<P, 7>(t, x, i); break;
+        case 6: half_dot_rows<P, 6>(t, x, i); break;
+        case 5: half_dot_rows<P, 5>(t, x, i); break;
+        case 4: half_dot_rows<P, 4>(t, x, i); break;
+        case 3: half_dot_rows<P, 3>(t, x, i); break;
+        case 2: half_dot_rows<P, 2>(t, x, i); break;
+        case 1: half_dot_rows<P, 1>(t, x, i); break;
+        default: break;
+    }
 }
 
-// f16 weights against bf16 activations: each pair of groups is rounded to bf16 once into a
-// per-thread panel (the same interleaved layout), then multiplied as bf16 by every activation
-// row of the tile, so the conversion is paid once per tile rather than once per 8 rows.
+// f16 weights against bf16 activations: the tile's weights are rounded to bf16 once into a
+// per-thread panel (the same interleaved layout; a tile is at most a few hundred KB), then
+// multiplied as bf16 by every activation row, so the conversion is paid once per tile rather
+// than once per 8 rows.
 void gemm_f16_dot(const gemm_tile& t) {
     if (t.m <= 8) {
         gemm_half_dot<pairs_f16>(t);
         return;
     }
     static thread_local std::vector<uint8_t> panel;
-    const size_t group_bytes = size_t(interleave_rows) * t.w_row_bytes;
-    if (panel.size() < 2 * group_bytes) panel.resize(2 * group_bytes);
-    const auto* x = static_cast<const uint16_t*>(t.x);
-    for (int64_t g0 = 0; g0 < t.n_o; g0 += 32) {
-        const int n_groups = g0 + 32 <= t.n_o ? 2 : 1;
-        const uint8_t* src = t.w + size_t(g0) * t.w_row_bytes;
-        for (size_t off = 0; off < size_t(n_groups) * group_bytes; off += 64)
-            _mm512_storeu_si512(panel.data() + off, __m512i(pairs_f16::load(src + off)));
-        gemm_tile pt = t;
-        pt.w = panel.data();
-        pt.n_o = 16 * n_groups;
-        pt.y = t.y + g0;
-        if (n_groups == 2) {
-            half_dot_rows<pairs_bf16, 2>(pt, x, 0);
-        } else {
-            half_dot_rows<pairs_bf16, 1>(pt, x, 0);
-        }
-    }
+    const size_t bytes = size_t(t.n_o) * t.w_row_bytes;
+    if (panel.size() < bytes) panel.resize(bytes);
+    for (size_t off = 0; off < bytes; off += 64)
+        _mm512_storeu_si512(panel.data() + off, __m512i(pairs_f16::load(t.w + off)));
+    gemm_tile pt = t;
+    pt.w = panel.data();
+    gemm_half_dot<pairs_bf16>(pt);
 }
 
 void gemm_f16(const gemm_tile& t) { gemm_half_float<widen_f16>(t); }
