@@ -23,14 +23,23 @@
 #include "core/thread_pool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/bandwidth.h"
+#include "kernels/cpu/interleave.h"
 #include "kernels/cpu/ops.h"
 
 namespace {
 
 using kvs::dtype;
 
-constexpr dtype bench_dtypes[] = {dtype::f32,  dtype::f16,  dtype::bf16, dtype::q8_0, dtype::q4_0,
-                                  dtype::q4_1, dtype::q4_k, dtype::q5_k, dtype::q6_k};
+// Weight formats: dtype and layout (x16 = interleaved16, as loaders repack q4_0/q8_0).
+struct bench_format {
+    dtype type;
+    bool interleaved;
+};
+constexpr bench_format bench_formats[] = {{dtype::f32, false},  {dtype::f16, false},  {dtype::bf16, false},
+                                          {dtype::q8_0, false}, {dtype::q4_0, false}, {dtype::q4_1, false},
+                                          {dtype::q8_0, true},  {dtype::q4_0, true},  {dtype::f16, true},
+                                          {dtype::bf16, true},  {dtype::q4_k, false}, {dtype::q5_k, false},
+                                          {dtype::q6_k, false}};
 struct shape {
     int64_t n_out, n_in;
 };
@@ -63,9 +72,10 @@ struct weight_set {
     kvs::cpu::weight_view view;
 };
 
-const weight_set& weights_of(dtype t, shape s) {
-    static std::map<std::tuple<int, int64_t, int64_t>, weight_set> cache;
-    auto key = std::make_tuple(int(t), s.n_out, s.n_in);
+const weight_set& weights_of(bench_format fmt, shape s) {
+    const dtype t = fmt.type;
+    static std::map<std::tuple<int, bool, int64_t, int64_t>, weight_set> cache;
+    auto key = std::make_tuple(int(t), fmt.interleaved, s.n_out, s.n_in);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
     // Only one weight set lives at a time: benchmarks run shape by shape.
@@ -78,6 +88,13 @@ const weight_set& weights_of(dtype t, shape s) {
         kvs::quantize_row(t, f.data() + o * s.n_in, w.bytes.data() + size_t(o) * row_bytes, s.n_in);
     }
     w.view = {w.bytes.data(), t, s.n_out, s.n_in};
+    if (fmt.interleaved) {
+        std::vector<uint8_t> packed(w.bytes.size());
+        kvs::cpu::interleave(w.view, packed.data(), 0, s.n_out);
+        w.bytes.swap(packed);
+        w.view.data = w.bytes.data();
+        w.view.layout = kvs::cpu::weight_layout::interleaved16;
+    }
     return w;
 }
 
@@ -103,16 +120,17 @@ BENCHMARK(bm_stream_read)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Un
 // Args: dtype index, shape index, m, threads.
 
 void bm_matmul(benchmark::State& state) {
-    const dtype t = bench_dtypes[state.range(0)];
+    const bench_format fmt = bench_formats[state.range(0)];
+    const dtype t = fmt.type;
     const shape s = bench_shapes[state.range(1)];
     const int64_t m = state.range(2);
     const int n_threads = int(state.range(3));
-    const weight_set& w = weights_of(t, s);
+    const weight_set& w = weights_of(fmt, s);
     std::vector<float> x = pseudo_random(m * s.n_in, 2);
     std::vector<float> y(size_t(m * s.n_out));
     kvs::thread_pool& pool = pool_of(n_threads);
     const double stream = m == 1 ? stream_gbps(n_threads) : 0.0;
-    state.SetLabel(std::string(kvs::dtype_name(t)) + " " + std::to_string(s.n_out) + "x" +
+    state.SetLabel(std::string(kvs::dtype_name(t)) + (fmt.interleaved ? "x16 " : " ") + std::to_string(s.n_out) + "x" +
                    std::to_string(s.n_in) + " isa=" + kvs::cpu::isa_name(kvs::cpu::isa_active()));
     kvs::cpu::matmul(w.view, x.data(), m, y.data(), pool);  // warm up
     for (auto _ : state) {
@@ -132,7 +150,7 @@ void bm_matmul(benchmark::State& state) {
 void matmul_args(benchmark::internal::Benchmark* b) {
     b->ArgNames({"dtype", "shape", "m", "threads"});
     for (int64_t si = 0; si < int64_t(std::size(bench_shapes)); ++si)
-        for (int64_t di = 0; di < int64_t(std::size(bench_dtypes)); ++di)
+        for (int64_t di = 0; di < int64_t(std::size(bench_formats)); ++di)
             for (int64_t m : {1, 64})
                 for (int64_t th : {1, 2}) b->Args({di, si, m, th});
 }

@@ -13,6 +13,7 @@
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/interleave.h"
 #include "kernels/cpu/ops.h"
 #include "test_util.h"
 
@@ -97,6 +98,30 @@ std::vector<shape> shapes_for(dtype t) {
     return s;
 }
 
+// Whether matmul of these weights and rows takes the bf16 dot-product path (f16/bf16 weights,
+// m >= 2, AVX-512 with AVX512-BF16 active): activations (and f16 weights) rounded to bf16.
+bool uses_bf16_dot(dtype t, int64_t m) {
+    return (t == dtype::f16 || t == dtype::bf16) && m >= 2 && isa_active() == isa::avx512;
+}
+
+double round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// Float64 matmul of the bf16-rounded operands.
+std::vector<double> ref_bf16_dot(const weight_view& w, const float* x, int64_t m) {
+    std::vector<float> row(size_t(w.n_in));
+    std::vector<double> y(size_t(m * w.n_out));
+    const size_t row_bytes = dtype_row_bytes(w.type, w.n_in);
+    for (int64_t o = 0; o < w.n_out; ++o) {
+        dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + size_t(o) * row_bytes, row.data(), w.n_in);
+        for (int64_t i = 0; i < m; ++i) {
+            double acc = 0;
+            for (int64_t k = 0; k < w.n_in; ++k) acc += round_bf16(row[size_t(k)]) * round_bf16(x[i * w.n_in + k]);
+            y[size_t(i * w.n_out + o)] = acc;
+        }
+    }
+    return y;
+}
+
 class MatmulTest : public ::testing::TestWithParam<dtype> {};
 
 TEST_P(MatmulTest, MatchesReferenceOnEveryIsa) {
@@ -115,6 +140,16 @@ TEST_P(MatmulTest, MatchesReferenceOnEveryIsa) {
                     thread_pool pool(n_threads);
                     std::vector<float> y(size_t(m * sh.n_out), -12345.0f);
                     matmul(w.view, x.data(), m, y.data(), pool);
+                    if (uses_bf16_dot(t, m)) {
+                        // Own precision contract: against the same products in bf16, and
+                        // within bf16 rounding of the exact result.
+                        std::vector<double> want_bf16 = ref_bf16_dot(w.view, x.data(), m);
+                        EXPECT_LE(test::nmse_norm(y.data(), want_bf16.data(), m * sh.n_out), 1e-5)
+                            << dtype_name(t) << " bf16 dot, m " << m << " n_in " << sh.n_in;
+                        EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * sh.n_out), 5e-3)
+                            << dtype_name(t) << " bf16 dot, m " << m << " n_in " << sh.n_in;
+                        continue;
+                    }
                     double err = test::nmse_norm(y.data(), want.data(), m * sh.n_out);
                     EXPECT_LE(err, tolerance(t))
                         << dtype_name(t) << " isa " << isa_name(i) << " threads " << n_threads
@@ -224,6 +259,121 @@ TEST(Matmul, ExactOnLosslessQ8Inputs) {
                 EXPECT_EQ(y[size_t(r * n_out + o)], float(want)) << isa_name(i) << " " << r << "," << o;
             }
         }
+    }
+}
+
+// ---- interleaved16 weights ---------------------------------------------------------------------
+
+weights interleaved_copy(const weights& w) {
+    weights out;
+    out.bytes.resize(interleaved_bytes(w.view));
+    out.view = interleave(w.view, out.bytes.data(), 0, w.view.n_out);
+    return out;
+}
+
+// The documented byte positions (interleave.h), and the exact inverse.
+TEST(Interleave, LayoutAndRoundTrip) {
+    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16}) {
+        weights w = make_weights(t, 48, 96, 7);
+        ASSERT_TRUE(can_interleave(w.view)) << dtype_name(t);
+        weights p = interleaved_copy(w);
+        EXPECT_EQ(p.view.layout, weight_layout::interleaved16);
+        EXPECT_EQ(p.bytes.size(), w.bytes.size());
+        const size_t row_bytes = dtype_row_bytes(t, 96), block_bytes = row_bytes / 3;
+        const size_t column_bytes = 16 * block_bytes;
+        const size_t header = t == dtype::q4_0 || t == dtype::q8_0 ? 2 : 0;  // the f16 scale
+        for (int64_t row : {0, 5, 15, 16, 31, 47}) {
+            for (int64_t b = 0; b < 3; ++b) {
+                const uint8_t* blk = w.bytes.data() + size_t(row) * row_bytes + size_t(b) * block_bytes;
+                const uint8_t* col = p.bytes.data() + size_t(row / 16) * 16 * row_bytes + size_t(b) * column_bytes;
+                const int r = int(row % 16);
+                for (size_t k = 0; k < header; ++k) EXPECT_EQ(col[header * size_t(r) + k], blk[k]);
+                const uint8_t* chunks = col + 16 * header;
+                for (size_t k = 0; k < block_bytes - header; ++k) {
+                    const uint8_t want = t == dtype::q8_0 ? uint8_t(blk[header + k] ^ 0x80) : blk[header + k];
+                    EXPECT_EQ(chunks[64 * (k / 4) + 4 * size_t(r) + k % 4], want) << dtype_name(t) << " row " << row;
+                }
+            }
+        }
+        std::vector<uint8_t> back(w.bytes.size());
+        deinterleave(p.view, back.data());
+        EXPECT_EQ(back, w.bytes) << dtype_name(t);
+    }
+    EXPECT_FALSE(can_interleave(make_weights(dtype::q4_0, 17, 64, 1).view));  // not 16 rows
+    EXPECT_FALSE(can_interleave(make_weights(dtype::bf16, 16, 48, 1).view));  // n_in not 32·k
+    EXPECT_FALSE(can_interleave(make_weights(dtype::q4_1, 16, 64, 1).view));  // no kernels
+    EXPECT_FALSE(can_interleave(make_weights(dtype::f32, 16, 64, 1).view));
+}
+
+// Interleaved weights give the row-major results: to rounding of the reference on every ISA
+// (f16/bf16 rows through bf16 dot products: to the bf16-rounded reference), and (same integer
+// block dots or products, same float order) bit-exactly on the portable path.
+TEST(Interleave, MatmulMatchesRowMajorOnEveryIsa) {
+    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16}) {
+        for (shape sh : std::vector<shape>{{96, 32}, {544, 16}, {256, 160}}) {
+            weights w = make_weights(t, sh.n_out, sh.n_in, 21 + uint64_t(sh.n_in));
+            weights p = interleaved_copy(w);
+            for (int64_t m : {1, 3, 7, 8, 9, 64, 130}) {
+                std::vector<float> x = test::random_floats(m * sh.n_in, 9 + uint64_t(m), 2.0f);
+                std::vector<float> want(size_t(m * sh.n_out)), row_major(size_t(m * sh.n_out));
+                ref::matmul(w.view, x.data(), m, want.data());
+                {
+                    isa_scope scope(isa::scalar);
+                    thread_pool pool(1);
+                    matmul(w.view, x.data(), m, row_major.data(), pool);
+                }
+                for (isa i : supported_isas()) {
+                    isa_scope scope(i);
+                    for (int n_threads : {1, 2}) {
+                        thread_pool pool(n_threads);
+                        std::vector<float> y(size_t(m * sh.n_out), -12345.0f);
+                        matmul(p.view, x.data(), m, y.data(), pool);
+                        const std::string where = std::string(dtype_name(t)) + " isa " + isa_name(i) +
+                                                  " m " + std::to_string(m) + " n_in " + std::to_string(sh.n_in) +
+                                                  " n_out " + std::to_string(sh.n_out);
+                        if (uses_bf16_dot(t, m)) {
+                            std::vector<double> want_bf16 = ref_bf16_dot(w.view, x.data(), m);
+                            EXPECT_LE(test::nmse_norm(y.data(), want_bf16.data(), m * sh.n_out), 1e-5) << where;
+                            EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * sh.n_out), 5e-3) << where;
+                            continue;
+                        }
+                        EXPECT_LE(test::nmse_norm(y.data(), want.data(), m * sh.n_out), tolerance(t)) << where;
+                        EXPECT_LE(test::nmse_norm(y.data(), row_major.data(), m * sh.n_out), 2e-6) << where;
+                        if (i == isa::scalar) {
+                            EXPECT_EQ(y, row_major) << where;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Mixed layouts in one matmul_multi / matmul_swiglu call equal separate calls.
+TEST(Interleave, MultiAndSwigluWithMixedLayouts) {
+    weights a = interleaved_copy(make_weights(dtype::q4_0, 64, 128, 3));
+    weights b = make_weights(dtype::f32, 64, 128, 4);
+    weights c = interleaved_copy(make_weights(dtype::q8_0, 32, 128, 5));
+    const int64_t m = 11;
+    std::vector<float> x = test::random_floats(m * 128, 6);
+    for (isa i : supported_isas()) {
+        isa_scope scope(i);
+        thread_pool pool(2);
+        std::vector<float> ya(size_t(m * 64)), yb(size_t(m * 64)), yc(size_t(m * 32));
+        matmul(a.view, x.data(), m, ya.data(), pool);
+        matmul(b.view, x.data(), m, yb.data(), pool);
+        matmul(c.view, x.data(), m, yc.data(), pool);
+        std::vector<float> ma(ya.size()), mb(yb.size()), mc(yc.size());
+        const weight_view views[3] = {a.view, b.view, c.view};
+        float* const ys[3] = {ma.data(), mb.data(), mc.data()};
+        matmul_multi(views, 3, x.data(), m, ys, pool);
+        EXPECT_EQ(ma, ya) << isa_name(i);
+        EXPECT_EQ(mb, yb) << isa_name(i);
+        EXPECT_EQ(mc, yc) << isa_name(i);
+        std::vector<float> g(ya.size()), u(ya.size()), out(ya.size()), want(ya.size());
+        matmul_swiglu(a.view, b.view, x.data(), m, g.data(), u.data(), out.data(), pool);
+        swiglu(ya.data(), yb.data(), want.data(), m * 64);
+        EXPECT_EQ(out, want) << isa_name(i);
     }
 }
 

@@ -119,6 +119,50 @@ TEST(Scheduler, ChunkedPrefillAndSmallBudgetsGiveTheSameTokens) {
     for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(chunked.outs[i][0].tokens, base.outs[i][0].tokens) << k_prompts[i];
 }
 
+// A short request that arrives behind a long prompt starts within a step (the admission
+// reserve) and then decodes every step while the older prompt is still being prefilled
+// (decodes first); both outputs equal their runs alone.
+TEST(Scheduler, ShortRequestsAreNotQueuedBehindALongPrompt) {
+    NEED_MODEL(f);
+    std::string long_text;
+    for (int i = 0; i < 12; ++i) long_text += "Once upon a time, there was a little girl named Lily. ";
+    std::vector<request_params> reqs = {greedy(f, long_text, 4), greedy(f, "The cat", 6)};
+    ASSERT_GT(reqs[0].prompt.size(), 100u);
+    scheduler_config cfg;
+    cfg.max_batch_tokens = 16;
+    cfg.prefill_chunk = 16;
+    std::vector<completion_out> alone;
+    for (auto& r : reqs) alone.push_back(run_all(f, {r}, cfg, 64).outs[0][0]);
+
+    auto kv = kv_cache::create(f->model->kv_geometry(16, 64)).value();
+    thread_pool pool(2);
+    scheduler s(*f->model, *f->tok, *kv, pool, cfg);
+    std::vector<std::shared_ptr<request_stream>> streams;
+    for (auto& p : reqs) {
+        streams.push_back(std::make_shared<request_stream>());
+        ASSERT_TRUE(s.submit(p, streams.back()));
+    }
+    std::vector<std::vector<int>> token_steps(2);  // the step each token arrived in
+    std::vector<std::vector<int32_t>> tokens(2);
+    for (int step = 0; !s.idle() && step < 1000; ++step) {
+        ASSERT_TRUE(s.step());
+        ASSERT_TRUE(s.check_integrity());
+        for (size_t i = 0; i < 2; ++i)
+            while (auto ev = streams[i]->pop(0))
+                for (int32_t t : ev->tokens) {
+                    tokens[i].push_back(t);
+                    token_steps[i].push_back(step);
+                }
+    }
+    EXPECT_EQ(tokens[0], alone[0].tokens);
+    EXPECT_EQ(tokens[1], alone[1].tokens);
+    ASSERT_EQ(token_steps[1].size(), 6u);
+    EXPECT_LE(token_steps[1][0], 1) << "the short request waited for the long prompt";
+    for (size_t k = 1; k < token_steps[1].size(); ++k) EXPECT_EQ(token_steps[1][k], token_steps[1][k - 1] + 1);
+    ASSERT_FALSE(token_steps[0].empty());
+    EXPECT_GT(token_steps[0][0], token_steps[1].back()) << "the long prompt should still be prefilling";
+}
+
 TEST(Scheduler, PreemptionByRecomputeLosesAndRepeatsNothing) {
     NEED_MODEL(f);
     std::vector<request_params> reqs;

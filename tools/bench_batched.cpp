@@ -56,6 +56,8 @@ int bench_batched(int argc, char** argv) {
     app.add_option("--prefill-chunk", prefill_chunk, "most prompt tokens of one sequence per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--page-size", page_size, "KV tokens per page")->check(CLI::Range(1, 4096))->capture_default_str();
     app.add_option("--long-prompt", long_prompt, "tokens of a prompt that arrives while the batch decodes (0 = none)")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+    bool no_repack = false;
+    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     bool ok = false;
     auto batches = int_list(b_list, &ok);
@@ -67,7 +69,7 @@ int bench_batched(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench batched: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path);
+    auto model = llama_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve bench batched: %s\n", model.message().c_str());
         return 1;

@@ -112,6 +112,8 @@ int cmd_bench(int argc, char** argv) {
     app.add_option("-b,--batch-size", n_batch, "prompt tokens per forward pass")->check(CLI::Range(int64_t(1), int64_t(1) << 16))->capture_default_str();
     app.add_option("-o,--output", output, "output format: md (table) or json")->check(CLI::IsMember({"md", "json"}))->capture_default_str();
     app.add_flag("--no-bandwidth-probe", no_probe, "skip the memory-bandwidth probe");
+    bool no_repack = false;
+    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     bool ok = true;
     auto ps = parse_list(p_list, "-p", &ok), ns = parse_list(n_list, "-n", &ok), ds = parse_list(d_list, "-d", &ok),
@@ -126,7 +128,7 @@ int cmd_bench(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path);
+    auto model = llama_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve bench: %s\n", model.message().c_str());
         return 1;

@@ -39,6 +39,8 @@ int cmd_perplexity(int argc, char** argv) {
     app.add_option("-b,--batch-size", n_batch, "tokens per forward pass")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--chunks", max_chunks, "score at most this many chunks (-1 = all)")->capture_default_str();
     app.add_option("-t,--threads", threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+    bool no_repack = false;
+    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!std::filesystem::exists(model_path)) {
@@ -54,7 +56,7 @@ int cmd_perplexity(int argc, char** argv) {
     ss << in.rdbuf();
     const std::string text = ss.str();
 
-    auto model = llama_model::load(model_path);
+    auto model = llama_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve perplexity: %s\n", model.message().c_str());
         return 1;

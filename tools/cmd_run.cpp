@@ -50,6 +50,8 @@ int cmd_run(int argc, char** argv) {
     app.add_option("--seed", seed, "random seed (-1 = random)")->capture_default_str();
     app.add_flag("--no-bos", no_bos, "do not add the BOS token");
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-text tokens");
+    bool no_repack = false;
+    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!std::filesystem::exists(model_path)) {
@@ -57,7 +59,7 @@ int cmd_run(int argc, char** argv) {
         return 2;
     }
     auto t_load = clock_type::now();
-    auto model = llama_model::load(model_path);
+    auto model = llama_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve run: %s\n", model.message().c_str());
         return 1;

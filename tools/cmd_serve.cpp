@@ -41,6 +41,9 @@ int cmd_serve(int argc, char** argv) {
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--prefill-chunk", ec.sched.prefill_chunk, "most prompt tokens of one sequence per step")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
+    app.add_option("--admission-reserve", ec.sched.admission_reserve,
+                   "tokens of each step kept from running prompt chunks for waiting requests (at most half the batch)")
+        ->check(CLI::Range(int64_t(0), int64_t(1) << 20))->capture_default_str();
     app.add_option("--max-seqs", ec.sched.max_seqs, "running sequences at most")->check(CLI::Range(1, 65536))->capture_default_str();
     app.add_option("--max-queued", ec.max_queued, "waiting requests at most (more are refused with 503)")
         ->check(CLI::Range(1, 1 << 20))->capture_default_str();
@@ -51,6 +54,8 @@ int cmd_serve(int argc, char** argv) {
     app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
+    bool no_repack = false;
+    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!sc.chat_template.empty()) {
@@ -75,7 +80,7 @@ int cmd_serve(int argc, char** argv) {
     // Before any thread starts: every thread inherits the mask, the watch below receives the signals.
     termination_watch::block_signals();
 
-    auto model = llama_model::load(model_path);
+    auto model = llama_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve serve: %s\n", model.message().c_str());
         return 1;

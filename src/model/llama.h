@@ -87,12 +87,28 @@ private:
     cascade_scratch cascade_scratch_;
 };
 
+// Whether q4_0 / q8_0 / f16 / bf16 projection weights are repacked at load into the interleaved16 layout
+// (kernels/cpu/interleave.h) that the VNNI kernels read fastest, like llama.cpp's run-time
+// repacking. The copy replaces the mapped tensor for matmul (the same number of bytes);
+// token embeddings are still read from the file.
+enum class weight_repack {
+    automatic,  // when the CPU has kernels for the layout
+    never,
+    always,     // even where only the portable kernels read it (tests)
+};
+
+struct load_options {
+    weight_repack repack = weight_repack::automatic;
+};
+
 class llama_model {
 public:
-    // Opens, validates and binds the weights of a GGUF file (mmap; weights are not copied).
-    static result<std::unique_ptr<llama_model>> load(const std::string& path);
+    // Opens, validates and binds the weights of a GGUF file (mmap; weights are not copied
+    // unless repacked, see load_options).
+    static result<std::unique_ptr<llama_model>> load(const std::string& path, const load_options& opts = {});
     // Binds an already-open file (the model keeps it alive).
-    static result<std::unique_ptr<llama_model>> from_gguf(std::unique_ptr<gguf_file> file);
+    static result<std::unique_ptr<llama_model>> from_gguf(std::unique_ptr<gguf_file> file,
+                                                          const load_options& opts = {});
 
     const llama_hparams& hparams() const { return hp_; }
     const llama_weights& weights() const { return w_; }
@@ -100,6 +116,8 @@ public:
     // KV geometry for a kv_cache serving this model.
     kv_config kv_geometry(int32_t page_size, int32_t n_pages) const;
     size_t weight_bytes() const;
+    // Bytes of weights repacked into memory owned by the model (0 when none were).
+    size_t repacked_bytes() const { return repacked_bytes_; }
 
     // See the contract above. Fails (changing nothing) if the batch is invalid: token id out
     // of range, unknown sequence, slot not reserved, too many tokens for `st`, or no page
@@ -110,7 +128,13 @@ public:
 private:
     llama_model() = default;
     status bind_weights();
+    void repack_weights(weight_repack mode);
+    struct free_deleter {
+        void operator()(void* p) const;
+    };
     std::unique_ptr<gguf_file> file_;
+    std::unique_ptr<uint8_t, free_deleter> repacked_;  // interleaved copies, 64-byte aligned
+    size_t repacked_bytes_ = 0;
     llama_hparams hp_;
     llama_weights w_;
 };

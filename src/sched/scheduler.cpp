@@ -53,6 +53,7 @@ scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& k
     n_ctx_ = cfg_.n_ctx > 0 ? cfg_.n_ctx : model.hparams().n_ctx_train;
     cfg_.max_batch_tokens = std::max<int64_t>(1, cfg_.max_batch_tokens);
     cfg_.prefill_chunk = std::clamp<int64_t>(cfg_.prefill_chunk, 1, cfg_.max_batch_tokens);
+    cfg_.admission_reserve = std::clamp<int64_t>(cfg_.admission_reserve, 0, cfg_.max_batch_tokens / 2);
     cfg_.max_seqs = std::max<int32_t>(1, cfg_.max_seqs);
     // One logit row per running sequence at most.
     state_ = std::make_unique<forward_state>(model, cfg_.max_batch_tokens, std::min<int64_t>(cfg_.max_batch_tokens, cfg_.max_seqs));
@@ -132,6 +133,10 @@ void scheduler::release(sequence* s) {
 }
 
 void scheduler::preempt(sequence* s) {
+    // A sequence planned earlier in this step (a decode, before a prefill needed its pages)
+    // leaves the plan with its pages.
+    plan_.erase(std::remove_if(plan_.begin(), plan_.end(), [s](const planned& pl) { return pl.seq == s; }),
+                plan_.end());
     release(s);
     s->n_computed = 0;
     s->n_registered_pages = 0;
@@ -196,13 +201,26 @@ bool scheduler::make_room(sequence* s, int64_t n_tokens) {
     }
 }
 
-bool scheduler::schedule_running(int64_t& budget) {
+scheduler::planned* scheduler::plan_of(const sequence* s) {
+    for (planned& pl : plan_)
+        if (pl.seq == s) return &pl;
+    return nullptr;
+}
+
+void scheduler::schedule_running(int64_t& budget, bool prefills) {
     for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
         sequence* s = running_[i];
-        const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
-        const int64_t take = std::min({need, budget, need > 1 ? cfg_.prefill_chunk : int64_t(1)});
+        planned* pl = plan_of(s);
+        const int64_t already = pl ? pl->n_tokens : 0;
+        const int64_t need = int64_t(s->tokens.size()) - s->n_computed - already;
+        // Pass 1 (decodes): sequences with exactly one token to compute. Pass 2 (prefills):
+        // prompt chunks, up to prefill_chunk tokens per sequence and step in total.
+        if (need <= 0) continue;
+        if (!prefills && (need != 1 || already > 0)) continue;
+        if (prefills && already == 0 && need == 1) continue;  // a decode: pass 1's
+        const int64_t take = std::min({need, budget, prefills ? cfg_.prefill_chunk - already : int64_t(1)});
         if (take <= 0) continue;
-        if (!make_room(s, take)) {
+        if (!make_room(s, already + take)) {
             if (s->scheduled && std::find(running_.begin(), running_.end(), s) != running_.end()) {
                 // The only running sequence and the pool cannot hold it: end it.
                 request_event ev;
@@ -214,10 +232,15 @@ bool scheduler::schedule_running(int64_t& budget) {
             --i;
             continue;
         }
-        plan_.push_back({s, take, s->n_computed + take == int64_t(s->tokens.size())});
+        pl = plan_of(s);  // make_room may have preempted others (and dropped their plans)
+        if (pl) {
+            pl->n_tokens += take;
+            pl->wants_logits = s->n_computed + pl->n_tokens == int64_t(s->tokens.size());
+        } else {
+            plan_.push_back({s, take, s->n_computed + take == int64_t(s->tokens.size())});
+        }
         budget -= take;
     }
-    return true;
 }
 
 bool scheduler::ensure_free_pages(int32_t n) {
@@ -411,9 +434,18 @@ void scheduler::forget_finished_requests() {
 result<bool> scheduler::step() {
     handle_cancellations();
     plan_.clear();
+    // Decodes first, then running prompt chunks, then admissions — but while requests wait,
+    // a share of the budget is held back for them, so that a short prompt (or one mostly
+    // served from the prefix cache) starts within a step instead of queueing behind every
+    // long prompt in progress. Whatever admission leaves goes back to the running chunks.
     int64_t budget = cfg_.max_batch_tokens;
-    schedule_running(budget);
+    schedule_running(budget, false);
+    const int64_t reserve = waiting_.empty() ? 0 : std::min(budget, cfg_.admission_reserve);
+    int64_t prefill_budget = budget - reserve;
+    schedule_running(prefill_budget, true);
+    budget = prefill_budget + reserve;
     admit_waiting(budget);
+    schedule_running(budget, true);
     if (plan_.empty()) {
         forget_finished_requests();
         return false;

@@ -1,8 +1,10 @@
 // Continuous batching with chunked prefill over a shared pool of KV pages.
 //
-// Each step fills a token budget (max_batch_tokens): first every running sequence, oldest
-// first — a decode takes 1 token, a sequence still prefilling takes up to prefill_chunk — then
-// waiting sequences are admitted (FIFO) while the budget, max_seqs and free pages allow. The
+// Each step fills a token budget (max_batch_tokens): first every running decode (1 token
+// each), then running prompt chunks oldest first (up to prefill_chunk per sequence), then
+// waiting sequences are admitted (FIFO) while the budget, max_seqs and free pages allow. While
+// requests wait, admission_reserve tokens of the budget are kept from the running chunks for
+// them, and what admission leaves goes back to the running chunks. The
 // scheduler only counts tokens (architecture.md, invariant 2): a sequence has tokens (prompt +
 // generated) and n_computed (tokens whose KV is cached); each step computes
 // min(tokens - n_computed, share of budget) of it. Prefill, chunked prefill, decode and
@@ -51,6 +53,8 @@ struct scheduler_config {
     bool cascade = true;              // shared-prefix attention once for all decode rows sharing pages
     int32_t lpm_window = 32;          // waiting requests considered for longest-prefix-match first
     int32_t lpm_max_skips = 8;        // a request passed over this often is admitted next
+    int64_t admission_reserve = 128;  // budget held back from running prompt chunks while requests
+                                      // wait (at most half of max_batch_tokens)
 };
 
 struct scheduler_metrics {
@@ -109,7 +113,8 @@ private:
         bool wants_logits;  // the chunk reaches the sequence's last token
     };
 
-    bool schedule_running(int64_t& budget);
+    planned* plan_of(const sequence* s);
+    void schedule_running(int64_t& budget, bool prefills);
     void admit_waiting(int64_t& budget);
     bool make_room(sequence* s, int64_t n_tokens);
     bool ensure_free_pages(int32_t n);

@@ -77,6 +77,15 @@ namespace detail {
 
 const kernel_table& active_kernels() { return *table_of(isa_active()); }
 
+const interleaved_kernel_table& active_interleaved_kernels() {
+    const interleaved_kernel_table* t = isa_active() == isa::avx512 ? interleaved_kernels_avx512() : nullptr;
+    return t ? *t : *interleaved_kernels_scalar();
+}
+
+const bf16dot_kernel_table* active_bf16dot_kernels() {
+    return isa_active() == isa::avx512 ? bf16dot_kernels_avx512() : nullptr;
+}
+
 }  // namespace detail
 
 }  // namespace kvs::cpu

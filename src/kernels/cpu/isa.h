@@ -72,12 +72,44 @@ struct kernel_table {
     void (*quantize_q8k_row)(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsums);
 };
 
+// Kernels for weight_layout::interleaved16 (interleave.h). A tile's `w` points at the first
+// row of a 16-row group and n_o is a multiple of 16; groups are 16 · w_row_bytes apart.
+struct interleaved_kernel_table {
+    bool native;  // faster than the row_major kernels of the same ISA (loaders repack only then)
+    gemm_fn gemm_q4_0;
+    gemm_fn gemm_q8_0;
+    gemm_fn gemm_f16;   // float activations, f32 math
+    gemm_fn gemm_bf16;
+    gemm_fn gemm_f16_bf16dot;   // activations rounded to bf16 (bf16dot contract), or null
+    gemm_fn gemm_bf16_bf16dot;
+};
+
+// Half-precision weights (f16, bf16) times activation rows rounded to bf16, with bf16 dot
+// products (for m >= 2; see matmul_bf16dot_avx512.cpp for the precision contract). A tile's
+// `x` is then bf16 rows (m, x_stride).
+struct bf16dot_kernel_table {
+    gemm_fn gemm_f16;
+    gemm_fn gemm_bf16;
+    void (*to_bf16_row)(const float* x, int64_t n, uint16_t* out);  // round to nearest even
+};
+
 // Null when the build does not contain that path (e.g. a non-x86 target).
 const kernel_table* kernels_scalar();
 const kernel_table* kernels_avx2();
 const kernel_table* kernels_avx512();
 
+// Interleaved kernels: the portable path, and AVX-512 with VNNI (null if not compiled).
+const interleaved_kernel_table* interleaved_kernels_scalar();
+const interleaved_kernel_table* interleaved_kernels_avx512();
+
+// bf16 dot-product kernels: AVX-512 with AVX512-BF16 only (null if not compiled).
+const bf16dot_kernel_table* bf16dot_kernels_avx512();
+
 // The table of the active ISA (dispatch.cpp).
 const kernel_table& active_kernels();
+// The interleaved kernels of the active ISA, or the portable ones where it has none.
+const interleaved_kernel_table& active_interleaved_kernels();
+// The bf16 dot-product kernels of the active ISA, or null (then f16/bf16 use f32 math).
+const bf16dot_kernel_table* active_bf16dot_kernels();
 
 }  // namespace kvs::cpu::detail

@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/interleave.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
 
@@ -37,6 +38,40 @@ detail::gemm_fn gemm_for(const detail::kernel_table& k, dtype t) {
         case dtype::q6_k: return k.gemm_q6_k;
         default: return nullptr;
     }
+}
+
+bool is_half(dtype t) { return t == dtype::f16 || t == dtype::bf16; }
+
+// The kernel for w on the active ISA (falling back to the portable one), or null. `bk` is the
+// bf16 dot-product table when it may be used (m >= 2 and the CPU has it); *bf16_x tells
+// whether the chosen kernel reads activations rounded to bf16 instead of float.
+detail::gemm_fn kernel_for(const detail::kernel_table& k, const detail::bf16dot_kernel_table* bk,
+                           const weight_view& w, bool* bf16_x) {
+    *bf16_x = false;
+    if (w.layout == weight_layout::interleaved16) {
+        if (w.n_out % interleave_rows != 0) return nullptr;
+        const detail::interleaved_kernel_table& ik = detail::active_interleaved_kernels();
+        switch (w.type) {
+            case dtype::q4_0: return ik.gemm_q4_0;
+            case dtype::q8_0: return ik.gemm_q8_0;
+            case dtype::f16:
+            case dtype::bf16: {
+                detail::gemm_fn dot = w.type == dtype::f16 ? ik.gemm_f16_bf16dot : ik.gemm_bf16_bf16dot;
+                if (bk && dot) {
+                    *bf16_x = true;
+                    return dot;
+                }
+                return w.type == dtype::f16 ? ik.gemm_f16 : ik.gemm_bf16;
+            }
+            default: return nullptr;
+        }
+    }
+    if (bk && is_half(w.type)) {
+        *bf16_x = true;
+        return w.type == dtype::f16 ? bk->gemm_f16 : bk->gemm_bf16;
+    }
+    detail::gemm_fn fn = gemm_for(k, w.type);
+    return fn ? fn : gemm_for(*detail::kernels_scalar(), w.type);
 }
 
 bool is_quantized(dtype t) { return t == dtype::q8_0 || t == dtype::q4_0 || t == dtype::q4_1; }
@@ -70,6 +105,14 @@ q8_scratch& scratch() {
     return s;
 }
 
+// Activations rounded to bf16 for the bf16 dot-product kernels, likewise reused.
+std::vector<uint16_t>& bf16_scratch() {
+    static thread_local std::vector<uint16_t> s;
+    return s;
+}
+
+
+
 constexpr int64_t max_m_block = 64;  // x rows per task (their q8 copy stays in L2)
 
 }  // namespace
@@ -89,11 +132,15 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     const detail::kernel_table& k = detail::active_kernels();
     const int64_t n_in = ws[0].n_in;
     detail::gemm_fn fns[max_w] = {};
-    bool any_quantized = false, any_kquant = false, ok = n_w <= max_w;
+    bool uses_bf16[max_w] = {};
+    // Half-precision weights against several rows use bf16 dot products where the CPU has
+    // them (compute-bound there); a single row (decode, bandwidth-bound) keeps f32 math.
+    const detail::bf16dot_kernel_table* bk = m >= 2 ? detail::active_bf16dot_kernels() : nullptr;
+    bool any_quantized = false, any_kquant = false, any_bf16 = false, ok = n_w <= max_w;
     for (int j = 0; ok && j < n_w; ++j) {
         const weight_view& w = ws[j];
-        detail::gemm_fn fn = gemm_for(k, w.type);
-        if (!fn) fn = gemm_for(*detail::kernels_scalar(), w.type);
+        detail::gemm_fn fn = kernel_for(k, bk, w, &uses_bf16[j]);
+        any_bf16 = any_bf16 || uses_bf16[j];
         fns[j] = fn;
         if (!fn || w.n_in != n_in || w.n_in % dtype_info(w.type).block_size != 0) ok = false;
         any_quantized = any_quantized || is_quantized(w.type);
@@ -145,6 +192,18 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         }
         q8k = {sc.k_qs.data(), sc.k_d.data(), sc.k_bsums.data(), n_in};
     }
+    const uint16_t* x_bf16 = nullptr;
+    if (any_bf16) {
+        std::vector<uint16_t>& xb = bf16_scratch();
+        if (xb.size() < size_t(m * n_in)) xb.resize(size_t(m * n_in));
+        auto convert_row = [&](int64_t i) { bk->to_bf16_row(x + i * n_in, n_in, xb.data() + i * n_in); };
+        if (m >= 4 && n_threads > 1) {
+            pool.run(m, [&](int64_t i, int) { convert_row(i); });
+        } else {
+            for (int64_t i = 0; i < m; ++i) convert_row(i);
+        }
+        x_bf16 = xb.data();
+    }
 
     // Task geometry: (x row block) × (weight, chunk of its rows). Chunks have one size for
     // all weights, sized from their total rows (a swiglu pair counts once).
@@ -153,7 +212,8 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     for (int j = 0; j < n_units; ++j) total_rows += ws[j].n_out;
     const int64_t n_m_blocks = (m + max_m_block - 1) / max_m_block;
     const int64_t m_block = (m + n_m_blocks - 1) / n_m_blocks;  // balanced block height
-    // Aim for ~8 tasks per thread in total, weight-row chunks a multiple of 16 rows.
+    // Aim for ~8 tasks per thread in total, weight-row chunks a multiple of 16 rows (whole
+    // groups of interleaved16 weights).
     int64_t target_chunks = std::max<int64_t>(1, int64_t(n_threads) * 8 / n_m_blocks);
     int64_t chunk = (total_rows + target_chunks - 1) / target_chunks;
     chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
@@ -179,6 +239,8 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
             const int64_t nb = n_in / 256;
             q8k_block = {q8k.qs + i0 * n_in, q8k.d + i0 * nb, q8k.bsums + i0 * nb * 16, n_in};
             t.x = &q8k_block;
+        } else if (uses_bf16[j]) {
+            t.x = x_bf16 + i0 * n_in;
         } else {
             t.x = x + i0 * n_in;
         }

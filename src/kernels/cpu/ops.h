@@ -18,12 +18,20 @@ isa isa_active();            // the path kernels dispatch to now
 void isa_override(isa i);    // tests/benches: force a supported path (ignored if unsupported)
 void isa_reset();            // back to the best supported path
 
-// A weight matrix of n_out rows, each n_in elements of type `type`, rows `row_bytes` apart.
+// How a weight matrix's blocks are ordered in memory.
+//   row_major:     GGUF's order, row after row (every dtype).
+//   interleaved16: q4_0, q8_0, f16, bf16; n_out a multiple of 16, n_in of 32 (interleave.h):
+//                  rows in groups of 16 whose blocks are interleaved so that one 64-byte load
+//                  holds 4 bytes of each of the 16 rows; the same bytes per row as row_major.
+enum class weight_layout : uint8_t { row_major = 0, interleaved16 = 1 };
+
+// A weight matrix of n_out rows, each n_in elements of type `type`.
 struct weight_view {
     const void* data = nullptr;
     dtype type = dtype::f32;
     int64_t n_out = 0;  // rows (output features)
     int64_t n_in = 0;   // elements per row (input features)
+    weight_layout layout = weight_layout::row_major;
 };
 
 // y (m, n_out) = x (m, n_in) · wᵀ.  x and y are row-major float, contiguous.
