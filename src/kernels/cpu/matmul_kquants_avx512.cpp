@@ -1,6 +1,6 @@
 // AVX-512 (VNNI) k-quant kernels: the shared 256-bit kernels (matmul_kquants_simd.h) with the
 // scaled accumulation done by vpdpwssd (int16 pairs × int16 scale, added into int32 lanes), a
-// 4 x rows × 4 weight rows prefill tile and an 8-row prefetched GEMV. 256-bit vectors: on Zen 4
+// 4 x rows × 4 weight rows prefill tile and a row-by-row GEMV. 256-bit vectors: on Zen 4
 // a 512-bit op takes both 256-bit halves, so wider vectors would not add throughput here.
 // Compiled with KVSERVE_AVX512_FLAGS; only called when dispatch.cpp found the CPU supports them.
 #include "kernels/cpu/matmul_kquants.h"
