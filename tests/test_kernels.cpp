@@ -402,7 +402,7 @@ TEST(KQuantMatmul, RandomBlocksMatchDequantizedDot) {
             }
         }
         weight_view wv{w.data(), t, n_out, n_in};
-        for (int64_t m : {1, 2, 5, 9}) {
+        for (int64_t m : {1, 2, 5, 9, 17, 40}) {  // from 16 rows AVX-512 puts x rows in lanes
             std::vector<float> x(size_t(m * n_in));
             for (int64_t i = 0; i < m * n_in; ++i) x[size_t(i)] = float(int((i * 7919 + 13) % 255) - 127);
             for (int64_t b = 0; b < m * n_in / 256; ++b) x[size_t(b * 256 + 17)] = 127.0f;
@@ -428,7 +428,7 @@ TEST(KQuantMatmul, MixedFormatsInOnePass) {
     weights wa = make_weights(dtype::q4_k, 40, n_in, 41), wb = make_weights(dtype::q6_k, 24, n_in, 42),
             wc = make_weights(dtype::q8_0, 33, n_in, 43), wd = make_weights(dtype::q5_k, 9, n_in, 44);
     const weight_view views[4] = {wa.view, wb.view, wc.view, wd.view};
-    for (int64_t m : {1, 6}) {
+    for (int64_t m : {1, 6, 20}) {
         std::vector<float> x = test::random_floats(m * n_in, 51 + uint64_t(m), 2.0f);
         for (isa i : supported_isas()) {
             isa_scope scope(i);

@@ -27,7 +27,8 @@ namespace kvs::cpu::detail {
 namespace {
 
 // Helpers called once per weight row and super-block must be inlined into the micro-kernels:
-// a call there costs a vzeroupper and a round trip of its results through memory.
+// a call there costs a vzeroupper and a round trip of its results through memory. (Also used
+// by matmul_kquants_avx512.cpp after this header.)
 #define KQ_INLINE inline __attribute__((always_inline))
 
 float kq_hsum(__m256 v) {
@@ -58,7 +59,6 @@ KQ_INLINE void kq_scale_min_dup(const uint8_t* s, __m256i* sc, __m256i* mn) {
     *mn = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
 }
 
-// Lane j of v broadcast to all 8 lanes.
 // ---- formats ------------------------------------------------------------------------------------
 // Each format decodes, per weight row and super-block, its scales (prepare) and then its 8 code
 // chunks of 32 (codes<c>), each with the dup-dword scale vector of its int16 lanes (scale<c>):
@@ -292,8 +292,6 @@ void kq_quantize_q8k_row(const float* x, int64_t n, int8_t* qs, float* d, int16_
         d[b] = amax / 127.0f;
     }
 }
-
-#undef KQ_INLINE
 
 }  // namespace
 
