@@ -22,6 +22,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -61,22 +62,28 @@ void xl_build(const q8k_rows& x, int64_t m, int64_t n_in, xl_rows& out) {
     if (out.q.size() < size_t(ng * nq * 16)) out.q.resize(size_t(ng * nq * 16));
     if (out.d.size() < size_t(ng * nb * 16)) out.d.resize(size_t(ng * nb * 16));
     if (out.bp.size() < size_t(ng * np * 16)) out.bp.resize(size_t(ng * np * 16));
+    // The bytes: one gather per 4 columns of 16 rows (rows past m read row 0 and are masked).
+    const __m512i flip = _mm512_set1_epi32(int(0x80808080u));
+    for (int64_t g = 0; g < ng; ++g) {
+        const int64_t n_rows = std::min<int64_t>(16, m - 16 * g);
+        const __mmask16 live = __mmask16((1u << n_rows) - 1);
+        const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32(int(nq)));
+        const int8_t* base = x.qs + 16 * g * n_in;
+        uint32_t* q = out.q.data() + g * nq * 16;
+        for (int64_t k = 0; k < nq; ++k) {
+            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, base + 4 * k, 4);
+            _mm512_storeu_si512(q + k * 16, _mm512_xor_si512(v, flip));  // masked rows: q = 0
+        }
+    }
     for (int64_t i = 0; i < ng * 16; ++i) {
         const int64_t g = i / 16, l = i % 16;
-        uint32_t* q = out.q.data() + g * nq * 16 + l;
         float* d = out.d.data() + g * nb * 16 + l;
         int32_t* bp = out.bp.data() + g * np * 16 + l;
         if (i >= m) {
-            for (int64_t k = 0; k < nq; ++k) q[k * 16] = 0x80808080u;  // q = 0
             for (int64_t b = 0; b < nb; ++b) d[b * 16] = 0.0f;
             for (int64_t p = 0; p < np; ++p) bp[p * 16] = 0;
             continue;
-        }
-        const int8_t* qs = x.qs + i * n_in;
-        for (int64_t k = 0; k < nq; ++k) {
-            uint32_t v;
-            std::memcpy(&v, qs + 4 * k, 4);
-            q[k * 16] = v ^ 0x80808080u;
         }
         for (int64_t b = 0; b < nb; ++b) d[b * 16] = x.d[i * nb + b];
         const int16_t* bs = x.bsums + i * nb * 16;
