@@ -112,7 +112,11 @@ int cmd_bench(int argc, char** argv) {
     app.add_option("-b,--batch-size", n_batch, "prompt tokens per forward pass")->check(CLI::Range(int64_t(1), int64_t(1) << 16))->capture_default_str();
     app.add_option("-o,--output", output, "output format: md (table) or json")->check(CLI::IsMember({"md", "json"}))->capture_default_str();
     app.add_flag("--no-bandwidth-probe", no_probe, "skip the memory-bandwidth probe");
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    dtype kv_type;
+    if (!resolve_kv_type(kvt, "bench", &kv_type)) return 2;
     bool ok = true;
     auto ps = parse_list(p_list, "-p", &ok), ns = parse_list(n_list, "-n", &ok), ds = parse_list(d_list, "-d", &ok),
          ts = parse_list(t_list, "-t", &ok);
@@ -153,6 +157,7 @@ int cmd_bench(int argc, char** argv) {
         thread_pool pool{int(nt)};
         if (!no_probe) bandwidth[int(nt)] = cpu::measure_read_bandwidth(pool);
         session_params sp;
+        sp.kv_type = kv_type;
         sp.n_ctx = max_tokens + 1;
         sp.n_batch = n_batch;
         auto s = session::create(m, pool, sp);

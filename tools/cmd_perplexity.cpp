@@ -39,6 +39,8 @@ int cmd_perplexity(int argc, char** argv) {
     app.add_option("-b,--batch-size", n_batch, "tokens per forward pass")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--chunks", max_chunks, "score at most this many chunks (-1 = all)")->capture_default_str();
     app.add_option("-t,--threads", threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!std::filesystem::exists(model_path)) {
@@ -78,6 +80,7 @@ int cmd_perplexity(int argc, char** argv) {
     const int64_t first = n_ctx / 2;
     thread_pool pool(threads);
     session_params sp;
+    if (!resolve_kv_type(kvt, "perplexity", &sp.kv_type)) return 2;
     sp.n_ctx = n_ctx;
     sp.n_batch = n_batch;
     sp.max_logit_rows = std::min(n_batch, n_ctx);
