@@ -29,6 +29,7 @@ packed pack(const std::vector<float>& k, const std::vector<float>& v, int64_t n_
     const kvs::cpu::kv_page_layout lay{type, n_kv, ps, hd};
     p.k.assign(size_t(n_pages) * lay.k_page_bytes(), 0);
     p.v.assign(size_t(n_pages) * lay.v_page_bytes(), 0);
+    p.view = {p.k.data(), p.v.data(), n_kv, ps, hd, type, n_pages};  // head-major, as the cache
     std::vector<float> kr(size_t(n_kv * hd)), vr(kr.size());
     for (int64_t pg = 0; pg < n_pages; ++pg)
         for (int64_t r = 0; r < ps; ++r) {
@@ -37,10 +38,9 @@ packed pack(const std::vector<float>& k, const std::vector<float>& v, int64_t n_
                     kr[size_t(h * hd + d)] = k[size_t(((pg * n_kv + h) * ps + r) * hd + d)];
                     vr[size_t(h * hd + d)] = v[size_t(((pg * n_kv + h) * ps + r) * hd + d)];
                 }
-            kvs::cpu::kv_store_row(lay, p.k.data() + size_t(pg) * lay.k_page_bytes(), p.v.data() + size_t(pg) * lay.v_page_bytes(), r,
-                                   kr.data(), vr.data());
+            kvs::cpu::kv_store_row(lay, p.k.data() + size_t(pg) * p.view.k_page_stride(), p.v.data() + size_t(pg) * p.view.v_page_stride(),
+                                   p.view.k_head_stride(), p.view.v_head_stride(), r, kr.data(), vr.data());
         }
-    p.view = {p.k.data(), p.v.data(), n_kv, ps, hd, type};
     return p;
 }
 

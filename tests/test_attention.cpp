@@ -72,8 +72,8 @@ cpu::paged_kv_view view_of(const paged_setup& s) {
 }
 
 using test::packed_kv;
-packed_kv pack(const paged_setup& s, dtype type) {
-    return test::pack_kv(s.k, s.v, s.n_pages, s.n_kv_head, s.page_size, s.head_dim, type);
+packed_kv pack(const paged_setup& s, dtype type, bool head_major = true) {
+    return test::pack_kv(s.k, s.v, s.n_pages, s.n_kv_head, s.page_size, s.head_dim, type, head_major);
 }
 
 constexpr dtype kv_types[] = {dtype::f32, dtype::f16, dtype::bf16};
@@ -110,14 +110,15 @@ float lse_tolerance(dtype type, cpu::isa i, float ref) {
     return rel * std::max(1.0f, std::fabs(ref));
 }
 
-// The kernel against the float64 reference on every KV format, every ISA path and with 1-3
-// threads. The reference reads the same stored (rounded) K and V, so this measures the
+// The kernel against the float64 reference on every KV format, both page layouts, every ISA
+// path and with 1-3 threads. The reference reads the same stored (rounded) K and V, so this measures the
 // kernel; what the rounding of K and V costs is measured by perplexity (docs/performance.md).
 void expect_matches_reference(const paged_setup& s, double tol) {
     auto b = batch_of(s);
     const size_t n_out = size_t(b.n_q * s.n_head * s.head_dim);
-    for (dtype type : kv_types) {
-        packed_kv p = pack(s, type);
+    for (dtype type : kv_types)
+    for (bool head_major : {true, false}) {
+        packed_kv p = pack(s, type, head_major);
         std::vector<float> o_ref(n_out), lse_ref(size_t(b.n_q * s.n_head));
         cpu::ref::attention_paged(b, p.view, o_ref.data(), lse_ref.data());
         for (cpu::isa i : supported_isas()) {
@@ -126,7 +127,8 @@ void expect_matches_reference(const paged_setup& s, double tol) {
                 thread_pool pool(threads);
                 std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
                 cpu::attention_paged(b, p.view, o.data(), lse.data(), pool);
-                const std::string where = std::string(dtype_name(type)) + " " + cpu::isa_name(i) + " threads " + std::to_string(threads);
+                const std::string where = std::string(dtype_name(type)) + (head_major ? " head-major " : " page-major ") +
+                                          cpu::isa_name(i) + " threads " + std::to_string(threads);
                 EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), output_tolerance(type, i, tol)) << where;
                 for (size_t j = 0; j < lse.size(); ++j) {
                     if (std::isinf(lse_ref[j])) {

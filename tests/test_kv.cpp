@@ -100,11 +100,12 @@ TEST(KvCache, ForkSharesPagesAndWriteCopiesOnWrite) {
     EXPECT_EQ(kv->pool().ref_count(1), 1);
     EXPECT_EQ(kv->pool().ref_count(0), 2);
     // The copy holds the same rows as the original.
-    const size_t kb = kv->layout().k_page_bytes(), vb = kv->layout().v_page_bytes();
-    for (int64_t l = 0; l < 2; ++l) {
-        EXPECT_EQ(std::memcmp(kv->k_layer(l) + 2 * kb, kv->k_layer(l) + 1 * kb, kb), 0);
-        EXPECT_EQ(std::memcmp(kv->v_layer(l) + 2 * vb, kv->v_layer(l) + 1 * vb, vb), 0);
-    }
+    const size_t kb = kv->layout().k_head_bytes(), vb = kv->layout().v_head_bytes();
+    for (int64_t l = 0; l < 2; ++l)
+        for (int64_t h = 0; h < 2; ++h) {
+            EXPECT_EQ(std::memcmp(kv->k_block(l, 2, h), kv->k_block(l, 1, h), kb), 0);
+            EXPECT_EQ(std::memcmp(kv->v_block(l, 2, h), kv->v_block(l, 1, h), vb), 0);
+        }
     EXPECT_TRUE(kv->check_integrity());
     kv->seq_remove(a);
     EXPECT_EQ(kv->pool().ref_count(0), 1);
@@ -193,8 +194,11 @@ TEST_P(KvCacheFormat, WritesRoundToTheFormatAndSurviveCopyOnWrite) {
             for (int64_t l = 0; l < 2; ++l)
                 for (int64_t h = 0; h < 3; ++h)
                     for (int64_t d = 0; d < 5; ++d) {
-                        const float kr = cpu::kv_load_k(kv->layout(), kv->k_layer(l) + size_t(page) * kv->layout().k_page_bytes(), h, slot % 3, d);
-                        const float vr = cpu::kv_load_v(kv->layout(), kv->v_layer(l) + size_t(page) * kv->layout().v_page_bytes(), h, slot % 3, d);
+                        const float kr = cpu::kv_load_k(kv->layout(), kv->k_block(l, page, h), slot % 3, d);
+                        const float vr = cpu::kv_load_v(kv->layout(), kv->v_block(l, page, h), slot % 3, d);
+                        // The kernel's view addresses the same block.
+                        EXPECT_EQ(kv->view(l).k_block(page, h), kv->k_block(l, page, h));
+                        EXPECT_EQ(kv->view(l).v_block(page, h), kv->v_block(l, page, h));
                         EXPECT_EQ(kr, rounded(value(l, slot, h * 5 + d, false)));
                         EXPECT_EQ(vr, rounded(value(l, slot, h * 5 + d, true)));
                     }

@@ -73,11 +73,12 @@ bool kv_cache::seq_reserve(int32_t seq, int64_t n_slots) {
 }
 
 void kv_cache::copy_page(int32_t dst, int32_t src) {
-    const size_t kb = layout_.k_page_bytes(), vb = layout_.v_page_bytes();
-    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-        std::memcpy(k_layer(l) + size_t(dst) * kb, k_layer(l) + size_t(src) * kb, kb);
-        std::memcpy(v_layer(l) + size_t(dst) * vb, v_layer(l) + size_t(src) * vb, vb);
-    }
+    const size_t kb = layout_.k_head_bytes(), vb = layout_.v_head_bytes();
+    for (int64_t l = 0; l < cfg_.n_layer; ++l)
+        for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
+            std::memcpy(k_block(l, dst, h), k_block(l, src, h), kb);
+            std::memcpy(v_block(l, dst, h), v_block(l, src, h), vb);
+        }
 }
 
 bool kv_cache::seq_prepare_write(int32_t seq, int64_t begin, int64_t end) {
@@ -117,8 +118,8 @@ void kv_cache::seq_attach(int32_t seq, const std::vector<int32_t>& pages) {
 
 void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v) {
     const int32_t page = seqs_[size_t(seq)].pages[size_t(slot / cfg_.page_size)];
-    cpu::kv_store_row(layout_, k_layer(layer) + size_t(page) * layout_.k_page_bytes(),
-                      v_layer(layer) + size_t(page) * layout_.v_page_bytes(), slot % cfg_.page_size, k, v);
+    cpu::kv_store_row(layout_, k_block(layer, page, 0), v_block(layer, page, 0), size_t(cfg_.n_pages) * layout_.k_head_bytes(),
+                      size_t(cfg_.n_pages) * layout_.v_head_bytes(), slot % cfg_.page_size, k, v);
 }
 
 status kv_cache::check_integrity(const std::vector<int32_t>& other_owners) const {

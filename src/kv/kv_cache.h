@@ -2,9 +2,11 @@
 // layer plus one page table per sequence (kv-design.md). A page id indexes the same slot
 // range in every layer, so one table serves all layers.
 //
-// Storage per layer: n_pages pages of K and of V in the cache's format (f32, f16 or bf16;
-// kv_config::type), laid out as cpu::kv_page_layout describes — head-major inside a page so
-// that one KV head's keys for a page are contiguous.
+// Storage per layer, K and V alike: (n_kv_head, n_pages, block) in the cache's format (f32,
+// f16 or bf16; kv_config::type), a block being one KV head's rows of one page as
+// cpu::kv_page_layout describes. Head-major over the pool: one KV head's keys for a page are
+// contiguous, and so are its blocks of consecutive pages, so the attention kernel (one task
+// per KV head) streams one sequential run per head instead of a short run out of every page.
 // Slot s of a sequence lives in page table[s / page_size], row s % page_size. Keys are
 // stored already rotated (RoPE applied at write time at the token's position).
 //
@@ -81,14 +83,21 @@ public:
     const std::vector<int32_t>& seq_pages(int32_t seq) const { return seqs_[size_t(seq)].pages; }
     int64_t seq_capacity(int32_t seq) const { return int64_t(seq_pages(seq).size()) * cfg_.page_size; }
 
-    // Storage of one layer: n_pages pages of layout().k_page_bytes() (K) / v_page_bytes() (V).
+    // Storage of one layer: (n_kv_head, n_pages, block); blocks of layout().k_head_bytes() (K)
+    // and v_head_bytes() (V).
+    uint8_t* k_block(int64_t layer, int32_t page, int64_t head) {
+        return k_layer(layer) + (size_t(head) * size_t(cfg_.n_pages) + size_t(page)) * layout_.k_head_bytes();
+    }
+    uint8_t* v_block(int64_t layer, int32_t page, int64_t head) {
+        return v_layer(layer) + (size_t(head) * size_t(cfg_.n_pages) + size_t(page)) * layout_.v_head_bytes();
+    }
     uint8_t* k_layer(int64_t layer) { return k_.get() + size_t(layer) * k_layer_bytes_; }
     uint8_t* v_layer(int64_t layer) { return v_.get() + size_t(layer) * v_layer_bytes_; }
     const uint8_t* k_layer(int64_t layer) const { return k_.get() + size_t(layer) * k_layer_bytes_; }
     const uint8_t* v_layer(int64_t layer) const { return v_.get() + size_t(layer) * v_layer_bytes_; }
     // The kernel's view of one layer.
     cpu::paged_kv_view view(int64_t layer) const {
-        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type};
+        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages};
     }
     // Writes one token's K and V (each (n_kv_head, head_dim) float, converted to the cache's
     // format) into slot `slot` of `seq`. The slot must be reserved and its page exclusive.

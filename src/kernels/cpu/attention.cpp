@@ -176,10 +176,10 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.pages = b.page_ids + b.page_indptr[b.q_seq[blk.row0]];
         w.page_size = ps;
         w.k_row_elems = lay.k_row_elems();
-        w.k_page_bytes = lay.k_page_bytes();
-        w.v_page_bytes = lay.v_page_bytes();
-        w.k_head_off = size_t(kvh) * lay.k_head_bytes();
-        w.v_head_off = size_t(kvh) * lay.v_head_bytes();
+        w.k_page_bytes = kv.k_page_stride();
+        w.v_page_bytes = kv.v_page_stride();
+        w.k_head_off = size_t(kvh) * kv.k_head_stride();
+        w.v_head_off = size_t(kvh) * kv.v_head_stride();
         w.t0 = split * split_len;
         w.t1 = std::min(blk.max_len, w.t0 + split_len);
         w.scale = b.scale;
@@ -220,8 +220,6 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
     const int64_t hd = kv.head_dim, ps = kv.page_size;
     const int64_t n_group = b.n_head / kv.n_kv_head;
     const kv_page_layout lay = kv.layout();
-    const auto* kbase = static_cast<const uint8_t*>(kv.k);
-    const auto* vbase = static_cast<const uint8_t*>(kv.v);
     for (int64_t row = 0; row < b.n_q; ++row) {
         const int64_t n_kv = b.q_kv_len[row];
         const int32_t* pages = b.page_ids + b.page_indptr[b.q_seq[row]];
@@ -231,9 +229,9 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
             std::vector<double> sc(static_cast<size_t>(n_kv), 0.0);
             double mx = -std::numeric_limits<double>::infinity();
             for (int64_t t = 0; t < n_kv; ++t) {
-                const uint8_t* kp = kbase + size_t(pages[t / ps]) * lay.k_page_bytes();
+                const uint8_t* kp = kv.k_block(pages[t / ps], kvh);
                 double acc = 0;
-                for (int64_t d = 0; d < hd; ++d) acc += double(q[d]) * double(kv_load_k(lay, kp, kvh, t % ps, d));
+                for (int64_t d = 0; d < hd; ++d) acc += double(q[d]) * double(kv_load_k(lay, kp, t % ps, d));
                 sc[size_t(t)] = acc * double(b.scale);
                 mx = std::max(mx, sc[size_t(t)]);
             }
@@ -243,8 +241,8 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
             for (int64_t d = 0; d < hd; ++d) {
                 double acc = 0;
                 for (int64_t t = 0; t < n_kv; ++t) {
-                    const uint8_t* vp = vbase + size_t(pages[t / ps]) * lay.v_page_bytes();
-                    acc += sc[size_t(t)] * double(kv_load_v(lay, vp, kvh, t % ps, d));
+                    const uint8_t* vp = kv.v_block(pages[t / ps], kvh);
+                    acc += sc[size_t(t)] * double(kv_load_v(lay, vp, t % ps, d));
                 }
                 out[d] = n_kv ? float(acc / sum) : 0.0f;
             }
@@ -257,13 +255,14 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
 
 // ---- KV page layout ---------------------------------------------------------------------------
 
-void kv_store_row(const kv_page_layout& l, void* k_page, void* v_page, int64_t row, const float* k, const float* v) {
+void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
+                  const float* k, const float* v) {
     const int64_t hd = l.head_dim;
-    auto* kb = static_cast<uint8_t*>(k_page);
-    auto* vb = static_cast<uint8_t*>(v_page);
+    auto* kb = static_cast<uint8_t*>(k0);
+    auto* vb = static_cast<uint8_t*>(v0);
     for (int64_t h = 0; h < l.n_kv_head; ++h) {
-        uint8_t* kh = kb + size_t(h) * l.k_head_bytes();
-        uint8_t* vh = vb + size_t(h) * l.v_head_bytes();
+        uint8_t* kh = kb + size_t(h) * k_head_stride;
+        uint8_t* vh = vb + size_t(h) * v_head_stride;
         const float* ks = k + h * hd;
         const float* vs = v + h * hd;
         if (l.type == dtype::f32) {
@@ -284,14 +283,14 @@ namespace {
 float half_value(dtype t, uint16_t h) { return t == dtype::bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
 }  // namespace
 
-float kv_load_k(const kv_page_layout& l, const void* k_page, int64_t head, int64_t row, int64_t d) {
-    const auto* kh = static_cast<const uint8_t*>(k_page) + size_t(head) * l.k_head_bytes();
+float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
+    const auto* kh = static_cast<const uint8_t*>(k_block);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(kh)[row * l.head_dim + d];
     return half_value(l.type, reinterpret_cast<const uint16_t*>(kh)[row * l.k_row_elems() + d]);
 }
 
-float kv_load_v(const kv_page_layout& l, const void* v_page, int64_t head, int64_t row, int64_t d) {
-    const auto* vh = static_cast<const uint8_t*>(v_page) + size_t(head) * l.v_head_bytes();
+float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d) {
+    const auto* vh = static_cast<const uint8_t*>(v_block);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(vh)[row * l.head_dim + d];
     return half_value(l.type, reinterpret_cast<const uint16_t*>(vh)[(row / 2) * l.head_dim * 2 + d * 2 + (row & 1)]);
 }
