@@ -288,14 +288,21 @@ int64_t lane_lengths(const attn_work& w, typename VT::ireg* lenv) {
     return max_len;
 }
 
+// Each lane's query vector (null past n_qv), computed once per call: the transposes below
+// then index without divisions (which, per lane and dimension, cost as much as a short tile).
+void lane_queries(const attn_work& w, const float** lane_q) {
+    const int64_t n_qv = w.n_rows * w.n_group;
+    for (int64_t qv = 0; qv < attn_max_qv; ++qv)
+        lane_q[qv] = qv < n_qv ? w.q + (qv / w.n_group) * w.q_row_stride + (qv % w.n_group) * w.hd : nullptr;
+}
+
 // Scaled query dimension d of every lane of vector v (0 past hd and past n_qv).
 template <class VT>
-typename VT::reg query_lanes(const attn_work& w, int v, int64_t d) {
+typename VT::reg query_lanes(const attn_work& w, const float* const* lane_q, int v, int64_t d) {
     alignas(64) float lane_f[16];
-    const int64_t n_qv = w.n_rows * w.n_group;
     for (int l = 0; l < VT::lanes; ++l) {
-        const int64_t qv = v * VT::lanes + l;
-        lane_f[l] = qv < n_qv && d < w.hd ? w.q[(qv / w.n_group) * w.q_row_stride + (qv % w.n_group) * w.hd + d] * w.scale : 0.0f;
+        const float* q = lane_q[v * VT::lanes + l];
+        lane_f[l] = q && d < w.hd ? q[d] * w.scale : 0.0f;
     }
     return VT::load(lane_f);
 }
@@ -355,9 +362,11 @@ void attend(const attn_work& w) {
 
     typename VT::ireg lenv[NV];
     const int64_t max_len = lane_lengths<VT, NV>(w, lenv);
+    const float* lane_q[attn_max_qv];
+    lane_queries(w, lane_q);
     for (int64_t d = 0; d < hd; ++d)
         for (int v = 0; v < NV; ++v) {
-            qt[d * NV + v] = query_lanes<VT>(w, v, d);
+            qt[d * NV + v] = query_lanes<VT>(w, lane_q, v, d);
             ot[d * NV + v] = VT::zero();
         }
     typename VT::reg m[NV], lsum[NV];
@@ -503,8 +512,11 @@ void attend_bf16(const attn_work& w) {
 
     typename VT::ireg lenv[NV];
     const int64_t max_len = lane_lengths<VT, NV>(w, lenv);
+    const float* lane_q[attn_max_qv];
+    lane_queries(w, lane_q);
     for (int64_t p = 0; p < hp; ++p)
-        for (int v = 0; v < NV; ++v) q2[p * NV + v] = VT::pack(query_lanes<VT>(w, v, 2 * p), query_lanes<VT>(w, v, 2 * p + 1));
+        for (int v = 0; v < NV; ++v)
+            q2[p * NV + v] = VT::pack(query_lanes<VT>(w, lane_q, v, 2 * p), query_lanes<VT>(w, lane_q, v, 2 * p + 1));
     for (int64_t d = 0; d < hd * NV; ++d) ot[d] = VT::zero();
     typename VT::reg m[NV], lsum[NV];
     for (int v = 0; v < NV; ++v) {
