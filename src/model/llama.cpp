@@ -109,10 +109,6 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         cpu::rope_angles(n_rot, b.positions[size_t(i)], hp.rope_freq_base, hp.rope_freq_scale,
                          st.rope_cos.data() + i * n_pairs, st.rope_sin.data() + i * n_pairs);
 
-    cpu::paged_kv_view kvv;
-    kvv.n_kv_head = hp.n_head_kv;
-    kvv.page_size = kv.config().page_size;
-    kvv.head_dim = hd;
     cpu::attention_batch ab;
     ab.n_q = n;
     ab.n_head = hp.n_head;
@@ -150,9 +146,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         dump("Vcur", il, st.v.data(), n, nkv);
         for (int64_t i = 0; i < n; ++i)
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
-        kvv.k = kv.k_layer(il);
-        kvv.v = kv.v_layer(il);
-        attention_with_cascade(ab, kvv, st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+        attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
         dump("kqv_out", il, st.attn.data(), n, nq);
         cpu::matmul(L.wo, st.attn.data(), n, st.xb2.data(), pool);
         dump("attn_out", il, st.xb2.data(), n, d);
