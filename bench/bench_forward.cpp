@@ -9,6 +9,7 @@
 //   norms    residual adds and RMSNorms; head: final norm and LM head
 // Model: $KVS_BENCH_MODEL (default /tmp/tinyllama-q4_0.gguf); skipped if absent.
 // Depth: $KVS_BENCH_DEPTH tokens in the cache before the timed decode (default 0).
+// KV format: $KVS_BENCH_KV (f32, f16, bf16; default the cache's default).
 // Tokens per timed forward: $KVS_BENCH_TOKENS (default 1 = decode; e.g. 64 = prefill chunks);
 // the figures are per forward pass and per token.
 #include <benchmark/benchmark.h>
@@ -67,7 +68,12 @@ void bm_forward_profile(benchmark::State& state) {
         stage_s[stage_after(name)] += now - last;
         last = now;
     };
-    auto kv = kvs::kv_cache::create(model.kv_geometry(16, int32_t((depth + 256) / 16 + 1 + 1000 * n_step / 16)));
+    kvs::dtype kv_type = kvs::kv_default_type;
+    if (const char* kt = std::getenv("KVS_BENCH_KV"); kt && !kvs::kv_type_from_name(kt, &kv_type)) {
+        state.SkipWithError("KVS_BENCH_KV: unknown KV format");
+        return;
+    }
+    auto kv = kvs::kv_cache::create(model.kv_geometry(16, int32_t((depth + 256) / 16 + 1 + 1000 * n_step / 16), kv_type));
     if (!kv) {
         state.SkipWithError(kv.message().c_str());
         return;
@@ -104,7 +110,7 @@ void bm_forward_profile(benchmark::State& state) {
     state.counters["cpu_ms_per_tok"] = 1e3 * cpu / double(n_tok);
     state.counters["tok_per_cpu_s"] = double(n_tok) / cpu;
     state.counters["staged_ms"] = 1e3 * total / double(n_tok);
-    state.SetLabel(path + " depth " + std::to_string(depth));
+    state.SetLabel(path + " depth " + std::to_string(depth) + " kv " + kvs::dtype_name(kv_type));
 }
 BENCHMARK(bm_forward_profile)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 

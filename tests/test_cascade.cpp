@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/cpu/ops.h"
 #include "kv/cascade.h"
 #include "model/cascade_attention.h"
 #include "test_util.h"
@@ -75,18 +76,26 @@ TEST_P(CascadeAttention, EqualsPlainPagedAttention) {
     b.page_indptr = indptr.data();
     b.page_ids = ids.data();
     b.scale = 1.0f / std::sqrt(float(c.head_dim));
-    cpu::paged_kv_view kv{k.data(), v.data(), c.n_kv_head, c.page_size, c.head_dim};
     thread_pool pool(2);
     const size_t n_out = size_t(c.n_seq * c.n_head * c.head_dim);
-    std::vector<float> o_plain(n_out), lse_plain(size_t(c.n_seq * c.n_head)), o_cas(n_out), lse_cas(lse_plain.size());
-    cpu::attention_paged(b, kv, o_plain.data(), lse_plain.data(), pool);
     auto plan = plan_cascade(b.n_q, q_seq.data(), kv_len.data(), indptr.data(), ids.data(), c.page_size);
     ASSERT_EQ(plan.groups.size(), 1u);
     EXPECT_EQ(int64_t(plan.groups[0].shared_pages.size()), c.shared_pages);
-    cascade_scratch scratch;
-    attention_with_cascade(b, kv, plan, o_cas.data(), lse_cas.data(), scratch, pool);
-    EXPECT_LT(test::nmse_norm(o_cas.data(), o_plain.data(), int64_t(n_out)), 1e-5);
-    for (size_t i = 0; i < lse_plain.size(); ++i) EXPECT_NEAR(lse_cas[i], lse_plain[i], 1e-4f * std::max(1.0f, std::fabs(lse_plain[i])));
+    // Every KV format: the shared pass and the suffix passes read the same stored values. With
+    // bf16 on AVX-512 the probabilities are rounded to bf16 relative to each pass's own running
+    // max, so the two paths differ by that rounding (a few 1e-3), not more.
+    for (dtype type : {dtype::f32, dtype::f16, dtype::bf16}) {
+        test::packed_kv kv = test::pack_kv(k, v, n_pages, c.n_kv_head, c.page_size, c.head_dim, type);
+        const bool rounded = type == dtype::bf16 && cpu::isa_active() == cpu::isa::avx512;
+        std::vector<float> o_plain(n_out), lse_plain(size_t(c.n_seq * c.n_head)), o_cas(n_out), lse_cas(lse_plain.size());
+        cpu::attention_paged(b, kv.view, o_plain.data(), lse_plain.data(), pool);
+        cascade_scratch scratch;
+        attention_with_cascade(b, kv.view, plan, o_cas.data(), lse_cas.data(), scratch, pool);
+        EXPECT_LT(test::nmse_norm(o_cas.data(), o_plain.data(), int64_t(n_out)), rounded ? 8e-3 : 1e-5) << dtype_name(type);
+        for (size_t i = 0; i < lse_plain.size(); ++i)
+            EXPECT_NEAR(lse_cas[i], lse_plain[i], (rounded ? 1e-2f : 1e-4f) * std::max(1.0f, std::fabs(lse_plain[i])))
+                << dtype_name(type) << " index " << i;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CascadeAttention,

@@ -494,6 +494,20 @@ std::vector<double> rope_formula(const std::vector<float>& x, int64_t n_head, in
     return out;
 }
 
+// The fused residual add + norm equals the two steps bit for bit.
+TEST(Rmsnorm, AddRmsnormEqualsAddThenNorm) {
+    for (int64_t n : {1, 7, 64, 2048}) {
+        std::vector<float> x = test::random_floats(n, 3 + uint64_t(n), 2.0f), delta = test::random_floats(n, 4, 1.0f);
+        std::vector<float> w = test::random_floats(n, 5, 1.0f);
+        std::vector<float> x2 = x, y(static_cast<size_t>(n)), y2(static_cast<size_t>(n));
+        add_rmsnorm(x.data(), delta.data(), w.data(), y.data(), n, 1e-5f);
+        for (int64_t k = 0; k < n; ++k) x2[size_t(k)] += delta[size_t(k)];
+        rmsnorm(x2.data(), w.data(), y2.data(), n, 1e-5f);
+        EXPECT_EQ(x, x2) << n;
+        EXPECT_EQ(y, y2) << n;
+    }
+}
+
 TEST(Rope, BothLayoutsMatchFormula) {
     const int64_t n_head = 3, head_dim = 64;
     for (rope_layout layout : {rope_layout::normal, rope_layout::neox}) {

@@ -1,7 +1,10 @@
 // Page pool and KV cache: exact page ids, ref counts, free order, copy-on-write, integrity.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
+
+#include "core/dtype.h"
 
 #include "kv/kv_cache.h"
 #include "kv/page_pool.h"
@@ -97,11 +100,11 @@ TEST(KvCache, ForkSharesPagesAndWriteCopiesOnWrite) {
     EXPECT_EQ(kv->pool().ref_count(1), 1);
     EXPECT_EQ(kv->pool().ref_count(0), 2);
     // The copy holds the same rows as the original.
-    const size_t page_elems = 2 * 4 * 4;
+    const size_t kb = kv->layout().k_head_bytes(), vb = kv->layout().v_head_bytes();
     for (int64_t l = 0; l < 2; ++l)
-        for (size_t e = 0; e < page_elems; ++e) {
-            EXPECT_EQ(kv->k_layer(l)[2 * page_elems + e], kv->k_layer(l)[1 * page_elems + e]);
-            EXPECT_EQ(kv->v_layer(l)[2 * page_elems + e], kv->v_layer(l)[1 * page_elems + e]);
+        for (int64_t h = 0; h < 2; ++h) {
+            EXPECT_EQ(std::memcmp(kv->k_block(l, 2, h), kv->k_block(l, 1, h), kb), 0);
+            EXPECT_EQ(std::memcmp(kv->v_block(l, 2, h), kv->v_block(l, 1, h), vb), 0);
         }
     EXPECT_TRUE(kv->check_integrity());
     kv->seq_remove(a);
@@ -152,6 +155,79 @@ TEST(KvCache, RandomOperationsKeepIntegrity) {
     }
     for (int32_t s : live) kv->seq_remove(s);
     EXPECT_EQ(kv->pool().n_free(), 32);
+}
+
+class KvCacheFormat : public ::testing::TestWithParam<dtype> {};
+
+TEST_P(KvCacheFormat, WritesRoundToTheFormatAndSurviveCopyOnWrite) {
+    // Rows written through the cache read back as the format's rounding of the input, in
+    // every layer, KV head and slot (odd head size and page size: the 16-bit layouts pad
+    // both), and a copy-on-write copy reads back the same.
+    kv_config c;
+    c.n_layer = 2;
+    c.n_kv_head = 3;
+    c.head_dim = 5;
+    c.page_size = 3;
+    c.n_pages = 8;
+    c.type = GetParam();
+    auto kv = kv_cache::create(c).value();
+    EXPECT_EQ(kv->type(), GetParam());
+    const int32_t a = kv->seq_add();
+    ASSERT_TRUE(kv->seq_reserve(a, 7));
+    auto value = [](int64_t l, int64_t slot, int64_t i, bool is_v) { return (is_v ? -1.0f : 1.0f) * (0.1f + float(l * 1000 + slot * 10 + i) / 7.0f); };
+    std::vector<float> k(15), v(15);
+    for (int64_t slot = 0; slot < 7; ++slot)
+        for (int64_t l = 0; l < 2; ++l) {
+            for (int64_t i = 0; i < 15; ++i) k[size_t(i)] = value(l, slot, i, false), v[size_t(i)] = value(l, slot, i, true);
+            kv->write(l, a, slot, k.data(), v.data());
+        }
+    auto rounded = [&](float x) {
+        switch (GetParam()) {
+            case dtype::f16: return f16_to_f32(f32_to_f16(x));
+            case dtype::bf16: return bf16_to_f32(f32_to_bf16(x));
+            default: return x;
+        }
+    };
+    auto check = [&](int32_t seq) {
+        for (int64_t slot = 0; slot < 7; ++slot) {
+            const int32_t page = kv->seq_pages(seq)[size_t(slot / 3)];
+            for (int64_t l = 0; l < 2; ++l)
+                for (int64_t h = 0; h < 3; ++h)
+                    for (int64_t d = 0; d < 5; ++d) {
+                        const float kr = cpu::kv_load_k(kv->layout(), kv->k_block(l, page, h), slot % 3, d);
+                        const float vr = cpu::kv_load_v(kv->layout(), kv->v_block(l, page, h), slot % 3, d);
+                        // The kernel's view addresses the same block.
+                        EXPECT_EQ(kv->view(l).k_block(page, h), kv->k_block(l, page, h));
+                        EXPECT_EQ(kv->view(l).v_block(page, h), kv->v_block(l, page, h));
+                        EXPECT_EQ(kr, rounded(value(l, slot, h * 5 + d, false)));
+                        EXPECT_EQ(vr, rounded(value(l, slot, h * 5 + d, true)));
+                    }
+        }
+    };
+    check(a);
+    const int32_t b = kv->seq_fork(a);
+    ASSERT_TRUE(kv->seq_prepare_write(b, 0, 7));  // copies all three pages
+    EXPECT_NE(kv->seq_pages(b), kv->seq_pages(a));
+    check(b);
+    EXPECT_TRUE(kv->check_integrity());
+    EXPECT_EQ(kv->bytes_per_token() * 3, c.page_bytes());
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, KvCacheFormat, ::testing::Values(dtype::f32, dtype::f16, dtype::bf16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+TEST(KvCache, RejectsUnsupportedFormatAndParsesNames) {
+    kv_config c = tiny_config(4);
+    c.type = dtype::q4_0;
+    auto r = kv_cache::create(c);
+    ASSERT_FALSE(r.is_ok());
+    EXPECT_NE(r.message().find("q4_0"), std::string::npos) << r.message();
+    dtype t;
+    EXPECT_TRUE(kv_type_from_name("BF16", &t));
+    EXPECT_EQ(t, dtype::bf16);
+    EXPECT_TRUE(kv_type_from_name("f16", &t));
+    EXPECT_EQ(t, dtype::f16);
+    EXPECT_FALSE(kv_type_from_name("q8_0", &t));
 }
 
 TEST(KvCache, RejectsBadConfig) {

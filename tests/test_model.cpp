@@ -201,10 +201,14 @@ std::vector<int32_t> some_tokens(int64_t n, int64_t n_vocab, uint64_t seed) {
     return t;
 }
 
-// Worst normalized error over all positions between session logits and the reference.
-double max_error_vs_reference(const llama_model& m, const std::vector<int32_t>& tokens, int64_t n_batch) {
+// Worst normalized error over all positions between session logits and the reference. The
+// reference keeps K and V in float64, so the comparison of the forward pass's arithmetic runs
+// with an f32 KV cache; what a 16-bit cache adds is tested separately.
+double max_error_vs_reference(const llama_model& m, const std::vector<int32_t>& tokens, int64_t n_batch,
+                              dtype kv_type = dtype::f32) {
     thread_pool pool(2);
     session_params sp;
+    sp.kv_type = kv_type;
     sp.n_ctx = int64_t(tokens.size()) + 8;
     sp.n_batch = n_batch;
     sp.max_logit_rows = n_batch;
@@ -234,6 +238,19 @@ TEST(LlamaModel, Stories260kMatchesFloat64Reference) {
     tokens[0] = 1;
     EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 64), 1e-4);
     EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 7), 1e-4);  // chunked prefill
+}
+
+TEST(LlamaModel, Stories260kWithHalfPrecisionKvStaysNearReference) {
+    // 16-bit KV: f16 keeps 11 significant bits, bf16 8 (and on AVX-512 the attention rounds Q
+    // and P to bf16 as well); the logits move by the storage rounding, not more.
+    KVS_SKIP_IF_MISSING(path, "models/stories260K.gguf");
+    auto m = llama_model::load(path);
+    ASSERT_TRUE(m) << m.message();
+    auto tokens = some_tokens(70, m.value()->hparams().n_vocab, 5);
+    tokens[0] = 1;
+    EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 64, dtype::f16), 1e-3);
+    EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 64, dtype::bf16), 1e-2);
+    EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 7, dtype::bf16), 1e-2);  // chunked prefill
 }
 
 struct synth_case {
@@ -305,17 +322,20 @@ TEST(LlamaModel, BatchOfSequencesEqualsEachAlone) {
     const int64_t nv = m->hparams().n_vocab;
     std::vector<std::vector<int32_t>> prompts = {some_tokens(9, nv, 1), some_tokens(23, nv, 2), some_tokens(4, nv, 3)};
 
-    // Alone: last-token logits of each prompt.
+    // Alone: last-token logits of each prompt. f32 KV on both sides: with a 16-bit cache the
+    // last-bit differences of K between a batch and a lone pass (matmul blocking) can round
+    // to neighbouring 16-bit values, which says nothing about batching.
     std::vector<std::vector<float>> alone;
     for (auto& p : prompts) {
         session_params sp;
+        sp.kv_type = dtype::f32;
         sp.n_ctx = 64;
         auto s = session::create(*m, pool, sp).value();
         ASSERT_TRUE(s->prefill(p));
         alone.emplace_back(s->logits(), s->logits() + nv);
     }
     // Together in one ragged batch over one cache.
-    auto kv = kv_cache::create(m->kv_geometry(4, 64)).value();
+    auto kv = kv_cache::create(m->kv_geometry(4, 64, dtype::f32)).value();
     forward_state st(*m, 64, 8);
     batch b;
     for (size_t i = 0; i < prompts.size(); ++i) {

@@ -49,8 +49,9 @@ struct run_result {
 };
 
 run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler_config cfg, int32_t n_pages,
-                   int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr) {
-    auto kv = kv_cache::create(f->model->kv_geometry(page_size, n_pages)).value();
+                   int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr,
+                   dtype kv_type = kv_default_type) {
+    auto kv = kv_cache::create(f->model->kv_geometry(page_size, n_pages, kv_type)).value();
     thread_pool pool(2);
     scheduler s(*f->model, *f->tok, *kv, pool, cfg);
     run_result r;
@@ -110,12 +111,16 @@ TEST(Scheduler, ChunkedPrefillAndSmallBudgetsGiveTheSameTokens) {
     NEED_MODEL(f);
     std::vector<request_params> reqs;
     for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 16));
-    auto base = run_all(f, reqs, scheduler_config{}, 64);
+    // f32 KV: the two runs use different page sizes, so the attention tiles differ; with bf16
+    // KV the probabilities are rounded to bf16 relative to each tile's running max, which
+    // legitimately moves the logits by ~1e-3 — enough to flip near-ties of this tiny model.
+    // Chunking and budgets are what this test is about.
+    auto base = run_all(f, reqs, scheduler_config{}, 64, 16, nullptr, dtype::f32);
     scheduler_config tiny;
     tiny.max_batch_tokens = 5;
     tiny.prefill_chunk = 2;
     tiny.max_seqs = 3;
-    auto chunked = run_all(f, reqs, tiny, 64, 4);
+    auto chunked = run_all(f, reqs, tiny, 64, 4, nullptr, dtype::f32);
     for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(chunked.outs[i][0].tokens, base.outs[i][0].tokens) << k_prompts[i];
 }
 
@@ -167,9 +172,10 @@ TEST(Scheduler, PreemptionByRecomputeLosesAndRepeatsNothing) {
     NEED_MODEL(f);
     std::vector<request_params> reqs;
     for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 40));
-    auto base = run_all(f, reqs, scheduler_config{}, 128);
+    // f32 KV for the same reason as above (pages of 16 against pages of 4).
+    auto base = run_all(f, reqs, scheduler_config{}, 128, 16, nullptr, dtype::f32);
     // 12 pages of 4 tokens: far less than 5 sequences of ~50 tokens need.
-    auto tight = run_all(f, reqs, scheduler_config{}, 14, 4);
+    auto tight = run_all(f, reqs, scheduler_config{}, 14, 4, nullptr, dtype::f32);
     EXPECT_GT(tight.metrics.preemptions, 0);
     EXPECT_LE(tight.max_pages_used, 14);
     for (size_t i = 0; i < reqs.size(); ++i) {

@@ -82,4 +82,26 @@ std::string kvserve_binary() {
     return KVSERVE_BINARY;
 }
 
+packed_kv pack_kv(const std::vector<float>& k, const std::vector<float>& v, int64_t n_pages, int64_t n_kv_head,
+                  int64_t page_size, int64_t head_dim, dtype type, bool head_major) {
+    packed_kv p;
+    const cpu::kv_page_layout lay{type, n_kv_head, page_size, head_dim};
+    p.k.assign(size_t(n_pages) * lay.k_page_bytes(), 0xFF);
+    p.v.assign(size_t(n_pages) * lay.v_page_bytes(), 0xFF);
+    p.view = {p.k.data(), p.v.data(), n_kv_head, page_size, head_dim, type, head_major ? n_pages : 0};
+    std::vector<float> krow(size_t(n_kv_head * head_dim)), vrow(krow.size());
+    for (int64_t pg = 0; pg < n_pages; ++pg)
+        for (int64_t r = 0; r < page_size; ++r) {
+            for (int64_t h = 0; h < n_kv_head; ++h)
+                for (int64_t d = 0; d < head_dim; ++d) {
+                    const size_t src = size_t(((pg * n_kv_head + h) * page_size + r) * head_dim + d);
+                    krow[size_t(h * head_dim + d)] = k[src];
+                    vrow[size_t(h * head_dim + d)] = v[src];
+                }
+            cpu::kv_store_row(lay, p.k.data() + size_t(pg) * p.view.k_page_stride(), p.v.data() + size_t(pg) * p.view.v_page_stride(),
+                              p.view.k_head_stride(), p.view.v_head_stride(), r, krow.data(), vrow.data());
+        }
+    return p;
+}
+
 }  // namespace kvs::test

@@ -55,10 +55,14 @@ int bench_batched(int argc, char** argv) {
     app.add_option("--max-batch-tokens", max_batch_tokens, "scheduler token budget per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--prefill-chunk", prefill_chunk, "most prompt tokens of one sequence per step")->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--page-size", page_size, "KV tokens per page")->check(CLI::Range(1, 4096))->capture_default_str();
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     app.add_option("--long-prompt", long_prompt, "tokens of a prompt that arrives while the batch decodes (0 = none)")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    dtype kv_type;
+    if (!resolve_kv_type(kvt, "bench batched", &kv_type)) return 2;
     bool ok = false;
     auto batches = int_list(b_list, &ok);
     if (!ok) {
@@ -87,7 +91,8 @@ int bench_batched(int argc, char** argv) {
     for (int64_t B : batches) {
         const int64_t n_kv = B * (n_prompt + n_gen);
         auto kv = kv_cache::create(m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) +
-                                                                kv_cache::pages_for(long_prompt + 2, page_size) + 1));
+                                                                kv_cache::pages_for(long_prompt + 2, page_size) + 1,
+                                                 kv_type));
         if (!kv) {
             std::fprintf(stderr, "kvserve bench batched: %s\n", kv.message().c_str());
             return 1;

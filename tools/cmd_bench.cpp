@@ -114,7 +114,11 @@ int cmd_bench(int argc, char** argv) {
     app.add_flag("--no-bandwidth-probe", no_probe, "skip the memory-bandwidth probe");
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    dtype kv_type;
+    if (!resolve_kv_type(kvt, "bench", &kv_type)) return 2;
     bool ok = true;
     auto ps = parse_list(p_list, "-p", &ok), ns = parse_list(n_list, "-n", &ok), ds = parse_list(d_list, "-d", &ok),
          ts = parse_list(t_list, "-t", &ok);
@@ -155,6 +159,7 @@ int cmd_bench(int argc, char** argv) {
         thread_pool pool{int(nt)};
         if (!no_probe) bandwidth[int(nt)] = cpu::measure_read_bandwidth(pool);
         session_params sp;
+        sp.kv_type = kv_type;
         sp.n_ctx = max_tokens + 1;
         sp.n_batch = n_batch;
         auto s = session::create(m, pool, sp);

@@ -41,6 +41,8 @@ int cmd_perplexity(int argc, char** argv) {
     app.add_option("-t,--threads", threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!std::filesystem::exists(model_path)) {
@@ -80,6 +82,7 @@ int cmd_perplexity(int argc, char** argv) {
     const int64_t first = n_ctx / 2;
     thread_pool pool(threads);
     session_params sp;
+    if (!resolve_kv_type(kvt, "perplexity", &sp.kv_type)) return 2;
     sp.n_ctx = n_ctx;
     sp.n_batch = n_batch;
     sp.max_logit_rows = std::min(n_batch, n_ctx);

@@ -49,6 +49,8 @@ int cmd_run(int argc, char** argv) {
     app.add_option("--frequency-penalty", sp.frequency_penalty, "frequency penalty (0 = off)");
     app.add_option("--seed", seed, "random seed (-1 = random)")->capture_default_str();
     app.add_flag("--no-bos", no_bos, "do not add the BOS token");
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-text tokens");
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16 weights in file order (no interleaved copy for the VNNI kernels)");
@@ -85,6 +87,7 @@ int cmd_run(int argc, char** argv) {
     }
     thread_pool pool(threads);
     session_params sess;
+    if (!resolve_kv_type(kvt, "run", &sess.kv_type)) return 2;
     sess.n_ctx = n_ctx;
     sess.n_batch = n_batch;
     auto s = session::create(m, pool, sess);

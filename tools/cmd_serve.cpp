@@ -37,6 +37,8 @@ int cmd_serve(int argc, char** argv) {
     auto* kv_tok = app.add_option("--kv-tokens", ec.kv_tokens, "KV cache size in tokens")->check(CLI::Range(int64_t(1), int64_t(1) << 40));
     kv_mem->excludes(kv_tok);
     app.add_option("--page-size", ec.page_size, "tokens per KV page")->check(CLI::Range(1, 4096))->capture_default_str();
+    kv_type_option kvt;
+    add_kv_type_options(app, kvt);
     app.add_option("--max-batch-tokens", ec.sched.max_batch_tokens, "tokens per forward pass")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     app.add_option("--prefill-chunk", ec.sched.prefill_chunk, "most prompt tokens of one sequence per step")
@@ -95,6 +97,7 @@ int cmd_serve(int argc, char** argv) {
                      (long long)model.value()->hparams().n_vocab);
         return 1;
     }
+    if (!resolve_kv_type(kvt, "serve", &ec.kv_type)) return 2;
     ec.threads = threads;
     ec.sched.prefix_cache = !no_prefix_cache;
     ec.sched.cascade = !no_cascade;
@@ -128,8 +131,8 @@ int cmd_serve(int argc, char** argv) {
         }
     });
     const auto& st = eng.value()->stats();
-    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens\n", srv.model_name().c_str(),
-                 (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size);
+    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s)\n", srv.model_name().c_str(),
+                 (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, dtype_name(ec.kv_type));
     std::fprintf(stderr, "kvserve serve: listening on http://%s:%d\n", sc.host.c_str(), srv.port());
     std::fflush(stderr);
     status run = srv.run();

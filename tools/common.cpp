@@ -1,8 +1,13 @@
 #include "common.h"
 
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
+#include <vector>
+
+#include "kv/kv_cache.h"
 
 namespace kvs::tools {
 
@@ -28,9 +33,43 @@ int default_threads() {
     return n == 0 ? 1 : int(n);
 }
 
+void add_kv_type_options(CLI::App& app, kv_type_option& o) {
+    const auto names = CLI::IsMember({"f32", "f16", "bf16"}, CLI::ignore_case);
+    app.add_option("--kv-type", o.type, std::string("KV cache storage format: f32, f16 or bf16 (default ") +
+                                            dtype_name(kv_default_type) + ")")
+        ->check(names);
+    app.add_option("--cache-type-k", o.k, "alias of --kv-type (llama.cpp's -ctk)")->check(names);
+    app.add_option("--cache-type-v", o.v, "alias of --kv-type (llama.cpp's -ctv); K and V share one format")->check(names);
+}
+
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out) {
+    std::string chosen;
+    for (const std::string* s : {&o.type, &o.k, &o.v}) {
+        if (s->empty()) continue;
+        if (!chosen.empty() && CLI::detail::to_lower(*s) != CLI::detail::to_lower(chosen)) {
+            std::fprintf(stderr, "kvserve %s: K and V are stored in one format; got both %s and %s\n", cmd, chosen.c_str(), s->c_str());
+            return false;
+        }
+        chosen = *s;
+    }
+    *out = kv_default_type;
+    if (!chosen.empty() && !kv_type_from_name(chosen, out)) {
+        std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (f32, f16, bf16)\n", cmd, chosen.c_str());
+        return false;
+    }
+    return true;
+}
+
 int parse_cli(CLI::App& app, int argc, char** argv) {
+    // llama.cpp's short spellings of the KV format options (CLI11 takes one-letter short names).
+    std::vector<char*> args(argv, argv + argc);
+    static char ctk[] = "--cache-type-k", ctv[] = "--cache-type-v";
+    for (char*& a : args) {
+        if (std::strcmp(a, "-ctk") == 0) a = ctk;
+        if (std::strcmp(a, "-ctv") == 0) a = ctv;
+    }
     try {
-        app.parse(argc, argv);
+        app.parse(argc, args.data());
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::CallForAllHelp& e) {

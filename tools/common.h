@@ -5,9 +5,21 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/dtype.h"
 #include "model/llama.h"
 
 namespace kvs::tools {
+
+// The KV storage format: --kv-type f32|f16|bf16, with llama.cpp's --cache-type-k/-ctk and
+// --cache-type-v/-ctv accepted as aliases (kvserve stores K and V in one format, so when
+// given they must agree).
+struct kv_type_option {
+    std::string type, k, v;
+};
+void add_kv_type_options(CLI::App& app, kv_type_option& o);
+// The chosen format (the default when none was given); false after printing why, prefixed
+// with `cmd`, if the K and V names disagree.
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out);
 
 // The shared fixture folder: $KVSERVE_SHARED, else ../shared from the working directory.
 std::string shared_dir();

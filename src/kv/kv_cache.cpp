@@ -1,13 +1,23 @@
 #include "kv/kv_cache.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <new>
 
 namespace kvs {
 
-kv_cache::kv_cache(const kv_config& config) : cfg_(config), pool_(config.n_pages) {
-    page_elems_ = size_t(cfg_.n_kv_head * cfg_.page_size * cfg_.head_dim);
-    layer_elems_ = size_t(cfg_.n_pages) * page_elems_;
+bool kv_type_from_name(std::string_view name, dtype* out) {
+    dtype t;
+    if (!dtype_from_name(name, &t) || !cpu::kv_page_layout::supported(t)) return false;
+    *out = t;
+    return true;
+}
+
+void kv_cache::free_deleter::operator()(uint8_t* p) const { std::free(p); }
+
+kv_cache::kv_cache(const kv_config& config) : cfg_(config), pool_(config.n_pages), layout_(config.layout()) {
+    k_layer_bytes_ = size_t(cfg_.n_pages) * layout_.k_page_bytes();
+    v_layer_bytes_ = size_t(cfg_.n_pages) * layout_.v_page_bytes();
 }
 
 result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
@@ -16,12 +26,16 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
     if (c.page_size <= 0 || c.page_size > 4096)
         return status::error(strfmt("kv cache: page size %d is out of range (1..4096)", c.page_size));
     if (c.n_pages <= 0) return status::error("kv cache: the pool needs at least one page");
+    if (!cpu::kv_page_layout::supported(c.type))
+        return status::error(strfmt("kv cache: storage format %s is not supported (f32, f16, bf16)", dtype_name(c.type)));
     std::unique_ptr<kv_cache> kv(new kv_cache(c));
-    size_t n = size_t(c.n_layer) * kv->layer_elems_;
-    kv->k_.reset(new (std::nothrow) float[n]);
-    kv->v_.reset(new (std::nothrow) float[n]);
+    // Zeroed (calloc: the OS hands out zero pages lazily), so never-written pad slots that a
+    // kernel may load beside real ones hold finite values.
+    const size_t nk = size_t(c.n_layer) * kv->k_layer_bytes_, nv = size_t(c.n_layer) * kv->v_layer_bytes_;
+    kv->k_.reset(static_cast<uint8_t*>(std::calloc(nk, 1)));
+    kv->v_.reset(static_cast<uint8_t*>(std::calloc(nv, 1)));
     if (!kv->k_ || !kv->v_)
-        return status::error(strfmt("kv cache: cannot allocate %.1f MiB for %d pages", 2.0 * double(n) * 4 / 1048576.0, c.n_pages));
+        return status::error(strfmt("kv cache: cannot allocate %.1f MiB for %d pages", double(nk + nv) / 1048576.0, c.n_pages));
     return kv;
 }
 
@@ -59,10 +73,12 @@ bool kv_cache::seq_reserve(int32_t seq, int64_t n_slots) {
 }
 
 void kv_cache::copy_page(int32_t dst, int32_t src) {
-    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-        std::memcpy(k_layer(l) + size_t(dst) * page_elems_, k_layer(l) + size_t(src) * page_elems_, page_elems_ * sizeof(float));
-        std::memcpy(v_layer(l) + size_t(dst) * page_elems_, v_layer(l) + size_t(src) * page_elems_, page_elems_ * sizeof(float));
-    }
+    const size_t kb = layout_.k_head_bytes(), vb = layout_.v_head_bytes();
+    for (int64_t l = 0; l < cfg_.n_layer; ++l)
+        for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
+            std::memcpy(k_block(l, dst, h), k_block(l, src, h), kb);
+            std::memcpy(v_block(l, dst, h), v_block(l, src, h), vb);
+        }
 }
 
 bool kv_cache::seq_prepare_write(int32_t seq, int64_t begin, int64_t end) {
@@ -102,14 +118,8 @@ void kv_cache::seq_attach(int32_t seq, const std::vector<int32_t>& pages) {
 
 void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v) {
     const int32_t page = seqs_[size_t(seq)].pages[size_t(slot / cfg_.page_size)];
-    const int64_t row = slot % cfg_.page_size;
-    const int64_t hd = cfg_.head_dim;
-    float* kp = k_layer(layer) + size_t(page) * page_elems_;
-    float* vp = v_layer(layer) + size_t(page) * page_elems_;
-    for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
-        std::memcpy(kp + size_t((h * cfg_.page_size + row) * hd), k + h * hd, size_t(hd) * sizeof(float));
-        std::memcpy(vp + size_t((h * cfg_.page_size + row) * hd), v + h * hd, size_t(hd) * sizeof(float));
-    }
+    cpu::kv_store_row(layout_, k_block(layer, page, 0), v_block(layer, page, 0), size_t(cfg_.n_pages) * layout_.k_head_bytes(),
+                      size_t(cfg_.n_pages) * layout_.v_head_bytes(), slot % cfg_.page_size, k, v);
 }
 
 status kv_cache::check_integrity(const std::vector<int32_t>& other_owners) const {

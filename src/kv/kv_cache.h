@@ -2,8 +2,11 @@
 // layer plus one page table per sequence (kv-design.md). A page id indexes the same slot
 // range in every layer, so one table serves all layers.
 //
-// Storage per layer, K and V alike: (n_pages, n_kv_head, page_size, head_dim) float32 —
-// head-major inside a page so that one KV head's keys for a page are contiguous.
+// Storage per layer, K and V alike: (n_kv_head, n_pages, block) in the cache's format (f32,
+// f16 or bf16; kv_config::type), a block being one KV head's rows of one page as
+// cpu::kv_page_layout describes. Head-major over the pool: one KV head's keys for a page are
+// contiguous, and so are its blocks of consecutive pages, so the attention kernel (one task
+// per KV head) streams one sequential run per head instead of a short run out of every page.
 // Slot s of a sequence lives in page table[s / page_size], row s % page_size. Keys are
 // stored already rotated (RoPE applied at write time at the token's position).
 //
@@ -20,17 +23,31 @@
 #include <memory>
 #include <vector>
 
+#include <string_view>
+
+#include "core/dtype.h"
 #include "core/status.h"
+#include "kernels/cpu/attention.h"
 #include "kv/page_pool.h"
 
 namespace kvs {
+
+// The KV storage format when none is asked for: bf16 — half the bytes of f32, the range of
+// f32, and on AVX-512 BF16 CPUs both attention products run on vdpbf16ps (docs/design.md).
+inline constexpr dtype kv_default_type = dtype::bf16;
+// Parses a KV format name: "f32", "f16" or "bf16" (case-insensitive); false if unknown.
+bool kv_type_from_name(std::string_view name, dtype* out);
 
 struct kv_config {
     int64_t n_layer = 0;
     int64_t n_kv_head = 0;
     int64_t head_dim = 0;
-    int32_t page_size = 16;  // tokens per page
-    int32_t n_pages = 0;     // pages in the pool
+    int32_t page_size = 16;          // tokens per page
+    int32_t n_pages = 0;             // pages in the pool
+    dtype type = kv_default_type;    // storage format of K and V (f32, f16, bf16)
+    cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
+    // Bytes of one page (K and V, all layers).
+    size_t page_bytes() const { return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes()); }
 };
 
 class kv_cache {
@@ -43,8 +60,10 @@ public:
     const kv_config& config() const { return cfg_; }
     page_pool& pool() { return pool_; }
     const page_pool& pool() const { return pool_; }
-    // Bytes of K+V per token over all layers.
-    size_t bytes_per_token() const { return size_t(2 * cfg_.n_layer * cfg_.n_kv_head * cfg_.head_dim) * sizeof(float); }
+    dtype type() const { return cfg_.type; }
+    const cpu::kv_page_layout& layout() const { return layout_; }
+    // Bytes of K+V per token over all layers (a page's bytes over its tokens).
+    size_t bytes_per_token() const { return cfg_.page_bytes() / size_t(cfg_.page_size); }
     static int32_t pages_for(int64_t n_slots, int32_t page_size) { return int32_t((n_slots + page_size - 1) / page_size); }
 
     // Sequences. Ids are small integers, reused after seq_remove.
@@ -64,13 +83,24 @@ public:
     const std::vector<int32_t>& seq_pages(int32_t seq) const { return seqs_[size_t(seq)].pages; }
     int64_t seq_capacity(int32_t seq) const { return int64_t(seq_pages(seq).size()) * cfg_.page_size; }
 
-    // Storage of one layer: (n_pages, n_kv_head, page_size, head_dim).
-    float* k_layer(int64_t layer) { return k_.get() + size_t(layer) * layer_elems_; }
-    float* v_layer(int64_t layer) { return v_.get() + size_t(layer) * layer_elems_; }
-    const float* k_layer(int64_t layer) const { return k_.get() + size_t(layer) * layer_elems_; }
-    const float* v_layer(int64_t layer) const { return v_.get() + size_t(layer) * layer_elems_; }
-    // Writes one token's K and V (each (n_kv_head, head_dim)) into slot `slot` of `seq`.
-    // The slot must be reserved and its page exclusive.
+    // Storage of one layer: (n_kv_head, n_pages, block); blocks of layout().k_head_bytes() (K)
+    // and v_head_bytes() (V).
+    uint8_t* k_block(int64_t layer, int32_t page, int64_t head) {
+        return k_layer(layer) + (size_t(head) * size_t(cfg_.n_pages) + size_t(page)) * layout_.k_head_bytes();
+    }
+    uint8_t* v_block(int64_t layer, int32_t page, int64_t head) {
+        return v_layer(layer) + (size_t(head) * size_t(cfg_.n_pages) + size_t(page)) * layout_.v_head_bytes();
+    }
+    uint8_t* k_layer(int64_t layer) { return k_.get() + size_t(layer) * k_layer_bytes_; }
+    uint8_t* v_layer(int64_t layer) { return v_.get() + size_t(layer) * v_layer_bytes_; }
+    const uint8_t* k_layer(int64_t layer) const { return k_.get() + size_t(layer) * k_layer_bytes_; }
+    const uint8_t* v_layer(int64_t layer) const { return v_.get() + size_t(layer) * v_layer_bytes_; }
+    // The kernel's view of one layer.
+    cpu::paged_kv_view view(int64_t layer) const {
+        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages};
+    }
+    // Writes one token's K and V (each (n_kv_head, head_dim) float, converted to the cache's
+    // format) into slot `slot` of `seq`. The slot must be reserved and its page exclusive.
     void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v);
 
     // Every page free or owned; each page's ref count equals the number of tables holding it
@@ -85,11 +115,14 @@ private:
     };
     void copy_page(int32_t dst, int32_t src);
 
+    struct free_deleter {
+        void operator()(uint8_t* p) const;
+    };
     kv_config cfg_;
     page_pool pool_;
-    size_t page_elems_ = 0;   // n_kv_head * page_size * head_dim
-    size_t layer_elems_ = 0;  // n_pages * page_elems_
-    std::unique_ptr<float[]> k_, v_;  // (n_layer, n_pages, n_kv_head, page_size, head_dim)
+    cpu::kv_page_layout layout_;
+    size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;  // n_pages pages
+    std::unique_ptr<uint8_t[], free_deleter> k_, v_;  // (n_layer, n_pages, page bytes), zeroed
     std::vector<seq_state> seqs_;
 };
 

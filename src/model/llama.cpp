@@ -109,10 +109,6 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         cpu::rope_angles(n_rot, b.positions[size_t(i)], hp.rope_freq_base, hp.rope_freq_scale,
                          st.rope_cos.data() + i * n_pairs, st.rope_sin.data() + i * n_pairs);
 
-    cpu::paged_kv_view kvv;
-    kvv.n_kv_head = hp.n_head_kv;
-    kvv.page_size = kv.config().page_size;
-    kvv.head_dim = hd;
     cpu::attention_batch ab;
     ab.n_q = n;
     ab.n_head = hp.n_head;
@@ -125,8 +121,10 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
 
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const llama_layer& L = w_.layers[size_t(il)];
-        // Attention block.
-        for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.attn_norm, st.xb.data() + i * d, d, hp.rms_eps);
+        // Attention block. (From layer 1 on, the previous layer's residual add already wrote
+        // this norm: add_rmsnorm below.)
+        if (il == 0)
+            for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.attn_norm, st.xb.data() + i * d, d, hp.rms_eps);
         dump("attn_norm", il, st.xb.data(), n, d);
         {
             // Q, K and V in one pass over the activations (one fork/join, x quantized once).
@@ -148,23 +146,28 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         dump("Vcur", il, st.v.data(), n, nkv);
         for (int64_t i = 0; i < n; ++i)
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
-        kvv.k = kv.k_layer(il);
-        kvv.v = kv.v_layer(il);
-        attention_with_cascade(ab, kvv, st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+        attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
         dump("kqv_out", il, st.attn.data(), n, nq);
         cpu::matmul(L.wo, st.attn.data(), n, st.xb2.data(), pool);
         dump("attn_out", il, st.xb2.data(), n, d);
-        for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
+        // Residual add fused with the feed-forward norm.
+        for (int64_t i = 0; i < n; ++i)
+            cpu::add_rmsnorm(st.x.data() + i * d, st.xb2.data() + i * d, L.ffn_norm, st.xb.data() + i * d, d, hp.rms_eps);
         dump("ffn_inp", il, st.x.data(), n, d);
 
         // Feed-forward block (SwiGLU).
-        for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.ffn_norm, st.xb.data() + i * d, d, hp.rms_eps);
         dump("ffn_norm", il, st.xb.data(), n, d);
         // gate and up in one pass, SwiGLU applied per chunk while it is in cache.
         cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb.data(), n, st.gate.data(), st.up.data(), st.gate.data(), pool);
         cpu::matmul(L.w_down, st.gate.data(), n, st.xb2.data(), pool);
         dump("ffn_out", il, st.xb2.data(), n, d);
-        for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
+        if (il + 1 < hp.n_layer) {  // residual add fused with the next layer's attention norm
+            const float* next_norm = w_.layers[size_t(il + 1)].attn_norm;
+            for (int64_t i = 0; i < n; ++i)
+                cpu::add_rmsnorm(st.x.data() + i * d, st.xb2.data() + i * d, next_norm, st.xb.data() + i * d, d, hp.rms_eps);
+        } else {
+            for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
+        }
         dump("l_out", il, st.x.data(), n, d);
     }
 

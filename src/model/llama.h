@@ -114,7 +114,7 @@ public:
     const llama_weights& weights() const { return w_; }
     const gguf_file& file() const { return *file_; }
     // KV geometry for a kv_cache serving this model.
-    kv_config kv_geometry(int32_t page_size, int32_t n_pages) const;
+    kv_config kv_geometry(int32_t page_size, int32_t n_pages, dtype type = kv_default_type) const;
     size_t weight_bytes() const;
     // Bytes of weights repacked into memory owned by the model (0 when none were).
     size_t repacked_bytes() const { return repacked_bytes_; }

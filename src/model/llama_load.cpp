@@ -189,8 +189,9 @@ status llama_model::bind_weights() {
     return status::ok();
 }
 
-kv_config llama_model::kv_geometry(int32_t page_size, int32_t n_pages) const {
+kv_config llama_model::kv_geometry(int32_t page_size, int32_t n_pages, dtype type) const {
     kv_config c;
+    c.type = type;
     c.n_layer = hp_.n_layer;
     c.n_kv_head = hp_.n_head_kv;
     c.head_dim = hp_.head_dim;

@@ -12,7 +12,7 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
     s->n_batch_ = std::clamp<int64_t>(p.n_batch, 1, s->n_ctx_);
     if (p.page_size <= 0) return status::error("page size must be positive");
     const int32_t n_pages = kv_cache::pages_for(s->n_ctx_, p.page_size);
-    auto kv = kv_cache::create(model.kv_geometry(p.page_size, n_pages));
+    auto kv = kv_cache::create(model.kv_geometry(p.page_size, n_pages, p.kv_type));
     if (!kv) return kv.error();
     s->kv_ = std::move(kv.value());
     const int64_t max_rows = std::clamp<int64_t>(p.max_logit_rows, 1, s->n_batch_);

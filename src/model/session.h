@@ -18,6 +18,7 @@ struct session_params {
     int64_t n_ctx = 0;        // context length (tokens); 0 = the model's training context
     int64_t n_batch = 512;    // tokens per forward pass while prefilling (chunked prefill)
     int32_t page_size = 16;   // KV tokens per page
+    dtype kv_type = kv_default_type;  // KV storage format (f32, f16, bf16)
     int64_t max_logit_rows = 1;  // logit rows one forward pass may return (eval with all_logits)
 };
 

@@ -9,8 +9,8 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     std::unique_ptr<engine> e(new engine());
     const int32_t ps = c.page_size;
     if (ps <= 0 || ps > 4096) return status::error(strfmt("page size %d is out of range", ps));
-    kv_config geom = model.kv_geometry(ps, 1);
-    const int64_t bytes_per_page = int64_t(ps) * 2 * geom.n_layer * geom.n_kv_head * geom.head_dim * int64_t(sizeof(float));
+    kv_config geom = model.kv_geometry(ps, 1, c.kv_type);
+    const int64_t bytes_per_page = int64_t(geom.page_bytes());
     int64_t n_pages;
     if (c.kv_tokens > 0) {
         n_pages = kv_cache::pages_for(c.kv_tokens, ps);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -14,13 +15,33 @@ namespace {
 
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
-// Portable tile kernel (scalar and AVX2 paths): one query vector at a time, online softmax
-// over the keys one by one (FlashAttention's running max m, denominator l, accumulator acc).
+// Decodes token `r` of one KV head's K and V blocks (kv_page_layout) into float rows.
+void load_kv_rows(detail::kv_fmt fmt, const uint8_t* kh, const uint8_t* vh, int64_t r, int64_t hd, int64_t k_row_elems,
+                  float* krow, float* vrow) {
+    if (fmt == detail::kv_fmt::f32) {
+        std::memcpy(krow, kh + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
+        std::memcpy(vrow, vh + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
+        return;
+    }
+    const auto* k16 = reinterpret_cast<const uint16_t*>(kh) + r * k_row_elems;
+    const auto* v16 = reinterpret_cast<const uint16_t*>(vh) + (r / 2) * hd * 2 + (r & 1);
+    if (fmt == detail::kv_fmt::bf16) {
+        for (int64_t d = 0; d < hd; ++d) krow[d] = bf16_to_f32(k16[d]), vrow[d] = bf16_to_f32(v16[2 * d]);
+    } else {
+        for (int64_t d = 0; d < hd; ++d) krow[d] = f16_to_f32(k16[d]), vrow[d] = f16_to_f32(v16[2 * d]);
+    }
+}
+
+// Portable tile kernel (scalar and AVX2 paths, every format): one query vector at a time,
+// online softmax over the keys one by one (FlashAttention's running max m, denominator l,
+// accumulator acc), in float32 from the stored values.
 void attend_portable(const detail::attn_work& w) {
     const int64_t hd = w.hd;
-    static thread_local std::vector<float> acc_buf;
-    acc_buf.resize(size_t(hd));
-    float* acc = acc_buf.data();  // (hd)
+    static thread_local std::vector<float> buf;
+    buf.resize(size_t(3 * hd));
+    float* acc = buf.data();  // (hd)
+    float* krow = acc + hd;   // (hd)
+    float* vrow = krow + hd;  // (hd)
     for (int64_t r = 0; r < w.n_rows; ++r) {
         const int64_t t_end = std::min<int64_t>(w.t1, w.kv_len[r]);
         for (int64_t g = 0; g < w.n_group; ++g) {
@@ -28,12 +49,11 @@ void attend_portable(const detail::attn_work& w) {
             float m = neg_inf, l = 0.0f;
             std::fill(acc, acc + hd, 0.0f);
             for (int64_t t = w.t0; t < t_end; ++t) {
-                const size_t off = size_t(w.pages[t / w.page_size]) * w.page_elems + w.head_off +
-                                   size_t((t % w.page_size) * hd);
-                const float* k = w.k + off;
-                const float* v = w.v + off;
+                const size_t page = size_t(w.pages[t / w.page_size]);
+                load_kv_rows(w.fmt, w.k + page * w.k_page_bytes + w.k_head_off, w.v + page * w.v_page_bytes + w.v_head_off,
+                             t % w.page_size, hd, w.k_row_elems, krow, vrow);
                 float s = 0.0f;
-                for (int64_t d = 0; d < hd; ++d) s += q[d] * k[d];
+                for (int64_t d = 0; d < hd; ++d) s += q[d] * krow[d];
                 s *= w.scale;
                 if (s > m) {
                     const float corr = std::exp(m - s);  // 0 when m was -inf
@@ -43,7 +63,7 @@ void attend_portable(const detail::attn_work& w) {
                 }
                 const float p = std::exp(s - m);
                 l += p;
-                for (int64_t d = 0; d < hd; ++d) acc[d] += p * v[d];
+                for (int64_t d = 0; d < hd; ++d) acc[d] += p * vrow[d];
             }
             float* out = w.o + r * w.o_row_stride + g * hd;
             if (l == 0.0f) {
@@ -58,9 +78,17 @@ void attend_portable(const detail::attn_work& w) {
     }
 }
 
-detail::attn_fn active_attention_kernel() {
+detail::kv_fmt fmt_of(dtype t) {
+    switch (t) {
+        case dtype::f16: return detail::kv_fmt::f16;
+        case dtype::bf16: return detail::kv_fmt::bf16;
+        default: return detail::kv_fmt::f32;
+    }
+}
+
+detail::attn_fn active_attention_kernel(detail::kv_fmt fmt) {
     if (isa_active() == isa::avx512) {
-        if (detail::attn_fn f = detail::attention_kernel_avx512()) return f;
+        if (detail::attn_fn f = detail::attention_kernel_avx512(fmt)) return f;
     }
     return attend_portable;
 }
@@ -121,8 +149,9 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         if (part_lse.size() < size_t(n_split - 1) * lse_elems) part_lse.resize(size_t(n_split - 1) * lse_elems);
     }
 
-    const detail::attn_fn kernel = active_attention_kernel();
-    const size_t page_elems = size_t(kv.n_kv_head * ps * hd);
+    const kv_page_layout lay = kv.layout();
+    const detail::kv_fmt fmt = fmt_of(kv.type);
+    const detail::attn_fn kernel = active_attention_kernel(fmt);
     const int64_t per_block = kv.n_kv_head * n_hchunks * n_split;
     const row_block* block_list = blocks.data();
     float* part_o_data = part_o.data();
@@ -141,12 +170,16 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.n_group = std::min(hc, n_group - g0);
         w.hd = hd;
         w.kv_len = b.q_kv_len + blk.row0;
-        w.k = kv.k;
-        w.v = kv.v;
+        w.fmt = fmt;
+        w.k = static_cast<const uint8_t*>(kv.k);
+        w.v = static_cast<const uint8_t*>(kv.v);
         w.pages = b.page_ids + b.page_indptr[b.q_seq[blk.row0]];
         w.page_size = ps;
-        w.page_elems = page_elems;
-        w.head_off = size_t(kvh * ps * hd);
+        w.k_row_elems = lay.k_row_elems();
+        w.k_page_bytes = kv.k_page_stride();
+        w.v_page_bytes = kv.v_page_stride();
+        w.k_head_off = size_t(kvh) * kv.k_head_stride();
+        w.v_head_off = size_t(kvh) * kv.v_head_stride();
         w.t0 = split * split_len;
         w.t1 = std::min(blk.max_len, w.t0 + split_len);
         w.scale = b.scale;
@@ -186,7 +219,7 @@ namespace ref {
 void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o, float* lse) {
     const int64_t hd = kv.head_dim, ps = kv.page_size;
     const int64_t n_group = b.n_head / kv.n_kv_head;
-    const size_t page_elems = size_t(kv.n_kv_head * ps * hd);
+    const kv_page_layout lay = kv.layout();
     for (int64_t row = 0; row < b.n_q; ++row) {
         const int64_t n_kv = b.q_kv_len[row];
         const int32_t* pages = b.page_ids + b.page_indptr[b.q_seq[row]];
@@ -196,9 +229,9 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
             std::vector<double> sc(static_cast<size_t>(n_kv), 0.0);
             double mx = -std::numeric_limits<double>::infinity();
             for (int64_t t = 0; t < n_kv; ++t) {
-                const float* k = kv.k + size_t(pages[t / ps]) * page_elems + size_t((kvh * ps + t % ps) * hd);
+                const uint8_t* kp = kv.k_block(pages[t / ps], kvh);
                 double acc = 0;
-                for (int64_t d = 0; d < hd; ++d) acc += double(q[d]) * double(k[d]);
+                for (int64_t d = 0; d < hd; ++d) acc += double(q[d]) * double(kv_load_k(lay, kp, t % ps, d));
                 sc[size_t(t)] = acc * double(b.scale);
                 mx = std::max(mx, sc[size_t(t)]);
             }
@@ -208,8 +241,8 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
             for (int64_t d = 0; d < hd; ++d) {
                 double acc = 0;
                 for (int64_t t = 0; t < n_kv; ++t) {
-                    const float* v = kv.v + size_t(pages[t / ps]) * page_elems + size_t((kvh * ps + t % ps) * hd);
-                    acc += sc[size_t(t)] * double(v[d]);
+                    const uint8_t* vp = kv.v_block(pages[t / ps], kvh);
+                    acc += sc[size_t(t)] * double(kv_load_v(lay, vp, t % ps, d));
                 }
                 out[d] = n_kv ? float(acc / sum) : 0.0f;
             }
@@ -219,5 +252,47 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
 }
 
 }  // namespace ref
+
+// ---- KV page layout ---------------------------------------------------------------------------
+
+void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
+                  const float* k, const float* v) {
+    const int64_t hd = l.head_dim;
+    auto* kb = static_cast<uint8_t*>(k0);
+    auto* vb = static_cast<uint8_t*>(v0);
+    for (int64_t h = 0; h < l.n_kv_head; ++h) {
+        uint8_t* kh = kb + size_t(h) * k_head_stride;
+        uint8_t* vh = vb + size_t(h) * v_head_stride;
+        const float* ks = k + h * hd;
+        const float* vs = v + h * hd;
+        if (l.type == dtype::f32) {
+            std::memcpy(kh + size_t(row * hd) * sizeof(float), ks, size_t(hd) * sizeof(float));
+            std::memcpy(vh + size_t(row * hd) * sizeof(float), vs, size_t(hd) * sizeof(float));
+            continue;
+        }
+        uint16_t (*cvt)(float) = l.type == dtype::bf16 ? f32_to_bf16 : f32_to_f16;
+        auto* k16 = reinterpret_cast<uint16_t*>(kh) + row * l.k_row_elems();
+        for (int64_t d = 0; d < hd; ++d) k16[d] = cvt(ks[d]);
+        for (int64_t d = hd; d < l.k_row_elems(); ++d) k16[d] = 0;
+        auto* v16 = reinterpret_cast<uint16_t*>(vh) + (row / 2) * hd * 2 + (row & 1);
+        for (int64_t d = 0; d < hd; ++d) v16[2 * d] = cvt(vs[d]);
+    }
+}
+
+namespace {
+float half_value(dtype t, uint16_t h) { return t == dtype::bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
+}  // namespace
+
+float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
+    const auto* kh = static_cast<const uint8_t*>(k_block);
+    if (l.type == dtype::f32) return reinterpret_cast<const float*>(kh)[row * l.head_dim + d];
+    return half_value(l.type, reinterpret_cast<const uint16_t*>(kh)[row * l.k_row_elems() + d]);
+}
+
+float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d) {
+    const auto* vh = static_cast<const uint8_t*>(v_block);
+    if (l.type == dtype::f32) return reinterpret_cast<const float*>(vh)[row * l.head_dim + d];
+    return half_value(l.type, reinterpret_cast<const uint16_t*>(vh)[(row / 2) * l.head_dim * 2 + d * 2 + (row & 1)]);
+}
 
 }  // namespace kvs::cpu

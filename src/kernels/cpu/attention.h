@@ -8,16 +8,72 @@
 
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 
 namespace kvs::cpu {
 
+// Storage of one layer's K and V pages in a KV format (the format is a property of the
+// cache; the kernels dispatch on it). A page holds, per KV head, one contiguous block of K
+// (k_head_bytes) and one of V (v_head_bytes); where the blocks lie is the view's business
+// (paged_kv_view: page-major or head-major).
+//   f32        K and V blocks: (page_size, head_dim) float; row t is the page's token t.
+//   f16, bf16  K block: (page_size, head_dim2) 16-bit, head_dim2 = head_dim rounded up to even
+//              (the pad is 0), so each 32-bit word is a pair of consecutive dimensions — the
+//              operand of vdpbf16ps for Q·Kᵀ (a sum over dimensions).
+//              V block: (page_size2 / 2, head_dim, 2) 16-bit, page_size2 = page_size rounded
+//              up to even: tokens 2i and 2i+1 interleaved per dimension, so each 32-bit word
+//              is a pair of consecutive tokens — the operand of vdpbf16ps for P·V (a sum
+//              over tokens).
+// Room is left for quantized formats (per-block scales beside the page's rows).
+struct kv_page_layout {
+    dtype type = dtype::f32;
+    int64_t n_kv_head = 0, page_size = 0, head_dim = 0;
+
+    static bool supported(dtype t) { return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16; }
+    size_t elem_bytes() const { return type == dtype::f32 ? 4 : 2; }
+    int64_t k_row_elems() const { return type == dtype::f32 ? head_dim : (head_dim + 1) / 2 * 2; }
+    int64_t v_rows() const { return type == dtype::f32 ? page_size : (page_size + 1) / 2 * 2; }
+    size_t k_head_bytes() const { return size_t(page_size * k_row_elems()) * elem_bytes(); }
+    size_t v_head_bytes() const { return size_t(v_rows() * head_dim) * elem_bytes(); }
+    size_t k_page_bytes() const { return size_t(n_kv_head) * k_head_bytes(); }
+    size_t v_page_bytes() const { return size_t(n_kv_head) * v_head_bytes(); }
+};
+
+// Writes one token's K and V (each (n_kv_head, head_dim) float, rounded to nearest even for
+// 16-bit formats) into row `row` of one page: KV head h's blocks are at k0 + h·k_head_stride
+// and v0 + h·v_head_stride (bytes).
+void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
+                  const float* k, const float* v);
+// Element (row, d) of one KV head's K or V block, as float (references and tests).
+float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d);
+float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d);
+
 struct paged_kv_view {
-    const float* k = nullptr;  // (n_pages, n_kv_head, page_size, head_dim)
-    const float* v = nullptr;  // (n_pages, n_kv_head, page_size, head_dim)
+    const void* k = nullptr;  // layer base of the K blocks
+    const void* v = nullptr;  // layer base of the V blocks
     int64_t n_kv_head = 0;
     int64_t page_size = 0;
     int64_t head_dim = 0;
+    dtype type = dtype::f32;  // storage format (kv_page_layout)
+    // 0: page-major, (n_pages, n_kv_head, block) — a page's heads side by side.
+    // n > 0: head-major over a pool of n pages, (n_kv_head, n, block) — one KV head's pages side
+    // by side, so one head's walk over a sequence of consecutive pages is one sequential stream
+    // (what the KV cache uses: a head reads only its block of each page, and with page-major
+    // pages that is a 2-4 KB run every 8-16 KB, which the hardware prefetchers do not follow).
+    int64_t head_major_pages = 0;
+
+    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
+    size_t k_page_stride() const { return head_major_pages ? layout().k_head_bytes() : layout().k_page_bytes(); }
+    size_t v_page_stride() const { return head_major_pages ? layout().v_head_bytes() : layout().v_page_bytes(); }
+    size_t k_head_stride() const { return layout().k_head_bytes() * size_t(head_major_pages ? head_major_pages : 1); }
+    size_t v_head_stride() const { return layout().v_head_bytes() * size_t(head_major_pages ? head_major_pages : 1); }
+    const uint8_t* k_block(int64_t page, int64_t head) const {
+        return static_cast<const uint8_t*>(k) + size_t(page) * k_page_stride() + size_t(head) * k_head_stride();
+    }
+    const uint8_t* v_block(int64_t page, int64_t head) const {
+        return static_cast<const uint8_t*>(v) + size_t(page) * v_page_stride() + size_t(head) * v_head_stride();
+    }
 };
 
 struct attention_batch {

@@ -3,6 +3,11 @@
 // (running max, denominator) and the output accumulation are all lane-parallel with no
 // horizontal reductions: S[t] = Σ_d K[t][d] · Qᵀ[d] and Oᵀ[d] += Σ_t V[t][d] · P[t], each
 // a broadcast of one K/V element times a vector of query lanes (FMA with a memory broadcast).
+// Per KV format: f32 reads the pages directly; f16 widens each tile to float32 in scratch
+// (Zen 4 has no f16 dot product) and runs the same float32 tile; bf16 multiplies pairs with
+// vdpbf16ps — a broadcast pair of consecutive dimensions of K against query pairs for Q·Kᵀ,
+// and a broadcast pair of consecutive tokens of V (stored interleaved) against probability
+// pairs for P·V — half the instructions of float32 FMAs and half the bytes.
 // Compiled with KVSERVE_AVX512_FLAGS (file name); see the ODR rule in isa.h.
 #include "kernels/cpu/attention_isa.h"
 
@@ -24,6 +29,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -76,6 +82,27 @@ struct vec16 {
     static reg mask_mov(reg src, mask m, reg v) { return _mm512_mask_mov_ps(src, m, v); }
     static reg maskz_mov(mask m, reg v) { return _mm512_maskz_mov_ps(m, v); }
     static reg exp(reg x) { return exp512(x); }
+    // bf16 pairs: one 32-bit lane holds two bf16 values (element 2i low, 2i + 1 high).
+    using breg = __m512i;
+    static breg bcast32(const uint16_t* p) {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        return _mm512_set1_epi32(x);
+    }
+    static breg bcast32_low(const uint16_t* p) { return _mm512_set1_epi32(int32_t(*p)); }
+    static reg dot2(reg acc, breg a, breg b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+    // Rounds both to bf16 (nearest even) and interleaves: lane i = (even[i], odd[i]).
+    static breg pack(reg even, reg odd) {
+        const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                             21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+    }
+    // The two halves of a pair lane as float32, summed.
+    static reg pair_sum(breg x) {
+        return _mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)),
+                             _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int32_t(0xFFFF0000u)))));
+    }
+    static breg bload(const breg* p) { return _mm512_load_si512(p); }
 };
 
 // e^x for 8 lanes, as exp512.
@@ -117,6 +144,23 @@ struct vec8 {
     static reg mask_mov(reg src, mask m, reg v) { return _mm256_mask_mov_ps(src, m, v); }
     static reg maskz_mov(mask m, reg v) { return _mm256_maskz_mov_ps(m, v); }
     static reg exp(reg x) { return exp256(x); }
+    using breg = __m256i;
+    static breg bcast32(const uint16_t* p) {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        return _mm256_set1_epi32(x);
+    }
+    static breg bcast32_low(const uint16_t* p) { return _mm256_set1_epi32(int32_t(*p)); }
+    static reg dot2(reg acc, breg a, breg b) { return _mm256_dpbf16_ps(acc, (__m256bh)a, (__m256bh)b); }
+    static breg pack(reg even, reg odd) {
+        const __m256i idx = _mm256_set_epi16(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+        return _mm256_permutexvar_epi16(idx, (__m256i)_mm256_cvtne2ps_pbh(odd, even));
+    }
+    static reg pair_sum(breg x) {
+        return _mm256_add_ps(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)),
+                             _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int32_t(0xFFFF0000u)))));
+    }
+    static breg bload(const breg* p) { return _mm256_load_si256(p); }
 };
 
 // Per-thread scratch of 64-byte vectors, grown on first use: qt (hd, NV) scaled queries,
@@ -185,79 +229,178 @@ inline void accumulate(const float* vb, int64_t hd_rt, int64_t n_t, const typena
         for (int v = 0; v < NV; ++v) ot[(d0 + i) * NV + v] = acc[i][v];
 }
 
-template <class VT, int NV, int HD>
-void attend(const attn_work& w) {
-    constexpr int KG = 16 / NV;  // keys per score group: KG × NV accumulators
-    constexpr int DG = 16 / NV;  // output dims per accumulation group
-    const int64_t hd = w.hd, n_qv = w.n_rows * w.n_group;
-    auto* qt = reinterpret_cast<typename VT::reg*>(scratch_vectors(2 * hd * NV + tile_keys * NV));
-    typename VT::reg* ot = qt + hd * NV;
-    typename VT::reg* s = ot + hd * NV;
+// Byte offset of key slot t's tile start in its page (K and V blocks of this KV head).
+inline const uint8_t* k_row_ptr(const attn_work& w, int64_t t, size_t elem) {
+    return w.k + size_t(w.pages[t / w.page_size]) * w.k_page_bytes + w.k_head_off + size_t((t % w.page_size) * w.k_row_elems) * elem;
+}
+// f32: row t; 16-bit: the pair holding t (t even at every tile start).
+inline const uint8_t* v_row_ptr(const attn_work& w, int64_t t, size_t elem) {
+    const int64_t r = t % w.page_size;
+    return w.v + size_t(w.pages[t / w.page_size]) * w.v_page_bytes + w.v_head_off + size_t(elem == 4 ? r * w.hd : (r / 2) * w.hd * 2) * elem;
+}
 
-    // Transposed, scaled queries; lanes past n_qv are zero and see no key (len 0).
-    alignas(64) float lane_f[16];
+// Prefetches the K and V bytes of the tile starting at t (n keys).
+inline void prefetch_tile(const attn_work& w, int64_t t, int64_t n, size_t elem) {
+    const char* kn = reinterpret_cast<const char*>(k_row_ptr(w, t, elem));
+    const char* vn = reinterpret_cast<const char*>(v_row_ptr(w, t, elem));
+    const int64_t kbytes = n * w.k_row_elems * int64_t(elem);
+    const int64_t vbytes = (elem == 4 ? n : (n + 1) / 2 * 2) * w.hd * int64_t(elem);
+    for (int64_t b = 0; b < kbytes; b += 64) _mm_prefetch(kn + b, _MM_HINT_T0);
+    for (int64_t b = 0; b < vbytes; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
+}
+
+// f16 tile → float32 rows (n_t, hd): K rows are row_elems apart; V is stored in token pairs
+// ((n_t + 1) / 2, hd, 2) and is de-interleaved (the odd row past n_t is written, never read).
+void widen_f16_tile(const uint16_t* k, int64_t row_elems, const uint16_t* v, int64_t n_t, int64_t hd, float* kf, float* vf) {
+    for (int64_t t = 0; t < n_t; ++t)
+        for (int64_t d = 0; d < hd; d += 16) {
+            const __mmask16 m = hd - d >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (hd - d)) - 1);
+            _mm512_mask_storeu_ps(kf + t * hd + d, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, k + t * row_elems + d)));
+        }
+    const __m512i deint = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 30, 28, 26, 24, 22, 20,
+                                           18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (int64_t tp = 0; tp < (n_t + 1) / 2; ++tp)
+        for (int64_t d = 0; d < hd; d += 16) {
+            const int64_t nd = std::min<int64_t>(16, hd - d);
+            const __mmask32 m2 = nd == 16 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (2 * nd)) - 1);
+            const __mmask16 m = nd == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nd) - 1);
+            const __m512i x = _mm512_permutexvar_epi16(deint, _mm512_maskz_loadu_epi16(m2, v + tp * hd * 2 + d * 2));
+            _mm512_mask_storeu_ps(vf + (2 * tp) * hd + d, m, _mm512_cvtph_ps(_mm512_castsi512_si256(x)));
+            _mm512_mask_storeu_ps(vf + (2 * tp + 1) * hd + d, m, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1)));
+        }
+}
+
+// Lane layout shared by the kernels: query vector qv = v * lanes + l; lanes past n_qv are
+// zero and see no key (length 0).
+template <class VT, int NV>
+int64_t lane_lengths(const attn_work& w, typename VT::ireg* lenv) {
     alignas(64) int32_t lane_len[NV][16];
+    const int64_t n_qv = w.n_rows * w.n_group;
     int64_t max_len = 0;
-    for (int v = 0; v < NV; ++v)
+    for (int v = 0; v < NV; ++v) {
         for (int l = 0; l < VT::lanes; ++l) {
             const int64_t qv = v * VT::lanes + l;
             lane_len[v][l] = qv < n_qv ? w.kv_len[qv / w.n_group] : 0;
             max_len = std::max<int64_t>(max_len, lane_len[v][l]);
         }
+        lenv[v] = VT::loadu_i(lane_len[v]);
+    }
+    return max_len;
+}
+
+// Each lane's query vector (null past n_qv), computed once per call: the transposes below
+// then index without divisions (which, per lane and dimension, cost as much as a short tile).
+void lane_queries(const attn_work& w, const float** lane_q) {
+    const int64_t n_qv = w.n_rows * w.n_group;
+    for (int64_t qv = 0; qv < attn_max_qv; ++qv)
+        lane_q[qv] = qv < n_qv ? w.q + (qv / w.n_group) * w.q_row_stride + (qv % w.n_group) * w.hd : nullptr;
+}
+
+// Scaled query dimension d of every lane of vector v (0 past hd and past n_qv).
+template <class VT>
+typename VT::reg query_lanes(const attn_work& w, const float* const* lane_q, int v, int64_t d) {
+    alignas(64) float lane_f[16];
+    for (int l = 0; l < VT::lanes; ++l) {
+        const float* q = lane_q[v * VT::lanes + l];
+        lane_f[l] = q && d < w.hd ? q[d] * w.scale : 0.0f;
+    }
+    return VT::load(lane_f);
+}
+
+// Masks slots a lane may not see (slot >= its kv_len) to -inf and returns the tile max.
+template <class VT, int NV>
+inline void mask_tile(typename VT::reg* s, int64_t t0, int64_t n_t, const typename VT::ireg* lenv, typename VT::reg* mx) {
+    for (int v = 0; v < NV; ++v) mx[v] = VT::set1(neg_inf);
+    for (int64_t j = 0; j < n_t; ++j) {
+        const typename VT::ireg slot = VT::set1_i(int32_t(t0 + j));
+        for (int v = 0; v < NV; ++v) {
+            const typename VT::mask vis = VT::cmpgt_i32(lenv[v], slot);
+            s[j * NV + v] = VT::mask_mov(VT::set1(neg_inf), vis, s[j * NV + v]);
+            mx[v] = VT::max(mx[v], s[j * NV + v]);
+        }
+    }
+}
+
+// Normalizes and writes back (lanes → (row, head)); ot is (hd, NV) unnormalized.
+template <class VT, int NV>
+void write_out(const attn_work& w, const typename VT::reg* ot, const typename VT::reg* m, const typename VT::reg* lsum) {
+    alignas(64) float mv[16], lv[16];
+    const int64_t hd = w.hd, n_qv = w.n_rows * w.n_group;
+    for (int v = 0; v < NV; ++v) {
+        VT::store(mv, m[v]);
+        VT::store(lv, lsum[v]);
+        for (int l = 0; l < VT::lanes; ++l) {
+            const int64_t qv = v * VT::lanes + l;
+            if (qv >= n_qv) break;
+            const int64_t r = qv / w.n_group, g = qv % w.n_group;
+            float* out = w.o + r * w.o_row_stride + g * hd;
+            if (lv[l] == 0.0f) {
+                std::fill(out, out + hd, 0.0f);
+                w.lse[r * w.lse_row_stride + g] = neg_inf;
+                continue;
+            }
+            const float inv = 1.0f / lv[l];
+            const float* otf = reinterpret_cast<const float*>(ot) + v * VT::lanes + l;
+            for (int64_t dd = 0; dd < hd; ++dd) out[dd] = otf[dd * NV * VT::lanes] * inv;
+            w.lse[r * w.lse_row_stride + g] = mv[l] + std::log(lv[l]);
+        }
+    }
+}
+
+// float32 tile kernel: F16 = false reads f32 pages in place, F16 = true widens each tile.
+template <class VT, int NV, int HD, bool F16>
+void attend(const attn_work& w) {
+    constexpr int KG = 16 / NV;  // keys per score group: KG × NV accumulators
+    constexpr int DG = 16 / NV;  // output dims per accumulation group
+    const int64_t hd = w.hd;
+    const int64_t n_vec = 2 * hd * NV + (tile_keys + 1) * NV + (F16 ? (2 * tile_keys * hd + 15) / 16 : 0) * 16 / VT::lanes;
+    auto* qt = reinterpret_cast<typename VT::reg*>(scratch_vectors(n_vec));
+    typename VT::reg* ot = qt + hd * NV;
+    typename VT::reg* s = ot + hd * NV;
+    float* kf = reinterpret_cast<float*>(s + (tile_keys + 1) * NV);  // F16: (tile_keys, hd)
+    float* vf = kf + tile_keys * hd;
+
+    typename VT::ireg lenv[NV];
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv);
+    const float* lane_q[attn_max_qv];
+    lane_queries(w, lane_q);
     for (int64_t d = 0; d < hd; ++d)
         for (int v = 0; v < NV; ++v) {
-            for (int l = 0; l < VT::lanes; ++l) {
-                const int64_t qv = v * VT::lanes + l;
-                lane_f[l] = qv < n_qv ? w.q[(qv / w.n_group) * w.q_row_stride + (qv % w.n_group) * hd + d] * w.scale : 0.0f;
-            }
-            qt[d * NV + v] = VT::load(lane_f);
+            qt[d * NV + v] = query_lanes<VT>(w, lane_q, v, d);
             ot[d * NV + v] = VT::zero();
         }
-    typename VT::ireg lenv[NV];
     typename VT::reg m[NV], lsum[NV];
     for (int v = 0; v < NV; ++v) {
-        lenv[v] = VT::loadu_i(lane_len[v]);
         m[v] = VT::set1(neg_inf);
         lsum[v] = VT::zero();
     }
-
+    constexpr size_t elem = F16 ? 2 : 4;
     const int64_t t_end = std::min(w.t1, max_len);
     // Tiles are runs of consecutive keys inside one page (contiguous rows of K and V).
     for (int64_t t0 = w.t0, n_t = 0; t0 < t_end; t0 += n_t) {
         const int64_t in_page = t0 % w.page_size;
         n_t = std::min({tile_keys, t_end - t0, w.page_size - in_page});
-        const size_t off = size_t(w.pages[t0 / w.page_size]) * w.page_elems + w.head_off + size_t(in_page * hd);
-        const float* kb = w.k + off;
-        const float* vb = w.v + off;
+        const float* kb;
+        const float* vb;
+        if constexpr (F16) {
+            widen_f16_tile(reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, elem)), w.k_row_elems,
+                           reinterpret_cast<const uint16_t*>(v_row_ptr(w, t0, elem)), n_t, hd, kf, vf);
+            kb = kf;
+            vb = vf;
+        } else {
+            kb = reinterpret_cast<const float*>(k_row_ptr(w, t0, elem));
+            vb = reinterpret_cast<const float*>(v_row_ptr(w, t0, elem));
+        }
         // Prefetch the next tile's K and V rows: a tile is only a few KB of a page, too short
         // a stream for the hardware prefetcher, so without this every tile waits on DRAM.
         const int64_t t_next = t0 + n_t;
-        if (t_next < t_end) {
-            const int64_t nip = t_next % w.page_size;
-            const int64_t n_next = std::min({tile_keys, t_end - t_next, w.page_size - nip});
-            const size_t off_next = size_t(w.pages[t_next / w.page_size]) * w.page_elems + w.head_off + size_t(nip * hd);
-            const char* kn = reinterpret_cast<const char*>(w.k + off_next);
-            const char* vn = reinterpret_cast<const char*>(w.v + off_next);
-            const int64_t bytes = n_next * hd * int64_t(sizeof(float));
-            for (int64_t b = 0; b < bytes; b += 64) {
-                _mm_prefetch(kn + b, _MM_HINT_T0);
-                _mm_prefetch(vn + b, _MM_HINT_T0);
-            }
-        }
+        if (t_next < t_end)
+            prefetch_tile(w, t_next, std::min({tile_keys, t_end - t_next, w.page_size - t_next % w.page_size}), elem);
         int64_t jk = 0;
         for (; jk + KG <= n_t; jk += KG) scores<VT, NV, KG, HD>(kb + jk * hd, qt, hd, s + jk * NV);
         for (; jk < n_t; ++jk) scores<VT, NV, 1, HD>(kb + jk * hd, qt, hd, s + jk * NV);
-        // Mask keys a lane may not see (slot >= its kv_len), tile max.
         typename VT::reg mx[NV];
-        for (int v = 0; v < NV; ++v) mx[v] = VT::set1(neg_inf);
-        for (int64_t j = 0; j < n_t; ++j) {
-            const typename VT::ireg slot = VT::set1_i(int32_t(t0 + j));
-            for (int v = 0; v < NV; ++v) {
-                const typename VT::mask vis = VT::cmpgt_i32(lenv[v], slot);
-                s[j * NV + v] = VT::mask_mov(VT::set1(neg_inf), vis, s[j * NV + v]);
-                mx[v] = VT::max(mx[v], s[j * NV + v]);
-            }
-        }
+        mask_tile<VT, NV>(s, t0, n_t, lenv, mx);
         // Online softmax: rescale the running state to the new max (lanes that have seen no
         // key keep max -inf; they use 0 as the reference so exp gives 0, never NaN).
         bool rescale = false;
@@ -285,60 +428,194 @@ void attend(const attn_work& w) {
         for (; d + DG <= hd; d += DG) accumulate<VT, NV, DG, HD>(vb, hd, n_t, s, ot, d);
         for (; d < hd; ++d) accumulate<VT, NV, 1, HD>(vb, hd, n_t, s, ot, d);
     }
+    write_out<VT, NV>(w, ot, m, lsum);
+}
 
-    // Normalize and write back (lanes → (row, head)).
-    alignas(64) float mv[16], lv[16];
-    for (int v = 0; v < NV; ++v) {
-        VT::store(mv, m[v]);
-        VT::store(lv, lsum[v]);
-        for (int l = 0; l < VT::lanes; ++l) {
-            const int64_t qv = v * VT::lanes + l;
-            if (qv >= n_qv) break;
-            const int64_t r = qv / w.n_group, g = qv % w.n_group;
-            float* out = w.o + r * w.o_row_stride + g * hd;
-            if (lv[l] == 0.0f) {
-                std::fill(out, out + hd, 0.0f);
-                w.lse[r * w.lse_row_stride + g] = neg_inf;
-                continue;
-            }
-            const float inv = 1.0f / lv[l];
-            const float* otf = reinterpret_cast<const float*>(ot) + v * VT::lanes + l;
-            for (int64_t dd = 0; dd < hd; ++dd) out[dd] = otf[dd * NV * VT::lanes] * inv;
-            w.lse[r * w.lse_row_stride + g] = mv[l] + std::log(lv[l]);
+// ---- bf16: vdpbf16ps -----------------------------------------------------------------------
+
+// S[j][v] for KG consecutive keys (rows 2·hp elements apart): Σ_p pair(kb[j], p) · Q2[p][v].
+template <class VT, int NV, int KG, int HD>
+inline void scores_bf16(const uint16_t* kb, const typename VT::breg* q2, int64_t hd_rt, typename VT::reg* s_out) {
+    const int64_t hp = HD ? (HD + 1) / 2 : (hd_rt + 1) / 2;
+    typename VT::reg acc[KG][NV];
+#pragma GCC unroll 16
+    for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[j][v] = VT::zero();
+    for (int64_t p = 0; p < hp; ++p) {
+        typename VT::breg qd[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) qd[v] = VT::bload(q2 + p * NV + v);
+#pragma GCC unroll 16
+        for (int j = 0; j < KG; ++j) {
+            const typename VT::breg kp = VT::bcast32(kb + j * 2 * hp + 2 * p);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[j][v] = VT::dot2(acc[j][v], qd[v], kp);
         }
     }
+#pragma GCC unroll 16
+    for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) s_out[j * NV + v] = acc[j][v];
+}
+
+// Oᵀ[d0 + i][v] += Σ_pairs pair(V, d0 + i) · P2[pair][v] over n_pairs token pairs of the
+// interleaved V block vb ((pairs, hd, 2)); with `odd`, one more pair whose second token
+// does not exist (its V half is ignored, its P half is 0).
+template <class VT, int NV, int DG, int HD>
+inline void accumulate_bf16(const uint16_t* vb, int64_t hd_rt, int64_t n_pairs, bool odd, const typename VT::breg* p2,
+                            typename VT::reg* ot, int64_t d0) {
+    const int64_t hd = HD ? HD : hd_rt;
+    typename VT::reg acc[DG][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < DG; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = ot[(d0 + i) * NV + v];
+    const uint16_t* vr = vb + 2 * d0;
+    for (int64_t tp = 0; tp < n_pairs; ++tp, vr += 2 * hd) {
+        typename VT::breg pt[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) pt[v] = VT::bload(p2 + tp * NV + v);
+#pragma GCC unroll 16
+        for (int i = 0; i < DG; ++i) {
+            const typename VT::breg vp = VT::bcast32(vr + 2 * i);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][v] = VT::dot2(acc[i][v], pt[v], vp);
+        }
+    }
+    if (odd) {
+        typename VT::breg pt[NV];
+        for (int v = 0; v < NV; ++v) pt[v] = VT::bload(p2 + n_pairs * NV + v);
+        for (int i = 0; i < DG; ++i) {
+            const typename VT::breg vp = VT::bcast32_low(vr + 2 * i);
+            for (int v = 0; v < NV; ++v) acc[i][v] = VT::dot2(acc[i][v], pt[v], vp);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < DG; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) ot[(d0 + i) * NV + v] = acc[i][v];
+}
+
+template <class VT, int NV, int HD>
+void attend_bf16(const attn_work& w) {
+    constexpr int KG = 16 / NV;
+    constexpr int DG = 16 / NV;
+    using breg = typename VT::breg;
+    const int64_t hd = w.hd, hp = (hd + 1) / 2;
+    // Scratch: q2 (hp, NV) query pairs; ot (hd, NV); s (tile_keys + 1, NV); p2 (tile_keys / 2 + 1, NV).
+    const int64_t n_vec = hp * NV + hd * NV + (tile_keys + 1) * NV + (tile_keys / 2 + 1) * NV;
+    auto* q2 = reinterpret_cast<breg*>(scratch_vectors(n_vec));
+    auto* ot = reinterpret_cast<typename VT::reg*>(q2 + hp * NV);
+    typename VT::reg* s = ot + hd * NV;
+    auto* p2 = reinterpret_cast<breg*>(s + (tile_keys + 1) * NV);
+
+    typename VT::ireg lenv[NV];
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv);
+    const float* lane_q[attn_max_qv];
+    lane_queries(w, lane_q);
+    for (int64_t p = 0; p < hp; ++p)
+        for (int v = 0; v < NV; ++v)
+            q2[p * NV + v] = VT::pack(query_lanes<VT>(w, lane_q, v, 2 * p), query_lanes<VT>(w, lane_q, v, 2 * p + 1));
+    for (int64_t d = 0; d < hd * NV; ++d) ot[d] = VT::zero();
+    typename VT::reg m[NV], lsum[NV];
+    for (int v = 0; v < NV; ++v) {
+        m[v] = VT::set1(neg_inf);
+        lsum[v] = VT::zero();
+    }
+    const int64_t t_end = std::min(w.t1, max_len);
+    for (int64_t t0 = w.t0, n_t = 0; t0 < t_end; t0 += n_t) {
+        const int64_t in_page = t0 % w.page_size;
+        n_t = std::min({tile_keys, t_end - t0, w.page_size - in_page});
+        const auto* kb = reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, 2));
+        const auto* vb = reinterpret_cast<const uint16_t*>(v_row_ptr(w, t0, 2));
+        const int64_t t_next = t0 + n_t;
+        if (t_next < t_end) prefetch_tile(w, t_next, std::min({tile_keys, t_end - t_next, w.page_size - t_next % w.page_size}), 2);
+        int64_t jk = 0;
+        for (; jk + KG <= n_t; jk += KG) scores_bf16<VT, NV, KG, HD>(kb + jk * 2 * hp, q2, hd, s + jk * NV);
+        for (; jk < n_t; ++jk) scores_bf16<VT, NV, 1, HD>(kb + jk * 2 * hp, q2, hd, s + jk * NV);
+        typename VT::reg mx[NV];
+        mask_tile<VT, NV>(s, t0, n_t, lenv, mx);
+        bool rescale = false;
+        typename VT::reg corr[NV];
+        const int64_t n_pairs = n_t / 2;
+        const bool odd = n_t & 1;
+        for (int v = 0; v < NV; ++v) {
+            const typename VT::reg m_new = VT::max(m[v], mx[v]);
+            const typename VT::mask live = VT::cmp_neq(m_new, VT::set1(neg_inf));
+            const typename VT::reg m_ref = VT::maskz_mov(live, m_new);
+            corr[v] = VT::exp(VT::sub(m[v], m_ref));
+            rescale = rescale || VT::cmp_neq(m_new, m[v]) != 0;
+            for (int64_t j = 0; j < n_t; ++j) s[j * NV + v] = VT::exp(VT::sub(s[j * NV + v], m_ref));
+            s[n_t * NV + v] = VT::zero();  // partner of an odd last key
+            // P rounded to bf16 in token pairs; the denominator sums the rounded values.
+            typename VT::reg ps = VT::zero();
+            for (int64_t jp = 0; jp < n_pairs + odd; ++jp) {
+                const breg x = VT::pack(s[2 * jp * NV + v], s[(2 * jp + 1) * NV + v]);
+                p2[jp * NV + v] = x;
+                ps = VT::add(ps, VT::pair_sum(x));
+            }
+            lsum[v] = VT::fmadd(lsum[v], corr[v], ps);
+            m[v] = m_new;
+        }
+        if (rescale) {
+            for (int64_t d = 0; d < hd; ++d)
+                for (int v = 0; v < NV; ++v) ot[d * NV + v] = VT::mul(ot[d * NV + v], corr[v]);
+        }
+        int64_t d = 0;
+        for (; d + DG <= hd; d += DG) accumulate_bf16<VT, NV, DG, HD>(vb, hd, n_pairs, odd, p2, ot, d);
+        for (; d < hd; ++d) accumulate_bf16<VT, NV, 1, HD>(vb, hd, n_pairs, odd, p2, ot, d);
+    }
+    write_out<VT, NV>(w, ot, m, lsum);
 }
 
 // Up to 8 query vectors (decode with a GQA group of <= 8): 8-lane ymm, which Zen 4 issues at
 // twice the zmm rate, so no FMA is spent on empty lanes.
-template <int HD>
+template <int HD, int FMT>
 void attend_hd(const attn_work& w) {
     const int64_t n_qv = w.n_rows * w.n_group;
-    if (n_qv <= 8) return attend<vec8, 1, HD>(w);
-    if (n_qv <= 16) return attend<vec16, 1, HD>(w);
-    if (n_qv <= 32) return attend<vec16, 2, HD>(w);
-    if (n_qv <= 48) return attend<vec16, 3, HD>(w);
-    return attend<vec16, 4, HD>(w);
+    if constexpr (FMT == int(kv_fmt::bf16)) {
+        if (n_qv <= 8) return attend_bf16<vec8, 1, HD>(w);
+        if (n_qv <= 16) return attend_bf16<vec16, 1, HD>(w);
+        if (n_qv <= 32) return attend_bf16<vec16, 2, HD>(w);
+        if (n_qv <= 48) return attend_bf16<vec16, 3, HD>(w);
+        return attend_bf16<vec16, 4, HD>(w);
+    } else {
+        constexpr bool F16 = FMT == int(kv_fmt::f16);
+        if (n_qv <= 8) return attend<vec8, 1, HD, F16>(w);
+        if (n_qv <= 16) return attend<vec16, 1, HD, F16>(w);
+        if (n_qv <= 32) return attend<vec16, 2, HD, F16>(w);
+        if (n_qv <= 48) return attend<vec16, 3, HD, F16>(w);
+        return attend<vec16, 4, HD, F16>(w);
+    }
 }
 
+template <int FMT>
 void attend_any(const attn_work& w) {
     switch (w.hd) {
-        case 64: return attend_hd<64>(w);
-        case 128: return attend_hd<128>(w);
-        default: return attend_hd<0>(w);
+        case 64: return attend_hd<64, FMT>(w);
+        case 128: return attend_hd<128, FMT>(w);
+        default: return attend_hd<0, FMT>(w);
     }
 }
 
 }  // namespace
 
-attn_fn attention_kernel_avx512() { return attend_any; }
+attn_fn attention_kernel_avx512(kv_fmt fmt) {
+    switch (fmt) {
+        case kv_fmt::f32: return attend_any<int(kv_fmt::f32)>;
+        case kv_fmt::f16: return attend_any<int(kv_fmt::f16)>;
+        case kv_fmt::bf16: return attend_any<int(kv_fmt::bf16)>;
+    }
+    return nullptr;
+}
 
 }  // namespace kvs::cpu::detail
 
 #else
 
 namespace kvs::cpu::detail {
-attn_fn attention_kernel_avx512() { return nullptr; }
+attn_fn attention_kernel_avx512(kv_fmt) { return nullptr; }
 }  // namespace kvs::cpu::detail
 
 #endif

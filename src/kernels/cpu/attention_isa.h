@@ -8,6 +8,9 @@
 
 namespace kvs::cpu::detail {
 
+// KV storage formats the tile kernels read (kv_page_layout in attention.h describes them).
+enum class kv_fmt : int32_t { f32 = 0, f16 = 1, bf16 = 2 };
+
 // One attention task: the query vectors of n_rows consecutive rows of one sequence × n_group
 // heads sharing one KV head, against the key slots [t0, t1) of that sequence (row r sees only
 // slots < kv_len[r]). Query vector qv = r * n_group + g, for r < n_rows, g < n_group.
@@ -18,12 +21,14 @@ struct attn_work {
     int64_t q_row_stride;     // floats
     int64_t n_rows, n_group, hd;
     const int32_t* kv_len;    // (n_rows)
-    const float* k;           // layer base, (n_pages, n_kv_head, page_size, hd)
-    const float* v;           // layer base, same layout
+    kv_fmt fmt;               // storage format of k and v
+    const uint8_t* k;         // layer base: pages k_page_bytes apart
+    const uint8_t* v;         // layer base: pages v_page_bytes apart
     const int32_t* pages;     // the sequence's page ids
     int64_t page_size;
-    size_t page_elems;        // floats per page (n_kv_head * page_size * hd)
-    size_t head_off;          // floats from a page's start to this KV head (kvh * page_size * hd)
+    int64_t k_row_elems;      // elements per stored K row (hd; rounded up to even for 16-bit)
+    size_t k_page_bytes, v_page_bytes;
+    size_t k_head_off, v_head_off;  // bytes from a page's start to this KV head's block
     int64_t t0, t1;           // key slot range
     float scale;
     float* o;                 // o of (r, g) at o + r * o_row_stride + g * hd
@@ -37,7 +42,7 @@ constexpr int64_t attn_max_qv = 64;
 
 using attn_fn = void (*)(const attn_work& w);
 
-// Null when the build does not contain that path.
-attn_fn attention_kernel_avx512();
+// Null when the build does not contain that path or it does not read that format.
+attn_fn attention_kernel_avx512(kv_fmt fmt);
 
 }  // namespace kvs::cpu::detail

@@ -216,6 +216,11 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     // groups of interleaved16 weights).
     int64_t target_chunks = std::max<int64_t>(1, int64_t(n_threads) * 8 / n_m_blocks);
     int64_t chunk = (total_rows + target_chunks - 1) / target_chunks;
+    // A task walks its weight rows once per 8 x rows: keep them within half of a 1 MiB L2.
+    if (m > 8) {
+        const int64_t row_bytes = int64_t(dtype_row_bytes(ws[0].type, n_in));
+        chunk = std::min<int64_t>(chunk, std::max<int64_t>(16, (int64_t(512) << 10) / std::max<int64_t>(1, row_bytes)));
+    }
     chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
     int64_t chunk_start[max_w + 1] = {0};  // prefix sums of chunks per unit
     for (int j = 0; j < n_units; ++j) chunk_start[j + 1] = chunk_start[j] + (ws[j].n_out + chunk - 1) / chunk;

@@ -21,6 +21,11 @@ void rmsnorm(const float* x, const float* weight, float* y, int64_t n, float eps
     for (int64_t k = 0; k < n; ++k) y[k] = x[k] * scale * weight[k];
 }
 
+void add_rmsnorm(float* x, const float* delta, const float* weight, float* y, int64_t n, float eps) {
+    for (int64_t k = 0; k < n; ++k) x[k] += delta[k];
+    rmsnorm(x, weight, y, n, eps);
+}
+
 void rope_angles(int64_t n_rot, int64_t pos, float freq_base, float freq_scale, float* cos_t, float* sin_t) {
     // theta_i = pos · freq_scale · freq_base^(-2i / n_rot), computed in double (the angle grows
     // with pos; float would lose ~pos·2^-24 rad).

@@ -54,6 +54,9 @@ bool matmul_supported(dtype t);
 
 // y = x / sqrt(mean(x²) + eps) * weight.  (n)
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n, float eps);
+// The residual add fused with the next norm: x += delta, then y = rmsnorm(x) while x is in
+// cache. Bit-identical to the two steps.  (n)
+void add_rmsnorm(float* x, const float* delta, const float* weight, float* y, int64_t n, float eps);
 
 enum class rope_layout { normal = 0, neox = 1 };
 // Rotates the first n_rot dims of each head of x (n_head, head_dim) in place for position pos.
