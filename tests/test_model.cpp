@@ -303,6 +303,9 @@ INSTANTIATE_TEST_SUITE_P(
         synth_case{"gqa_bf16", spec_with([](synth_spec& s) { s.wtype = dtype::bf16; }), 5e-2},
         synth_case{"gqa_q8_0", spec_with([](synth_spec& s) { s.wtype = dtype::q8_0; }), 5e-2},
         synth_case{"gqa_q4_0", spec_with([](synth_spec& s) { s.wtype = dtype::q4_0; }), 5e-2},
+        // Tied head repacked: the LM head gets its own interleaved copy while the embedding
+        // rows are still read from the file.
+        synth_case{"qwen2_tied_q4_0", spec_with([](synth_spec& s) { s.arch = "qwen2"; s.tied = true; s.wtype = dtype::q4_0; }), 5e-2},
         // K-quants need rows of 256: a wider model, 4 layers so that the q4_k_m mixture puts
         // attn_v / ffn_down of layers 2, 3 and the LM head in q6_k, the rest in q4_k. The error
         // against the reference (same dequantized weights, exact x) is the 8-bit activation
