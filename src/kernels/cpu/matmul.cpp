@@ -5,8 +5,13 @@
 //   - decode (m = 1): a GEMV, bound by reading the weights once; tasks are chunks of
 //     output rows, several per thread so that the atomic hand-out balances uneven cores.
 //   - prefill (m > 1): x rows are grouped in blocks of up to 64, and the tile kernels walk
-//     each weight row chunk once per block, reusing every loaded weight block for 4 x rows
-//     (see the micro-kernels), so weight traffic drops by the block height.
+//     each weight row chunk (sized to stay in L2) once per block, reusing every decoded
+//     weight block for several x rows (4 in the row-major micro-kernels, 8 in the
+//     interleaved16 ones), so weight traffic drops by the block height.
+//
+// Weights repacked to interleaved16 (interleave.h) go to the interleaved kernels; f16/bf16
+// weights against m >= 2 rows use bf16 dot products where the CPU has AVX512-BF16 (x rounded
+// to bf16 once per call; matmul_bf16dot_avx512.cpp states the precision contract).
 //
 // Quantized weights (q8_0, q4_0, q4_1) are multiplied with x quantized on the fly to 8-bit
 // blocks of 32 (one f32 scale per block), so each block's dot is an integer dot product.
