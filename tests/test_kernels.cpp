@@ -349,10 +349,16 @@ TEST(Interleave, KQuantLayoutAndRoundTrip) {
                         const auto* q = reinterpret_cast<const block_q6_k*>(blk);
                         EXPECT_EQ(std::memcmp(col + 2 * r, &q->d, 2), 0) << where;
                         for (size_t j = 0; j < 16; ++j) EXPECT_EQ(int8_t(col[32 + 16 * j + r]), q->scales[j]) << where;
-                        for (size_t k = 0; k < 128; ++k)
-                            EXPECT_EQ(col[288 + 64 * (k / 4) + 4 * r + k % 4], q->ql[k]) << where;
-                        for (size_t k = 0; k < 64; ++k)
-                            EXPECT_EQ(col[2336 + 64 * (k / 4) + 4 * r + k % 4], q->qh[k]) << where;
+                        for (size_t n = 0; n < 128; ++n) {  // ql[n]: half h, A or B, run 2h + q
+                            const size_t h = n / 64, ab = n % 64 / 32, l = n % 32;
+                            const size_t pos = 288 + 768 * (2 * h + l / 16) + 64 * (4 * (1 + ab) + l % 16 / 4);
+                            EXPECT_EQ(col[pos + 4 * r + n % 4], q->ql[n]) << where;
+                        }
+                        for (size_t n = 0; n < 64; ++n) {
+                            const size_t h = n / 32, l = n % 32;
+                            const size_t pos = 288 + 768 * (2 * h + l / 16) + 64 * (l % 16 / 4);
+                            EXPECT_EQ(col[pos + 4 * r + n % 4], q->qh[n]) << where;
+                        }
                     }
                 }
             }

@@ -67,6 +67,16 @@ void q4_k_row(uint8_t* col, int r, uint8_t* blk_bytes, bool pack) {
     }
 }
 
+// Where lane 0's copy of ql[n] / qh[n] (n a multiple of 4) lies in a q6_K column.
+size_t k6_ql_position(int n) {
+    const int h = n / 64, s = n % 64 / 32, l = n % 32;
+    return k6_codes_offset + 768 * size_t(2 * h + l / 16) + 64 * size_t(4 * (1 + s) + l % 16 / 4);
+}
+size_t k6_qh_position(int n) {
+    const int h = n / 32, l = n % 32;
+    return k6_codes_offset + 768 * size_t(2 * h + l / 16) + 64 * size_t(l % 16 / 4);
+}
+
 void q6_k_row(uint8_t* col, int r, uint8_t* blk_bytes, bool pack) {
     auto* blk = reinterpret_cast<block_q6_k*>(blk_bytes);
     auto move = [pack](void* packed, void* row, size_t n) {
@@ -75,8 +85,8 @@ void q6_k_row(uint8_t* col, int r, uint8_t* blk_bytes, bool pack) {
     };
     move(col + 2 * r, &blk->d, 2);
     for (int j = 0; j < 16; ++j) move(col + k6_scales_offset + 16 * j + r, &blk->scales[j], 1);
-    for (int c = 0; c < 32; ++c) move(col + k6_ql_offset + 64 * c + 4 * r, blk->ql + 4 * c, 4);
-    for (int c = 0; c < 16; ++c) move(col + k6_qh_offset + 64 * c + 4 * r, blk->qh + 4 * c, 4);
+    for (int n = 0; n < 128; n += 4) move(col + k6_ql_position(n) + 4 * size_t(r), blk->ql + n, 4);
+    for (int n = 0; n < 64; n += 4) move(col + k6_qh_position(n) + 4 * size_t(r), blk->qh + n, 4);
 }
 
 // Repacks (pack) or restores rows [row0, row1) of a k-quant matrix.

@@ -30,12 +30,17 @@
 //   q6_K (3360 bytes = 16 × 210):
 //        [0, 32)       d[16] f16 super-block scales
 //        [32, 288)     16 × 16 int8: byte 16j + r = scales[j] of row r (sub-block j, 16 elements)
-//        [288, 2336)   32 chunks: byte 4r + k of chunk c is ql[4c + k] of row r
-//        [2336, 3360)  16 chunks: byte 4r + k of chunk c is qh[4c + k] of row r
-//        Half h, l = 4k .. 4k + 3 (k = 0..7): ql chunks 16h + k (A) and 16h + 8 + k (B) and
-//        qh chunk 8h + k (Q) give the codes of elements 128h + 32p + l, p = 0..3:
-//        A & 15 | (Q & 3) << 4, B & 15 | (Q >> 2 & 3) << 4, A >> 4 | (Q >> 4 & 3) << 4,
-//        B >> 4 | (Q >> 6 & 3) << 4 (sub-block 8h + 2p + k / 4).
+//        [288, 3360)   4 runs of 768 bytes, in the order the kernels read them: run u = 2h + q
+//                      covers elements 128h + 32p + 16q + i (p = 0..3, i = 0..15), i.e.
+//                      sub-blocks 8h + 2p + q, as 12 chunks (k = 0..3, byte 4r + b of each
+//                      is the row's byte n + b):
+//                        chunk k:     qh, n = 32h + 16q + 4k
+//                        chunk 4 + k: ql, n = 64h + 16q + 4k       (A)
+//                        chunk 8 + k: ql, n = 64h + 32 + 16q + 4k  (B)
+//                      Element 128h + 32p + 16q + 4k + b has code
+//                        p = 0: A & 15 | (Q & 3) << 4       p = 1: B & 15 | (Q >> 2 & 3) << 4
+//                        p = 2: A >> 4 | (Q >> 4 & 3) << 4  p = 3: B >> 4 | (Q >> 6 & 3) << 4
+//                      with Q the byte of qh chunk k and A, B those of chunks 4 + k, 8 + k.
 //
 // So a 64-byte chunk is 16 lanes of 4 consecutive codes, exactly what vpdpbusd multiplies
 // against 4 activation bytes broadcast to every lane. Group g's bytes start at
@@ -52,7 +57,7 @@ inline constexpr int64_t interleave_rows = 16;
 
 // Byte offsets inside a q4_K / q6_K super-block column (16 rows × 256 elements).
 inline constexpr size_t k4_scales_offset = 64, k4_high_offset = 192, k4_codes_offset = 256;
-inline constexpr size_t k6_scales_offset = 32, k6_ql_offset = 288, k6_qh_offset = 2336;
+inline constexpr size_t k6_scales_offset = 32, k6_codes_offset = 288;
 
 // w is row_major q4_0, q8_0, f16, bf16 (n_in a multiple of 32) or q4_K, q6_K (n_in a
 // multiple of 256), with n_out a multiple of 16.

@@ -178,9 +178,9 @@ void q6_k_group(const gemm_tile& t, const xk_block<RX>* xb, const uint8_t* group
                 __m512i c[8];
 #pragma GCC unroll 4
                 for (int kk = 0; kk < 4; ++kk) {
-                    const int k = 4 * q + kk;
-                    const __m512i a = _mm512_loadu_si512(col + k6_ql_offset + 64 * (16 * h + 8 * s + k));
-                    const __m512i qh = _mm512_loadu_si512(col + k6_qh_offset + 64 * (8 * h + k));
+                    const uint8_t* run = col + k6_codes_offset + 768 * hq;
+                    const __m512i a = _mm512_loadu_si512(run + 64 * (4 * (1 + s) + kk));
+                    const __m512i qh = _mm512_loadu_si512(run + 64 * kk);
                     // high bits of part p sit at bits 2p, 2p + 1 of qh: move them to 4, 5.
                     const __m512i h_lo = s == 0 ? _mm512_slli_epi16(qh, 4) : _mm512_slli_epi16(qh, 2);
                     const __m512i h_hi = s == 0 ? qh : _mm512_srli_epi16(qh, 2);

@@ -156,8 +156,9 @@ void gemm_q6_k(const gemm_tile& t) {
                         for (int l = 0; l < 16; ++l) {
                             const int e = 16 * j + l, h = e / 128, p = e % 128 / 32, ll = e % 32;
                             const size_t lane = 4 * size_t(r) + size_t(ll % 4);
-                            const uint8_t ql = col[k6_ql_offset + 64 * size_t(16 * h + 8 * (p & 1) + ll / 4) + lane];
-                            const uint8_t qh = col[k6_qh_offset + 64 * size_t(8 * h + ll / 4) + lane];
+                            const uint8_t* run = col + k6_codes_offset + 768 * size_t(2 * h + ll / 16);
+                            const uint8_t qh = run[64 * size_t(ll % 16 / 4) + lane];
+                            const uint8_t ql = run[64 * size_t(4 * (1 + (p & 1)) + ll % 16 / 4) + lane];
                             const int q = (p < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * p)) & 3) << 4;
                             dot += q * xq[e];
                         }
