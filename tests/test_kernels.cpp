@@ -305,12 +305,81 @@ TEST(Interleave, LayoutAndRoundTrip) {
     EXPECT_FALSE(can_interleave(make_weights(dtype::f32, 16, 64, 1).view));
 }
 
+// q4_K / q6_K: the documented byte positions (interleave.h), and the exact inverse (on
+// random bytes too, so that every scale, min and high-bit pattern round-trips).
+TEST(Interleave, KQuantLayoutAndRoundTrip) {
+    for (dtype t : {dtype::q4_k, dtype::q6_k}) {
+        for (bool random_bytes : {false, true}) {
+            weights w = make_weights(t, 48, 512, 7);
+            if (random_bytes) {
+                uint64_t st = 0x1234567ull;
+                for (uint8_t& byte : w.bytes) {
+                    st = st * 6364136223846793005ull + 1442695040888963407ull;
+                    byte = uint8_t(st >> 56);
+                }
+            }
+            ASSERT_TRUE(can_interleave(w.view)) << dtype_name(t);
+            weights p = interleaved_copy(w);
+            EXPECT_EQ(p.view.layout, weight_layout::interleaved16);
+            ASSERT_EQ(p.bytes.size(), w.bytes.size());
+            const size_t row_bytes = dtype_row_bytes(t, 512), block_bytes = row_bytes / 2;
+            const size_t column_bytes = 16 * block_bytes;
+            for (int64_t row : {0, 5, 15, 16, 31, 47}) {
+                for (int64_t b = 0; b < 2; ++b) {
+                    const uint8_t* blk = w.bytes.data() + size_t(row) * row_bytes + size_t(b) * block_bytes;
+                    const uint8_t* col = p.bytes.data() + size_t(row / 16) * 16 * row_bytes + size_t(b) * column_bytes;
+                    const size_t r = size_t(row % 16);
+                    const std::string where = std::string(dtype_name(t)) + " row " + std::to_string(row);
+                    if (t == dtype::q4_k) {
+                        const auto* q = reinterpret_cast<const block_q4_k*>(blk);
+                        EXPECT_EQ(std::memcmp(col + 2 * r, &q->d, 2), 0) << where;
+                        EXPECT_EQ(std::memcmp(col + 32 + 2 * r, &q->dmin, 2), 0) << where;
+                        uint8_t sc[8], m[8];
+                        kquant_scale_min(q->scales, sc, m);
+                        uint32_t high;
+                        std::memcpy(&high, col + 192 + 4 * r, 4);
+                        for (int j = 0; j < 8; ++j) {
+                            const uint8_t lo = col[64 + 16 * size_t(j) + r];
+                            EXPECT_EQ((lo & 15) | ((high >> (2 * j)) & 3) << 4, sc[j]) << where;
+                            EXPECT_EQ((lo >> 4) | ((high >> (16 + 2 * j)) & 3) << 4, m[j]) << where;
+                        }
+                        for (size_t k = 0; k < 128; ++k)
+                            EXPECT_EQ(col[256 + 64 * (k / 4) + 4 * r + k % 4], q->qs[k]) << where;
+                    } else {
+                        const auto* q = reinterpret_cast<const block_q6_k*>(blk);
+                        EXPECT_EQ(std::memcmp(col + 2 * r, &q->d, 2), 0) << where;
+                        for (size_t j = 0; j < 16; ++j) EXPECT_EQ(int8_t(col[32 + 16 * j + r]), q->scales[j]) << where;
+                        for (size_t n = 0; n < 128; ++n) {  // ql[n]: half h, A or B, run 2h + q
+                            const size_t h = n / 64, ab = n % 64 / 32, l = n % 32;
+                            const size_t pos = 288 + 768 * (2 * h + l / 16) + 64 * (4 * (1 + ab) + l % 16 / 4);
+                            EXPECT_EQ(col[pos + 4 * r + n % 4], q->ql[n]) << where;
+                        }
+                        for (size_t n = 0; n < 64; ++n) {
+                            const size_t h = n / 32, l = n % 32;
+                            const size_t pos = 288 + 768 * (2 * h + l / 16) + 64 * (l % 16 / 4);
+                            EXPECT_EQ(col[pos + 4 * r + n % 4], q->qh[n]) << where;
+                        }
+                    }
+                }
+            }
+            std::vector<uint8_t> back(w.bytes.size());
+            deinterleave(p.view, back.data());
+            EXPECT_EQ(back, w.bytes) << dtype_name(t);
+        }
+    }
+    EXPECT_FALSE(can_interleave(weight_view{nullptr, dtype::q4_k, 16, 288}));  // n_in not 256·k
+    EXPECT_FALSE(can_interleave(make_weights(dtype::q6_k, 8, 256, 1).view));  // not 16 rows
+    EXPECT_FALSE(can_interleave(make_weights(dtype::q5_k, 16, 256, 1).view));  // no kernels
+}
+
 // Interleaved weights give the row-major results: to rounding of the reference on every ISA
 // (f16/bf16 rows through bf16 dot products: to the bf16-rounded reference), and (same integer
 // block dots or products, same float order) bit-exactly on the portable path.
 TEST(Interleave, MatmulMatchesRowMajorOnEveryIsa) {
-    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16}) {
-        for (shape sh : std::vector<shape>{{96, 32}, {544, 16}, {256, 160}}) {
+    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16, dtype::q4_k, dtype::q6_k}) {
+        const bool kq = t == dtype::q4_k || t == dtype::q6_k;  // n_in a multiple of 256
+        for (shape sh : kq ? std::vector<shape>{{256, 48}, {512, 32}, {1024, 16}}
+                           : std::vector<shape>{{96, 32}, {544, 16}, {256, 160}}) {
             weights w = make_weights(t, sh.n_out, sh.n_in, 21 + uint64_t(sh.n_in));
             weights p = interleaved_copy(w);
             for (int64_t m : {1, 3, 7, 8, 9, 64, 130}) {

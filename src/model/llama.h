@@ -87,7 +87,7 @@ private:
     cascade_scratch cascade_scratch_;
 };
 
-// Whether q4_0 / q8_0 / f16 / bf16 projection weights are repacked at load into the interleaved16 layout
+// Whether q4_0 / q8_0 / f16 / bf16 / q4_K / q6_K projection weights are repacked at load into the interleaved16 layout
 // (kernels/cpu/interleave.h) that the VNNI kernels read fastest, like llama.cpp's run-time
 // repacking. The copy replaces the mapped tensor for matmul (the same number of bytes);
 // token embeddings are still read from the file.

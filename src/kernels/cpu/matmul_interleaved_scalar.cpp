@@ -91,7 +91,89 @@ void gemm_half(const gemm_tile& t) {
 void gemm_f16(const gemm_tile& t) { gemm_half<dtype::f16>(t); }
 void gemm_bf16(const gemm_tile& t) { gemm_half<dtype::bf16>(t); }
 
-constexpr interleaved_kernel_table table{false, gemm_q4_0, gemm_q8_0, gemm_f16, gemm_bf16, nullptr, nullptr};
+// K-quants against q8k_rows activations: the integer sums and the float expression of
+// matmul_kquants_scalar.cpp, with codes and scales read from the interleaved column.
+void gemm_q4_k(const gemm_tile& t) {
+    const auto& x = *static_cast<const q8k_rows*>(t.x);
+    const int64_t nb = t.n_in / qk_k;
+    const size_t column_bytes = size_t(interleave_rows) * sizeof(block_q4_k);
+    for (int64_t g0 = 0; g0 < t.n_o; g0 += interleave_rows) {
+        const uint8_t* group = t.w + size_t(g0) * t.w_row_bytes;
+        for (int r = 0; r < interleave_rows; ++r) {
+            for (int64_t i = 0; i < t.m; ++i) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; ++b) {
+                    const uint8_t* col = group + size_t(b) * column_bytes;
+                    uint16_t d, dmin;
+                    uint32_t high;
+                    __builtin_memcpy(&d, col + 2 * r, 2);
+                    __builtin_memcpy(&dmin, col + 32 + 2 * r, 2);
+                    __builtin_memcpy(&high, col + k4_high_offset + 4 * r, 4);
+                    const int8_t* xq = x.qs + i * t.n_in + b * qk_k;
+                    const int16_t* bs = x.bsums + (i * nb + b) * 16;
+                    int32_t isum = 0, imin = 0;
+                    for (int j = 0; j < 8; ++j) {
+                        const uint8_t lo = col[k4_scales_offset + 16 * j + size_t(r)];
+                        const int32_t sc = (lo & 15) | int32_t((high >> (2 * j)) & 3) << 4;
+                        const int32_t m = (lo >> 4) | int32_t((high >> (16 + 2 * j)) & 3) << 4;
+                        int32_t dot = 0;
+                        for (int l = 0; l < 32; ++l) {
+                            // Element 32j + l: byte l of sub-block pair j / 2, nibble j % 2.
+                            const uint8_t byte = col[k4_codes_offset + 64 * size_t(8 * (j / 2) + l / 4) + 4 * size_t(r) + size_t(l % 4)];
+                            const int q = j % 2 == 0 ? byte & 15 : byte >> 4;
+                            dot += q * xq[32 * j + l];
+                        }
+                        isum += sc * dot;
+                        imin += m * (bs[2 * j] + bs[2 * j + 1]);
+                    }
+                    const float dx = x.d[i * nb + b];
+                    acc += f16_to_f32(d) * dx * float(isum) - f16_to_f32(dmin) * dx * float(imin);
+                }
+                t.y[i * t.ldy + g0 + r] = acc;
+            }
+        }
+    }
+}
+
+void gemm_q6_k(const gemm_tile& t) {
+    const auto& x = *static_cast<const q8k_rows*>(t.x);
+    const int64_t nb = t.n_in / qk_k;
+    const size_t column_bytes = size_t(interleave_rows) * sizeof(block_q6_k);
+    for (int64_t g0 = 0; g0 < t.n_o; g0 += interleave_rows) {
+        const uint8_t* group = t.w + size_t(g0) * t.w_row_bytes;
+        for (int r = 0; r < interleave_rows; ++r) {
+            for (int64_t i = 0; i < t.m; ++i) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; ++b) {
+                    const uint8_t* col = group + size_t(b) * column_bytes;
+                    uint16_t d;
+                    __builtin_memcpy(&d, col + 2 * r, 2);
+                    const int8_t* xq = x.qs + i * t.n_in + b * qk_k;
+                    const int16_t* bs = x.bsums + (i * nb + b) * 16;
+                    int32_t isum = 0;
+                    for (int j = 0; j < 16; ++j) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 16; ++l) {
+                            const int e = 16 * j + l, h = e / 128, p = e % 128 / 32, ll = e % 32;
+                            const size_t lane = 4 * size_t(r) + size_t(ll % 4);
+                            const uint8_t* run = col + k6_codes_offset + 768 * size_t(2 * h + ll / 16);
+                            const uint8_t qh = run[64 * size_t(ll % 16 / 4) + lane];
+                            const uint8_t ql = run[64 * size_t(4 * (1 + (p & 1)) + ll % 16 / 4) + lane];
+                            const int q = (p < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * p)) & 3) << 4;
+                            dot += q * xq[e];
+                        }
+                        isum += int32_t(int8_t(col[k6_scales_offset + 16 * size_t(j) + size_t(r)])) * (dot - 32 * bs[j]);
+                    }
+                    acc += f16_to_f32(d) * x.d[i * nb + b] * float(isum);
+                }
+                t.y[i * t.ldy + g0 + r] = acc;
+            }
+        }
+    }
+}
+
+constexpr interleaved_kernel_table table{false, gemm_q4_0, gemm_q8_0, gemm_f16, gemm_bf16, nullptr, nullptr,
+                                         gemm_q4_k, gemm_q6_k};
 
 }  // namespace
 
