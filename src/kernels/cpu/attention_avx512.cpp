@@ -22,9 +22,7 @@
 
 #if defined(KVS_ISA_PATH)
 
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#include "kernels/cpu/intrinsics.h"
 
 #include <algorithm>
 #include <cstdint>

@@ -19,11 +19,7 @@
 
 #if defined(KVS_ISA_PATH)
 
-// GCC 12's intrinsic headers build "undefined" vectors as `__m512 y = y;`, which trips
-// -Wuninitialized once inlined (GCC bug 105593); the warning is about the header, not us.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#include "kernels/cpu/intrinsics.h"
 
 namespace kvs::cpu::detail {
 

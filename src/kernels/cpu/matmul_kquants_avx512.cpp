@@ -17,10 +17,7 @@
 
 #if defined(KVS_ISA_PATH)
 
-// GCC 12's intrinsic headers trip -Wuninitialized once inlined (GCC bug 105593).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#include "kernels/cpu/intrinsics.h"
 
 #include <algorithm>
 #include <cstring>
