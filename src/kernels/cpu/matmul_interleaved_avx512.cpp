@@ -95,6 +95,7 @@ void group_micro(const gemm_tile& t, const x_block<RX>* xb, const uint8_t* group
     for (int i = 0; i < RX; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* col = group + size_t(b) * C::column_bytes;
+        if constexpr (RX >= 4) prefetch_weights_ahead<C::column_bytes>(col);  // not for decode: see intrinsics.h
         const x_block<RX>& xv = xb[b];
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col)));
         __m512i c[8];
