@@ -651,6 +651,23 @@ TEST(server, api_key) {
     EXPECT_EQ(s.post("/tokenize", {{"content", "x"}}).first, 401);
 }
 
+// A second server on a port that is already listening fails to bind with a clear error (no
+// SO_REUSEPORT: the kernel must not split the connections between two processes), and the
+// first one keeps serving.
+TEST(server, port_in_use_is_refused) {
+    NEED_MODEL(f);
+    served s(f);
+    server_config sc;
+    sc.host = "127.0.0.1";
+    sc.port = s.port;
+    auto eng = std::move(engine::create(*f->model, *f->tok, small_engine()).value());
+    auto second = std::move(http_server::create(*f->model, *f->tok, *eng, sc).value());
+    status st = second->bind();
+    ASSERT_FALSE(st);
+    EXPECT_NE(st.message().find("address in use"), std::string::npos) << st.message();
+    EXPECT_EQ(s.get("/health").first, 200);
+}
+
 // One long streamed request holds the only sequence slot; a second waits (the queue's one
 // place); a third is refused with 503.
 TEST(server, queue_full_is_503) {

@@ -8,6 +8,8 @@
 #include <set>
 #include <thread>
 
+#include <sys/socket.h>
+
 #include <nlohmann/json.hpp>
 
 #include "model/llama.h"
@@ -366,6 +368,13 @@ result<std::unique_ptr<http_server>> http_server::create(const llama_model& mode
     p->chat = chat_prompt::create(source, tok);
     const int threads = config.http_threads > 0 ? config.http_threads : eng.config().max_seqs + 8;
     p->svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+    // SO_REUSEADDR only: a restarted server may bind over connections in TIME_WAIT, but a second
+    // server on a port already listening must fail. cpp-httplib's default adds SO_REUSEPORT,
+    // with which the kernel would silently split the connections between both processes.
+    p->svr.set_socket_options([](socket_t sock) {
+        int yes = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     p->svr.set_keep_alive_timeout(2);
     p->svr.set_payload_max_length(size_t(64) << 20);
     p->setup_routes();
