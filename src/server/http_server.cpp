@@ -35,6 +35,9 @@ std::string default_model_name(const llama_model& model, const std::string& path
 
 namespace {
 
+// Pending connections the kernel queues for the accept loop (capped by net.core.somaxconn).
+constexpr int listen_backlog = SOMAXCONN;
+
 constexpr const char* k_json_type = "application/json";
 
 void send_json(httplib::Response& res, int code, const json& body) {
@@ -107,6 +110,7 @@ struct http_server::impl {
     httplib::Server svr;
     server_metrics metrics;
     int port = -1;
+    socket_t listen_fd = INVALID_SOCKET;  // the listening socket, seen by the socket options hook
 
     std::mutex mu;
     std::condition_variable cv;       // active reached 0, run() returned
@@ -371,9 +375,10 @@ result<std::unique_ptr<http_server>> http_server::create(const llama_model& mode
     // SO_REUSEADDR only: a restarted server may bind over connections in TIME_WAIT, but a second
     // server on a port already listening must fail. cpp-httplib's default adds SO_REUSEPORT,
     // with which the kernel would silently split the connections between both processes.
-    p->svr.set_socket_options([](socket_t sock) {
+    p->svr.set_socket_options([raw = p.get()](socket_t sock) {
         int yes = 1;
         ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+        raw->listen_fd = sock;
     });
     p->svr.set_keep_alive_timeout(2);
     p->svr.set_payload_max_length(size_t(64) << 20);
@@ -396,6 +401,12 @@ status http_server::bind() {
     int port = c.port == 0 ? impl_->svr.bind_to_any_port(c.host) : (impl_->svr.bind_to_port(c.host, c.port) ? c.port : -1);
     if (port <= 0) return status::error(strfmt("cannot listen on %s:%d (address in use or not available)", c.host.c_str(), c.port));
     impl_->port = port;
+    // cpp-httplib listens with a backlog of 5: when more clients than that connect at once (a
+    // burst of requests), the kernel drops their handshakes until the accept loop catches up,
+    // and connections stall for a SYN retransmit or are reset. Listening again on the same
+    // socket raises the backlog (to net.core.somaxconn at most).
+    if (impl_->listen_fd != INVALID_SOCKET && ::listen(impl_->listen_fd, listen_backlog) != 0)
+        return status::error(strfmt("cannot listen on %s:%d with a backlog of %d", c.host.c_str(), port, listen_backlog));
     return status::ok();
 }
 

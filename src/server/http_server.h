@@ -56,7 +56,8 @@ public:
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
 
-    // Binds config.host:config.port. Error (with the address) when the port is taken.
+    // Binds config.host:config.port and listens (a backlog of SOMAXCONN, so that a burst of
+    // clients is queued, not dropped). Error (with the address) when the port is taken.
     status bind();
     int port() const;  // the bound port (after bind())
     const std::string& model_name() const;
