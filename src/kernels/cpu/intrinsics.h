@@ -14,13 +14,13 @@
 
 namespace kvs::cpu::detail {
 
-// Distance of the software prefetch in the q4_0/q8_0 interleaved16 kernels. With few activation
-// rows a weight chunk is reused only a few times, so the first pass over it streams from DRAM
-// faster than the hardware prefetcher alone keeps up with (batched decode of 16 rows: +10%).
-// With many rows the chunk is in L2 and the prefetches are cheap hits. A single row (decode)
-// streams at the DRAM rate with the hardware prefetcher alone, so it is left to it. The k-quant and bf16
-// kernels do more work per weight byte and measured slower with it (-9% and -25%), so they
-// leave the stream to the hardware prefetcher.
+// Distance of the software prefetch in the q4_0/q8_0 interleaved16 kernels, used for tiles of
+// 4 or more activation rows. With few rows a weight chunk is reused only a few times, so its
+// first pass streams from DRAM faster than the hardware prefetcher alone keeps up with (batched
+// decode of 16 rows: +9%); with many rows the chunk is in L2 and the prefetches are cheap hits.
+// A single row (decode) already streams at the DRAM rate, and the k-quant and bf16 kernels
+// (more work per weight byte) measured slower with it (-9%, -25%): they leave the stream to
+// the hardware prefetcher.
 inline constexpr size_t weight_prefetch_distance = 4096;
 
 // Prefetch the Bytes of weight stream that start `weight_prefetch_distance` after `p` (a block
