@@ -30,7 +30,7 @@ namespace {
 
 using kvs::dtype;
 
-// Weight formats: dtype and layout (x16 = interleaved16, as loaders repack q4_0/q8_0/f16/bf16/q4_K/q6_K).
+// Weight formats: dtype and layout (x16 = interleaved16, as loaders repack q4_0/q8_0/f16/bf16/q4_K/q5_K/q6_K).
 struct bench_format {
     dtype type;
     bool interleaved;
@@ -39,7 +39,8 @@ constexpr bench_format bench_formats[] = {{dtype::f32, false},  {dtype::f16, fal
                                           {dtype::q8_0, false}, {dtype::q4_0, false}, {dtype::q4_1, false},
                                           {dtype::q8_0, true},  {dtype::q4_0, true},  {dtype::f16, true},
                                           {dtype::bf16, true},  {dtype::q4_k, false}, {dtype::q5_k, false},
-                                          {dtype::q6_k, false}, {dtype::q4_k, true},  {dtype::q6_k, true}};
+                                          {dtype::q6_k, false}, {dtype::q4_k, true},  {dtype::q6_k, true},
+                                          {dtype::q5_k, true}};
 struct shape {
     int64_t n_out, n_in;
 };

@@ -305,10 +305,10 @@ TEST(Interleave, LayoutAndRoundTrip) {
     EXPECT_FALSE(can_interleave(make_weights(dtype::f32, 16, 64, 1).view));
 }
 
-// q4_K / q6_K: the documented byte positions (interleave.h), and the exact inverse (on
+// q4_K / q5_K / q6_K: the documented byte positions (interleave.h), and the exact inverse (on
 // random bytes too, so that every scale, min and high-bit pattern round-trips).
 TEST(Interleave, KQuantLayoutAndRoundTrip) {
-    for (dtype t : {dtype::q4_k, dtype::q6_k}) {
+    for (dtype t : {dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
         for (bool random_bytes : {false, true}) {
             weights w = make_weights(t, 48, 512, 7);
             if (random_bytes) {
@@ -330,7 +330,15 @@ TEST(Interleave, KQuantLayoutAndRoundTrip) {
                     const uint8_t* col = p.bytes.data() + size_t(row / 16) * 16 * row_bytes + size_t(b) * column_bytes;
                     const size_t r = size_t(row % 16);
                     const std::string where = std::string(dtype_name(t)) + " row " + std::to_string(row);
-                    if (t == dtype::q4_k) {
+                    if (t == dtype::q5_k) {  // q4_K's fields, then the qh chunks
+                        const auto* q = reinterpret_cast<const block_q5_k*>(blk);
+                        EXPECT_EQ(std::memcmp(col + 2 * r, &q->d, 2), 0) << where;
+                        EXPECT_EQ(std::memcmp(col + 32 + 2 * r, &q->dmin, 2), 0) << where;
+                        for (size_t k = 0; k < 32; ++k)
+                            EXPECT_EQ(col[256 + 64 * (k / 4) + 4 * r + k % 4], q->qh[k]) << where;
+                        for (size_t k = 0; k < 128; ++k)
+                            EXPECT_EQ(col[768 + 64 * (k / 4) + 4 * r + k % 4], q->qs[k]) << where;
+                    } else if (t == dtype::q4_k) {
                         const auto* q = reinterpret_cast<const block_q4_k*>(blk);
                         EXPECT_EQ(std::memcmp(col + 2 * r, &q->d, 2), 0) << where;
                         EXPECT_EQ(std::memcmp(col + 32 + 2 * r, &q->dmin, 2), 0) << where;
@@ -369,15 +377,16 @@ TEST(Interleave, KQuantLayoutAndRoundTrip) {
     }
     EXPECT_FALSE(can_interleave(weight_view{nullptr, dtype::q4_k, 16, 288}));  // n_in not 256·k
     EXPECT_FALSE(can_interleave(make_weights(dtype::q6_k, 8, 256, 1).view));  // not 16 rows
-    EXPECT_FALSE(can_interleave(make_weights(dtype::q5_k, 16, 256, 1).view));  // no kernels
+    EXPECT_FALSE(can_interleave(weight_view{nullptr, dtype::q5_k, 16, 384}));  // n_in not 256·k
+    EXPECT_FALSE(can_interleave(make_weights(dtype::q4_1, 16, 256, 1).view));  // no kernels
 }
 
 // Interleaved weights give the row-major results: to rounding of the reference on every ISA
 // (f16/bf16 rows through bf16 dot products: to the bf16-rounded reference), and (same integer
 // block dots or products, same float order) bit-exactly on the portable path.
 TEST(Interleave, MatmulMatchesRowMajorOnEveryIsa) {
-    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16, dtype::q4_k, dtype::q6_k}) {
-        const bool kq = t == dtype::q4_k || t == dtype::q6_k;  // n_in a multiple of 256
+    for (dtype t : {dtype::q4_0, dtype::q8_0, dtype::f16, dtype::bf16, dtype::q4_k, dtype::q5_k, dtype::q6_k}) {
+        const bool kq = t == dtype::q4_k || t == dtype::q5_k || t == dtype::q6_k;  // n_in a multiple of 256
         for (shape sh : kq ? std::vector<shape>{{256, 48}, {512, 32}, {1024, 16}}
                            : std::vector<shape>{{96, 32}, {544, 16}, {256, 160}}) {
             weights w = make_weights(t, sh.n_out, sh.n_in, 21 + uint64_t(sh.n_in));

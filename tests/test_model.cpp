@@ -271,12 +271,13 @@ TEST_P(LlamaSynthetic, MatchesFloat64Reference) {
         opts.repack = mode;
         auto m = llama_model::load(path, opts);
         ASSERT_TRUE(m) << m.message();
-        // Repacking applies to q4_0/q8_0/f16/bf16/q4_K/q6_K matrices (q5_K stays as in the file).
+        // Repacking applies to q4_0/q8_0/f16/bf16/q4_K/q5_K/q6_K matrices.
         bool packable = false;
         for (const gguf_tensor_info& t : m.value()->file().tensors()) {
             const dtype w = t.type;
             packable = packable || (t.n_dims == 2 && (w == dtype::q4_0 || w == dtype::q8_0 || w == dtype::f16 ||
-                                                      w == dtype::bf16 || w == dtype::q4_k || w == dtype::q6_k));
+                                                      w == dtype::bf16 || w == dtype::q4_k || w == dtype::q5_k ||
+                                                      w == dtype::q6_k));
         }
         EXPECT_EQ(m.value()->repacked_bytes() > 0, packable && mode == weight_repack::always);
         EXPECT_LT(max_error_vs_reference(*m.value(), tokens, 40), c.tol);

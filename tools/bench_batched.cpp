@@ -59,7 +59,7 @@ int bench_batched(int argc, char** argv) {
     add_kv_type_options(app, kvt);
     app.add_option("--long-prompt", long_prompt, "tokens of a prompt that arrives while the batch decodes (0 = none)")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
     bool no_repack = false;
-    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16/q4_K/q6_K weights in file order (no interleaved copy for the VNNI kernels)");
+    app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     dtype kv_type;
     if (!resolve_kv_type(kvt, "bench batched", &kv_type)) return 2;

@@ -113,7 +113,7 @@ int cmd_bench(int argc, char** argv) {
     app.add_option("-o,--output", output, "output format: md (table) or json")->check(CLI::IsMember({"md", "json"}))->capture_default_str();
     app.add_flag("--no-bandwidth-probe", no_probe, "skip the memory-bandwidth probe");
     bool no_repack = false;
-    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16/q4_K/q6_K weights in file order (no interleaved copy for the VNNI kernels)");
+    app.add_flag("--no-repack", no_repack, no_repack_help);
     kv_type_option kvt;
     add_kv_type_options(app, kvt);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;

@@ -53,7 +53,7 @@ int cmd_run(int argc, char** argv) {
     add_kv_type_options(app, kvt);
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-text tokens");
     bool no_repack = false;
-    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16/q4_K/q6_K weights in file order (no interleaved copy for the VNNI kernels)");
+    app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!std::filesystem::exists(model_path)) {

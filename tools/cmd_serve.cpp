@@ -57,7 +57,7 @@ int cmd_serve(int argc, char** argv) {
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
     bool no_repack = false;
-    app.add_flag("--no-repack", no_repack, "keep q4_0/q8_0/f16/bf16/q4_K/q6_K weights in file order (no interleaved copy for the VNNI kernels)");
+    app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!sc.chat_template.empty()) {

@@ -29,7 +29,9 @@ std::string default_model_path();
 std::string missing_model_help(const std::string& path);
 // Threads to use by default: the hardware's cores.
 int default_threads();
-// Load options for a command's --no-repack flag.
+// Help text of the --no-repack flag, and the load options it selects.
+inline constexpr const char* no_repack_help =
+    "keep q4_0/q8_0/f16/bf16/q4_K/q5_K/q6_K weights in file order (no interleaved copy for the VNNI kernels)";
 inline load_options repack_options(bool no_repack) {
     load_options o;
     if (no_repack) o.repack = weight_repack::never;

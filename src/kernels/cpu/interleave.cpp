@@ -2,6 +2,7 @@
 #include "kernels/cpu/interleave.h"
 
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/isa.h"
 
@@ -27,15 +28,24 @@ geometry geometry_of(dtype t) {
     return g;
 }
 
-bool is_kquant(dtype t) { return t == dtype::q4_k || t == dtype::q6_k; }
+bool is_kquant(dtype t) { return t == dtype::q4_k || t == dtype::q5_k || t == dtype::q6_k; }
 
 // One row's super-block <-> its place in a k-quant column (layout in interleave.h). `pack`
-// copies from blk into col; otherwise from col back into blk.
+// copies from blk into col; otherwise from col back into blk. B is block_q4_k or block_q5_k
+// (the same scales and low code bits; q5_K adds qh).
+template <class B>
 void q4_k_row(uint8_t* col, int r, uint8_t* blk_bytes, bool pack) {
-    auto* blk = reinterpret_cast<block_q4_k*>(blk_bytes);
+    auto* blk = reinterpret_cast<B*>(blk_bytes);
+    if constexpr (requires { blk->qh; }) {
+        for (int c = 0; c < 8; ++c) {
+            uint8_t* lane = col + k5_qh_offset + 64 * c + 4 * r;
+            if (pack) std::memcpy(lane, blk->qh + 4 * c, 4);
+            else std::memcpy(blk->qh + 4 * c, lane, 4);
+        }
+    }
     uint8_t* lo = col + k4_scales_offset;
     uint8_t* hi = col + k4_high_offset + 4 * r;
-    uint8_t* codes = col + k4_codes_offset;
+    uint8_t* codes = col + (std::is_same_v<B, block_q5_k> ? k5_codes_offset : k4_codes_offset);
     if (pack) {
         std::memcpy(col + 2 * r, &blk->d, 2);
         std::memcpy(col + 32 + 2 * r, &blk->dmin, 2);
@@ -101,7 +111,8 @@ void kquant_rows(dtype t, int64_t n_in, uint8_t* row_major, uint8_t* packed, int
             uint8_t* col = group + size_t(b) * column_bytes;
             for (int r = 0; r < interleave_rows; ++r) {
                 uint8_t* blk = row_major + size_t(g0 + r) * row_bytes + size_t(b) * block_bytes;
-                if (t == dtype::q4_k) q4_k_row(col, r, blk, pack);
+                if (t == dtype::q4_k) q4_k_row<block_q4_k>(col, r, blk, pack);
+                else if (t == dtype::q5_k) q4_k_row<block_q5_k>(col, r, blk, pack);
                 else q6_k_row(col, r, blk, pack);
             }
         }

@@ -1,4 +1,4 @@
-// The interleaved16 weight layout (weight_layout::interleaved16): q4_0, q8_0, f16, bf16, q4_K and q6_K
+// The interleaved16 weight layout (weight_layout::interleaved16): q4_0, q8_0, f16, bf16, q4_K, q5_K and q6_K
 // matrices repacked once at load time so that the matrix kernels decode 16 weight rows per
 // vector, multiply them with activations broadcast to every lane (vpdpbusd, vdpbf16ps, FMA)
 // without horizontal sums, and stream one contiguous run of memory per 16 rows (decode and
@@ -27,6 +27,14 @@
 //                     2p + 1 in their high nibbles, elements 4(c % 8) .. 4(c % 8) + 3.
 //        (sc, m) are unpacked from ggml's 12-byte packing at repack time; the kernels rebuild
 //        the 6-bit values of 16 rows with one shift, mask and or per vector.
+//   q5_K (2816 bytes = 16 × 176):
+//        [0, 256)     as q4_K (d, dmin, scales and mins)
+//        [256, 768)   8 chunks of 64 bytes: byte 4r + k of chunk c is qh[4c + k] of row r;
+//                     bit j of it is the fifth bit (16) of element 32j + 4c + k, so one qh
+//                     chunk serves code chunk c of every sub-block pair
+//        [768, 2816)  the low 4 bits of the codes, as q4_K's [256, 2304)
+//        (qh sits before the codes so that a column is read front to back: with it at the
+//        end, decode streamed from DRAM at a third of the rate.)
 //   q6_K (3360 bytes = 16 × 210):
 //        [0, 32)       d[16] f16 super-block scales
 //        [32, 288)     16 × 16 int8: byte 16j + r = scales[j] of row r (sub-block j, 16 elements)
@@ -55,11 +63,12 @@ namespace kvs::cpu {
 
 inline constexpr int64_t interleave_rows = 16;
 
-// Byte offsets inside a q4_K / q6_K super-block column (16 rows × 256 elements).
+// Byte offsets inside a q4_K / q5_K / q6_K super-block column (16 rows × 256 elements).
 inline constexpr size_t k4_scales_offset = 64, k4_high_offset = 192, k4_codes_offset = 256;
+inline constexpr size_t k5_qh_offset = 256, k5_codes_offset = 768;
 inline constexpr size_t k6_scales_offset = 32, k6_codes_offset = 288;
 
-// w is row_major q4_0, q8_0, f16, bf16 (n_in a multiple of 32) or q4_K, q6_K (n_in a
+// w is row_major q4_0, q8_0, f16, bf16 (n_in a multiple of 32) or q4_K, q5_K, q6_K (n_in a
 // multiple of 256), with n_out a multiple of 16.
 bool can_interleave(const weight_view& w);
 // Whether the best ISA of this CPU has interleaved16 kernels, so that loaders should repack.

@@ -84,6 +84,7 @@ struct interleaved_kernel_table {
     gemm_fn gemm_bf16_bf16dot;
     gemm_fn gemm_q4_k;  // x is a q8k_rows* (as for the row_major k-quant kernels)
     gemm_fn gemm_q6_k;
+    gemm_fn gemm_q5_k;
 };
 
 // Half-precision weights (f16, bf16) times activation rows rounded to bf16, with bf16 dot

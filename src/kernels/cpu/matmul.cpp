@@ -60,6 +60,7 @@ detail::gemm_fn kernel_for(const detail::kernel_table& k, const detail::bf16dot_
             case dtype::q4_0: return ik.gemm_q4_0;
             case dtype::q8_0: return ik.gemm_q8_0;
             case dtype::q4_k: return ik.gemm_q4_k ? ik.gemm_q4_k : detail::interleaved_kernels_scalar()->gemm_q4_k;
+            case dtype::q5_k: return ik.gemm_q5_k ? ik.gemm_q5_k : detail::interleaved_kernels_scalar()->gemm_q5_k;
             case dtype::q6_k: return ik.gemm_q6_k ? ik.gemm_q6_k : detail::interleaved_kernels_scalar()->gemm_q6_k;
             case dtype::f16:
             case dtype::bf16: {

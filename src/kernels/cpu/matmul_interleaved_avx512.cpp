@@ -307,7 +307,8 @@ void gemm_bf16_dot(const gemm_tile& t) { gemm_half_dot<pairs_bf16>(t); }
 
 constexpr interleaved_kernel_table table{true,     gemm_q4_0,    gemm_q8_0,    gemm_f16,
                                          gemm_bf16, gemm_f16_dot, gemm_bf16_dot,
-                                         gemm_q4_k_interleaved_avx512, gemm_q6_k_interleaved_avx512};
+                                         gemm_q4_k_interleaved_avx512, gemm_q6_k_interleaved_avx512,
+                                         gemm_q5_k_interleaved_avx512};
 
 }  // namespace
 

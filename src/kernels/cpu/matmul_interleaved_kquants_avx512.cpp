@@ -1,4 +1,4 @@
-// AVX-512 VNNI kernels for interleaved16 q4_K and q6_K weights (layout in interleave.h)
+// AVX-512 VNNI kernels for interleaved16 q4_K, q5_K and q6_K weights (layout in interleave.h)
 // against q8k_rows activations. Compiled with KVSERVE_AVX512_FLAGS; only called when
 // dispatch.cpp found the CPU supports them.
 //
@@ -69,13 +69,17 @@ __m512i load16_s8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si12
 
 // ---- q4_K --------------------------------------------------------------------------------------
 
-template <int RX>
+// q5_K (Q5 = true) is q4_K with a fifth code bit: qh chunk k holds it for code chunk k of
+// every sub-block s = 2p + h, at bit s.
+template <int RX, bool Q5>
 void q4_k_group(const gemm_tile& t, const xk_block<RX>* xb, const uint8_t* group, float* y) {
-    constexpr size_t column_bytes = 16 * sizeof(block_q4_k);
+    constexpr size_t column_bytes = 16 * (Q5 ? sizeof(block_q5_k) : sizeof(block_q4_k));
+    constexpr size_t codes_offset = Q5 ? k5_codes_offset : k4_codes_offset;
     const int64_t nb = t.n_in / qk_k;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i m3 = _mm512_set1_epi32(3);
     const __m512i m15 = _mm512_set1_epi32(15);
+    const __m512i m16 = _mm512_set1_epi8(0x10);
     __m512 acc[RX];
 #pragma GCC unroll 8
     for (int i = 0; i < RX; ++i) acc[i] = _mm512_setzero_ps();
@@ -83,62 +87,69 @@ void q4_k_group(const gemm_tile& t, const xk_block<RX>* xb, const uint8_t* group
         const uint8_t* col = group + size_t(b) * column_bytes;
         const xk_block<RX>& xv = xb[b];
         const __m512i high = _mm512_loadu_si512(col + k4_high_offset);
-        __m512i isum[RX], imin[RX];
+        // Min term first, folded into acc at once (fewer live registers in the code loop):
+        // int16 pairs (m_2k, m_2k+1) per lane against the activation sums per 32.
+        {
+            __m512i imin[RX];
 #pragma GCC unroll 8
-        for (int i = 0; i < RX; ++i) isum[i] = imin[i] = _mm512_setzero_si512();
-        // Min term: int16 pairs (m_2k, m_2k+1) per lane against the activation sums per 32.
+            for (int i = 0; i < RX; ++i) imin[i] = _mm512_setzero_si512();
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-            const __m512i lo0 = load16_u8(col + k4_scales_offset + 32 * k);
-            const __m512i lo1 = load16_u8(col + k4_scales_offset + 32 * k + 16);
-            const __m512i mn0 = _mm512_or_si512(_mm512_srli_epi32(lo0, 4),
-                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 16 + 4 * k), m3), 4));
-            const __m512i mn1 = _mm512_or_si512(_mm512_srli_epi32(lo1, 4),
-                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 18 + 4 * k), m3), 4));
-            const __m512i pair = _mm512_or_si512(mn0, _mm512_slli_epi32(mn1, 16));
+            for (int k = 0; k < 4; ++k) {
+                const __m512i lo0 = load16_u8(col + k4_scales_offset + 32 * k);
+                const __m512i lo1 = load16_u8(col + k4_scales_offset + 32 * k + 16);
+                const __m512i mn0 = _mm512_or_si512(_mm512_srli_epi32(lo0, 4),
+                                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 16 + 4 * k), m3), 4));
+                const __m512i mn1 = _mm512_or_si512(_mm512_srli_epi32(lo1, 4),
+                                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 18 + 4 * k), m3), 4));
+                const __m512i pair = _mm512_or_si512(mn0, _mm512_slli_epi32(mn1, 16));
 #pragma GCC unroll 8
-            for (int i = 0; i < RX; ++i) imin[i] = _mm512_dpwssd_epi32(imin[i], pair, bcast4(xv.s32[i] + 2 * k));
+                for (int i = 0; i < RX; ++i) imin[i] = _mm512_dpwssd_epi32(imin[i], pair, bcast4(xv.s32[i] + 2 * k));
+            }
+            const __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + 32)));
+#pragma GCC unroll 8
+            for (int i = 0; i < RX; ++i)
+                acc[i] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin[i]), _mm512_mul_ps(dm, _mm512_set1_ps(xv.d[i])), acc[i]);
         }
-        // Sub-block pairs (2p, 2p + 1): 8 chunks, low and high nibbles.
+        // Sub-block s = 2p + h: the low (h = 0) or high (h = 1) nibbles of chunks 8p .. 8p + 7,
+        // one half at a time so that only 8 code vectors are live.
+        __m512i isum[RX];
+#pragma GCC unroll 8
+        for (int i = 0; i < RX; ++i) isum[i] = _mm512_setzero_si512();
 #pragma GCC unroll 1
         for (int p = 0; p < 4; ++p) {
-            const __m512i lo0 = load16_u8(col + k4_scales_offset + 32 * p);
-            const __m512i lo1 = load16_u8(col + k4_scales_offset + 32 * p + 16);
-            const __m512i sc0 = _mm512_or_si512(_mm512_and_si512(lo0, m15),
-                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 4 * p), m3), 4));
-            const __m512i sc1 = _mm512_or_si512(_mm512_and_si512(lo1, m15),
-                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 4 * p + 2), m3), 4));
-            __m512i c[16];
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                const int s = 2 * p + h;
+                const __m512i lo = load16_u8(col + k4_scales_offset + 16 * s);
+                const __m512i sc = _mm512_or_si512(
+                    _mm512_and_si512(lo, m15), _mm512_slli_epi32(_mm512_and_si512(_mm512_srl_epi32(high, _mm_cvtsi32_si128(2 * s)), m3), 4));
+                // q5_K: rotating each 32-bit lane right by s - 4 (mod 32) brings bit s of every
+                // byte to bit 4 of the same byte; a | (b & 0x10) is one ternlog.
+                const __m512i qh_rotate = _mm512_set1_epi32((s - 4) & 31);
+                __m512i c[8];
 #pragma GCC unroll 8
-            for (int k = 0; k < 8; ++k) {
-                const __m512i v = _mm512_loadu_si512(col + k4_codes_offset + 64 * (8 * p + k));
-                c[k] = _mm512_and_si512(v, m4);
-                c[k + 8] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-            }
-#pragma GCC unroll 8
-            for (int i = 0; i < RX; ++i) {
-                const int8_t* xq = xv.qs[i] + 64 * p;
-                __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
-                __m512i e0 = _mm512_setzero_si512(), e1 = _mm512_setzero_si512();
-#pragma GCC unroll 8
-                for (int k = 0; k < 8; k += 2) {
-                    d0 = _mm512_dpbusd_epi32(d0, c[k], bcast4(xq + 4 * k));
-                    e0 = _mm512_dpbusd_epi32(e0, c[k + 1], bcast4(xq + 4 * k + 4));
-                    d1 = _mm512_dpbusd_epi32(d1, c[k + 8], bcast4(xq + 32 + 4 * k));
-                    e1 = _mm512_dpbusd_epi32(e1, c[k + 9], bcast4(xq + 32 + 4 * k + 4));
+                for (int k = 0; k < 8; ++k) {
+                    const __m512i v = _mm512_loadu_si512(col + codes_offset + 64 * (8 * p + k));
+                    c[k] = _mm512_and_si512(h == 0 ? v : _mm512_srli_epi16(v, 4), m4);
+                    if constexpr (Q5) {
+                        const __m512i qh = _mm512_rorv_epi32(_mm512_loadu_si512(col + k5_qh_offset + 64 * k), qh_rotate);
+                        c[k] = _mm512_ternarylogic_epi32(c[k], qh, m16, 0xF8);
+                    }
                 }
-                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(_mm512_add_epi32(d0, e0), sc0));
-                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(_mm512_add_epi32(d1, e1), sc1));
+#pragma GCC unroll 8
+                for (int i = 0; i < RX; ++i) {
+                    const int8_t* xq = xv.qs[i] + 32 * s;
+                    __m512i dot = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; ++k) dot = _mm512_dpbusd_epi32(dot, c[k], bcast4(xq + 4 * k));
+                    isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(dot, sc));
+                }
             }
         }
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col)));
-        const __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + 32)));
 #pragma GCC unroll 8
-        for (int i = 0; i < RX; ++i) {
-            const __m512 dx = _mm512_set1_ps(xv.d[i]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dw, dx), acc[i]);
-            acc[i] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin[i]), _mm512_mul_ps(dm, dx), acc[i]);
-        }
+        for (int i = 0; i < RX; ++i)
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dw, _mm512_set1_ps(xv.d[i])), acc[i]);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < RX; ++i) _mm512_storeu_ps(y + i * t.ldy, acc[i]);
@@ -209,7 +220,9 @@ void q6_k_group(const gemm_tile& t, const xk_block<RX>* xb, const uint8_t* group
 }
 
 // Rows [i0, i0 + RX) against every group of the tile.
-template <bool q6, int RX>
+enum class kquant { q4, q5, q6 };
+
+template <kquant K, int RX>
 void rows_by_groups(const gemm_tile& t, const q8k_rows& x, int64_t i0) {
     static thread_local std::vector<xk_block<8>> storage;
     const size_t nb = size_t(t.n_in / qk_k);
@@ -220,32 +233,33 @@ void rows_by_groups(const gemm_tile& t, const q8k_rows& x, int64_t i0) {
     for (int64_t g0 = 0; g0 < t.n_o; g0 += interleave_rows) {
         const uint8_t* group = t.w + size_t(g0) * t.w_row_bytes;
         float* y = t.y + i0 * t.ldy + g0;
-        if constexpr (q6) q6_k_group<RX>(t, xb, group, y);
-        else q4_k_group<RX>(t, xb, group, y);
+        if constexpr (K == kquant::q6) q6_k_group<RX>(t, xb, group, y);
+        else q4_k_group<RX, K == kquant::q5>(t, xb, group, y);
     }
 }
 
-template <bool q6>
+template <kquant K>
 void gemm_kquant(const gemm_tile& t) {
     const auto& x = *static_cast<const q8k_rows*>(t.x);
     int64_t i = 0;
-    for (; i + 8 <= t.m; i += 8) rows_by_groups<q6, 8>(t, x, i);
+    for (; i + 8 <= t.m; i += 8) rows_by_groups<K, 8>(t, x, i);
     switch (t.m - i) {
-        case 7: rows_by_groups<q6, 7>(t, x, i); break;
-        case 6: rows_by_groups<q6, 6>(t, x, i); break;
-        case 5: rows_by_groups<q6, 5>(t, x, i); break;
-        case 4: rows_by_groups<q6, 4>(t, x, i); break;
-        case 3: rows_by_groups<q6, 3>(t, x, i); break;
-        case 2: rows_by_groups<q6, 2>(t, x, i); break;
-        case 1: rows_by_groups<q6, 1>(t, x, i); break;
+        case 7: rows_by_groups<K, 7>(t, x, i); break;
+        case 6: rows_by_groups<K, 6>(t, x, i); break;
+        case 5: rows_by_groups<K, 5>(t, x, i); break;
+        case 4: rows_by_groups<K, 4>(t, x, i); break;
+        case 3: rows_by_groups<K, 3>(t, x, i); break;
+        case 2: rows_by_groups<K, 2>(t, x, i); break;
+        case 1: rows_by_groups<K, 1>(t, x, i); break;
         default: break;
     }
 }
 
 }  // namespace
 
-void gemm_q4_k_interleaved_avx512(const gemm_tile& t) { gemm_kquant<false>(t); }
-void gemm_q6_k_interleaved_avx512(const gemm_tile& t) { gemm_kquant<true>(t); }
+void gemm_q4_k_interleaved_avx512(const gemm_tile& t) { gemm_kquant<kquant::q4>(t); }
+void gemm_q5_k_interleaved_avx512(const gemm_tile& t) { gemm_kquant<kquant::q5>(t); }
+void gemm_q6_k_interleaved_avx512(const gemm_tile& t) { gemm_kquant<kquant::q6>(t); }
 
 }  // namespace kvs::cpu::detail
 
@@ -253,6 +267,7 @@ void gemm_q6_k_interleaved_avx512(const gemm_tile& t) { gemm_kquant<true>(t); }
 
 namespace kvs::cpu::detail {
 void gemm_q4_k_interleaved_avx512(const gemm_tile&) {}
+void gemm_q5_k_interleaved_avx512(const gemm_tile&) {}
 void gemm_q6_k_interleaved_avx512(const gemm_tile&) {}
 }  // namespace kvs::cpu::detail
 

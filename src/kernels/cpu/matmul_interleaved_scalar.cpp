@@ -93,10 +93,12 @@ void gemm_bf16(const gemm_tile& t) { gemm_half<dtype::bf16>(t); }
 
 // K-quants against q8k_rows activations: the integer sums and the float expression of
 // matmul_kquants_scalar.cpp, with codes and scales read from the interleaved column.
-void gemm_q4_k(const gemm_tile& t) {
+// q5_K is q4_K plus a fifth code bit per element from the qh chunks.
+template <bool q5>
+void gemm_q4_k_or_q5_k(const gemm_tile& t) {
     const auto& x = *static_cast<const q8k_rows*>(t.x);
     const int64_t nb = t.n_in / qk_k;
-    const size_t column_bytes = size_t(interleave_rows) * sizeof(block_q4_k);
+    const size_t column_bytes = size_t(interleave_rows) * (q5 ? sizeof(block_q5_k) : sizeof(block_q4_k));
     for (int64_t g0 = 0; g0 < t.n_o; g0 += interleave_rows) {
         const uint8_t* group = t.w + size_t(g0) * t.w_row_bytes;
         for (int r = 0; r < interleave_rows; ++r) {
@@ -119,8 +121,13 @@ void gemm_q4_k(const gemm_tile& t) {
                         int32_t dot = 0;
                         for (int l = 0; l < 32; ++l) {
                             // Element 32j + l: byte l of sub-block pair j / 2, nibble j % 2.
-                            const uint8_t byte = col[k4_codes_offset + 64 * size_t(8 * (j / 2) + l / 4) + 4 * size_t(r) + size_t(l % 4)];
-                            const int q = j % 2 == 0 ? byte & 15 : byte >> 4;
+                            const uint8_t byte = col[(q5 ? k5_codes_offset : k4_codes_offset) + 64 * size_t(8 * (j / 2) + l / 4) +
+                                                     4 * size_t(r) + size_t(l % 4)];
+                            int q = j % 2 == 0 ? byte & 15 : byte >> 4;
+                            if constexpr (q5) {
+                                const uint8_t qh = col[k5_qh_offset + 64 * size_t(l / 4) + 4 * size_t(r) + size_t(l % 4)];
+                                q |= ((qh >> j) & 1) << 4;
+                            }
                             dot += q * xq[32 * j + l];
                         }
                         isum += sc * dot;
@@ -134,6 +141,9 @@ void gemm_q4_k(const gemm_tile& t) {
         }
     }
 }
+
+void gemm_q4_k(const gemm_tile& t) { gemm_q4_k_or_q5_k<false>(t); }
+void gemm_q5_k(const gemm_tile& t) { gemm_q4_k_or_q5_k<true>(t); }
 
 void gemm_q6_k(const gemm_tile& t) {
     const auto& x = *static_cast<const q8k_rows*>(t.x);
@@ -173,7 +183,7 @@ void gemm_q6_k(const gemm_tile& t) {
 }
 
 constexpr interleaved_kernel_table table{false, gemm_q4_0, gemm_q8_0, gemm_f16, gemm_bf16, nullptr, nullptr,
-                                         gemm_q4_k, gemm_q6_k};
+                                         gemm_q4_k, gemm_q6_k, gemm_q5_k};
 
 }  // namespace
 

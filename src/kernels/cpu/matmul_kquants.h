@@ -25,6 +25,7 @@ void gemm_q5_k_avx512(const gemm_tile& t);
 void gemm_q6_k_avx512(const gemm_tile& t);
 // interleaved16 weights (interleave.h), in interleaved_kernels_avx512's table.
 void gemm_q4_k_interleaved_avx512(const gemm_tile& t);
+void gemm_q5_k_interleaved_avx512(const gemm_tile& t);
 void gemm_q6_k_interleaved_avx512(const gemm_tile& t);
 void quantize_q8k_row_avx512(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsums);
 
