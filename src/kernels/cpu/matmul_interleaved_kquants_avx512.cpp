@@ -64,6 +64,16 @@ void pack_rows(const gemm_tile& t, const q8k_rows& x, int64_t i0, xk_block<RX>* 
     }
 }
 
+// acc += d · dx · isum for each activation row: the column's 16 f16 super-block scales d (at
+// its start, for every k-quant) times the row's activation scale; one convert and FMA per row.
+template <int RX>
+void add_superblock(__m512 (&acc)[RX], const __m512i (&isum)[RX], const uint8_t* col, const xk_block<RX>& xv) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col)));
+#pragma GCC unroll 8
+    for (int i = 0; i < RX; ++i)
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dw, _mm512_set1_ps(xv.d[i])), acc[i]);
+}
+
 __m512i load16_u8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 __m512i load16_s8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
@@ -146,10 +156,7 @@ void q4_k_group(const gemm_tile& t, const xk_block<RX>* xb, const uint8_t* group
                 }
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col)));
-#pragma GCC unroll 8
-        for (int i = 0; i < RX; ++i)
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dw, _mm512_set1_ps(xv.d[i])), acc[i]);
+        add_superblock<RX>(acc, isum, col, xv);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < RX; ++i) _mm512_storeu_ps(y + i * t.ldy, acc[i]);
@@ -210,10 +217,7 @@ void q6_k_group(const gemm_tile& t, const xk_block<RX>* xb, const uint8_t* group
                 }
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col)));
-#pragma GCC unroll 8
-        for (int i = 0; i < RX; ++i)
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dw, _mm512_set1_ps(xv.d[i])), acc[i]);
+        add_superblock<RX>(acc, isum, col, xv);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < RX; ++i) _mm512_storeu_ps(y + i * t.ldy, acc[i]);
