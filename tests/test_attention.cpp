@@ -19,6 +19,8 @@ struct paged_setup {
     int64_t n_pages, n_kv_head, page_size, head_dim, n_head;
     std::vector<float> k, v, q;
     std::vector<int32_t> indptr, ids, q_seq, q_len;
+    std::vector<int32_t> q_begin;     // (n_q) or empty: every row from slot 0
+    std::vector<int32_t> head_entry;  // (n_seq, n_kv_head) or empty: each head reads its sequence's pages
 };
 
 // n_seq sequences of the given lengths; pages shuffled so tables are non-contiguous.
@@ -61,6 +63,8 @@ cpu::attention_batch batch_of(const paged_setup& s) {
     b.q = s.q.data();
     b.q_seq = s.q_seq.data();
     b.q_kv_len = s.q_len.data();
+    b.q_kv_begin = s.q_begin.empty() ? nullptr : s.q_begin.data();
+    b.seq_head_entry = s.head_entry.empty() ? nullptr : s.head_entry.data();
     b.page_indptr = s.indptr.data();
     b.page_ids = s.ids.data();
     b.scale = 1.0f / std::sqrt(float(s.head_dim));
@@ -169,6 +173,89 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionPaged,
                                            attn_case{8, 1, 32, 4},    // MQA, small pages
                                            attn_case{4, 2, 64, 16},
                                            attn_case{6, 3, 128, 7}));  // odd page size
+
+// Sliding windows: each row sees only slots [q_kv_begin, q_kv_len) (window and StreamingLLM
+// policies). Begins anywhere in a page, equal to the length (no slot) or 0, rows of one block
+// with different begins, and long decode rows whose split KV range starts past the window.
+TEST_P(AttentionPaged, WindowRowsMatchFloat64Reference) {
+    const attn_case c = GetParam();
+    for (const auto& [lens, rows, seed] : {std::tuple<std::vector<int64_t>, int64_t, uint64_t>{{1, 17, 40, 100}, 5, 51},
+                                           {{1300}, 1, 52},
+                                           {{90, 3}, 70, 53}}) {
+        paged_setup s = make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, lens, rows, seed);
+        std::mt19937 rng{unsigned(seed)};
+        for (int32_t len : s.q_len) s.q_begin.push_back(int32_t(rng() % uint32_t(len + 1)));
+        s.q_begin[0] = 0;
+        if (s.q_begin.size() > 1) s.q_begin[1] = s.q_len[1];  // sees nothing
+        expect_matches_reference(s, 1e-5);
+    }
+}
+
+// A window that starts on a page boundary equals the same rows over a page table that begins
+// at that page (checked without the reference, which shares the batch description).
+TEST(AttentionPaged, WindowEqualsTableStartingAtTheWindow) {
+    const int64_t ps = 8, hd = 32;
+    paged_setup s = make_setup(8, 2, hd, ps, {200}, 3, 61);
+    thread_pool pool(2);
+    const size_t n_out = size_t(3 * 8 * hd);
+    s.q_begin.assign(3, int32_t(5 * ps));
+    std::vector<float> o_win(n_out), lse_win(24);
+    cpu::attention_paged(batch_of(s), view_of(s), o_win.data(), lse_win.data(), pool);
+    paged_setup tail = s;
+    tail.q_begin.clear();
+    tail.ids.assign(s.ids.begin() + 5, s.ids.end());
+    tail.indptr = {0, int32_t(tail.ids.size())};
+    for (int32_t& l : tail.q_len) l -= int32_t(5 * ps);
+    std::vector<float> o_tail(n_out), lse_tail(24);
+    cpu::attention_paged(batch_of(tail), view_of(tail), o_tail.data(), lse_tail.data(), pool);
+    EXPECT_LT(test::nmse_norm(o_win.data(), o_tail.data(), int64_t(n_out)), 1e-6);
+    for (size_t i = 0; i < lse_win.size(); ++i) EXPECT_NEAR(lse_win[i], lse_tail[i], 1e-5f);
+}
+
+// Per-head page selection: KV head h of a sequence reads another CSR entry's pages (Quest
+// hands each head the pages it selected); dense sequences of the same batch are unaffected.
+TEST_P(AttentionPaged, PerHeadPagesMatchFloat64Reference) {
+    const attn_case c = GetParam();
+    paged_setup s = make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {300, 45}, 1, 71);
+    std::mt19937 rng(71);
+    const int32_t n_seq = int32_t(s.indptr.size()) - 1;
+    s.head_entry.resize(size_t(n_seq * c.n_kv_head));
+    for (int32_t q = 0; q < n_seq; ++q)
+        for (int64_t h = 0; h < c.n_kv_head; ++h) s.head_entry[size_t(q * c.n_kv_head + h)] = q;
+    // Sequence 0's heads each read a random subset of its pages (in order, the last one kept).
+    const int32_t n_pages0 = s.indptr[1] - s.indptr[0];
+    int32_t min_len = s.q_len[0];
+    for (int64_t h = 0; h < c.n_kv_head; ++h) {
+        std::vector<int32_t> pick;
+        for (int32_t p = 0; p + 1 < n_pages0; ++p)
+            if (rng() % 3 == 0) pick.push_back(s.ids[size_t(s.indptr[0] + p)]);
+        pick.push_back(s.ids[size_t(s.indptr[1] - 1)]);
+        s.head_entry[size_t(h)] = int32_t(s.indptr.size()) - 1;
+        s.ids.insert(s.ids.end(), pick.begin(), pick.end());
+        s.indptr.push_back(int32_t(s.ids.size()));
+        const int32_t last_rows = s.q_len[0] - (n_pages0 - 1) * int32_t(c.page_size);
+        min_len = std::min<int32_t>(min_len, int32_t(pick.size() - 1) * int32_t(c.page_size) + last_rows);
+    }
+    s.q_len[0] = min_len;  // every head's list holds at least this many slots
+    expect_matches_reference(s, 1e-5);
+    // Head h of sequence 0 equals plain attention over its entry.
+    thread_pool pool(2);
+    auto b = batch_of(s);
+    std::vector<float> o(size_t(b.n_q * c.n_head * c.head_dim)), lse(size_t(b.n_q * c.n_head));
+    cpu::attention_paged(b, view_of(s), o.data(), lse.data(), pool);
+    const int64_t group = c.n_head / c.n_kv_head;
+    for (int64_t h = 0; h < c.n_kv_head; ++h) {
+        paged_setup one = s;
+        one.head_entry.clear();
+        one.q_seq = {s.head_entry[size_t(h)]};
+        one.q_len = {s.q_len[0]};
+        one.q.assign(s.q.begin(), s.q.begin() + c.n_head * c.head_dim);
+        std::vector<float> o1(size_t(c.n_head * c.head_dim)), lse1(size_t(c.n_head));
+        cpu::attention_paged(batch_of(one), view_of(one), o1.data(), lse1.data(), pool);
+        const int64_t off = h * group * c.head_dim;
+        EXPECT_LT(test::nmse_norm(o.data() + off, o1.data() + off, group * c.head_dim), 1e-6) << "head " << h;
+    }
+}
 
 TEST(AttentionPaged, HalfFormatsStayCloseToF32) {
     // What storing K and V in 16 bits costs, against the float64 reference over the f32

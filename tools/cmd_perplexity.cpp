@@ -2,6 +2,12 @@
 // tokenized once (with BOS); it is cut into chunks of n_ctx tokens, each chunk starts with BOS
 // and is evaluated from an empty cache, and only the second half of each chunk is scored
 // (every scored token sees at least n_ctx/2 tokens of context).
+//
+// --stream N: StreamingLLM's protocol instead. One stream of BOS followed by the text's tokens,
+// cut to N tokens, is fed through one sequence under the KV policy (-b tokens per forward
+// pass); every token after the first is predicted from the cache state its policy leaves, and
+// the result is exp(mean NLL) over those N - 1 predictions. The perplexity of each --stretch
+// tokens is printed as it goes, so a trend over the stream shows.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +34,84 @@ double nll_of(const float* logits, int64_t n_vocab, int32_t target) {
     return std::log(sum) + mx - double(logits[target]);
 }
 
+struct nll_sum {
+    double sum = 0, sum2 = 0;
+    int64_t count = 0;
+    void add(double nll) {
+        sum += nll;
+        sum2 += nll * nll;
+        ++count;
+    }
+    double ppl() const { return std::exp(sum / double(std::max<int64_t>(1, count))); }
+    // Standard error of the perplexity (delta method, as llama-perplexity reports it).
+    double ppl_error() const {
+        const double mean = sum / double(std::max<int64_t>(1, count));
+        const double var = std::max(0.0, sum2 / double(std::max<int64_t>(1, count)) - mean * mean);
+        return ppl() * std::sqrt(var / double(std::max<int64_t>(1, count - 1)));
+    }
+};
+
+// --stream: see the file comment.
+int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32_t> tokens, int64_t n_stream, int64_t n_batch,
+                      int64_t stretch, dtype kv_type, const kv_policy& policy) {
+    const int64_t n_vocab = m.hparams().n_vocab;
+    if (int64_t(tokens.size()) < n_stream) {
+        std::fprintf(stderr, "kvserve perplexity: the text has %zu tokens, fewer than the stream's %lld\n", tokens.size(),
+                     (long long)n_stream);
+        return 2;
+    }
+    tokens.resize(size_t(n_stream));
+    session_params sp;
+    sp.kv_type = kv_type;
+    sp.policy = policy;
+    sp.n_batch = n_batch;
+    sp.max_logit_rows = n_batch;
+    if (!policy.slides() && policy.kind != kv_policy_kind::recompute) {
+        // A policy that keeps every token needs one context of the whole stream.
+        sp.n_ctx = n_stream;
+        if (n_stream > m.hparams().n_ctx_train)
+            std::fprintf(stderr, "perplexity: warning: the stream (%lld tokens) is longer than the model's training context (%lld)\n",
+                         (long long)n_stream, (long long)m.hparams().n_ctx_train);
+    }
+    auto s = session::create(m, pool, sp);
+    if (!s) {
+        std::fprintf(stderr, "kvserve perplexity: %s\n", s.message().c_str());
+        return 1;
+    }
+    std::fprintf(stderr, "perplexity: one stream of %lld tokens under %s, %lld tokens per pass, perplexity per %lld tokens\n",
+                 (long long)n_stream, policy.spec().c_str(), (long long)n_batch, (long long)stretch);
+    auto t0 = std::chrono::steady_clock::now();
+    nll_sum all, part;
+    int64_t n_parts = 0;
+    std::vector<float> logits;
+    for (int64_t start = 0; start + 1 < n_stream; start += n_batch) {
+        // Rows [start, end) predict tokens start+1 .. end (the last token predicts nothing).
+        const int64_t end = std::min(start + n_batch, n_stream - 1);
+        if (status st = s.value()->eval(tokens.data() + start, end - start, 0, &logits); !st) {
+            std::fprintf(stderr, "kvserve perplexity: %s\n", st.message().c_str());
+            return 1;
+        }
+        for (int64_t j = start; j < end; ++j) {
+            const double nll = nll_of(logits.data() + (j - start) * n_vocab, n_vocab, tokens[size_t(j + 1)]);
+            all.add(nll);
+            part.add(nll);
+            if (part.count == stretch || j + 2 == n_stream) {
+                ++n_parts;
+                std::printf("[%lld]%.4f%s", (long long)n_parts, part.ppl(), n_parts % 8 == 0 ? "\n" : ",");
+                std::fflush(stdout);
+                part = nll_sum{};
+            }
+        }
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("\nFinal estimate: PPL = %.4f +/- %.5f\n", all.ppl(), all.ppl_error());
+    const size_t page_bytes = s.value()->kv().config().page_bytes();
+    std::fprintf(stderr, "%lld tokens predicted in %.2f s (%.1f tokens/s); KV held at most %d pages (%zu bytes)\n",
+                 (long long)all.count, secs, double(all.count) / std::max(secs, 1e-9), s.value()->peak_pages(),
+                 size_t(s.value()->peak_pages()) * page_bytes);
+    return 0;
+}
+
 int cmd_perplexity(int argc, char** argv) {
     CLI::App app("Perplexity of a model on a text file (llama-perplexity's method)", "kvserve perplexity");
     std::string model_path = default_model_path(), text_path;
@@ -43,7 +127,20 @@ int cmd_perplexity(int argc, char** argv) {
     app.add_flag("--no-repack", no_repack, no_repack_help);
     kv_type_option kvt;
     add_kv_type_options(app, kvt);
+    std::string policy_spec;
+    add_kv_policy_option(app, policy_spec);
+    int64_t n_stream = 0, stretch = 8192;
+    auto* stream_opt = app.add_option("--stream", n_stream, "score one stream of N tokens under the KV policy (StreamingLLM's protocol)")
+                           ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
+    app.add_option("--stretch", stretch, "with --stream: print the perplexity of every this many tokens")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 30))->capture_default_str();
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    kv_policy policy;
+    if (!resolve_kv_policy(policy_spec, "perplexity", &policy)) return 2;
+    if (!stream_opt->count() && !policy.is_dense()) {
+        std::fprintf(stderr, "kvserve perplexity: --kv-policy applies to --stream mode (chunks of -c are scored densely)\n");
+        return 2;
+    }
 
     if (!std::filesystem::exists(model_path)) {
         std::fprintf(stderr, "kvserve perplexity: %s\n", missing_model_help(model_path).c_str());
@@ -72,6 +169,12 @@ int cmd_perplexity(int argc, char** argv) {
     const int64_t n_vocab = m.hparams().n_vocab;
     const bool add_bos = tok.value()->add_bos() && tok.value()->bos() >= 0;
     std::vector<int32_t> tokens = tok.value()->encode(text, add_bos, false);
+    if (stream_opt->count()) {
+        thread_pool pool(threads);
+        dtype kv_type;
+        if (!resolve_kv_type(kvt, "perplexity", &kv_type)) return 2;
+        return stream_perplexity(m, pool, std::move(tokens), n_stream, n_batch, stretch, kv_type, policy);
+    }
     const int64_t n_chunks_all = int64_t(tokens.size()) / n_ctx;
     const int64_t n_chunks = max_chunks < 0 ? n_chunks_all : std::min(max_chunks, n_chunks_all);
     if (n_chunks < 1) {

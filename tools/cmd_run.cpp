@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <random>
 
 #include "command.h"
@@ -51,11 +52,15 @@ int cmd_run(int argc, char** argv) {
     app.add_flag("--no-bos", no_bos, "do not add the BOS token");
     kv_type_option kvt;
     add_kv_type_options(app, kvt);
+    std::string policy_spec;
+    add_kv_policy_option(app, policy_spec);
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-text tokens");
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
+    kv_policy policy;
+    if (!resolve_kv_policy(policy_spec, "run", &policy)) return 2;
     if (!std::filesystem::exists(model_path)) {
         std::fprintf(stderr, "kvserve run: %s\n", missing_model_help(model_path).c_str());
         return 2;
@@ -90,6 +95,7 @@ int cmd_run(int argc, char** argv) {
     if (!resolve_kv_type(kvt, "run", &sess.kv_type)) return 2;
     sess.n_ctx = n_ctx;
     sess.n_batch = n_batch;
+    sess.policy = policy;
     auto s = session::create(m, pool, sess);
     if (!s) {
         std::fprintf(stderr, "kvserve run: %s\n", s.message().c_str());
@@ -102,7 +108,7 @@ int cmd_run(int argc, char** argv) {
         std::fprintf(stderr, "kvserve run: the prompt is empty (and the model has no BOS token)\n");
         return 2;
     }
-    if (int64_t(tokens.size()) >= s.value()->n_ctx()) {
+    if (s.value()->bounded_by_ctx() && int64_t(tokens.size()) >= s.value()->n_ctx()) {
         std::fprintf(stderr, "kvserve run: the prompt has %zu tokens, the context only %lld\n", tokens.size(),
                      (long long)s.value()->n_ctx());
         return 2;
@@ -122,8 +128,11 @@ int cmd_run(int argc, char** argv) {
     out.push(tokens.back());
     out.flush();
     auto t_gen = clock_type::now();
-    int n_gen = 0;
-    const int64_t limit = n_predict < 0 ? s.value()->n_ctx() - int64_t(tokens.size()) : n_predict;
+    int64_t n_gen = 0;
+    // -1: until the end of text, or of the context where the policy keeps every token.
+    const int64_t limit = n_predict >= 0 ? n_predict
+                          : s.value()->bounded_by_ctx() ? s.value()->n_ctx() - int64_t(tokens.size())
+                                                        : std::numeric_limits<int64_t>::max();
     sampler& sm = smp.value();
     for (; n_gen < limit; ) {
         int32_t next = sm.sample(s.value()->logits(), m.hparams().n_vocab);
@@ -133,7 +142,7 @@ int cmd_run(int argc, char** argv) {
         std::string piece = out.push(next);
         std::fwrite(piece.data(), 1, piece.size(), stdout);
         std::fflush(stdout);
-        if (n_gen >= limit || s.value()->n_past() >= s.value()->n_ctx()) break;
+        if (n_gen >= limit || (s.value()->bounded_by_ctx() && s.value()->n_past() >= s.value()->n_ctx())) break;
         if (status st = s.value()->decode(next); !st) {
             std::fprintf(stderr, "\nkvserve run: %s\n", st.message().c_str());
             return 1;
@@ -147,8 +156,13 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "\nload time: %.2f ms\n", load_s * 1e3);
     std::fprintf(stderr, "prompt:    %zu tokens in %.2f ms (%.2f tokens/s)\n", tokens.size(), prompt_s * 1e3,
                  double(tokens.size()) / std::max(prompt_s, 1e-9));
-    std::fprintf(stderr, "generate:  %d tokens in %.2f ms (%.2f tokens/s)\n", n_gen, gen_s * 1e3,
+    std::fprintf(stderr, "generate:  %lld tokens in %.2f ms (%.2f tokens/s)\n", (long long)n_gen, gen_s * 1e3,
                  double(n_gen) / std::max(gen_s, 1e-9));
+    const session& ss = *s.value();
+    const size_t page_bytes = ss.kv().config().page_bytes();
+    std::fprintf(stderr, "kv:        %s, %zu bytes held at the end (%zu pages), peak %zu bytes (%d pages), %zu bytes per token\n",
+                 ss.policy().spec().c_str(), ss.kv_bytes(), ss.kv_bytes() / page_bytes, size_t(ss.peak_pages()) * page_bytes,
+                 ss.peak_pages(), ss.kv().bytes_per_token());
     return 0;
 }
 

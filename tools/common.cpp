@@ -60,6 +60,24 @@ bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out) {
     return true;
 }
 
+void add_kv_policy_option(CLI::App& app, std::string& spec) {
+    app.add_option("--kv-policy", spec,
+                   "KV policy: dense (default), window:size=W, streaming:sinks=S,size=W, recompute:size=W, "
+                   "h2o:heavy=H,recent=R, quest:budget=B");
+}
+
+bool resolve_kv_policy(const std::string& spec, const char* cmd, kv_policy* out) {
+    *out = kv_policy{};
+    if (spec.empty()) return true;
+    auto p = kv_policy::parse(spec);
+    if (!p) {
+        std::fprintf(stderr, "kvserve %s: --kv-policy: %s\n", cmd, p.message().c_str());
+        return false;
+    }
+    *out = p.value();
+    return true;
+}
+
 int parse_cli(CLI::App& app, int argc, char** argv) {
     // llama.cpp's short spellings of the KV format options (CLI11 takes one-letter short names).
     std::vector<char*> args(argv, argv + argc);

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/dtype.h"
+#include "kv/kv_policy.h"
 #include "model/llama.h"
 
 namespace kvs::tools {
@@ -20,6 +21,11 @@ void add_kv_type_options(CLI::App& app, kv_type_option& o);
 // The chosen format (the default when none was given); false after printing why, prefixed
 // with `cmd`, if the K and V names disagree.
 bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out);
+
+// --kv-policy SPEC (kv/kv_policy.h): which tokens the KV cache keeps and reads.
+void add_kv_policy_option(CLI::App& app, std::string& spec);
+// The parsed policy (dense when spec is empty); false after printing why, prefixed with `cmd`.
+bool resolve_kv_policy(const std::string& spec, const char* cmd, kv_policy* out);
 
 // The shared fixture folder: $KVSERVE_SHARED, else ../shared from the working directory.
 std::string shared_dir();

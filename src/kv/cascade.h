@@ -32,7 +32,10 @@ struct cascade_plan {
 };
 
 // q_seq/q_kv_len: (n_rows); page_indptr/page_ids: the batch's CSR; page_size in tokens.
+// q_kv_begin (n_rows, or null): rows that start past slot 0 (a sliding window) are never
+// grouped — they do not read the shared prefix.
 cascade_plan plan_cascade(int64_t n_rows, const int32_t* q_seq, const int32_t* q_kv_len, const int32_t* page_indptr,
-                          const int32_t* page_ids, int64_t page_size, const cascade_options& options = {});
+                          const int32_t* page_ids, int64_t page_size, const cascade_options& options = {},
+                          const int32_t* q_kv_begin = nullptr);
 
 }  // namespace kvs

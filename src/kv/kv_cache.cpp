@@ -1,5 +1,6 @@
 #include "kv/kv_cache.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -45,7 +46,7 @@ int32_t kv_cache::seq_add() {
             seqs_[s].live = true;
             return int32_t(s);
         }
-    seqs_.push_back({true, {}});
+    seqs_.push_back({true, {}, 0, 0, {}});
     return int32_t(seqs_.size() - 1);
 }
 
@@ -58,18 +59,64 @@ void kv_cache::seq_remove(int32_t seq) {
     for (auto it = s.pages.rbegin(); it != s.pages.rend(); ++it) pool_.unref(*it);
     s.pages.clear();
     s.live = false;
+    s.n_pinned = 0;
+    s.n_dropped = 0;
+    s.policy = kv_policy{};
+}
+
+void kv_cache::seq_set_policy(int32_t seq, const kv_policy& policy) {
+    seq_state& s = seqs_[size_t(seq)];
+    s.policy = policy;
+    s.n_pinned = policy.kind == kv_policy_kind::streaming ? pages_for(policy.sinks, cfg_.page_size) : 0;
+}
+
+int32_t kv_cache::seq_trim(int32_t seq, int64_t n_computed) {
+    const kv_policy& p = seqs_[size_t(seq)].policy;
+    if (!p.slides()) return 0;
+    // The next query (token n_computed) reads its window [n_computed - W + 1, n_computed].
+    return seq_drop_before(seq, n_computed - p.size + 1);
+}
+
+int32_t kv_cache::policy_page_bound(const kv_policy& p, int64_t n_chunk, int32_t page_size) {
+    if (!p.slides()) return 0;
+    const int64_t ps = page_size;
+    const int64_t sinks = p.kind == kv_policy_kind::streaming ? pages_for(p.sinks, page_size) : 0;
+    return int32_t(sinks + (p.size + n_chunk - 1 + ps - 1 + ps - 1) / ps);
+}
+
+int32_t kv_cache::pages_to_reserve(int32_t seq, int64_t n_slots) const {
+    const seq_state& s = seqs_[size_t(seq)];
+    return std::max<int32_t>(0, int32_t(pages_for(n_slots, cfg_.page_size) - s.n_dropped - int64_t(s.pages.size())));
 }
 
 bool kv_cache::can_reserve(int32_t seq, int64_t n_slots) const {
-    int32_t need = pages_for(n_slots, cfg_.page_size) - int32_t(seq_pages(seq).size());
-    return need <= 0 || pool_.can_allocate(need);
+    return pool_.can_allocate(pages_to_reserve(seq, n_slots));
 }
 
 bool kv_cache::seq_reserve(int32_t seq, int64_t n_slots) {
+    const int32_t need = pages_to_reserve(seq, n_slots);
+    if (need == 0) return true;
+    return pool_.allocate(need, seqs_[size_t(seq)].pages);
+}
+
+bool kv_cache::seq_holds(int32_t seq, int64_t slot) const {
+    const seq_state& s = seqs_[size_t(seq)];
+    const int64_t lp = slot / cfg_.page_size;
+    return slot >= 0 && slot < seq_capacity(seq) && (lp < s.n_pinned || lp >= s.n_pinned + s.n_dropped);
+}
+
+int32_t kv_cache::seq_drop_before(int32_t seq, int64_t slot) {
     seq_state& s = seqs_[size_t(seq)];
-    int32_t need = pages_for(n_slots, cfg_.page_size) - int32_t(s.pages.size());
-    if (need <= 0) return true;
-    return pool_.allocate(need, s.pages);
+    // Logical pages [n_pinned + n_dropped, slot / page_size) lie wholly below `slot`.
+    const int64_t first = s.n_pinned + s.n_dropped;
+    const int64_t end = std::min<int64_t>(slot / cfg_.page_size, int64_t(s.pages.size()) + s.n_dropped);
+    if (end <= first) return 0;
+    const int32_t n = int32_t(end - first);
+    const auto begin_it = s.pages.begin() + s.n_pinned;
+    for (auto it = begin_it; it != begin_it + n; ++it) pool_.unref(*it);
+    s.pages.erase(begin_it, begin_it + n);
+    s.n_dropped += n;
+    return n;
 }
 
 void kv_cache::copy_page(int32_t dst, int32_t src) {
@@ -84,8 +131,8 @@ void kv_cache::copy_page(int32_t dst, int32_t src) {
 bool kv_cache::seq_prepare_write(int32_t seq, int64_t begin, int64_t end) {
     seq_state& s = seqs_[size_t(seq)];
     if (end <= begin) return true;
-    int64_t first = begin / cfg_.page_size, last = (end - 1) / cfg_.page_size;
-    if (last >= int64_t(s.pages.size())) return false;
+    if (!seq_holds(seq, begin) || !seq_holds(seq, end - 1)) return false;
+    const int64_t first = table_slot(seq, begin) / cfg_.page_size, last = table_slot(seq, end - 1) / cfg_.page_size;
     int32_t n_shared = 0;
     for (int64_t p = first; p <= last; ++p) n_shared += pool_.ref_count(s.pages[size_t(p)]) > 1;
     if (!pool_.can_allocate(n_shared)) return false;
@@ -103,7 +150,7 @@ bool kv_cache::seq_prepare_write(int32_t seq, int64_t begin, int64_t end) {
 
 int32_t kv_cache::seq_fork(int32_t src) {
     int32_t dst = seq_add();
-    seqs_[size_t(dst)].pages = seqs_[size_t(src)].pages;
+    seqs_[size_t(dst)] = seqs_[size_t(src)];
     for (int32_t p : seqs_[size_t(dst)].pages) pool_.ref(p);
     return dst;
 }
@@ -117,7 +164,7 @@ void kv_cache::seq_attach(int32_t seq, const std::vector<int32_t>& pages) {
 }
 
 void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v) {
-    const int32_t page = seqs_[size_t(seq)].pages[size_t(slot / cfg_.page_size)];
+    const int32_t page = page_of(seq, slot);
     cpu::kv_store_row(layout_, k_block(layer, page, 0), v_block(layer, page, 0), size_t(cfg_.n_pages) * layout_.k_head_bytes(),
                       size_t(cfg_.n_pages) * layout_.v_head_bytes(), slot % cfg_.page_size, k, v);
 }
@@ -132,6 +179,10 @@ status kv_cache::check_integrity(const std::vector<int32_t>& other_owners) const
     for (size_t s = 0; s < seqs_.size(); ++s) {
         if (!seqs_[s].live && !seqs_[s].pages.empty())
             return status::error(strfmt("removed sequence %zu still holds pages", s));
+        if (seqs_[s].n_pinned < 0 || seqs_[s].n_dropped < 0 ||
+            (seqs_[s].n_dropped > 0 && size_t(seqs_[s].n_pinned) > seqs_[s].pages.size()))
+            return status::error(strfmt("sequence %zu: %d pinned and %lld dropped pages do not fit its table of %zu", s,
+                                        seqs_[s].n_pinned, (long long)seqs_[s].n_dropped, seqs_[s].pages.size()));
         for (int32_t p : seqs_[s].pages) {
             if (p < 0 || p >= cfg_.n_pages) return status::error(strfmt("sequence %zu holds invalid page %d", s, p));
             ++owners[size_t(p)];

@@ -7,8 +7,15 @@
 // cpu::kv_page_layout describes. Head-major over the pool: one KV head's keys for a page are
 // contiguous, and so are its blocks of consecutive pages, so the attention kernel (one task
 // per KV head) streams one sequential run per head instead of a short run out of every page.
-// Slot s of a sequence lives in page table[s / page_size], row s % page_size. Keys are
+// Slot s of a sequence lives in row s % page_size of its logical page s / page_size. Keys are
 // stored already rotated (RoPE applied at write time at the token's position).
+//
+// Sliding tables (window and StreamingLLM policies): a sequence may drop the pages at the
+// front of its table once no future query reads them (seq_drop_before); the first n_pinned
+// pages (StreamingLLM's sinks) are never dropped. Logical page lp then sits at table index
+// lp (lp < n_pinned) or lp - n_dropped, and a slot's *table slot* — its index in the run of
+// pages handed to the attention kernel — is table_index · page_size + row. Dense sequences
+// never drop, so their logical and table slots are equal.
 //
 // Contract
 //  - Single owner: mutated by one thread at a time (the forward pass writes rows of pages
@@ -28,6 +35,7 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "kernels/cpu/attention.h"
+#include "kv/kv_policy.h"
 #include "kv/page_pool.h"
 
 namespace kvs {
@@ -70,18 +78,58 @@ public:
     int32_t seq_add();
     void seq_remove(int32_t seq);  // frees its pages tail-first
     bool seq_exists(int32_t seq) const;
-    // Grows the table so that slots [0, n_slots) exist. Never shrinks.
+    // Grows the table so that logical slots [0, n_slots) exist (those not dropped). Never shrinks.
     bool seq_reserve(int32_t seq, int64_t n_slots);
     bool can_reserve(int32_t seq, int64_t n_slots) const;
-    // Makes the pages holding slots [begin, end) exclusively owned, copying shared ones.
+    // Pages seq_reserve(seq, n_slots) would take from the pool.
+    int32_t pages_to_reserve(int32_t seq, int64_t n_slots) const;
+    // Makes the pages holding logical slots [begin, end) exclusively owned, copying shared ones.
     bool seq_prepare_write(int32_t seq, int64_t begin, int64_t end);
     // A new sequence sharing all pages of `src` (ref counts +1). n > 1 completions.
     int32_t seq_fork(int32_t src);
     // Appends already-filled pages (e.g. from the prefix cache) to a sequence, taking a
-    // reference on each. The sequence's table must end on a page boundary (normally empty).
+    // reference on each. The sequence's table must end on a page boundary (normally empty)
+    // and must not have dropped pages.
     void seq_attach(int32_t seq, const std::vector<int32_t>& pages);
+    // The sequence's KV policy (dense when never set). Window and StreamingLLM sequences slide:
+    // seq_trim drops the pages no later query reads, and StreamingLLM pins its sink pages.
+    // Set it before the sequence holds pages.
+    void seq_set_policy(int32_t seq, const kv_policy& policy);
+    const kv_policy& seq_policy(int32_t seq) const { return seqs_[size_t(seq)].policy; }
+    // After the first n_computed tokens (logical slots) of a sliding sequence are cached: drops
+    // the pages that the queries of tokens >= n_computed never read. Returns pages dropped
+    // (0 for other policies).
+    int32_t seq_trim(int32_t seq, int64_t n_computed);
+    // Pages a sliding sequence holds at most while it computes a chunk of n_chunk tokens
+    // (0 for policies that do not bound them): its sink pages plus the W + n_chunk - 1 slots
+    // the chunk's rows read, at any offset in a page. Between decode steps (n_chunk = 1):
+    // ceil(S / page_size) + ceil(W / page_size) + 1 at most.
+    static int32_t policy_page_bound(const kv_policy& policy, int64_t n_chunk, int32_t page_size);
+    // Marks the first n pages as never dropped (StreamingLLM's sink pages).
+    void seq_pin(int32_t seq, int32_t n_pages) { seqs_[size_t(seq)].n_pinned = n_pages; }
+    // Gives back every unpinned page whose slots all lie below logical slot `slot` (no future
+    // query reads them). Returns pages dropped.
+    int32_t seq_drop_before(int32_t seq, int64_t slot);
+    // The page table: the pages handed to the attention kernel, in order.
     const std::vector<int32_t>& seq_pages(int32_t seq) const { return seqs_[size_t(seq)].pages; }
-    int64_t seq_capacity(int32_t seq) const { return int64_t(seq_pages(seq).size()) * cfg_.page_size; }
+    int32_t seq_n_pinned(int32_t seq) const { return seqs_[size_t(seq)].n_pinned; }
+    int64_t seq_n_dropped(int32_t seq) const { return seqs_[size_t(seq)].n_dropped; }
+    // Logical slots [0, seq_capacity) have been reserved (some may have been dropped since).
+    int64_t seq_capacity(int32_t seq) const {
+        return (int64_t(seq_pages(seq).size()) + seq_n_dropped(seq)) * cfg_.page_size;
+    }
+    // True if logical slot `slot` is reserved and not dropped.
+    bool seq_holds(int32_t seq, int64_t slot) const;
+    // Index of a held logical slot in the run of table pages (what the kernel's slots count).
+    int64_t table_slot(int32_t seq, int64_t slot) const {
+        const seq_state& s = seqs_[size_t(seq)];
+        const int64_t lp = slot / cfg_.page_size;
+        return (lp < s.n_pinned ? lp : lp - s.n_dropped) * cfg_.page_size + slot % cfg_.page_size;
+    }
+    // The page holding a held logical slot.
+    int32_t page_of(int32_t seq, int64_t slot) const {
+        return seq_pages(seq)[size_t(table_slot(seq, slot) / cfg_.page_size)];
+    }
 
     // Storage of one layer: (n_kv_head, n_pages, block); blocks of layout().k_head_bytes() (K)
     // and v_head_bytes() (V).
@@ -111,7 +159,10 @@ private:
     explicit kv_cache(const kv_config& config);
     struct seq_state {
         bool live = false;
-        std::vector<int32_t> pages;  // page table: slot s is in pages[s / page_size]
+        std::vector<int32_t> pages;  // page table (table slot t is in pages[t / page_size])
+        int32_t n_pinned = 0;        // leading pages never dropped
+        int64_t n_dropped = 0;       // logical pages dropped after the pinned ones
+        kv_policy policy;
     };
     void copy_page(int32_t dst, int32_t src);
 

@@ -15,6 +15,10 @@ void attention_with_cascade(const cpu::attention_batch& b, const cpu::paged_kv_v
     // 1. Own pages: a CSR where grouped rows' sequences start after the shared pages.
     int32_t n_seq = 0;
     for (int64_t r = 0; r < b.n_q; ++r) n_seq = std::max(n_seq, b.q_seq[r] + 1);
+    if (b.seq_head_entry) {  // entries that only per-head lists name come along unchanged
+        const int32_t n_rows_entries = n_seq;
+        for (int64_t i = 0; i < int64_t(n_rows_entries) * kv.n_kv_head; ++i) n_seq = std::max(n_seq, b.seq_head_entry[i] + 1);
+    }
     std::vector<int32_t>& skip = s.q_seq;  // per sequence, reused below
     skip.assign(size_t(n_seq), 0);
     for (int64_t r = 0; r < b.n_q; ++r) skip[size_t(b.q_seq[r])] = plan.skip_pages[size_t(r)];

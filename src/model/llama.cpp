@@ -27,8 +27,6 @@ forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64
     rope_sin.resize(n * size_t(n_pairs));
     out_rows.resize(size_t(max_logits_ * hp.n_embd));
     logits_.resize(size_t(max_logits_ * hp.n_vocab));
-    q_seq.reserve(n);
-    q_kv_len.reserve(n);
 }
 
 namespace {
@@ -59,7 +57,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             return status::error(strfmt("batch row %lld: token id %d is outside the vocabulary (0..%lld)", (long long)i, b.tokens[size_t(i)], (long long)hp.n_vocab - 1));
         const int32_t s = b.seq_ids[size_t(i)];
         if (!kv.seq_exists(s)) return status::error(strfmt("batch row %lld: sequence %d does not exist", (long long)i, s));
-        if (b.slots[size_t(i)] < 0 || b.slots[size_t(i)] >= kv.seq_capacity(s))
+        if (!kv.seq_holds(s, b.slots[size_t(i)]))
             return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
         if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
     }
@@ -70,28 +68,13 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             return status::error("kv cache: no free page for copy-on-write");
     }
 
-    // Attention CSR over the sequences present in the batch.
-    if (st.seq_index.empty()) st.seq_index.assign(64, -1);
-    st.page_indptr.assign(1, 0);
-    st.page_ids.clear();
-    st.q_seq.resize(size_t(n));
-    st.q_kv_len.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) {
-        const int32_t s = b.seq_ids[size_t(i)];
-        if (size_t(s) >= st.seq_index.size()) st.seq_index.resize(size_t(s) + 1, -1);
-        if (st.seq_index[size_t(s)] < 0) {
-            st.seq_index[size_t(s)] = int32_t(st.page_indptr.size() - 1);
-            const auto& pages = kv.seq_pages(s);
-            st.page_ids.insert(st.page_ids.end(), pages.begin(), pages.end());
-            st.page_indptr.push_back(int32_t(st.page_ids.size()));
-        }
-        st.q_seq[size_t(i)] = st.seq_index[size_t(s)];
-        st.q_kv_len[size_t(i)] = b.slots[size_t(i)] + 1;
-    }
-    for (int64_t i = 0; i < n; ++i) st.seq_index[size_t(b.seq_ids[size_t(i)])] = -1;
-    // Cascade: one plan from the page tables serves every layer.
-    st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, st.q_seq.data(), st.q_kv_len.data(), st.page_indptr.data(),
-                                                         st.page_ids.data(), kv.config().page_size)
+    // Page tables and slot ranges of every row (the sequences' policies), and the cascade
+    // plan over them: decided once, used by every layer.
+    attention_plan& ap = st.plan_;
+    KVS_TRY(plan_attention(n, b.seq_ids.data(), b.slots.data(), kv, ap));
+    st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(),
+                                                         ap.page_ids.data(), kv.config().page_size, {},
+                                                         ap.any_begin ? ap.q_kv_begin.data() : nullptr)
                                           : cascade_plan{};
 
     auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
@@ -113,11 +96,33 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     ab.n_q = n;
     ab.n_head = hp.n_head;
     ab.q = st.q.data();
-    ab.q_seq = st.q_seq.data();
-    ab.q_kv_len = st.q_kv_len.data();
-    ab.page_indptr = st.page_indptr.data();
-    ab.page_ids = st.page_ids.data();
+    ab.q_seq = ap.q_seq.data();
+    ab.q_kv_len = ap.q_kv_len.data();
+    ab.q_kv_begin = ap.any_begin ? ap.q_kv_begin.data() : nullptr;
+    ab.page_indptr = ap.page_indptr.data();
+    ab.page_ids = ap.page_ids.data();
     ab.scale = 1.0f / std::sqrt(float(hd));
+
+    // Sink pass (StreamingLLM): per sink row, the rotation from its position to sink_pos.
+    const int64_t n_sink = int64_t(ap.sink_rows.size());
+    cpu::attention_batch sink_ab = ab;
+    if (n_sink > 0) {
+        st.sink_q.resize(size_t(n_sink * nq));
+        st.sink_o.resize(size_t(n_sink * nq));
+        st.sink_lse.resize(size_t(n_sink * hp.n_head));
+        st.sink_cos.resize(size_t(n_sink * n_pairs));
+        st.sink_sin.resize(size_t(n_sink * n_pairs));
+        for (int64_t j = 0; j < n_sink; ++j) {
+            const int64_t delta = int64_t(ap.sink_pos[size_t(j)]) - b.positions[size_t(ap.sink_rows[size_t(j)])];
+            cpu::rope_angles(n_rot, delta, hp.rope_freq_base, hp.rope_freq_scale, st.sink_cos.data() + j * n_pairs,
+                             st.sink_sin.data() + j * n_pairs);
+        }
+        sink_ab.n_q = n_sink;
+        sink_ab.q = st.sink_q.data();
+        sink_ab.q_seq = ap.sink_q_seq.data();
+        sink_ab.q_kv_len = ap.sink_len.data();
+        sink_ab.q_kv_begin = nullptr;
+    }
 
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const llama_layer& L = w_.layers[size_t(il)];
@@ -147,6 +152,19 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         for (int64_t i = 0; i < n; ++i)
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
         attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+        if (n_sink > 0) {
+            for (int64_t j = 0; j < n_sink; ++j) {
+                float* qs = st.sink_q.data() + j * nq;
+                std::copy_n(st.q.data() + int64_t(ap.sink_rows[size_t(j)]) * nq, nq, qs);
+                cpu::rope_apply(qs, hp.n_head, hd, n_rot, st.sink_cos.data() + j * n_pairs, st.sink_sin.data() + j * n_pairs, hp.rope);
+            }
+            cpu::attention_paged(sink_ab, kv.view(il), st.sink_o.data(), st.sink_lse.data(), pool);
+            for (int64_t j = 0; j < n_sink; ++j) {
+                const int64_t r = ap.sink_rows[size_t(j)];
+                cpu::attention_merge(st.attn.data() + r * nq, st.lse.data() + r * hp.n_head, st.sink_o.data() + j * nq,
+                                     st.sink_lse.data() + j * hp.n_head, hp.n_head, hd);
+            }
+        }
         dump("kqv_out", il, st.attn.data(), n, nq);
         cpu::matmul(L.wo, st.attn.data(), n, st.xb2.data(), pool);
         dump("attn_out", il, st.xb2.data(), n, d);

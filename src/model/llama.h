@@ -22,6 +22,7 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kernels/cpu/ops.h"
+#include "kv/attention_plan.h"
 #include "kv/cascade.h"
 #include "kv/kv_cache.h"
 #include "model/batch.h"
@@ -80,8 +81,11 @@ private:
     std::vector<float> rope_cos, rope_sin;  // (max_tokens, n_rot / 2) angles of each row's position
     std::vector<float> out_rows;         // (max_logits, n_embd)
     std::vector<float> logits_;          // (max_logits, n_vocab)
-    std::vector<int32_t> q_seq, q_kv_len, page_indptr, page_ids;  // attention CSR
-    std::vector<int32_t> seq_index;      // kv seq id -> CSR index (-1 if absent)
+    attention_plan plan_;                // page tables and slot ranges of the batch's rows
+    // StreamingLLM sink pass (plan_.sink_rows): queries re-rotated to their in-cache position.
+    std::vector<float> sink_q, sink_o;   // (n_sink, n_head*hd)
+    std::vector<float> sink_lse;         // (n_sink, n_head)
+    std::vector<float> sink_cos, sink_sin;  // (n_sink, n_rot / 2) angles of (sink_pos - position)
     bool cascade_on_ = true;
     cascade_plan cascade_;               // decided once per forward, used by every layer
     cascade_scratch cascade_scratch_;

@@ -7,33 +7,60 @@ namespace kvs {
 
 result<std::unique_ptr<session>> session::create(const llama_model& model, thread_pool& pool, const session_params& p) {
     std::unique_ptr<session> s(new session(model, pool));
+    s->policy_ = p.policy;
     s->n_ctx_ = p.n_ctx > 0 ? p.n_ctx : model.hparams().n_ctx_train;
     if (s->n_ctx_ > (int64_t(1) << 24)) return status::error(strfmt("context length %lld is too large", (long long)s->n_ctx_));
-    s->n_batch_ = std::clamp<int64_t>(p.n_batch, 1, s->n_ctx_);
     if (p.page_size <= 0) return status::error("page size must be positive");
-    const int32_t n_pages = kv_cache::pages_for(s->n_ctx_, p.page_size);
+    const kv_policy& pol = p.policy;
+    if (pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::quest)
+        return status::error(strfmt("KV policy %s is not available in a session yet", kv_policy_kind_name(pol.kind)));
+    s->bounded_ = !(pol.slides() || pol.kind == kv_policy_kind::recompute);
+    // Tokens per forward pass: a recompute pass is one window.
+    const int64_t span = pol.kind == kv_policy_kind::recompute ? pol.size : s->n_ctx_;
+    s->n_batch_ = std::clamp<int64_t>(p.n_batch, 1, s->bounded_ ? s->n_ctx_ : std::max(p.n_batch, int64_t(1)));
+    if (pol.kind == kv_policy_kind::recompute) s->n_batch_ = std::max<int64_t>(s->n_batch_, pol.size);
+    // Pool: the whole context (dense), the policy's bound for a chunk (window, streaming), or
+    // one window (recompute).
+    const int32_t n_pages = pol.slides() ? kv_cache::policy_page_bound(pol, s->n_batch_, p.page_size)
+                                         : kv_cache::pages_for(span, p.page_size);
     auto kv = kv_cache::create(model.kv_geometry(p.page_size, n_pages, p.kv_type));
     if (!kv) return kv.error();
     s->kv_ = std::move(kv.value());
     const int64_t max_rows = std::clamp<int64_t>(p.max_logit_rows, 1, s->n_batch_);
     s->st_ = std::make_unique<forward_state>(model, s->n_batch_, max_rows);
     s->seq_ = s->kv_->seq_add();
+    if (pol.slides()) s->kv_->seq_set_policy(s->seq_, pol);
     s->last_logits_.assign(size_t(model.hparams().n_vocab), 0.0f);
+    s->want_.assign(size_t(s->n_batch_), 0);
     return s;
 }
 
 void session::reset() {
     kv_->seq_remove(seq_);
     seq_ = kv_->seq_add();
+    if (policy_.slides()) kv_->seq_set_policy(seq_, policy_);
     n_past_ = 0;
+    history_.clear();
+}
+
+status session::forward_chunk(const int32_t* tokens, int64_t m, const uint8_t* want_logits) {
+    if (!kv_->seq_reserve(seq_, n_past_ + m)) return status::error("kv cache: out of pages");
+    peak_pages_ = std::max(peak_pages_, int32_t(kv_->seq_pages(seq_).size()));
+    batch_.clear();
+    for (int64_t i = 0; i < m; ++i) batch_.add(tokens[i], int32_t(n_past_ + i), seq_, want_logits[i] != 0);
+    KVS_TRY(model_.forward(batch_, *kv_, *st_, pool_));
+    n_past_ += m;
+    kv_->seq_trim(seq_, n_past_);  // sliding policies: pages no later query reads
+    return status::ok();
 }
 
 status session::eval(const int32_t* tokens, int64_t n, int64_t first_row, std::vector<float>* all_logits) {
     if (n <= 0) return status::ok();
-    if (n_past_ + n > n_ctx_)
+    if (policy_.kind == kv_policy_kind::recompute) return eval_recompute(tokens, n, first_row, all_logits);
+    if (bounded_ && n_past_ + n > n_ctx_)
         return status::error(strfmt("the prompt and output need %lld tokens, more than the context length %lld",
                                     (long long)(n_past_ + n), (long long)n_ctx_));
-    if (!kv_->seq_reserve(seq_, n_past_ + n)) return status::error("kv cache: out of pages");
+    if (n_past_ + n > (int64_t(1) << 31) - 1) return status::error("the sequence would pass 2^31 tokens");
     const int64_t n_vocab = model_.hparams().n_vocab;
     if (all_logits) {
         first_row = std::clamp<int64_t>(first_row, 0, n);
@@ -41,18 +68,18 @@ status session::eval(const int32_t* tokens, int64_t n, int64_t first_row, std::v
     }
     // With all logits wanted, a pass may return at most max_logits rows.
     const int64_t step = all_logits ? std::min(n_batch_, st_->max_logits()) : n_batch_;
+    std::vector<uint8_t>& want = want_;
     for (int64_t start = 0; start < n; start += step) {
         const int64_t m = std::min(step, n - start);
-        batch_.clear();
         for (int64_t i = 0; i < m; ++i) {
             const int64_t row = start + i;
-            batch_.add(tokens[row], int32_t(n_past_ + i), seq_, (all_logits && row >= first_row) || row == n - 1);
+            want[size_t(i)] = (all_logits && row >= first_row) || row == n - 1;
         }
-        KVS_TRY(model_.forward(batch_, *kv_, *st_, pool_));
+        KVS_TRY(forward_chunk(tokens + start, m, want.data()));
         // Collect logits in row order.
         int64_t r = 0;
         for (int64_t i = 0; i < m; ++i) {
-            if (!batch_.want_logits[size_t(i)]) continue;
+            if (!want[size_t(i)]) continue;
             const float* src = st_->logits() + r * n_vocab;
             const int64_t row = start + i;
             if (all_logits && row >= first_row)
@@ -60,8 +87,37 @@ status session::eval(const int32_t* tokens, int64_t n, int64_t first_row, std::v
             if (row == n - 1) std::memcpy(last_logits_.data(), src, size_t(n_vocab) * sizeof(float));
             ++r;
         }
-        n_past_ += m;
     }
+    return status::ok();
+}
+
+// Recompute: the logits after token t come from a fresh prefill of tokens
+// [max(0, t - W + 1), t] at positions 0.. (the sequence is emptied before each one).
+status session::eval_recompute(const int32_t* tokens, int64_t n, int64_t first_row, std::vector<float>* all_logits) {
+    const int64_t n_vocab = model_.hparams().n_vocab, w = policy_.size;
+    if (all_logits) {
+        first_row = std::clamp<int64_t>(first_row, 0, n);
+        all_logits->resize(size_t((n - first_row) * n_vocab));
+    }
+    std::vector<uint8_t>& want = want_;
+    for (int64_t i = 0; i < n; ++i) {
+        history_.push_back(tokens[i]);
+        const bool need = i == n - 1 || (all_logits && i >= first_row);
+        if (!need) continue;  // only the rows whose logits are asked for are computed
+        const int64_t len = std::min<int64_t>(w, int64_t(history_.size()));
+        kv_->seq_remove(seq_);
+        seq_ = kv_->seq_add();
+        const int64_t past = int64_t(history_.size());
+        n_past_ = 0;
+        std::fill(want.begin(), want.begin() + len, 0);
+        want[size_t(len - 1)] = 1;
+        KVS_TRY(forward_chunk(history_.data() + (past - len), len, want.data()));
+        n_past_ = past;
+        const float* src = st_->logits();
+        if (all_logits && i >= first_row) std::memcpy(all_logits->data() + (i - first_row) * n_vocab, src, size_t(n_vocab) * sizeof(float));
+        if (i == n - 1) std::memcpy(last_logits_.data(), src, size_t(n_vocab) * sizeof(float));
+    }
+    n_past_ = int64_t(history_.size());
     return status::ok();
 }
 

@@ -1,6 +1,13 @@
-// One sequence over a model with its own dense paged KV cache: prefill in chunks, then
-// decode token by token. This is what `kvserve run` and `kvserve perplexity` use; the server
-// schedules many sequences through the same llama_model::forward instead.
+// One sequence over a model with its own paged KV cache: prefill in chunks, then decode token
+// by token, under a KV policy (kv/kv_policy.h). This is what `kvserve run` and `kvserve
+// perplexity` use; the server schedules many sequences through the same llama_model::forward
+// instead.
+//
+// Policies: dense keeps every token (the context length bounds the sequence). Window and
+// StreamingLLM slide: after every forward pass the pages no later query reads go back to the
+// pool, so the sequence holds a bounded number of pages and may run past the context length.
+// Recompute keeps no cache between tokens: each new token is computed by prefilling the last
+// W tokens afresh at positions 0..W-1.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +27,7 @@ struct session_params {
     int32_t page_size = 16;   // KV tokens per page
     dtype kv_type = kv_default_type;  // KV storage format (f32, f16, bf16)
     int64_t max_logit_rows = 1;  // logit rows one forward pass may return (eval with all_logits)
+    kv_policy policy;            // which tokens the cache keeps and reads (dense by default)
 };
 
 class session {
@@ -27,7 +35,14 @@ public:
     static result<std::unique_ptr<session>> create(const llama_model& model, thread_pool& pool, const session_params& params);
 
     int64_t n_ctx() const { return n_ctx_; }
+    // False when the policy lets the sequence grow past n_ctx (window, streaming, recompute).
+    bool bounded_by_ctx() const { return bounded_; }
     int64_t n_past() const { return n_past_; }
+    const kv_policy& policy() const { return policy_; }
+    // KV bytes the sequence holds now (its pages).
+    size_t kv_bytes() const { return kv_->seq_pages(seq_).size() * kv_->config().page_bytes(); }
+    // Most pages the sequence has held at once.
+    int32_t peak_pages() const { return peak_pages_; }
     const llama_model& model() const { return model_; }
     const kv_cache& kv() const { return *kv_; }
 
@@ -44,9 +59,17 @@ public:
 
 private:
     session(const llama_model& model, thread_pool& pool) : model_(model), pool_(pool) {}
+    // One forward pass over tokens [0, m) appended at n_past_ (logits of the rows flagged).
+    status forward_chunk(const int32_t* tokens, int64_t m, const uint8_t* want_logits);
+    status eval_recompute(const int32_t* tokens, int64_t n, int64_t first_row, std::vector<float>* all_logits);
     const llama_model& model_;
     thread_pool& pool_;
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
+    bool bounded_ = true;
+    kv_policy policy_;
+    int32_t peak_pages_ = 0;
+    std::vector<int32_t> history_;  // recompute: every token so far
+    std::vector<uint8_t> want_;     // (n_batch) rows of a pass whose logits are returned
     int32_t seq_ = -1;
     std::unique_ptr<kv_cache> kv_;
     std::unique_ptr<forward_state> st_;

@@ -44,11 +44,12 @@ void attend_portable(const detail::attn_work& w) {
     float* vrow = krow + hd;  // (hd)
     for (int64_t r = 0; r < w.n_rows; ++r) {
         const int64_t t_end = std::min<int64_t>(w.t1, w.kv_len[r]);
+        const int64_t t_begin = w.kv_begin ? std::max<int64_t>(w.t0, w.kv_begin[r]) : w.t0;
         for (int64_t g = 0; g < w.n_group; ++g) {
             const float* q = w.q + r * w.q_row_stride + g * hd;
             float m = neg_inf, l = 0.0f;
             std::fill(acc, acc + hd, 0.0f);
-            for (int64_t t = w.t0; t < t_end; ++t) {
+            for (int64_t t = t_begin; t < t_end; ++t) {
                 const size_t page = size_t(w.pages[t / w.page_size]);
                 load_kv_rows(w.fmt, w.k + page * w.k_page_bytes + w.k_head_off, w.v + page * w.v_page_bytes + w.v_head_off,
                              t % w.page_size, hd, w.k_row_elems, krow, vrow);
@@ -94,7 +95,7 @@ detail::attn_fn active_attention_kernel(detail::kv_fmt fmt) {
 }
 
 struct row_block {
-    int64_t row0, n_rows, max_len;
+    int64_t row0, n_rows, min_begin, max_len;  // rows [row0, row0 + n_rows) see slots within [min_begin, max_len)
 };
 
 }  // namespace
@@ -117,26 +118,35 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
     static thread_local std::vector<row_block> block_buf;
     std::vector<row_block>& blocks = block_buf;
     blocks.clear();
-    int64_t max_len = 0;
+    int64_t max_len = 0, min_begin = std::numeric_limits<int64_t>::max();
     for (int64_t r = 0; r < b.n_q; ++r) {
         const int64_t len = b.q_kv_len[r];
+        // (Rounded down to an even row of its page: 16-bit V rows are stored in token pairs and
+        // a tile starts on a pair; the extra slot is masked.)
+        int64_t begin = b.q_kv_begin ? std::min<int64_t>(b.q_kv_begin[r], len) : 0;
+        begin -= (begin % ps) & 1;
         max_len = std::max(max_len, len);
+        min_begin = std::min(min_begin, begin);
         if (blocks.empty() || b.q_seq[r] != b.q_seq[blocks.back().row0] || blocks.back().n_rows == rows_per_block) {
-            blocks.push_back({r, 1, len});
+            blocks.push_back({r, 1, begin, len});
         } else {
             blocks.back().n_rows++;
+            blocks.back().min_begin = std::min(blocks.back().min_begin, begin);
             blocks.back().max_len = std::max(blocks.back().max_len, len);
         }
     }
     const int64_t n_base = int64_t(blocks.size()) * kv.n_kv_head * n_hchunks;
     const int64_t want_tasks = 4 * int64_t(pool.n_threads());
+    // The KV range is split over [split_base, max_len): the slots some row sees (a window's
+    // rows skip the slots before it), cut at page boundaries.
     int64_t n_split = 1;
     constexpr int64_t min_split_keys = 256;
-    if (n_base < want_tasks && max_len >= 2 * min_split_keys)
-        n_split = std::min((want_tasks + n_base - 1) / n_base, max_len / min_split_keys);
-    int64_t split_len = (max_len + n_split - 1) / n_split;
+    const int64_t split_base = min_begin / ps * ps, span = max_len - split_base;
+    if (n_base < want_tasks && span >= 2 * min_split_keys)
+        n_split = std::min((want_tasks + n_base - 1) / n_base, span / min_split_keys);
+    int64_t split_len = (span + n_split - 1) / n_split;
     split_len = std::max<int64_t>(1, (split_len + ps - 1) / ps * ps);
-    n_split = std::max<int64_t>(1, (max_len + split_len - 1) / split_len);
+    n_split = std::max<int64_t>(1, (span + split_len - 1) / split_len);
 
     // Splits after the first write partial states here: (n_split - 1, n_q, n_head, hd), lse
     // (n_split - 1, n_q, n_head).
@@ -170,18 +180,20 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.n_group = std::min(hc, n_group - g0);
         w.hd = hd;
         w.kv_len = b.q_kv_len + blk.row0;
+        w.kv_begin = b.q_kv_begin ? b.q_kv_begin + blk.row0 : nullptr;
         w.fmt = fmt;
         w.k = static_cast<const uint8_t*>(kv.k);
         w.v = static_cast<const uint8_t*>(kv.v);
-        w.pages = b.page_ids + b.page_indptr[b.q_seq[blk.row0]];
+        const int32_t entry = b.q_seq[blk.row0];
+        w.pages = b.page_ids + b.page_indptr[b.seq_head_entry ? b.seq_head_entry[entry * kv.n_kv_head + kvh] : entry];
         w.page_size = ps;
         w.k_row_elems = lay.k_row_elems();
         w.k_page_bytes = kv.k_page_stride();
         w.v_page_bytes = kv.v_page_stride();
         w.k_head_off = size_t(kvh) * kv.k_head_stride();
         w.v_head_off = size_t(kvh) * kv.v_head_stride();
-        w.t0 = split * split_len;
-        w.t1 = std::min(blk.max_len, w.t0 + split_len);
+        w.t0 = std::max(blk.min_begin, split_base + split * split_len);
+        w.t1 = std::min(blk.max_len, split_base + (split + 1) * split_len);
         w.scale = b.scale;
         float* o_base = split == 0 ? o : part_o_data + size_t(split - 1) * o_elems;
         float* lse_base = split == 0 ? lse : part_lse_data + size_t(split - 1) * lse_elems;
@@ -222,13 +234,15 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
     const kv_page_layout lay = kv.layout();
     for (int64_t row = 0; row < b.n_q; ++row) {
         const int64_t n_kv = b.q_kv_len[row];
-        const int32_t* pages = b.page_ids + b.page_indptr[b.q_seq[row]];
+        const int64_t begin = b.q_kv_begin ? std::min<int64_t>(b.q_kv_begin[row], n_kv) : 0;
         for (int64_t h = 0; h < b.n_head; ++h) {
             const int64_t kvh = h / n_group;
+            const int32_t entry = b.seq_head_entry ? b.seq_head_entry[b.q_seq[row] * kv.n_kv_head + kvh] : b.q_seq[row];
+            const int32_t* pages = b.page_ids + b.page_indptr[entry];
             const float* q = b.q + (row * b.n_head + h) * hd;
             std::vector<double> sc(static_cast<size_t>(n_kv), 0.0);
             double mx = -std::numeric_limits<double>::infinity();
-            for (int64_t t = 0; t < n_kv; ++t) {
+            for (int64_t t = begin; t < n_kv; ++t) {
                 const uint8_t* kp = kv.k_block(pages[t / ps], kvh);
                 double acc = 0;
                 for (int64_t d = 0; d < hd; ++d) acc += double(q[d]) * double(kv_load_k(lay, kp, t % ps, d));
@@ -236,17 +250,18 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
                 mx = std::max(mx, sc[size_t(t)]);
             }
             double sum = 0;
-            for (auto& x : sc) sum += (x = std::exp(x - mx));
+            for (int64_t t = begin; t < n_kv; ++t) sum += (sc[size_t(t)] = std::exp(sc[size_t(t)] - mx));
             float* out = o + (row * b.n_head + h) * hd;
+            const bool any = begin < n_kv;
             for (int64_t d = 0; d < hd; ++d) {
                 double acc = 0;
-                for (int64_t t = 0; t < n_kv; ++t) {
+                for (int64_t t = begin; t < n_kv; ++t) {
                     const uint8_t* vp = kv.v_block(pages[t / ps], kvh);
                     acc += sc[size_t(t)] * double(kv_load_v(lay, vp, t % ps, d));
                 }
-                out[d] = n_kv ? float(acc / sum) : 0.0f;
+                out[d] = any ? float(acc / sum) : 0.0f;
             }
-            lse[row * b.n_head + h] = n_kv ? float(mx + std::log(sum)) : neg_inf;
+            lse[row * b.n_head + h] = any ? float(mx + std::log(sum)) : neg_inf;
         }
     }
 }

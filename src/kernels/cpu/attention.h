@@ -2,8 +2,10 @@
 // The page table is one CSR for the whole batch (FlashInfer's representation): sequence i
 // owns page ids page_ids[page_indptr[i] .. page_indptr[i+1]); slot s of the sequence is row
 // s % page_size of page page_ids[page_indptr[i] + s / page_size].
-// The kernel never knows which policy chose the pages; it reads slots [0, q_kv_len[r]) of
-// the row's sequence (causality and chunked prefill are expressed through q_kv_len).
+// The kernel never knows which policy chose the pages; it reads slots [q_kv_begin[r],
+// q_kv_len[r]) of the row's sequence (causality and chunked prefill are expressed through
+// q_kv_len, a sliding window through q_kv_begin). Per-head page selection (Quest) maps a
+// (sequence, KV head) to another CSR entry holding that head's pages (seq_head_entry).
 #pragma once
 
 #include <cstdint>
@@ -81,9 +83,15 @@ struct attention_batch {
     int64_t n_head = 0;                  // query heads; a multiple of n_kv_head (GQA/MQA)
     const float* q = nullptr;            // (n_q, n_head, head_dim), already rotated
     const int32_t* q_seq = nullptr;      // (n_q) sequence index of each row, into page_indptr
-    const int32_t* q_kv_len = nullptr;   // (n_q) the row attends to slots [0, q_kv_len)
+    const int32_t* q_kv_len = nullptr;   // (n_q) the row attends to slots [q_kv_begin, q_kv_len)
+    const int32_t* q_kv_begin = nullptr; // (n_q) first slot each row attends; null: 0 for every row
     const int32_t* page_indptr = nullptr;  // (n_seq + 1)
     const int32_t* page_ids = nullptr;     // (page_indptr[n_seq])
+    // (n_seq, n_kv_head) or null: KV head h of the rows of sequence entry i reads the pages of
+    // entry seq_head_entry[i * n_kv_head + h] instead of entry i's (its slots then index into
+    // that entry's pages; the row's q_kv_begin/q_kv_len apply unchanged). Null: every head
+    // reads its sequence's pages, at no cost.
+    const int32_t* seq_head_entry = nullptr;
     float scale = 1.0f;                  // usually 1/sqrt(head_dim)
 };
 

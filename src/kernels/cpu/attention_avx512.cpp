@@ -269,19 +269,22 @@ void widen_f16_tile(const uint16_t* k, int64_t row_elems, const uint16_t* v, int
 }
 
 // Lane layout shared by the kernels: query vector qv = v * lanes + l; lanes past n_qv are
-// zero and see no key (length 0).
+// zero and see no key (length 0). lenv: each lane's kv_len; beginv: each lane's first visible
+// slot minus one (so that visibility is two greater-than compares).
 template <class VT, int NV>
-int64_t lane_lengths(const attn_work& w, typename VT::ireg* lenv) {
-    alignas(64) int32_t lane_len[NV][16];
+int64_t lane_lengths(const attn_work& w, typename VT::ireg* lenv, typename VT::ireg* beginv) {
+    alignas(64) int32_t lane_len[NV][16], lane_begin[NV][16];
     const int64_t n_qv = w.n_rows * w.n_group;
     int64_t max_len = 0;
     for (int v = 0; v < NV; ++v) {
         for (int l = 0; l < VT::lanes; ++l) {
             const int64_t qv = v * VT::lanes + l;
             lane_len[v][l] = qv < n_qv ? w.kv_len[qv / w.n_group] : 0;
+            lane_begin[v][l] = (qv < n_qv && w.kv_begin ? w.kv_begin[qv / w.n_group] : 0) - 1;
             max_len = std::max<int64_t>(max_len, lane_len[v][l]);
         }
         lenv[v] = VT::loadu_i(lane_len[v]);
+        beginv[v] = VT::loadu_i(lane_begin[v]);
     }
     return max_len;
 }
@@ -305,14 +308,16 @@ typename VT::reg query_lanes(const attn_work& w, const float* const* lane_q, int
     return VT::load(lane_f);
 }
 
-// Masks slots a lane may not see (slot >= its kv_len) to -inf and returns the tile max.
+// Masks slots a lane may not see (slot >= its kv_len or before its kv_begin) to -inf and
+// returns the tile max.
 template <class VT, int NV>
-inline void mask_tile(typename VT::reg* s, int64_t t0, int64_t n_t, const typename VT::ireg* lenv, typename VT::reg* mx) {
+inline void mask_tile(typename VT::reg* s, int64_t t0, int64_t n_t, const typename VT::ireg* lenv,
+                      const typename VT::ireg* beginv, typename VT::reg* mx) {
     for (int v = 0; v < NV; ++v) mx[v] = VT::set1(neg_inf);
     for (int64_t j = 0; j < n_t; ++j) {
         const typename VT::ireg slot = VT::set1_i(int32_t(t0 + j));
         for (int v = 0; v < NV; ++v) {
-            const typename VT::mask vis = VT::cmpgt_i32(lenv[v], slot);
+            const typename VT::mask vis = VT::cmpgt_i32(lenv[v], slot) & VT::cmpgt_i32(slot, beginv[v]);
             s[j * NV + v] = VT::mask_mov(VT::set1(neg_inf), vis, s[j * NV + v]);
             mx[v] = VT::max(mx[v], s[j * NV + v]);
         }
@@ -358,8 +363,8 @@ void attend(const attn_work& w) {
     float* kf = reinterpret_cast<float*>(s + (tile_keys + 1) * NV);  // F16: (tile_keys, hd)
     float* vf = kf + tile_keys * hd;
 
-    typename VT::ireg lenv[NV];
-    const int64_t max_len = lane_lengths<VT, NV>(w, lenv);
+    typename VT::ireg lenv[NV], beginv[NV];
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
     const float* lane_q[attn_max_qv];
     lane_queries(w, lane_q);
     for (int64_t d = 0; d < hd; ++d)
@@ -398,7 +403,7 @@ void attend(const attn_work& w) {
         for (; jk + KG <= n_t; jk += KG) scores<VT, NV, KG, HD>(kb + jk * hd, qt, hd, s + jk * NV);
         for (; jk < n_t; ++jk) scores<VT, NV, 1, HD>(kb + jk * hd, qt, hd, s + jk * NV);
         typename VT::reg mx[NV];
-        mask_tile<VT, NV>(s, t0, n_t, lenv, mx);
+        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
         // Online softmax: rescale the running state to the new max (lanes that have seen no
         // key keep max -inf; they use 0 as the reference so exp gives 0, never NaN).
         bool rescale = false;
@@ -508,8 +513,8 @@ void attend_bf16(const attn_work& w) {
     typename VT::reg* s = ot + hd * NV;
     auto* p2 = reinterpret_cast<breg*>(s + (tile_keys + 1) * NV);
 
-    typename VT::ireg lenv[NV];
-    const int64_t max_len = lane_lengths<VT, NV>(w, lenv);
+    typename VT::ireg lenv[NV], beginv[NV];
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
     const float* lane_q[attn_max_qv];
     lane_queries(w, lane_q);
     for (int64_t p = 0; p < hp; ++p)
@@ -533,7 +538,7 @@ void attend_bf16(const attn_work& w) {
         for (; jk + KG <= n_t; jk += KG) scores_bf16<VT, NV, KG, HD>(kb + jk * 2 * hp, q2, hd, s + jk * NV);
         for (; jk < n_t; ++jk) scores_bf16<VT, NV, 1, HD>(kb + jk * 2 * hp, q2, hd, s + jk * NV);
         typename VT::reg mx[NV];
-        mask_tile<VT, NV>(s, t0, n_t, lenv, mx);
+        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
         bool rescale = false;
         typename VT::reg corr[NV];
         const int64_t n_pairs = n_t / 2;

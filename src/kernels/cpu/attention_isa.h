@@ -13,7 +13,7 @@ enum class kv_fmt : int32_t { f32 = 0, f16 = 1, bf16 = 2 };
 
 // One attention task: the query vectors of n_rows consecutive rows of one sequence × n_group
 // heads sharing one KV head, against the key slots [t0, t1) of that sequence (row r sees only
-// slots < kv_len[r]). Query vector qv = r * n_group + g, for r < n_rows, g < n_group.
+// slots in [kv_begin[r], kv_len[r]); kv_begin null: from slot 0). Query vector qv = r * n_group + g, for r < n_rows, g < n_group.
 // Writes the normalized state of [t0, t1): o = Σ softmax · v and lse = log Σ exp(score)
 // (scores include `scale`); rows with no visible slot get o = 0 and lse = -inf.
 struct attn_work {
@@ -21,6 +21,7 @@ struct attn_work {
     int64_t q_row_stride;     // floats
     int64_t n_rows, n_group, hd;
     const int32_t* kv_len;    // (n_rows)
+    const int32_t* kv_begin;  // (n_rows) or null (0 for every row)
     kv_fmt fmt;               // storage format of k and v
     const uint8_t* k;         // layer base: pages k_page_bytes apart
     const uint8_t* v;         // layer base: pages v_page_bytes apart
