@@ -4,10 +4,12 @@
 // runs after every scheduler step.
 #include <gtest/gtest.h>
 
+#include <set>
 #include <thread>
 
 #include "sched/engine.h"
 #include "sched/scheduler.h"
+#include "model/session.h"
 #include "stories_fixture.h"
 #include "test_util.h"
 
@@ -393,4 +395,175 @@ TEST(PrefixCacheServing, SecondRequestReportsCachedTokens) {
     }
     EXPECT_EQ(outs[0], outs[1]);
     EXPECT_EQ(outs[0], outs[2]);
+}
+
+// ---- KV policies in the scheduler -----------------------------------------------------------
+
+namespace {
+
+request_params with_policy(request_params p, const char* spec) {
+    p.policy = kv_policy::parse(spec).value();
+    return p;
+}
+
+// Greedy tokens of one prompt decoded token by token through a session under `spec` (the
+// definition the scheduler must reproduce under any batching).
+std::vector<int32_t> session_greedy(const fixture* f, const request_params& p, int64_t n_new) {
+    thread_pool pool(2);
+    session_params sp;
+    sp.kv_type = dtype::f32;
+    sp.n_batch = 1;
+    sp.n_ctx = 48;
+    sp.policy = p.policy;
+    auto s = session::create(*f->model, pool, sp).value();
+    EXPECT_TRUE(s->prefill(p.prompt));
+    std::vector<int32_t> out;
+    const int64_t nv = f->model->hparams().n_vocab;
+    for (int64_t i = 0; i < n_new; ++i) {
+        const float* l = s->logits();
+        const int32_t tok = int32_t(std::max_element(l, l + nv) - l);
+        out.push_back(tok);
+        EXPECT_TRUE(s->decode(tok));
+    }
+    return out;
+}
+
+const char* const k_policies[] = {"window:size=24", "streaming:sinks=4,size=20", "recompute:size=16"};
+
+}  // namespace
+
+// Under every policy, a batch of sequences prefilled in small chunks over small pages gives
+// the tokens of each prompt decoded token by token under the same policy — past the context
+// length (48), which the sliding and recompute policies may exceed.
+TEST(SchedulerPolicies, BatchedChunkedEqualsTokenByToken) {
+    NEED_MODEL(f);
+    for (const char* spec : k_policies) {
+        std::vector<request_params> reqs;
+        for (auto& p : k_prompts) {
+            reqs.push_back(with_policy(greedy(f, p, 60), spec));
+            reqs.back().ignore_eos = true;
+        }
+        scheduler_config tiny;
+        tiny.n_ctx = 48;
+        tiny.max_batch_tokens = 7;
+        tiny.prefill_chunk = 3;
+        tiny.max_seqs = 3;
+        auto r = run_all(f, reqs, tiny, 64, 4, nullptr, dtype::f32);
+        for (size_t i = 0; i < reqs.size(); ++i) {
+            EXPECT_EQ(r.outs[i][0].finish, finish_reason::length) << spec;
+            EXPECT_EQ(r.outs[i][0].tokens, session_greedy(f, reqs[i], 60)) << spec << ": " << k_prompts[i];
+        }
+    }
+}
+
+// One batch mixing dense, window, StreamingLLM and recompute sequences of the same prompt:
+// each gives what it gives alone, and the policies do give different continuations.
+TEST(SchedulerPolicies, MixedPoliciesInOneBatchEqualEachAlone) {
+    NEED_MODEL(f);
+    const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12"};
+    std::vector<request_params> reqs;
+    for (const char* spec : specs) reqs.push_back(with_policy(greedy(f, "Lily and Tom went to the park", 40), spec));
+    for (auto& r : reqs) r.ignore_eos = true;
+    scheduler_config cfg;
+    auto together = run_all(f, reqs, cfg, 64, 16, nullptr, dtype::f32);
+    std::set<std::vector<int32_t>> distinct;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        auto alone = run_all(f, {reqs[i]}, cfg, 64, 16, nullptr, dtype::f32);
+        EXPECT_EQ(together.outs[i][0].tokens, alone.outs[0][0].tokens) << specs[i];
+        distinct.insert(alone.outs[0][0].tokens);
+    }
+    EXPECT_EQ(distinct.size(), 4u);
+}
+
+// Preempted sliding and recompute sequences recompute through their policy and continue
+// exactly; the integrity check (run_all, every step) bounds each sliding table.
+TEST(SchedulerPolicies, PreemptionLosesNothing) {
+    NEED_MODEL(f);
+    for (const char* spec : k_policies) {
+        std::vector<request_params> reqs;
+        for (auto& p : k_prompts) {
+            reqs.push_back(with_policy(greedy(f, p, 50), spec));
+            reqs.back().ignore_eos = true;
+        }
+        // Chunks of 8: a sliding sequence then needs at most 9 pages of 4 during a step (and 7
+        // between steps), so 20 pages hold two or three of the five sequences.
+        scheduler_config cfg;
+        cfg.prefill_chunk = 8;
+        auto base = run_all(f, reqs, cfg, 128, 4, nullptr, dtype::f32);
+        // A recompute window needs 4 pages: 10 hold two of the five.
+        const int32_t pool = kv_policy::parse(spec).value().slides() ? 20 : 10;
+        auto tight = run_all(f, reqs, cfg, pool, 4, nullptr, dtype::f32);
+        EXPECT_GT(tight.metrics.preemptions, 0) << spec;
+        EXPECT_EQ(base.metrics.preemptions, 0) << spec;
+        for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(tight.outs[i][0].tokens, base.outs[i][0].tokens) << spec << ": " << k_prompts[i];
+    }
+}
+
+// A long stream holds a constant number of pages, and a cancelled one frees them all.
+TEST(SchedulerPolicies, StreamingHoldsBoundedPagesAndCancellationFreesThem) {
+    NEED_MODEL(f);
+    request_params p = with_policy(greedy(f, "Once upon a time", 400), "streaming:sinks=4,size=28");
+    p.ignore_eos = true;
+    scheduler_config cfg;
+    cfg.n_ctx = 64;
+    cfg.prefix_cache = false;  // pages counted are the sequences' own
+    int64_t peak = 0;
+    auto r = run_all(f, {p, greedy(f, "The cat", 20)}, cfg, 64, 8, [&](int step, std::vector<std::shared_ptr<request_stream>>& s) {
+        if (step == 300) s[0]->cancel();
+    });
+    peak = r.max_pages_used;
+    EXPECT_EQ(r.outs[0][0].finish, finish_reason::cancelled);
+    EXPECT_GT(r.outs[0][0].tokens.size(), 200u);  // well past the context of 64
+    // ceil(4/8) + ceil(28/8) + 1 = 6 pages for the stream, plus the short request's 3.
+    EXPECT_LE(peak, 6 + 3);
+    EXPECT_EQ(kv_cache::policy_page_bound(p.policy, 1, 8), 6);
+}
+
+// The prefix cache shares only pages within a policy's dense prefix, both ways, and gives the
+// same tokens as no cache.
+TEST(SchedulerPolicies, PrefixCacheSharesOnlyTheDensePrefix) {
+    NEED_MODEL(f);
+    const std::string prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. One day";
+    for (const char* spec : {"window:size=16", "streaming:sinks=4,size=12", "recompute:size=16"}) {
+        for (bool dense_first : {true, false}) {
+            request_params dense = greedy(f, prompt, 20), sliding = with_policy(greedy(f, prompt, 20), spec);
+            std::vector<request_params> reqs = dense_first ? std::vector<request_params>{dense, sliding}
+                                                           : std::vector<request_params>{sliding, dense};
+            scheduler_config on, off;
+            off.prefix_cache = false;
+            auto a = run_all(f, reqs, on, 64, 4, nullptr, dtype::f32);
+            auto b = run_all(f, reqs, off, 64, 4, nullptr, dtype::f32);
+            for (size_t i = 0; i < 2; ++i) EXPECT_EQ(a.outs[i][0].tokens, b.outs[i][0].tokens) << spec << " " << dense_first;
+            // At most the dense prefix (16 tokens: 4 pages of 4) is reused, never for recompute.
+            const int64_t dense_prefix = kv_policy::parse(spec).value().dense_prefix_tokens();
+            EXPECT_LE(a.metrics.prefix_hit_tokens, dense_prefix) << spec;
+            if (dense_prefix > 0) {
+                EXPECT_GT(a.metrics.prefix_hit_tokens, 0) << spec;
+            }
+        }
+    }
+}
+
+TEST(SchedulerPolicies, ValidationAllowsOnlyWhatAPolicyCanRun) {
+    NEED_MODEL(f);
+    auto kv = kv_cache::create(f->model->kv_geometry(16, 8)).value();
+    thread_pool pool(1);
+    scheduler_config cfg;
+    cfg.n_ctx = 64;
+    cfg.prefill_chunk = 32;
+    scheduler s(*f->model, *f->tok, *kv, pool, cfg);
+    request_params p = greedy(f, "Once upon a time", 500);
+    EXPECT_FALSE(s.validate(p));  // dense: past the context
+    EXPECT_TRUE(s.validate(with_policy(p, "streaming:sinks=4,size=28")));
+    EXPECT_TRUE(s.validate(with_policy(p, "window:size=48")));
+    EXPECT_TRUE(s.validate(with_policy(p, "recompute:size=32")));
+    request_params long_prompt = with_policy(p, "streaming:sinks=4,size=28");
+    long_prompt.prompt.assign(200, 5);  // a prompt longer than the context streams too
+    EXPECT_TRUE(s.validate(long_prompt));
+    status st = s.validate(with_policy(p, "h2o:heavy=8,recent=8"));
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.message().rfind("kv_policy", 0), 0u) << st.message();
+    st = s.validate(with_policy(p, "window:size=1000"));  // more pages than the pool of 8
+    ASSERT_FALSE(st);
+    EXPECT_NE(st.message().find("KV pages"), std::string::npos) << st.message();
 }

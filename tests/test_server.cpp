@@ -23,6 +23,7 @@
 #include "sched/engine.h"
 #include "server/chat_prompt.h"
 #include "server/http.h"
+#include "kv/kv_cache.h"
 #include "server/http_server.h"
 #include "stories_fixture.h"
 #include "test_util.h"
@@ -928,4 +929,132 @@ TEST(server, serve_binary_exits_cleanly_on_sigterm) {
     EXPECT_NE(out.find("listening on http://127.0.0.1:"), std::string::npos) << out;
     EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
     EXPECT_NE(out.find("stopped"), std::string::npos) << out;
+}
+
+// ---- KV policies over the API ---------------------------------------------------------------
+
+TEST(server, kv_policy_per_request) {
+    NEED_MODEL(f);
+    engine_config ec = small_engine();
+    ec.sched.n_ctx = 64;
+    served s(f, ec);
+    json ok = greedy_completion("Once upon a time", 100);
+    ok["ignore_eos"] = true;
+    // Dense: 100 new tokens do not fit a context of 64; StreamingLLM runs past it.
+    auto [d_st, d_b] = s.post("/v1/completions", ok);
+    EXPECT_EQ(d_st, 400);
+    EXPECT_EQ(d_b["error"]["param"], "max_tokens");
+    ok["kv_policy"] = "streaming:sinks=4,size=28";
+    auto [st, b] = s.post("/v1/completions", ok);
+    ASSERT_EQ(st, 200) << b.dump();
+    EXPECT_EQ(b["usage"]["completion_tokens"], 100);
+    EXPECT_EQ(b["choices"][0]["finish_reason"], "length");
+    // Bad specs are 400s naming the field, whether the parser or the engine refuses them.
+    for (json bad : {json("streaming:size=8"), json("window:size=0"), json("lru:size=4"), json(7), json("h2o:heavy=4,recent=4")}) {
+        json req = greedy_completion("Once upon a time", 4);
+        req["kv_policy"] = bad;
+        auto [e, eb] = s.post("/v1/completions", req);
+        EXPECT_EQ(e, 400) << bad.dump();
+        EXPECT_EQ(eb["error"]["param"], "kv_policy") << eb.dump();
+        auto [ce, ceb] = s.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"kv_policy", bad}});
+        EXPECT_EQ(ce, 400) << bad.dump();
+        EXPECT_EQ(ceb["error"]["param"], "kv_policy") << ceb.dump();
+    }
+    EXPECT_TRUE(wait_idle(s));
+}
+
+// An endless chat: a streamed chat completion under StreamingLLM runs far past the context
+// length, ends cleanly, and gives its pages back.
+TEST(server, streaming_chat_runs_past_the_context) {
+    NEED_MODEL(f);
+    engine_config ec = small_engine();
+    ec.sched.n_ctx = 64;
+    served s(f, ec);
+    json req = {{"messages", {{{"role", "user"}, {"content", "Tell me a story."}}}},
+                {"temperature", 0},
+                {"max_tokens", 300},
+                {"ignore_eos", true},
+                {"kv_policy", "streaming:sinks=4,size=28"},
+                {"stream_options", {{"include_usage", true}}}};
+    sse_result r = post_stream(s, "/v1/chat/completions", req);
+    ASSERT_EQ(r.status, 200);
+    ASSERT_TRUE(r.done);
+    std::map<int, std::string> finish;
+    const std::string text = stream_texts(r, &finish)[0];
+    EXPECT_EQ(finish[0], "length");
+    EXPECT_FALSE(text.empty());
+    ASSERT_FALSE(r.chunks.empty());
+    EXPECT_EQ(r.chunks.back()["usage"]["completion_tokens"], 300);
+    EXPECT_TRUE(wait_idle(s));
+    // The same text without streaming.
+    req.erase("stream_options");
+    auto [st, b] = s.post("/v1/chat/completions", req);
+    ASSERT_EQ(st, 200) << b.dump();
+    EXPECT_EQ(b["choices"][0]["message"]["content"], text);
+}
+
+// A server-wide default policy applies to requests that name none; metrics count pages by policy.
+TEST(server, kv_policy_default_and_metrics) {
+    NEED_MODEL(f);
+    engine_config ec = small_engine();
+    ec.sched.n_ctx = 64;
+    server_config sc;
+    sc.default_policy = kv_policy::parse("window:size=32").value();
+    served s(f, ec, sc);
+    json req = greedy_completion("Once upon a time", 120);
+    req["ignore_eos"] = true;
+    std::atomic<bool> done{false};
+    double window_pages = -1;
+    std::thread poller([&] {
+        while (!done) {
+            auto [mst, text] = s.get("/metrics");
+            const double v = metric(text, "kvserve_kv_pages_by_policy{policy=\"window\"}");
+            window_pages = std::max(window_pages, v);
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    });
+    auto [st, b] = s.post("/v1/completions", req);
+    done = true;
+    poller.join();
+    ASSERT_EQ(st, 200) << b.dump();
+    EXPECT_EQ(b["usage"]["completion_tokens"], 120);
+    EXPECT_GT(window_pages, 0);
+    EXPECT_LE(window_pages, kv_cache::policy_page_bound(sc.default_policy, 1, ec.page_size));
+    req["kv_policy"] = "dense";  // the request's field wins
+    auto [dst, db] = s.post("/v1/completions", req);
+    EXPECT_EQ(dst, 400);
+    EXPECT_EQ(db["error"]["param"], "max_tokens");
+}
+
+// Concurrent requests under different policies share batches and get what each gets alone.
+TEST(server, mixed_policies_in_one_batch) {
+    NEED_MODEL(f);
+    engine_config ec = small_engine();
+    ec.kv_type = dtype::f32;
+    served s(f, ec);
+    const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12", "streaming:sinks=4,size=16"};
+    auto request = [](const char* spec) {
+        json r = greedy_completion("Lily and Tom went to the park", 40);
+        r["ignore_eos"] = true;
+        r["kv_policy"] = spec;
+        return r;
+    };
+    std::vector<std::string> alone;
+    for (const char* spec : specs) {
+        auto [st, b] = s.post("/v1/completions", request(spec));
+        ASSERT_EQ(st, 200) << b.dump();
+        alone.push_back(b["choices"][0]["text"].get<std::string>());
+    }
+    std::vector<std::string> together(std::size(specs));
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < std::size(specs); ++i)
+        clients.emplace_back([&, i] {
+            auto [st, b] = s.post("/v1/completions", request(specs[i]));
+            EXPECT_EQ(st, 200) << b.dump();
+            if (st == 200) together[i] = b["choices"][0]["text"].get<std::string>();
+        });
+    for (auto& c : clients) c.join();
+    for (size_t i = 0; i < std::size(specs); ++i) EXPECT_EQ(together[i], alone[i]) << specs[i];
+    EXPECT_NE(alone[0], alone[1]);
+    EXPECT_TRUE(wait_idle(s));
 }

@@ -1,7 +1,7 @@
 // kvserve bench: llama-bench's tests on our engine — prompt processing (pp), token generation
 // (tg), each optionally after a pre-filled depth (d) — as mean ± sd tokens/s over repetitions,
 // as a table or as llama-bench-compatible JSON. Comma lists sweep a parameter.
-//   kvserve bench -m MODEL -p 512 -n 128 -d 0,4096 -r 5 -t 2 [-o json]
+//   kvserve bench -m MODEL -p 512 -n 128 -d 0,4096 -r 5 -t 2 [-o json] [-c CTX] [--kv-policy SPEC ...]
 // Decode figures are also shown as a fraction of the measured memory bandwidth.
 #include <chrono>
 #include <cmath>
@@ -51,6 +51,9 @@ struct bench_result {
     int64_t size_bytes = 0, n_params = 0;
     int threads = 0;
     int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
+    std::string kv_policy = "dense";
+    int64_t kv_bytes = 0;  // KV bytes the sequence holds at the end of the test
+    int64_t n_ctx = 0;
     std::vector<double> samples_ts, samples_ns;
     double mean_ts() const {
         double s = 0;
@@ -116,9 +119,24 @@ int cmd_bench(int argc, char** argv) {
     app.add_flag("--no-repack", no_repack, no_repack_help);
     kv_type_option kvt;
     add_kv_type_options(app, kvt);
+    int64_t n_ctx = 0;
+    app.add_option("-c,--ctx-size", n_ctx, "context length of the sequence (0 = what the longest test needs)")
+        ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+    std::vector<std::string> policy_specs;
+    app.add_option("--kv-policy", policy_specs,
+                   "KV policy to measure under (repeat the option to compare several in one run): dense, window:size=W, "
+                   "streaming:sinks=S,size=W, recompute:size=W");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     dtype kv_type;
     if (!resolve_kv_type(kvt, "bench", &kv_type)) return 2;
+    const bool show_policy = !policy_specs.empty();
+    if (policy_specs.empty()) policy_specs.push_back("dense");
+    std::vector<kv_policy> policies;
+    for (const std::string& spec : policy_specs) {
+        kv_policy pol;
+        if (!resolve_kv_policy(spec, "bench", &pol)) return 2;
+        policies.push_back(pol);
+    }
     bool ok = true;
     auto ps = parse_list(p_list, "-p", &ok), ns = parse_list(n_list, "-n", &ok), ds = parse_list(d_list, "-d", &ok),
          ts = parse_list(t_list, "-t", &ok);
@@ -152,57 +170,72 @@ int cmd_bench(int argc, char** argv) {
     const std::string name = std::filesystem::path(model_path).filename().string();
     const int64_t n_params = count_params(m);
     if (output == "md") {
-        std::printf("| model | size | params | threads | test | t/s | of bandwidth |\n");
-        std::printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        std::printf("| model | size | params | threads |%s test | t/s | of bandwidth |\n", show_policy ? " kv policy | KV held |" : "");
+        std::printf("| --- | ---: | ---: | ---: |%s ---: | ---: | ---: |\n", show_policy ? " --- | ---: |" : "");
     }
     for (int64_t nt : ts) {
         thread_pool pool{int(nt)};
         if (!no_probe) bandwidth[int(nt)] = cpu::measure_read_bandwidth(pool);
-        session_params sp;
-        sp.kv_type = kv_type;
-        sp.n_ctx = max_tokens + 1;
-        sp.n_batch = n_batch;
-        auto s = session::create(m, pool, sp);
-        if (!s) {
-            std::fprintf(stderr, "kvserve bench: %s\n", s.message().c_str());
-            return 1;
-        }
-        // Warm-up: page in the weights, spin up the threads.
-        (void)run_once(*s.value(), tokens, 0, std::min<int64_t>(32, max_tokens), 0);
-        for (int64_t d : ds) {
-            std::vector<std::pair<int64_t, int64_t>> tests;
-            for (int64_t p : ps)
-                if (p > 0) tests.push_back({p, 0});
-            for (int64_t n : ns)
-                if (n > 0) tests.push_back({0, n});
-            for (auto [p, n] : tests) {
-                bench_result r;
-                r.model = name;
-                r.size_bytes = int64_t(m.weight_bytes());
-                r.n_params = n_params;
-                r.threads = int(nt);
-                r.n_prompt = p;
-                r.n_gen = n;
-                r.n_depth = d;
-                for (int rep = 0; rep < reps; ++rep) {
-                    auto secs = run_once(*s.value(), tokens, d, p, n);
-                    if (!secs) {
-                        std::fprintf(stderr, "kvserve bench: %s\n", secs.message().c_str());
-                        return 1;
+        for (const kv_policy& pol : policies) {
+            session_params sp;
+            sp.kv_type = kv_type;
+            sp.n_ctx = n_ctx > 0 ? n_ctx : max_tokens + 1;
+            sp.n_batch = n_batch;
+            sp.policy = pol;
+            auto s = session::create(m, pool, sp);
+            if (!s) {
+                std::fprintf(stderr, "kvserve bench: %s\n", s.message().c_str());
+                return 1;
+            }
+            if (s.value()->bounded_by_ctx() && max_tokens > s.value()->n_ctx()) {
+                std::fprintf(stderr, "kvserve bench: the longest test needs %lld tokens, more than the context %lld (-c)\n",
+                             (long long)max_tokens, (long long)s.value()->n_ctx());
+                return 2;
+            }
+            // Warm-up: page in the weights, spin up the threads.
+            (void)run_once(*s.value(), tokens, 0, std::min<int64_t>(32, max_tokens), 0);
+            for (int64_t d : ds) {
+                std::vector<std::pair<int64_t, int64_t>> tests;
+                for (int64_t p : ps)
+                    if (p > 0) tests.push_back({p, 0});
+                for (int64_t n : ns)
+                    if (n > 0) tests.push_back({0, n});
+                for (auto [p, n] : tests) {
+                    bench_result r;
+                    r.model = name;
+                    r.size_bytes = int64_t(m.weight_bytes());
+                    r.n_params = n_params;
+                    r.threads = int(nt);
+                    r.n_prompt = p;
+                    r.n_gen = n;
+                    r.n_depth = d;
+                    r.kv_policy = pol.spec();
+                    r.n_ctx = s.value()->n_ctx();
+                    for (int rep = 0; rep < reps; ++rep) {
+                        auto secs = run_once(*s.value(), tokens, d, p, n);
+                        if (!secs) {
+                            std::fprintf(stderr, "kvserve bench: %s\n", secs.message().c_str());
+                            return 1;
+                        }
+                        r.samples_ns.push_back(secs.value() * 1e9);
+                        r.samples_ts.push_back(double(p + n) / secs.value());
                     }
-                    r.samples_ns.push_back(secs.value() * 1e9);
-                    r.samples_ts.push_back(double(p + n) / secs.value());
+                    r.kv_bytes = int64_t(s.value()->kv_bytes());
+                    if (output == "md") {
+                        std::string frac = "";
+                        if (n > 0 && bandwidth.count(int(nt)) && bandwidth[int(nt)] > 0)
+                            frac = strfmt("%.0f%% of %.1f GB/s",
+                                          100.0 * double(r.size_bytes) * r.mean_ts() * 1e-9 / bandwidth[int(nt)],
+                                          bandwidth[int(nt)]);
+                        const std::string kv_cols =
+                            show_policy ? strfmt(" %s | %.2f MiB |", r.kv_policy.c_str(), double(r.kv_bytes) / 1048576.0) : "";
+                        std::printf("| %s | %.2f GiB | %.2f B | %d |%s %s | %.2f ± %.2f | %s |\n", name.c_str(),
+                                    double(r.size_bytes) / (1 << 30), double(n_params) * 1e-9, r.threads, kv_cols.c_str(),
+                                    r.test_name().c_str(), r.mean_ts(), r.sd_ts(), frac.c_str());
+                        std::fflush(stdout);
+                    }
+                    results.push_back(std::move(r));
                 }
-                if (output == "md") {
-                    std::string frac = "";
-                    if (n > 0 && bandwidth.count(int(nt)) && bandwidth[int(nt)] > 0)
-                        frac = strfmt("%.0f%% of %.1f GB/s", 100.0 * double(r.size_bytes) * r.mean_ts() * 1e-9 / bandwidth[int(nt)], bandwidth[int(nt)]);
-                    std::printf("| %s | %.2f GiB | %.2f B | %d | %s | %.2f ± %.2f | %s |\n", name.c_str(),
-                                double(r.size_bytes) / (1 << 30), double(n_params) * 1e-9, r.threads, r.test_name().c_str(),
-                                r.mean_ts(), r.sd_ts(), frac.c_str());
-                    std::fflush(stdout);
-                }
-                results.push_back(std::move(r));
             }
         }
     }
@@ -216,6 +249,7 @@ int cmd_bench(int argc, char** argv) {
             nlohmann::json j = {{"model_filename", model_path}, {"model_type", m.hparams().arch}, {"model_size", r.size_bytes},
                                 {"model_n_params", r.n_params}, {"n_batch", n_batch}, {"n_threads", r.threads},
                                 {"n_prompt", r.n_prompt}, {"n_gen", r.n_gen}, {"n_depth", r.n_depth},
+                                {"n_ctx", r.n_ctx}, {"kv_policy", r.kv_policy}, {"kv_bytes", r.kv_bytes},
                                 {"avg_ns", int64_t(mean_ns)}, {"stddev_ns", int64_t(sd_ns)}, {"avg_ts", r.mean_ts()},
                                 {"stddev_ts", r.sd_ts()}, {"samples_ns", r.samples_ns}, {"samples_ts", r.samples_ts}};
             if (bandwidth.count(r.threads)) j["bandwidth_gbps"] = bandwidth[r.threads];

@@ -56,6 +56,8 @@ int cmd_serve(int argc, char** argv) {
     app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
+    std::string kv_policy_spec = "dense";
+    add_kv_policy_option(app, kv_policy_spec);
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
@@ -98,6 +100,12 @@ int cmd_serve(int argc, char** argv) {
         return 1;
     }
     if (!resolve_kv_type(kvt, "serve", &ec.kv_type)) return 2;
+    if (!resolve_kv_policy(kv_policy_spec, "serve", &sc.default_policy)) return 2;
+    if (sc.default_policy.kind == kv_policy_kind::h2o || sc.default_policy.kind == kv_policy_kind::quest) {
+        std::fprintf(stderr, "kvserve serve: --kv-policy %s is not available in the server yet (dense, window, streaming, recompute)\n",
+                     kv_policy_kind_name(sc.default_policy.kind));
+        return 2;
+    }
     ec.threads = threads;
     ec.sched.prefix_cache = !no_prefix_cache;
     ec.sched.cascade = !no_cascade;
@@ -131,8 +139,9 @@ int cmd_serve(int argc, char** argv) {
         }
     });
     const auto& st = eng.value()->stats();
-    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s)\n", srv.model_name().c_str(),
-                 (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, dtype_name(ec.kv_type));
+    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s), KV policy %s\n",
+                 srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, dtype_name(ec.kv_type),
+                 sc.default_policy.spec().c_str());
     std::fprintf(stderr, "kvserve serve: listening on http://%s:%d\n", sc.host.c_str(), srv.port());
     std::fflush(stderr);
     status run = srv.run();

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kv/kv_policy.h"
 #include "sampling/logprobs.h"
 #include "sampling/sampler.h"
 
@@ -24,6 +25,7 @@ struct request_params {
     std::vector<int32_t> prompt;        // token ids (BOS included if wanted)
     sampling_params sampling;           // seed of completion i is sampling.seed + i
     int64_t max_tokens = 16;            // new tokens per completion; < 0 = until the context is full
+                                        // (window, streaming, recompute: a context's worth of new tokens)
     int64_t min_tokens = 0;             // EOS and stop strings are ignored before this many
     bool ignore_eos = false;
     std::vector<std::string> stop;      // stop strings (not included in the output)
@@ -31,6 +33,9 @@ struct request_params {
     std::string cache_salt;             // prefix-cache namespace: requests share pages only within one salt
     int32_t n = 1;                      // completions sharing the prompt's KV pages
     int32_t n_logprobs = -1;            // -1: none; 0: the chosen token's; k: plus the top k
+    kv_policy policy;                   // which tokens the sequence keeps and reads (kv/kv_policy.h).
+                                        // Window, streaming and recompute are not bounded by the
+                                        // context length: prompt and max_tokens may exceed it
 };
 
 // One piece of output for one completion.

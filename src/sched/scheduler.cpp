@@ -24,6 +24,7 @@ struct scheduler::sequence {
     uint64_t order;               // admission priority: lower is older
     std::vector<int32_t> tokens;  // prompt + generated
     int64_t n_computed = 0;       // tokens whose K/V are in the cache
+    int64_t base = 0;             // recompute: the token at KV slot (and position) 0 of the current window
     int32_t kv_seq = -1;          // kv_cache sequence, -1 when it holds no pages
     sampler smp;
     detok_stream detok;
@@ -46,7 +47,16 @@ struct scheduler::sequence {
         sp.seed += uint64_t(i);
         return sp;
     }
+    const kv_policy& policy() const { return req->params.policy; }
+    bool recomputes() const { return policy().kind == kv_policy_kind::recompute; }
+    // KV slots in use after `n` more tokens are computed.
+    int64_t slots_after(int64_t n) const { return n_computed - base + n; }
 };
+
+namespace {
+// True when the policy lets a sequence run past the context length.
+bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_policy_kind::recompute; }
+}  // namespace
 
 scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config)
     : model_(model), tok_(tok), kv_(kv), pool_(pool), cfg_(config) {
@@ -79,6 +89,27 @@ status scheduler::validate(const request_params& p) const {
     sampling_params sp = p.sampling;
     sp.n_vocab = n_vocab;
     KVS_TRY(sp.validate());
+    const kv_policy& pol = p.policy;
+    const int32_t ps = kv_.config().page_size;
+    if (pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::quest)
+        return status::error(strfmt("kv_policy %s is not available in the scheduler yet (dense, window, streaming, recompute)",
+                                    kv_policy_kind_name(pol.kind)));
+    if (unbounded_by_ctx(pol)) {
+        // Positions and slots are 32-bit: a stream may run to 2^31 tokens.
+        const int64_t limit = (int64_t(1) << 31) - 1;
+        if (n_prompt + std::max<int64_t>(p.max_tokens, n_ctx_) > limit)
+            return status::error(strfmt("the prompt plus max_tokens exceeds %lld tokens", (long long)limit));
+        const int64_t longest = n_prompt + (p.max_tokens > 0 ? p.max_tokens : n_ctx_);
+        // Pages the sequence holds at most: the policy's bound for a prompt chunk, one window
+        // for recompute; never more than the whole sequence needs.
+        int32_t pages = kv_cache::pages_for(longest, ps);
+        if (pol.slides()) pages = std::min(pages, kv_cache::policy_page_bound(pol, cfg_.prefill_chunk, ps));
+        else pages = std::min(pages, kv_cache::pages_for(pol.size, ps));
+        if (pages > kv_.pool().n_pages())
+            return status::error(strfmt("kv_policy %s needs %d KV pages per sequence, but the whole pool has %d (raise --kv-memory)",
+                                        pol.spec().c_str(), pages, kv_.pool().n_pages()));
+        return status::ok();
+    }
     if (n_prompt >= n_ctx_)
         return status::error(strfmt("the prompt has %lld tokens, but the context length is %lld (the prompt must leave room for at least one new token)",
                                     (long long)n_prompt, (long long)n_ctx_));
@@ -86,7 +117,7 @@ status scheduler::validate(const request_params& p) const {
         return status::error(strfmt("the prompt (%lld tokens) plus max_tokens (%lld) exceeds the context length %lld",
                                     (long long)n_prompt, (long long)p.max_tokens, (long long)n_ctx_));
     const int64_t longest = p.max_tokens > 0 ? n_prompt + p.max_tokens : n_prompt + 1;
-    const int32_t pages = kv_cache::pages_for(longest, kv_.config().page_size);
+    const int32_t pages = kv_cache::pages_for(longest, ps);
     if (pages > kv_.pool().n_pages())
         return status::error(strfmt("the request needs %d KV pages, but the whole pool has %d (raise --kv-memory)", pages, kv_.pool().n_pages()));
     return status::ok();
@@ -139,6 +170,7 @@ void scheduler::preempt(sequence* s) {
                 plan_.end());
     release(s);
     s->n_computed = 0;
+    s->base = 0;
     s->n_registered_pages = 0;
     s->scheduled = true;
     insert_by_order(waiting_, s);
@@ -182,13 +214,14 @@ void scheduler::handle_cancellations() {
 }
 
 bool scheduler::make_room(sequence* s, int64_t n_tokens) {
-    const int64_t end = s->n_computed + n_tokens;
+    // KV slots [begin, end) are written this step.
+    const int64_t begin = s->slots_after(0), end = s->slots_after(n_tokens);
     for (;;) {
-        if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, s->n_computed, end)) return true;
+        if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end)) return true;
         // Cached pages nobody uses go before any running sequence is preempted (+1: a
         // copy-on-write of the first written page).
-        const int32_t need = kv_cache::pages_for(end, kv_.config().page_size) - int32_t(kv_.seq_pages(s->kv_seq).size()) + 1;
-        if (ensure_free_pages(need) && kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, s->n_computed, end))
+        const int32_t need = kv_.pages_to_reserve(s->kv_seq, end) + 1;
+        if (ensure_free_pages(need) && kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end))
             return true;
         // Out of pages: preempt the newest running sequence (running_ is ordered oldest first).
         sequence* victim = running_.back();
@@ -252,14 +285,14 @@ bool scheduler::ensure_free_pages(int32_t n) {
 // Starts a sequence (no pages yet) from the longest cached prefix of its tokens.
 void scheduler::attach_cached_prefix(sequence* s) {
     request_state* r = s->req;
-    if (!cache_ || s->n_computed != 0) return;
+    if (!cache_ || s->n_computed != 0 || s->recomputes()) return;
     const int64_t ps = kv_.config().page_size;
     const int64_t n = int64_t(s->tokens.size());
-    // At least the last token is computed: its logits are needed.
-    std::vector<int32_t> pages = cache_->match(r->params.cache_salt, s->tokens.data(), n, (n - 1) / ps);
+    std::vector<int32_t> pages = cache_->match(r->params.cache_salt, s->tokens.data(), n, shareable_pages(s));
     kv_.seq_attach(s->kv_seq, pages);
     s->n_computed = int64_t(pages.size()) * ps;
     s->n_registered_pages = int64_t(pages.size());
+    kv_.seq_trim(s->kv_seq, s->n_computed);  // a sliding sequence keeps only what its next rows read
     if (!r->admitted_once) {
         metrics_.prefix_queried_tokens += r->n_prompt;
         metrics_.prefix_hit_tokens += std::min(s->n_computed, r->n_prompt);
@@ -267,12 +300,28 @@ void scheduler::attach_cached_prefix(sequence* s) {
     }
 }
 
+int64_t scheduler::shareable_pages(const sequence* s) const {
+    if (s->recomputes()) return 0;
+    const int64_t ps = kv_.config().page_size;
+    // At least the last token is computed (its logits are needed), and only pages whose KV a
+    // dense cache would hold too (a policy's dense prefix) are shared.
+    return std::min<int64_t>((int64_t(s->tokens.size()) - 1) / ps, s->policy().dense_prefix_tokens() / ps);
+}
+
 void scheduler::register_full_pages(sequence* s) {
-    if (!cache_ || s->kv_seq < 0) return;
-    const int64_t full = s->n_computed / kv_.config().page_size;
+    if (!cache_ || s->kv_seq < 0 || s->recomputes()) return;
+    const int64_t ps = kv_.config().page_size;
+    // Only pages within the policy's dense prefix: past it, a policy's KV differs from a dense
+    // cache's (and a sliding sequence drops its pages).
+    const int64_t full = std::min<int64_t>(s->n_computed, s->policy().dense_prefix_tokens()) / ps;
     if (full <= s->n_registered_pages) return;
-    cache_->insert(s->req->params.cache_salt, s->tokens.data(), kv_.seq_pages(s->kv_seq).data(), full);
-    s->n_registered_pages = full;
+    // Logical pages [0, full), wherever they sit in a sliding table; stop at a dropped one.
+    std::vector<int32_t>& pages = page_scratch_;
+    pages.clear();
+    for (int64_t lp = 0; lp < full && kv_.seq_holds(s->kv_seq, lp * ps); ++lp) pages.push_back(kv_.page_of(s->kv_seq, lp * ps));
+    if (int64_t(pages.size()) <= s->n_registered_pages) return;
+    cache_->insert(s->req->params.cache_salt, s->tokens.data(), pages.data(), int64_t(pages.size()));
+    s->n_registered_pages = int64_t(pages.size());
 }
 
 // Index of the waiting sequence to admit next: the front, unless a fresh request within the
@@ -280,10 +329,9 @@ void scheduler::register_full_pages(sequence* s) {
 size_t scheduler::pick_waiting() {
     sequence* front = waiting_.front();
     if (!cache_ || cfg_.lpm_window <= 1 || front->n_generated > 0 || front->skipped >= cfg_.lpm_max_skips) return 0;
-    const int64_t ps = kv_.config().page_size;
     auto cached_pages = [&](sequence* s) {
         const int64_t n = int64_t(s->tokens.size());
-        return int64_t(cache_->match(s->req->params.cache_salt, s->tokens.data(), n, (n - 1) / ps).size());
+        return int64_t(cache_->match(s->req->params.cache_salt, s->tokens.data(), n, shareable_pages(s)).size());
     };
     size_t best = 0;
     int64_t best_len = cached_pages(front);
@@ -304,12 +352,13 @@ bool scheduler::waits_for_inflight_prefix(sequence* s) {
     if (!cache_ || s->n_generated > 0) return false;
     const int64_t ps = kv_.config().page_size;
     const int64_t n = int64_t(s->tokens.size());
-    const int64_t max_pages = (n - 1) / ps;
+    const int64_t max_pages = shareable_pages(s);
     if (max_pages == 0) return false;
     const int64_t cached = int64_t(cache_->match(s->req->params.cache_salt, s->tokens.data(), n, max_pages).size());
     for (const sequence* r : running_) {
-        if (r->req->params.cache_salt != s->req->params.cache_salt) continue;
-        const int64_t limit = std::min<int64_t>(max_pages * ps, int64_t(r->tokens.size()));
+        if (r->req->params.cache_salt != s->req->params.cache_salt || r->recomputes()) continue;
+        // Only the pages the running sequence will register (its dense prefix).
+        const int64_t limit = std::min({max_pages * ps, int64_t(r->tokens.size()), r->policy().dense_prefix_tokens() / ps * ps});
         int64_t common = 0;
         while (common < limit && r->tokens[size_t(common)] == s->tokens[size_t(common)]) ++common;
         if (common / ps > cached) return true;
@@ -339,16 +388,17 @@ void scheduler::admit_waiting(int64_t& budget) {
         // A request with n > 1 completions keeps room for the siblings it will fork.
         const int32_t slots = (s->index == 0 && !s->req->forked) ? s->req->params.n - s->req->n_finished : 1;
         if (slots_in_use() + slots > cfg_.max_seqs) break;
-        if (s->kv_seq < 0) s->kv_seq = kv_.seq_add();
+        if (s->kv_seq < 0) start_kv_sequence(s);
         attach_cached_prefix(s);
         const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
         const int64_t take = std::min({need, budget, cfg_.prefill_chunk});
-        const int32_t pages = kv_cache::pages_for(s->n_computed + take, kv_.config().page_size) - int32_t(kv_.seq_pages(s->kv_seq).size());
-        if (!ensure_free_pages(pages + watermark) || !kv_.seq_reserve(s->kv_seq, s->n_computed + take)) {
+        const int32_t pages = kv_.pages_to_reserve(s->kv_seq, s->slots_after(take));
+        if (!ensure_free_pages(pages + watermark) || !kv_.seq_reserve(s->kv_seq, s->slots_after(take))) {
             // Not now: give the cached pages back (they stay in the tree) and wait.
             kv_.seq_remove(s->kv_seq);
             s->kv_seq = -1;
             s->n_computed = 0;
+            s->base = 0;
             s->n_registered_pages = 0;
             break;
         }
@@ -361,6 +411,23 @@ void scheduler::admit_waiting(int64_t& budget) {
     for (sequence* s : deferred) insert_by_order(waiting_, s);
 }
 
+void scheduler::start_kv_sequence(sequence* s) {
+    s->kv_seq = kv_.seq_add();
+    kv_.seq_set_policy(s->kv_seq, s->policy());
+    if (s->recomputes()) {
+        // The next token's window: the last W tokens, at slots and positions 0..W-1.
+        s->base = std::max<int64_t>(0, int64_t(s->tokens.size()) - s->policy().size);
+        s->n_computed = s->base;
+    }
+}
+
+void scheduler::restart_window(sequence* s) {
+    kv_.seq_remove(s->kv_seq);
+    s->n_computed = 0;
+    s->base = 0;
+    start_kv_sequence(s);
+}
+
 void scheduler::fork_siblings(sequence* parent) {
     request_state* r = parent->req;
     r->forked = true;
@@ -368,6 +435,7 @@ void scheduler::fork_siblings(sequence* parent) {
         if (s.get() == parent || s->finished) continue;
         s->kv_seq = kv_.seq_fork(parent->kv_seq);
         s->n_computed = parent->n_computed;
+        s->base = parent->base;
         s->n_registered_pages = parent->n_registered_pages;
         s->scheduled = true;
         insert_by_order(running_, s.get());
@@ -415,14 +483,22 @@ void scheduler::sample_and_emit(sequence* s, const float* logits) {
         ev.text = s->stops.push(s->detok.push(tok), &stopped);
         if (stopped) {
             reason = finish_reason::stop;
-        } else if ((p.max_tokens > 0 && s->n_generated >= p.max_tokens) || int64_t(s->tokens.size()) >= n_ctx_) {
+        } else if ((p.max_tokens > 0 && s->n_generated >= p.max_tokens) || reached_context(s)) {
             ev.text += s->stops.push(s->detok.flush(), &stopped);
             if (!stopped) ev.text += s->stops.flush();
             reason = stopped ? finish_reason::stop : finish_reason::length;
         }
     }
     if (reason != finish_reason::none) finish(s, reason, ev);
+    else if (s->recomputes()) restart_window(s);  // the next token is computed afresh
     s->req->out->push(std::move(ev));
+}
+
+bool scheduler::reached_context(const sequence* s) const {
+    // Dense: the sequence fills the context. Policies that run past it: with no max_tokens,
+    // a context's worth of new tokens.
+    if (!unbounded_by_ctx(s->policy())) return int64_t(s->tokens.size()) >= n_ctx_;
+    return s->req->params.max_tokens < 0 && s->n_generated >= n_ctx_;
 }
 
 void scheduler::forget_finished_requests() {
@@ -454,8 +530,8 @@ result<bool> scheduler::step() {
     for (const planned& pl : plan_) {
         sequence* s = pl.seq;
         for (int64_t i = 0; i < pl.n_tokens; ++i) {
-            const int64_t pos = s->n_computed + i;
-            batch_.add(s->tokens[size_t(pos)], int32_t(pos), s->kv_seq, pl.wants_logits && i == pl.n_tokens - 1);
+            const int64_t t = s->n_computed + i;  // token index; its slot and position count from base
+            batch_.add(s->tokens[size_t(t)], int32_t(t - s->base), s->kv_seq, pl.wants_logits && i == pl.n_tokens - 1);
         }
     }
     status st = model_.forward(batch_, kv_, *state_, pool_);
@@ -484,6 +560,7 @@ result<bool> scheduler::step() {
         const bool prompt_part = s->n_computed < s->req->n_prompt;
         s->n_computed += pl.n_tokens;
         register_full_pages(s);
+        kv_.seq_trim(s->kv_seq, s->slots_after(0));  // sliding policies: pages no later row reads
         if (prompt_part) metrics_.prompt_tokens += std::min(pl.n_tokens, s->req->n_prompt - (s->n_computed - pl.n_tokens));
         if (!pl.wants_logits) continue;
         const float* logits = state_->logits() + row * n_vocab;
@@ -497,6 +574,9 @@ result<bool> scheduler::step() {
     }
     forget_finished_requests();
     if (cache_) metrics_.prefix_cached_pages = cache_->n_pages();
+    metrics_.kv_pages_by_policy.fill(0);
+    for (const sequence* s : running_)
+        if (s->kv_seq >= 0) metrics_.kv_pages_by_policy[size_t(s->policy().kind)] += int64_t(kv_.seq_pages(s->kv_seq).size());
     return true;
 }
 
@@ -515,7 +595,13 @@ status scheduler::check_integrity() const {
     KVS_TRY(kv_.check_integrity(tree_pages));
     for (const sequence* s : running_) {
         if (s->kv_seq < 0 || !kv_.seq_exists(s->kv_seq)) return status::error("a running sequence has no KV sequence");
-        if (kv_.seq_capacity(s->kv_seq) < s->n_computed) return status::error("a running sequence holds fewer pages than its computed tokens need");
+        if (kv_.seq_capacity(s->kv_seq) < s->slots_after(0)) return status::error("a running sequence holds fewer pages than its computed tokens need");
+        if (kv_.seq_policy(s->kv_seq) != s->policy()) return status::error("a running sequence's KV table has another policy");
+        // Between steps a sliding sequence holds at most its policy's bound for one token.
+        const int32_t bound = kv_cache::policy_page_bound(s->policy(), 1, kv_.config().page_size);
+        if (s->policy().slides() && int32_t(kv_.seq_pages(s->kv_seq).size()) > bound)
+            return status::error(strfmt("a %s sequence holds %zu pages, more than its bound %d", s->policy().spec().c_str(),
+                                        kv_.seq_pages(s->kv_seq).size(), bound));
         if (s->finished) return status::error("a finished sequence is still running");
     }
     for (const sequence* s : waiting_) {

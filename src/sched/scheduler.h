@@ -23,10 +23,20 @@
 // requests the one with the longest cached prefix goes first (longest-prefix-match), but a
 // request passed over lpm_max_skips times is admitted next.
 //
+// KV policies (request_params::policy, kv/kv_policy.h) are per sequence and live in its KV
+// table: after every step a window or StreamingLLM sequence gives back the pages no later row
+// reads (so it holds at most kv_cache::policy_page_bound pages between steps, and may run past
+// the context length); a recompute sequence computes each token by prefilling its last W
+// tokens afresh at slots and positions 0..W-1, then empties its table. Only pages within a
+// policy's dense prefix (kv_policy::dense_prefix_tokens) enter or come from the prefix cache, and
+// recompute windows never do. Preemption frees everything; the recomputed sequence goes
+// through the same policy again, so its output is unchanged.
+//
 // Contract: not thread-safe; one thread calls submit/step (the engine's loop). validate() is
 // const and safe from any thread. Events reach clients through each request's request_stream.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -72,6 +82,9 @@ struct scheduler_metrics {
     // cascade attention
     int64_t cascade_steps = 0;          // forward passes that used at least one shared-prefix group
     int64_t cascade_rows = 0;           // decode rows served through a group
+    // KV policies: pages in the tables of running sequences, by policy kind (a page shared by
+    // several tables counts once per table).
+    std::array<int64_t, n_kv_policy_kinds> kv_pages_by_policy{};
 };
 
 class scheduler {
@@ -119,6 +132,10 @@ private:
     bool make_room(sequence* s, int64_t n_tokens);
     bool ensure_free_pages(int32_t n);
     void attach_cached_prefix(sequence* s);
+    int64_t shareable_pages(const sequence* s) const;
+    void start_kv_sequence(sequence* s);
+    void restart_window(sequence* s);
+    bool reached_context(const sequence* s) const;
     void register_full_pages(sequence* s);
     size_t pick_waiting();
     int32_t slots_in_use() const;
@@ -141,6 +158,7 @@ private:
     std::unique_ptr<prefix_cache> cache_;  // null with config.prefix_cache off
     batch batch_;
     std::vector<planned> plan_;
+    std::vector<int32_t> page_scratch_;
     std::vector<std::unique_ptr<request_state>> requests_;
     std::vector<sequence*> running_;   // admission order (oldest first)
     std::deque<sequence*> waiting_;    // FIFO; preempted sequences return to the front

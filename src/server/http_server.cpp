@@ -62,6 +62,7 @@ std::string param_of_engine_message(const std::string& msg, api_endpoint ep) {
     for (const char* n : names)
         if (first == n) return n;
     if (first == "repeat_penalty") return "repetition_penalty";
+    if (first == "kv_policy") return "kv_policy";
     return "";
 }
 
@@ -172,6 +173,7 @@ void http_server::impl::handle_generate(const httplib::Request& req, httplib::Re
     nlohmann::ordered_json body;
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
     openai_request r;
+    r.params.policy = cfg.default_policy;  // the request's "kv_policy" overrides it
     if (auto e = build_request(body, ep, &r)) return send_error(res, *e);
     if (is_stopping()) return send_error(res, shutting_down_error());
     auto sub = eng.submit(r.params);

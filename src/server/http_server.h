@@ -29,6 +29,7 @@
 #include <string>
 
 #include "core/status.h"
+#include "kv/kv_policy.h"
 
 namespace kvs {
 
@@ -43,6 +44,7 @@ struct server_config {
     std::string model_name;      // the served model id ("" = default_model_name())
     std::string chat_template;   // Jinja source; "" = the GGUF's tokenizer.chat_template, else the default
     int http_threads = 0;        // request threads; 0 = max_seqs + 8 (a streaming client holds one)
+    kv_policy default_policy;    // KV policy of requests that name none (their "kv_policy" field)
 };
 
 // The model id to serve: the GGUF's general.name, else the file name without ".gguf".

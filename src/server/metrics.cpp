@@ -24,6 +24,11 @@ std::string server_metrics::render(const engine_stats& s) const {
     add(out, "kvserve_kv_pages_cached", "gauge", "KV cache pages held only by the prefix cache (evictable).", s.kv_pages_cached);
     add(out, "kvserve_kv_pages_free", "gauge", "KV cache pages free.", free);
     add(out, "kvserve_kv_pages_total", "gauge", "KV cache pages in the pool.", s.kv_pages_total);
+    out += "# HELP kvserve_kv_pages_by_policy KV pages in the tables of running sequences, by KV policy.\n"
+           "# TYPE kvserve_kv_pages_by_policy gauge\n";
+    for (int k = 0; k < n_kv_policy_kinds; ++k)
+        out += strfmt("kvserve_kv_pages_by_policy{policy=\"%s\"} %lld\n", kv_policy_kind_name(kv_policy_kind(k)),
+                      (long long)s.sched.kv_pages_by_policy[size_t(k)]);
     add(out, "kvserve_kv_cache_usage_ratio", "gauge", "Fraction of KV cache pages in use.",
         s.kv_pages_total > 0 ? double(s.kv_pages_used) / s.kv_pages_total : 0.0);
     add(out, "kvserve_prompt_tokens_total", "counter", "Prompt tokens computed (recompute after preemption included).",

@@ -156,6 +156,13 @@ std::optional<api_error> parse_common(const json& body, openai_request* out) {
         if (!salt->is_string()) return api_error::invalid("cache_salt must be a string, got " + brief(*salt), "cache_salt");
         p.cache_salt = salt->get<std::string>();
     }
+    if (const json* pol = field(body, "kv_policy")) {
+        // kvserve's extension: the sequence's KV policy (kv/kv_policy.h); absent = the server's.
+        if (!pol->is_string()) return api_error::invalid("kv_policy must be a string such as \"streaming:sinks=4,size=508\", got " + brief(*pol), "kv_policy");
+        auto parsed = kv_policy::parse(pol->get_ref<const std::string&>());
+        if (!parsed) return api_error::invalid("kv_policy: " + parsed.message(), "kv_policy");
+        p.policy = parsed.value();
+    }
     KVS_API_TRY(get_bool(body, "stream", &out->stream));
     if (const json* so = field(body, "stream_options")) {
         if (!so->is_object()) return api_error::invalid("stream_options must be an object, got " + brief(*so), "stream_options");

@@ -13,6 +13,7 @@
 //   stream (bool)   stream_options.include_usage (bool)   ignore_eos (bool)
 //   min_tokens (int >= 0)   echo (completions: bool)   tools (chat: array, passed to the template)
 //   chat_template_kwargs (chat: object of extra template variables, as vLLM accepts)
+//   kv_policy (string: a KV policy spec, e.g. "streaming:sinks=4,size=508"; default: the server's)
 // A wrong type or range is an api_error (400) naming the field in `param`, e.g.
 //   {"message": "temperature must be a number in [0, 2], got \"hot\"", "param": "temperature"}.
 // Limits that depend on the engine (context length, n at most max_n) are checked by the

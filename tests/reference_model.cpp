@@ -1,0 +1,255 @@
+#include "reference_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+
+#include "gguf/gguf_writer.h"
+#include "model/shapes.h"
+#include "test_util.h"
+
+namespace kvs::test {
+
+namespace {
+
+// ---- float64 reference -------------------------------------------------------------------
+
+std::vector<double> dequant(const gguf_tensor_info* t) {
+    std::vector<float> tmp(size_t(t->n_elements()));
+    const size_t row = dtype_row_bytes(t->type, t->ne[0]);
+    const int64_t rows = t->n_elements() / t->ne[0];
+    for (int64_t r = 0; r < rows; ++r) dequantize_row(t->type, t->data + size_t(r) * row, tmp.data() + r * t->ne[0], t->ne[0]);
+    return std::vector<double>(tmp.begin(), tmp.end());
+}
+
+// y (n_out) = W (n_out, n_in) x
+std::vector<double> matvec(const std::vector<double>& w, const std::vector<double>& x, int64_t n_out) {
+    const int64_t n_in = int64_t(x.size());
+    std::vector<double> y(size_t(n_out), 0.0);
+    for (int64_t o = 0; o < n_out; ++o) {
+        double acc = 0;
+        for (int64_t i = 0; i < n_in; ++i) acc += w[size_t(o * n_in + i)] * x[size_t(i)];
+        y[size_t(o)] = acc;
+    }
+    return y;
+}
+
+std::vector<double> rmsnorm(const std::vector<double>& x, const std::vector<double>& w, double eps) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
+    return y;
+}
+
+void rope(std::vector<double>& x, int64_t n_head, int64_t hd, int64_t n_rot, int64_t pos, double base, double scale, bool neox) {
+    for (int64_t h = 0; h < n_head; ++h) {
+        double* v = x.data() + h * hd;
+        for (int64_t i = 0; i < n_rot / 2; ++i) {
+            const double theta = double(pos) * scale * std::pow(base, -2.0 * double(i) / double(n_rot));
+            const int64_t a = neox ? i : 2 * i, b = neox ? i + n_rot / 2 : 2 * i + 1;
+            const double x0 = v[a], x1 = v[b];
+            v[a] = x0 * std::cos(theta) - x1 * std::sin(theta);
+            v[b] = x0 * std::sin(theta) + x1 * std::cos(theta);
+        }
+    }
+}
+
+}  // namespace
+
+namespace {
+
+// Row t attends the tokens pattern.kept(t) (ascending); its query is rotated at qpos(t) and
+// key j at kpos(t, j), so a policy that assigns positions inside the cache rotates each key
+// anew for every query, straight from the definition.
+struct attention_pattern {
+    std::function<std::vector<int64_t>(int64_t t)> kept;
+    std::function<int64_t(int64_t t, const std::vector<int64_t>& kept)> qpos;
+    std::function<int64_t(int64_t t, const std::vector<int64_t>& kept, size_t index)> kpos;
+};
+
+std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std::vector<int32_t>& tokens,
+                                                const attention_pattern& pat) {
+    const llama_hparams& hp = m.hparams();
+    const gguf_file& f = m.file();
+    const int64_t d = hp.n_embd, hd = hp.head_dim, nkv = hp.n_head_kv * hd;
+    const bool neox = hp.rope == cpu::rope_layout::neox;
+    auto T = [&](const std::string& n) { return dequant(f.find_tensor(n)); };
+    auto emb = T("token_embd.weight");
+    std::vector<std::vector<double>> xs;
+    for (int32_t t : tokens) xs.emplace_back(emb.begin() + t * d, emb.begin() + (t + 1) * d);
+    const size_t n = tokens.size();
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        auto an = T(p + "attn_norm.weight"), wq = T(p + "attn_q.weight"), wk = T(p + "attn_k.weight"),
+             wv = T(p + "attn_v.weight"), wo = T(p + "attn_output.weight"), fn = T(p + "ffn_norm.weight"),
+             wg = T(p + "ffn_gate.weight"), wu = T(p + "ffn_up.weight"), wd = T(p + "ffn_down.weight");
+        std::vector<double> bq, bk, bv;
+        if (hp.qkv_bias) bq = T(p + "attn_q.bias"), bk = T(p + "attn_k.bias"), bv = T(p + "attn_v.bias");
+        std::vector<std::vector<double>> Q(n), K(n), V(n);  // un-rotated
+        for (size_t t = 0; t < n; ++t) {
+            auto h = rmsnorm(xs[t], an, hp.rms_eps);
+            Q[t] = matvec(wq, h, hp.n_head * hd);
+            K[t] = matvec(wk, h, nkv);
+            V[t] = matvec(wv, h, nkv);
+            if (hp.qkv_bias)
+                for (size_t i = 0; i < Q[t].size(); ++i) Q[t][i] += bq[i];
+            if (hp.qkv_bias)
+                for (size_t i = 0; i < K[t].size(); ++i) K[t][i] += bk[i], V[t][i] += bv[i];
+        }
+        for (size_t t = 0; t < n; ++t) {
+            const std::vector<int64_t> kept = pat.kept(int64_t(t));
+            std::vector<double> q = Q[t];
+            rope(q, hp.n_head, hd, hp.n_rot, pat.qpos(int64_t(t), kept), hp.rope_freq_base, hp.rope_freq_scale, neox);
+            std::vector<std::vector<double>> ks(kept.size());
+            for (size_t c = 0; c < kept.size(); ++c) {
+                ks[c] = K[size_t(kept[c])];
+                rope(ks[c], hp.n_head_kv, hd, hp.n_rot, pat.kpos(int64_t(t), kept, c), hp.rope_freq_base, hp.rope_freq_scale, neox);
+            }
+            std::vector<double> att(size_t(hp.n_head * hd), 0.0);
+            for (int64_t h = 0; h < hp.n_head; ++h) {
+                const int64_t kh = h / hp.n_gqa();
+                std::vector<double> sc(kept.size());
+                double mx = -1e300;
+                for (size_t c = 0; c < kept.size(); ++c) {
+                    double acc = 0;
+                    for (int64_t i = 0; i < hd; ++i) acc += q[size_t(h * hd + i)] * ks[c][size_t(kh * hd + i)];
+                    sc[c] = acc / std::sqrt(double(hd));
+                    mx = std::max(mx, sc[c]);
+                }
+                double sum = 0;
+                for (auto& v : sc) sum += (v = std::exp(v - mx));
+                for (size_t c = 0; c < kept.size(); ++c)
+                    for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += sc[c] / sum * V[size_t(kept[c])][size_t(kh * hd + i)];
+            }
+            auto o = matvec(wo, att, d);
+            for (int64_t i = 0; i < d; ++i) xs[t][size_t(i)] += o[size_t(i)];
+            auto h = rmsnorm(xs[t], fn, hp.rms_eps);
+            auto g = matvec(wg, h, hp.n_ff), u = matvec(wu, h, hp.n_ff);
+            for (int64_t i = 0; i < hp.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
+            auto dn = matvec(wd, g, d);
+            for (int64_t i = 0; i < d; ++i) xs[t][size_t(i)] += dn[size_t(i)];
+        }
+    }
+    auto on = T("output_norm.weight");
+    auto out = f.find_tensor("output.weight") ? T("output.weight") : emb;
+    std::vector<std::vector<double>> logits;
+    for (size_t t = 0; t < n; ++t) logits.push_back(matvec(out, rmsnorm(xs[t], on, hp.rms_eps), hp.n_vocab));
+    return logits;
+}
+
+}  // namespace
+
+std::vector<std::vector<double>> reference_logits(const llama_model& m, const std::vector<int32_t>& tokens) {
+    return reference_policy_logits(m, tokens, kv_policy{});
+}
+
+std::vector<int64_t> reference_kept(const kv_policy& p, int64_t t) {
+    std::vector<int64_t> kept;
+    for (int64_t j = 0; j <= t; ++j) {
+        bool keep = true;
+        if (p.kind == kv_policy_kind::window) keep = j > t - p.size;                    // the W most recent
+        if (p.kind == kv_policy_kind::streaming) keep = j < p.sinks || j > t - p.size;  // S sinks + W most recent
+        if (keep) kept.push_back(j);
+    }
+    return kept;
+}
+
+std::vector<std::vector<double>> reference_policy_logits(const llama_model& m, const std::vector<int32_t>& tokens,
+                                                         const kv_policy& policy, ref_positions positions) {
+    if (policy.kind == kv_policy_kind::recompute) {
+        // Token t's logits: a fresh dense pass over the last W tokens at positions 0..W-1.
+        std::vector<std::vector<double>> out;
+        for (size_t t = 0; t < tokens.size(); ++t) {
+            const size_t first = t + 1 > size_t(policy.size) ? t + 1 - size_t(policy.size) : 0;
+            std::vector<int32_t> win(tokens.begin() + long(first), tokens.begin() + long(t) + 1);
+            out.push_back(reference_logits(m, win).back());
+        }
+        return out;
+    }
+    attention_pattern pat;
+    pat.kept = [&](int64_t t) { return reference_kept(policy, t); };
+    if (policy.kind == kv_policy_kind::streaming && positions == ref_positions::in_cache) {
+        // Positions are ranks within the cache: sinks 0..S-1, then the window; the query last.
+        pat.qpos = [](int64_t, const std::vector<int64_t>& kept) { return int64_t(kept.size()) - 1; };
+        pat.kpos = [](int64_t, const std::vector<int64_t>&, size_t c) { return int64_t(c); };
+    } else {
+        pat.qpos = [](int64_t t, const std::vector<int64_t>&) { return t; };
+        pat.kpos = [](int64_t, const std::vector<int64_t>& kept, size_t c) { return kept[c]; };
+    }
+    return pattern_logits(m, tokens, pat);
+}
+
+// ---- synthetic models ----------------------------------------------------------------------
+
+
+std::string write_synth(const synth_spec& s, const std::string& name) {
+    gguf_writer w;
+    const std::string a = s.arch + ".";
+    w.set_string("general.architecture", s.arch);
+    w.set_u32(a + "context_length", 256);
+    w.set_u32(a + "embedding_length", uint32_t(s.n_embd));
+    w.set_u32(a + "block_count", uint32_t(s.n_layer));
+    w.set_u32(a + "feed_forward_length", uint32_t(s.n_ff));
+    w.set_u32(a + "attention.head_count", uint32_t(s.n_head));
+    w.set_u32(a + "attention.head_count_kv", uint32_t(s.n_head_kv));
+    w.set_u32(a + "rope.dimension_count", uint32_t(s.n_rot));
+    w.set_f32(a + "rope.freq_base", s.rope_base);
+    w.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+    uint64_t seed = 1;
+    const int64_t hd = s.n_embd / s.n_head;
+    weight_format format{s.wtype, false};
+    if (!s.mix.empty()) {
+        EXPECT_TRUE(weight_format_from_name(s.mix, &format)) << s.mix;
+    }
+    auto add = [&](const std::string& n, std::vector<int64_t> ne, float scale, float offset, bool matrix) {
+        int64_t count = 1;
+        for (auto x : ne) count *= x;
+        // Wider test models keep the default's activation scale (weights ∝ 1/√n_embd), so the
+        // logits stay as sensitive to weight error as at n_embd = 64.
+        if (matrix) scale *= float(std::sqrt(64.0 / double(s.n_embd)));
+        auto v = test::random_floats(count, seed++, scale);
+        for (auto& x : v) x += offset;
+        dtype t = !matrix ? dtype::f32 : s.mix.empty() ? s.wtype : weight_dtype_for(n, 2, ne[0], format, s.n_layer, !s.tied);
+        std::vector<uint8_t> bytes(dtype_row_bytes(t, ne[0]) * size_t(count / ne[0]));
+        for (int64_t r = 0; r < count / ne[0]; ++r)
+            ASSERT_TRUE(quantize_row(t, v.data() + r * ne[0], bytes.data() + size_t(r) * dtype_row_bytes(t, ne[0]), ne[0]))
+                << n << " in " << dtype_name(t);
+        ASSERT_TRUE(w.add_tensor_data(n, t, ne, bytes.data(), bytes.size()));
+    };
+    add("token_embd.weight", {s.n_embd, s.n_vocab}, 1.0f, 0, true);
+    for (int64_t l = 0; l < s.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        add(p + "attn_norm.weight", {s.n_embd}, 0.2f, 1.0f, false);
+        add(p + "attn_q.weight", {s.n_embd, s.n_head * hd}, 0.3f, 0, true);
+        add(p + "attn_k.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
+        add(p + "attn_v.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
+        if (s.arch == "qwen2") {
+            add(p + "attn_q.bias", {s.n_head * hd}, 0.2f, 0, false);
+            add(p + "attn_k.bias", {s.n_head_kv * hd}, 0.2f, 0, false);
+            add(p + "attn_v.bias", {s.n_head_kv * hd}, 0.2f, 0, false);
+        }
+        add(p + "attn_output.weight", {s.n_head * hd, s.n_embd}, 0.2f, 0, true);
+        add(p + "ffn_norm.weight", {s.n_embd}, 0.2f, 1.0f, false);
+        add(p + "ffn_gate.weight", {s.n_embd, s.n_ff}, 0.3f, 0, true);
+        add(p + "ffn_up.weight", {s.n_embd, s.n_ff}, 0.3f, 0, true);
+        add(p + "ffn_down.weight", {s.n_ff, s.n_embd}, 0.2f, 0, true);
+    }
+    add("output_norm.weight", {s.n_embd}, 0.2f, 1.0f, false);
+    if (!s.tied) add("output.weight", {s.n_embd, s.n_vocab}, 0.3f, 0, true);
+    std::string path = test::temp_dir() + "/" + name + ".gguf";
+    EXPECT_TRUE(w.write(path));
+    return path;
+}
+
+std::vector<int32_t> some_tokens(int64_t n, int64_t n_vocab, uint64_t seed) {
+    std::mt19937 rng{static_cast<unsigned>(seed)};
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = int32_t(rng() % uint64_t(n_vocab));
+    return t;
+}
+
+}  // namespace kvs::test

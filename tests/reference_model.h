@@ -1,0 +1,47 @@
+// Test support: an independent float64 reference of the Llama-family forward pass (contiguous
+// K/V, no pages, double everywhere, straight from the equations) and a writer of synthetic
+// GGUF models (random weights in any small shape and weight format).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+
+namespace kvs::test {
+
+// Logits (n_tokens, n_vocab) of a whole sequence, every token attending to all before it.
+std::vector<std::vector<double>> reference_logits(const llama_model& m, const std::vector<int32_t>& tokens);
+
+// KV policies from their definitions, as masks over the whole sequence (independent of pages):
+// row t attends the tokens reference_kept(policy, t) —
+//   dense: 0..t;  window:size=W: t-W+1..t;  streaming:sinks=S,size=W: 0..S-1 and t-W+1..t —
+// and recompute:size=W computes row t as a fresh dense pass over tokens t-W+1..t at positions
+// 0..W-1. StreamingLLM assigns positions inside the cache: each kept token's rank among the
+// kept ones (the query last); ref_positions::original keeps the tokens' own positions instead
+// (what StreamingLLM is not, for tests that tell the two apart).
+enum class ref_positions { in_cache, original };
+std::vector<int64_t> reference_kept(const kv_policy& policy, int64_t t);
+std::vector<std::vector<double>> reference_policy_logits(const llama_model& m, const std::vector<int32_t>& tokens,
+                                                         const kv_policy& policy,
+                                                         ref_positions positions = ref_positions::in_cache);
+
+struct synth_spec {
+    std::string arch = "llama";
+    int64_t n_vocab = 96, n_embd = 64, n_layer = 2, n_head = 4, n_head_kv = 2, n_ff = 96, n_rot = 16;
+    dtype wtype = dtype::f32;
+    std::string mix;  // a weight format name such as "q4_k_m" (overrides wtype), as `kvserve quantize` writes it
+    bool tied = false;
+    float rope_base = 10000.0f;
+};
+
+// Writes a synthetic model to temp_dir()/NAME.gguf and returns its path.
+std::string write_synth(const synth_spec& s, const std::string& name);
+
+// n pseudo-random token ids in [0, n_vocab).
+std::vector<int32_t> some_tokens(int64_t n, int64_t n_vocab, uint64_t seed);
+
+}  // namespace kvs::test
