@@ -119,3 +119,41 @@ TEST(Cli, QuantizeToQ4KMAndRun) {
     EXPECT_EQ(run_command(kvserve_binary() + " synth --help", &text), 0) << text;
     EXPECT_NE(text.find("q4_k_m"), std::string::npos) << text;
 }
+
+// A bad --kv-policy is a usage error naming the problem, on every command that takes one.
+TEST(Cli, BadKvPolicyIsAUsageErrorEverywhere) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    KVS_SKIP_IF_MISSING(text, "text/tinystories-valid.txt");
+    const std::string m = " -m " + q(model);
+    for (const std::string& cmd : {"run" + m + " -p hi -n 4", "perplexity" + m + " -f " + q(text) + " --stream 64",
+                                   "bench" + m + " -p 0 -n 4 -r 1 --no-bandwidth-probe", "serve" + m + " --port 0"}) {
+        for (const char* bad : {"streaming:size=8", "window:size=-3", "nope"}) {
+            std::string out;
+            const int rc = run_command(kvserve_binary() + " " + cmd + " --kv-policy " + q(bad), &out);
+            EXPECT_EQ(rc, 2) << cmd << " --kv-policy " << bad << "\n" << out;
+            EXPECT_NE(out.find("--kv-policy"), std::string::npos) << out;
+        }
+    }
+}
+
+// run past the context under StreamingLLM, reporting the KV bytes held; bench rows carry them.
+TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    std::string out;
+    int rc = run_command(kvserve_binary() + " run -m " + q(model) +
+                             " -p 'Once upon a time' -n 700 -c 128 --temp 0.8 --kv-policy streaming:sinks=4,size=60", &out);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("generate:  700 tokens"), std::string::npos) << out;
+    // 1 sink page + 4 window pages + 1 = 6 pages of 16 tokens at 640 bytes per token.
+    EXPECT_NE(out.find("(6 pages)"), std::string::npos) << out;
+    rc = run_command(kvserve_binary() + " bench -m " + q(model) +
+                         " -p 0 -n 8 -d 200 -c 64 -r 1 -o json --no-bandwidth-probe --kv-policy streaming:sinks=4,size=28"
+                         " --kv-policy window:size=32 2>/dev/null", &out);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("\"kv_policy\": \"streaming:sinks=4,size=28\""), std::string::npos) << out;
+    EXPECT_NE(out.find("\"kv_policy\": \"window:size=32\""), std::string::npos) << out;
+    // After 208 tokens the next row reads 181..208 (streaming: the sink page + pages 11, 12) or
+    // 177..208 (window: pages 11, 12); a bf16 page of stories260K is 16 x 640 bytes.
+    EXPECT_NE(out.find("\"kv_bytes\": 30720"), std::string::npos) << out;
+    EXPECT_NE(out.find("\"kv_bytes\": 20480"), std::string::npos) << out;
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# KV policies (window, StreamingLLM, recompute) against dense: stream perplexity of stories260K
+# over TinyStories at several stream lengths (StreamingLLM's protocol), decode speed of
+# StreamingLLM against recompute on the TinyLlama-1.1B shape, and peak RSS of a long streaming
+# generation. Figures go to docs/kv-policies.md.
+#
+#   bench/kv_policies.sh [ppl|speed|rss|all]   (default all)
+#
+# Environment: KVSERVE (binary, default build/kvserve), KVSERVE_SHARED (fixtures, default
+# ../shared), PPL_LENGTHS (default "512 2048 8192 65536"), RECOMPUTE_MAX (longest stream scored
+# under recompute, default 8192), SPEED_SIZES (default "256 1024 2048"), RSS_TOKENS (default
+# "10000 1000000"), THREADS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${KVSERVE:-build/kvserve}
+shared=${KVSERVE_SHARED:-../shared}
+model=$shared/models/stories260K.gguf
+text=$shared/text/tinystories-valid.txt
+threads=${THREADS:-2}
+what=${1:-all}
+
+ppl() {
+  echo "## stream perplexity: stories260K, TinyStories, f32 KV, -b 512"
+  for n in ${PPL_LENGTHS:-512 2048 8192 65536}; do
+    for pol in dense window:size=512 streaming:sinks=4,size=508 recompute:size=512; do
+      if [[ $pol == recompute* && $n -gt ${RECOMPUTE_MAX:-8192} ]]; then continue; fi
+      start=$(date +%s.%N)
+      out=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "$pol" --kv-type f32 -b 512 -t "$threads" 2>&1)
+      secs=$(echo "$(date +%s.%N) - $start" | bc)
+      echo "N=$n policy=$pol seconds=$secs"
+      echo "$out" | grep -E "stretch|Final estimate|peak" | sed 's/^/  /'
+    done
+  done
+}
+
+speed() {
+  local synth=${TMPDIR:-/tmp}/kvserve-tinyllama-q4_0.gguf
+  [ -f "$synth" ] || "$bin" synth --shape tinyllama-1.1b --dtype q4_0 -o "$synth" >/dev/null
+  echo "## decode: StreamingLLM vs recompute, TinyLlama-1.1B shape, Q4_0, $threads threads"
+  for w in ${SPEED_SIZES:-256 1024 2048}; do
+    # The stream is past its cache size (depth w): every StreamingLLM step reads S + W slots,
+    # every recompute step prefills W tokens. Both in one run, alternating repetitions.
+    "$bin" bench -m "$synth" -p 0 -n 4 -d "$((w + 64))" -r 2 -t "$threads" --no-bandwidth-probe \
+      --kv-policy "streaming:sinks=4,size=$((w - 4))" --kv-policy "recompute:size=$w" | grep -v "^| ---\|^| model"
+  done
+}
+
+rss() {
+  echo "## peak RSS of a streaming generation (stories260K, streaming:sinks=4,size=508)"
+  for n in ${RSS_TOKENS:-10000 1000000}; do
+    /usr/bin/time -f "n=$n peak_rss_kib=%M seconds=%e" "$bin" run -m "$model" -p "Once upon a time" -n "$n" --temp 0.8 --seed 1 \
+      -t "$threads" --kv-policy streaming:sinks=4,size=508 2>&1 >/dev/null | grep -E "n=|kv:|generation"
+  done
+}
+
+case $what in
+  ppl) ppl ;;
+  speed) speed ;;
+  rss) rss ;;
+  all) ppl; speed; rss ;;
+  *) echo "usage: $0 [ppl|speed|rss|all]" >&2; exit 2 ;;
+esac
