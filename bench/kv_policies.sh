@@ -7,9 +7,11 @@
 #   bench/kv_policies.sh [ppl|speed|rss|all]   (default all)
 #
 # Environment: KVSERVE (binary, default build/kvserve), KVSERVE_SHARED (fixtures, default
-# ../shared), PPL_LENGTHS (default "512 2048 8192 65536"), RECOMPUTE_MAX (longest stream scored
-# under recompute, default 8192), SPEED_SIZES (default "256 1024 2048"), RSS_TOKENS (default
-# "10000 1000000"), THREADS (default 2).
+# ../shared), PPL_LENGTHS (default "512 2048 8192 65536"), RECOMPUTE_MAX and DENSE_MAX (longest
+# streams scored under recompute, default 2048, and dense, default 8192: one costs W tokens of
+# prefill per token, the other grows quadratically), SPEED_SIZES (default "256 1024 2048"), RSS_TOKENS (default
+# "10000 1000000"), SPEED_N and SPEED_REPS (decode tokens and repetitions, default 4 and 2),
+# THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${KVSERVE:-build/kvserve}
@@ -23,12 +25,13 @@ ppl() {
   echo "## stream perplexity: stories260K, TinyStories, f32 KV, -b 512"
   for n in ${PPL_LENGTHS:-512 2048 8192 65536}; do
     for pol in dense window:size=512 streaming:sinks=4,size=508 recompute:size=512; do
-      if [[ $pol == recompute* && $n -gt ${RECOMPUTE_MAX:-8192} ]]; then continue; fi
+      if [[ $pol == recompute* && $n -gt ${RECOMPUTE_MAX:-2048} ]]; then continue; fi
+      if [[ $pol == dense && $n -gt ${DENSE_MAX:-8192} ]]; then continue; fi
       start=$(date +%s.%N)
       out=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "$pol" --kv-type f32 -b 512 -t "$threads" 2>&1)
       secs=$(echo "$(date +%s.%N) - $start" | bc)
       echo "N=$n policy=$pol seconds=$secs"
-      echo "$out" | grep -E "stretch|Final estimate|peak" | sed 's/^/  /'
+      echo "$out" | grep -E "^\[|Final estimate|KV held" | sed "s/^/  /"
     done
   done
 }
@@ -40,7 +43,7 @@ speed() {
   for w in ${SPEED_SIZES:-256 1024 2048}; do
     # The stream is past its cache size (depth w): every StreamingLLM step reads S + W slots,
     # every recompute step prefills W tokens. Both in one run, alternating repetitions.
-    "$bin" bench -m "$synth" -p 0 -n 4 -d "$((w + 64))" -r 2 -t "$threads" --no-bandwidth-probe \
+    "$bin" bench -m "$synth" -p 0 -n "${SPEED_N:-4}" -d "$((w + 64))" -r "${SPEED_REPS:-2}" -t "$threads" --no-bandwidth-probe \
       --kv-policy "streaming:sinks=4,size=$((w - 4))" --kv-policy "recompute:size=$w" | grep -v "^| ---\|^| model"
   done
 }
