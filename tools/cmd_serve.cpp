@@ -3,6 +3,7 @@
 // SIGINT / SIGTERM: stop accepting requests, let the ones in flight finish and their responses
 // be written, exit 0. A second signal during the drain cancels what is still running.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -10,6 +11,7 @@
 #include "common.h"
 #include "model/llama.h"
 #include "sched/engine.h"
+#include "server/api_keys.h"
 #include "server/http_server.h"
 #include "server/signals.h"
 #include "tokenizer/tokenizer.h"
@@ -17,6 +19,17 @@
 namespace kvs::tools {
 
 namespace {
+
+bool read_file_text(const std::string& path, std::string* out) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return false;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out->append(buf, n);
+    const bool ok = !std::ferror(f);
+    std::fclose(f);
+    return ok;
+}
 
 int cmd_serve(int argc, char** argv) {
     CLI::App app("Serve a GGUF model over an OpenAI-compatible HTTP API", "kvserve serve");
@@ -29,7 +42,14 @@ int cmd_serve(int argc, char** argv) {
     app.add_option("--host", sc.host, "address to listen on")->capture_default_str();
     app.add_option("--port", sc.port, "port to listen on (0 = any free port)")->check(CLI::Range(0, 65535))->capture_default_str();
     app.add_option("-t,--threads", threads, "compute threads")->check(CLI::Range(1, 1024))->capture_default_str();
-    app.add_option("--api-key", sc.api_key, "require 'Authorization: Bearer KEY' on every route but /health");
+    std::vector<std::string> cli_keys;
+    app.add_option("--api-key", cli_keys,
+                   "require 'Authorization: Bearer KEY' on every route but /health (repeatable; visible in the process list: "
+                   "prefer --api-key-file or KVSERVE_API_KEY)");
+    std::string key_file;
+    app.add_option("--api-key-file", key_file, "file of accepted API keys, one per line ('#' starts a comment line)");
+    app.add_flag("--public-metrics", sc.public_metrics, "serve /metrics without an API key (default: /metrics needs one when keys are set)");
+    app.add_flag("--debug-routes", sc.debug_routes, "serve GET /debug/kv (the KV integrity check and page counts)");
     app.add_option("--alias", sc.model_name, "model id to serve (default: the GGUF's general.name, else the file name)");
     app.add_option("-c,--ctx-size", ec.sched.n_ctx, "context length per sequence (0 = the model's)")->check(CLI::NonNegativeNumber);
     auto* kv_mem = app.add_option("--kv-memory", kv_memory_mib, "KV cache size in MiB (default: max-seqs full contexts, at most 2 GiB)")
@@ -47,13 +67,21 @@ int cmd_serve(int argc, char** argv) {
                    "tokens of each step kept from running prompt chunks for waiting requests (at most half the batch)")
         ->check(CLI::Range(int64_t(0), int64_t(1) << 20))->capture_default_str();
     app.add_option("--max-seqs", ec.sched.max_seqs, "running sequences at most")->check(CLI::Range(1, 65536))->capture_default_str();
-    app.add_option("--max-queued", ec.max_queued, "waiting requests at most (more are refused with 503)")
+    app.add_option("--max-queue,--max-queued", ec.max_queued, "waiting requests at most (more are refused at once with 503 and Retry-After)")
         ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+    app.add_option("--request-timeout", sc.request_timeout,
+                   "seconds a generation request may wait and run; then 504 (or a final SSE error event) and its pages are freed (0 = no limit)")
+        ->check(CLI::Range(0.0, 1e7))->capture_default_str();
+    app.add_option("--read-timeout", sc.read_timeout,
+                   "seconds for a whole request (headers and body) to arrive; a slower client is disconnected (0 = no limit)")
+        ->check(CLI::Range(0.0, 1e7))->capture_default_str();
+    app.add_option("--max-body", sc.max_body_bytes, "largest request body (bytes; suffixes k, m, g); larger ones get 413")
+        ->transform(CLI::AsSizeValue(false))->check(CLI::Range(int64_t(1), int64_t(1) << 40))->capture_default_str();
     bool no_prefix_cache = false;
     app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse the KV pages of cached prompt prefixes");
     bool no_cascade = false;
     app.add_flag("--no-cascade", no_cascade, "attend to shared prefixes per sequence instead of once per group");
-    app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + 8)")->check(CLI::Range(0, 4096));
+    app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + max-queue + 8)")->check(CLI::Range(0, 4096));
     app.add_option("--chat-template-file", sc.chat_template, "Jinja chat template file (default: the GGUF's)")
         ->check(CLI::ExistingFile);
     std::string kv_policy_spec = "dense";
@@ -63,19 +91,37 @@ int cmd_serve(int argc, char** argv) {
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!sc.chat_template.empty()) {
-        FILE* f = std::fopen(sc.chat_template.c_str(), "rb");
         std::string text;
-        if (f) {
-            char buf[4096];
-            size_t n;
-            while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-            std::fclose(f);
-        }
-        if (text.empty()) {
+        if (!read_file_text(sc.chat_template, &text) || text.empty()) {
             std::fprintf(stderr, "kvserve serve: cannot read the chat template file %s\n", sc.chat_template.c_str());
             return 2;
         }
         sc.chat_template = std::move(text);
+    }
+    for (auto& k : cli_keys)
+        if (k.empty()) {
+            std::fprintf(stderr, "kvserve serve: --api-key: a key cannot be empty\n");
+            return 2;
+        }
+    sc.api_keys = cli_keys;
+    if (const char* env = std::getenv("KVSERVE_API_KEY"); env && *env)
+        for (auto& k : split_api_keys(env)) sc.api_keys.push_back(std::move(k));
+    if (!key_file.empty()) {
+        std::string text;
+        if (!read_file_text(key_file, &text)) {
+            std::fprintf(stderr, "kvserve serve: cannot read the API key file %s\n", key_file.c_str());
+            return 2;
+        }
+        auto keys = parse_api_keys(text);
+        if (!keys) {
+            std::fprintf(stderr, "kvserve serve: %s: %s\n", key_file.c_str(), keys.message().c_str());
+            return 2;
+        }
+        if (keys.value().empty()) {
+            std::fprintf(stderr, "kvserve serve: the API key file %s holds no key\n", key_file.c_str());
+            return 2;
+        }
+        for (auto& k : keys.value()) sc.api_keys.push_back(std::move(k));
     }
     if (!std::filesystem::exists(model_path)) {
         std::fprintf(stderr, "kvserve serve: %s\n", missing_model_help(model_path).c_str());
@@ -142,6 +188,9 @@ int cmd_serve(int argc, char** argv) {
     std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s), KV policy %s\n",
                  srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, dtype_name(ec.kv_type),
                  sc.default_policy.spec().c_str());
+    std::fprintf(stderr, "kvserve serve: queue %d, request timeout %s, read timeout %gs, body %lld bytes at most, %zu API key(s)%s\n",
+                 eng.value()->max_queued(), sc.request_timeout > 0 ? strfmt("%gs", sc.request_timeout).c_str() : "none", sc.read_timeout,
+                 (long long)sc.max_body_bytes, sc.api_keys.size(), sc.api_keys.empty() || !sc.public_metrics ? "" : ", /metrics public");
     std::fprintf(stderr, "kvserve serve: listening on http://%s:%d\n", sc.host.c_str(), srv.port());
     std::fflush(stderr);
     status run = srv.run();

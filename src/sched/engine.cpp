@@ -59,6 +59,11 @@ result<std::shared_ptr<request_stream>> engine::submit(request_params params) {
     return stream;
 }
 
+status engine::check_integrity() const {
+    std::lock_guard<std::mutex> l(step_mu_);
+    return sched_->check_integrity();
+}
+
 engine_stats engine::stats() const {
     std::lock_guard<std::mutex> l(mu_);
     return stats_;
@@ -80,6 +85,7 @@ void engine::loop() {
             if (stop_) break;
             incoming.swap(inbox_);
         }
+        std::unique_lock<std::mutex> step_lock(step_mu_);
         for (auto& [params, stream] : incoming) {
             if (status s = sched_->submit(std::move(params), stream); !s) {
                 request_event ev;
@@ -103,9 +109,11 @@ void engine::loop() {
             stats_.sched = sched_->metrics();
             stats_.busy_seconds += dt;
         }
+        step_lock.unlock();
         idle_cv_.notify_all();
     }
     // Stopping: everything unfinished ends as cancelled.
+    std::lock_guard<std::mutex> step_lock(step_mu_);
     sched_->cancel_all();
     idle_cv_.notify_all();
 }

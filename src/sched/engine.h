@@ -46,6 +46,10 @@ public:
     // Errors: invalid request (code 400), queue full (503), shutting down (503).
     result<std::shared_ptr<request_stream>> submit(request_params params);
     engine_stats stats() const;
+    // The scheduler's and KV cache's integrity check (every page owned exactly as the tables
+    // say, every running sequence holding the pages its tokens need), run between two steps.
+    status check_integrity() const;
+    int32_t max_queued() const { return max_queued_; }
     const scheduler_config& config() const { return sched_->config(); }
     int64_t n_ctx() const { return sched_->n_ctx(); }
     // Stops accepting requests; with drain, waits until every accepted request has finished.
@@ -60,6 +64,7 @@ private:
     std::unique_ptr<scheduler> sched_;
     int32_t max_queued_ = 256;
 
+    mutable std::mutex step_mu_;       // held by the loop while it touches the scheduler
     mutable std::mutex mu_;
     std::condition_variable cv_;       // wakes the loop (new work, stop)
     std::condition_variable idle_cv_;  // wakes shutdown(drain)

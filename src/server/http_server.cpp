@@ -14,7 +14,9 @@
 
 #include "model/llama.h"
 #include "sched/engine.h"
+#include "server/api_keys.h"
 #include "server/chat_prompt.h"
+#include "server/connection_watchdog.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/openai_request.h"
@@ -39,6 +41,9 @@ namespace {
 constexpr int listen_backlog = SOMAXCONN;
 
 constexpr const char* k_json_type = "application/json";
+
+// An idle keep-alive connection is closed after this long without a new request.
+constexpr int k_keep_alive_seconds = 2;
 
 void send_json(httplib::Response& res, int code, const json& body) {
     res.status = code;
@@ -70,6 +75,21 @@ api_error shutting_down_error() {
     return {503, "the server is shutting down", "", "server_error", "service_unavailable"};
 }
 
+api_error timeout_error(double seconds) {
+    return {504, strfmt("the request did not finish within the server's request timeout (%g s)", seconds), "", "server_error", "timeout"};
+}
+
+// The message of an error cpp-httplib answers by itself (no handler ran).
+std::string http_error_message(int status, const httplib::Request& req) {
+    switch (status) {
+        case 400: return "malformed HTTP request";
+        case 413: return "the request body is larger than the server accepts";
+        case 414: return "the request URI is too long";
+        case 416: return "the requested range is not satisfiable";
+        default: return strfmt("HTTP error %d for %s %s", status, req.method.c_str(), req.path.c_str());
+    }
+}
+
 // The JSON body (keys in the request's order), or a 400 naming where it fails to parse.
 std::optional<api_error> parse_body(const httplib::Request& req, nlohmann::ordered_json* out) {
     try {
@@ -81,21 +101,17 @@ std::optional<api_error> parse_body(const httplib::Request& req, nlohmann::order
     return std::nullopt;
 }
 
-// Compares keys without an early exit on the first differing byte.
-bool constant_time_equal(const std::string& a, const std::string& b) {
-    if (a.size() != b.size()) return false;
-    unsigned char diff = 0;
-    for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-    return diff == 0;
-}
-
 // One streamed response: what the content provider needs between calls.
 struct stream_job {
     std::shared_ptr<request_stream> stream;
     response_meta meta;
     openai_request req;
     std::vector<stream_choice_state> choices;
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+    std::string peer;  // connection_watchdog key
 };
+
+std::string peer_of(const httplib::Request& req) { return connection_watchdog::peer_key(req.remote_addr, req.remote_port); }
 
 }  // namespace
 
@@ -110,6 +126,7 @@ struct http_server::impl {
     std::unique_ptr<chat_prompt> chat;
     httplib::Server svr;
     server_metrics metrics;
+    connection_watchdog watchdog;
     int port = -1;
     socket_t listen_fd = INVALID_SOCKET;  // the listening socket, seen by the socket options hook
 
@@ -120,11 +137,17 @@ struct http_server::impl {
 
     void setup_routes();
     bool authorized(const httplib::Request& req) const;
+    httplib::Server::Handler route(httplib::Server::Handler h);
+    std::chrono::steady_clock::time_point deadline_from_now() const;
+    void send_overloaded(httplib::Response& res, const std::string& message);
+    json debug_kv() const;
     void handle_generate(const httplib::Request& req, httplib::Response& res, api_endpoint ep);
     std::optional<api_error> build_request(const nlohmann::ordered_json& body, api_endpoint ep, openai_request* r);
-    void respond_whole(httplib::Response& res, const openai_request& r, const std::shared_ptr<request_stream>& s);
-    void respond_stream(httplib::Response& res, openai_request r, std::shared_ptr<request_stream> s);
-    static bool write_stream(stream_job& job, const tokenizer& tok, httplib::DataSink& sink);
+    void respond_whole(const httplib::Request& req, httplib::Response& res, const openai_request& r, const std::shared_ptr<request_stream>& s,
+                       std::chrono::steady_clock::time_point deadline);
+    void respond_stream(const httplib::Request& req, httplib::Response& res, openai_request r, std::shared_ptr<request_stream> s,
+                        std::chrono::steady_clock::time_point deadline);
+    bool write_stream(stream_job& job, httplib::DataSink& sink);
     void handle_tokenize(const httplib::Request& req, httplib::Response& res);
     void handle_detokenize(const httplib::Request& req, httplib::Response& res);
     json model_card() const;
@@ -147,11 +170,46 @@ struct http_server::impl {
 };
 
 bool http_server::impl::authorized(const httplib::Request& req) const {
-    if (cfg.api_key.empty() || req.path == "/health") return true;
+    if (cfg.api_keys.empty() || req.path == "/health") return true;
+    if (cfg.public_metrics && req.path == "/metrics") return true;
     const std::string h = req.get_header_value("Authorization");
     const std::string prefix = "Bearer ";
     if (h.size() <= prefix.size() || h.compare(0, prefix.size(), prefix) != 0) return false;
-    return constant_time_equal(h.substr(prefix.size()), cfg.api_key);
+    return api_key_matches(cfg.api_keys, std::string_view(h).substr(prefix.size()));
+}
+
+// A route's handler runs once the whole request has been read: from then on the connection
+// has no read deadline (the logger hands it back after the response).
+httplib::Server::Handler http_server::impl::route(httplib::Server::Handler h) {
+    return [this, h = std::move(h)](const httplib::Request& req, httplib::Response& res) {
+        watchdog.handler_started(peer_of(req));
+        h(req, res);
+    };
+}
+
+std::chrono::steady_clock::time_point http_server::impl::deadline_from_now() const {
+    if (cfg.request_timeout <= 0) return std::chrono::steady_clock::time_point::max();
+    return std::chrono::steady_clock::now() +
+           std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(cfg.request_timeout));
+}
+
+void http_server::impl::send_overloaded(httplib::Response& res, const std::string& message) {
+    metrics.count_rejected("queue_full");
+    res.set_header("Retry-After", std::to_string(std::max(1, cfg.retry_after)));
+    send_error(res, {503, message + "; retry later", "", "server_error", "server_overloaded"});
+}
+
+json http_server::impl::debug_kv() const {
+    const status integrity = eng.check_integrity();
+    const engine_stats st = eng.stats();
+    return {{"integrity", integrity ? "ok" : integrity.message()},
+            {"pages_total", st.kv_pages_total},
+            {"pages_used", st.kv_pages_used},
+            {"pages_cached", st.kv_pages_cached},
+            {"pages_free", st.kv_pages_total - st.kv_pages_used - st.kv_pages_cached},
+            {"running", st.running},
+            {"waiting", st.waiting},
+            {"open_connections", watchdog.open_connections()}};
 }
 
 std::optional<api_error> http_server::impl::build_request(const nlohmann::ordered_json& body, api_endpoint ep, openai_request* r) {
@@ -170,30 +228,64 @@ std::optional<api_error> http_server::impl::build_request(const nlohmann::ordere
 }
 
 void http_server::impl::handle_generate(const httplib::Request& req, httplib::Response& res, api_endpoint ep) {
+    const auto deadline = deadline_from_now();  // the time it waits in the queue counts
     nlohmann::ordered_json body;
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
     openai_request r;
     r.params.policy = cfg.default_policy;  // the request's "kv_policy" overrides it
     if (auto e = build_request(body, ep, &r)) return send_error(res, *e);
-    if (is_stopping()) return send_error(res, shutting_down_error());
+    if (is_stopping()) {
+        metrics.count_rejected("draining");
+        return send_error(res, shutting_down_error());
+    }
     auto sub = eng.submit(r.params);
     if (!sub) {
         const status err = sub.error();
-        if (err.code() == 503) return send_error(res, {503, err.message(), "", "server_error", "service_unavailable"});
+        if (err.code() == 503 && is_stopping()) {
+            metrics.count_rejected("draining");
+            return send_error(res, shutting_down_error());
+        }
+        if (err.code() == 503) return send_overloaded(res, err.message());
         return send_error(res, api_error::invalid(err.message(), param_of_engine_message(err.message(), ep)));
     }
     std::shared_ptr<request_stream> s = std::move(sub.value());
     begin(s);
-    if (r.stream) return respond_stream(res, std::move(r), std::move(s));
-    respond_whole(res, r, s);
+    if (r.stream) {
+        respond_stream(req, res, std::move(r), std::move(s), deadline);
+        return;
+    }
+    respond_whole(req, res, r, s, deadline);
     end(s);
 }
 
-void http_server::impl::respond_whole(httplib::Response& res, const openai_request& r, const std::shared_ptr<request_stream>& s) {
+void http_server::impl::respond_whole(const httplib::Request& req, httplib::Response& res, const openai_request& r,
+                                      const std::shared_ptr<request_stream>& s, std::chrono::steady_clock::time_point deadline) {
     std::vector<completion_choice> choices(static_cast<size_t>(r.params.n));
     std::string error;
     bool cancelled = false;
-    while (auto ev = s->pop()) {
+    const std::string peer = peer_of(req);
+    for (;;) {
+        auto ev = s->pop(100);
+        if (!ev) {
+            if (s->done()) break;
+            if (watchdog.peer_gone(peer)) {
+                // Nobody will read the answer: free the pages now rather than at the end.
+                s->cancel();
+                while (s->pop()) {
+                }
+                metrics.count_client_disconnect();
+                res.status = 499;  // the client closed the connection (nothing is written)
+                return;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                s->cancel();
+                while (s->pop()) {
+                }
+                metrics.count_request_timeout();
+                return send_error(res, timeout_error(cfg.request_timeout));
+            }
+            continue;
+        }
         if (ev->index < 0 || ev->index >= r.params.n) continue;
         completion_choice& c = choices[static_cast<size_t>(ev->index)];
         c.text += ev->text;
@@ -208,7 +300,7 @@ void http_server::impl::respond_whole(httplib::Response& res, const openai_reque
     send_json(res, 200, completion_response(meta, choices, s->usage(), tok, r.params.n_logprobs >= 0, r.echo ? r.prompt_text : ""));
 }
 
-bool http_server::impl::write_stream(stream_job& job, const tokenizer& tok, httplib::DataSink& sink) {
+bool http_server::impl::write_stream(stream_job& job, httplib::DataSink& sink) {
     using clock = std::chrono::steady_clock;
     auto last_write = clock::now();
     auto write = [&](const std::string& s) {
@@ -222,12 +314,21 @@ bool http_server::impl::write_stream(stream_job& job, const tokenizer& tok, http
         if (!open.is_null() && !write(sse_data(open))) return false;
     }
     for (;;) {
-        auto ev = job.stream->pop(200);
+        auto ev = job.stream->pop(100);
         if (!ev) {
             if (job.stream->done()) break;
+            if (clock::now() >= job.deadline) {
+                // The final event is the error; the engine frees the pages at its next step.
+                job.stream->cancel();
+                while (job.stream->pop()) {
+                }
+                metrics.count_request_timeout();
+                if (!write("data: " + api_error_body(timeout_error(cfg.request_timeout)) + "\n\n")) return false;
+                return write(sse_done());
+            }
             // While nothing comes (queued, long prefill), an SSE comment every second finds out
             // whether the client is still there: writes to a closed connection fail.
-            if (!sink.is_writable()) return false;
+            if (!sink.is_writable() || watchdog.peer_gone(job.peer)) return false;
             if (clock::now() - last_write >= std::chrono::seconds(1) && !write(": keep-alive\n\n")) return false;
             continue;
         }
@@ -245,9 +346,12 @@ bool http_server::impl::write_stream(stream_job& job, const tokenizer& tok, http
     return write(sse_done());
 }
 
-void http_server::impl::respond_stream(httplib::Response& res, openai_request r, std::shared_ptr<request_stream> s) {
+void http_server::impl::respond_stream(const httplib::Request& req, httplib::Response& res, openai_request r,
+                                       std::shared_ptr<request_stream> s, std::chrono::steady_clock::time_point deadline) {
     auto job = std::make_shared<stream_job>();
     job->stream = std::move(s);
+    job->deadline = deadline;
+    job->peer = peer_of(req);
     job->meta = make_response_meta(r.endpoint, name);
     job->choices.resize(static_cast<size_t>(r.params.n));
     for (auto& c : job->choices) c.text_offset = r.echo ? int64_t(r.prompt_text.size()) : 0;
@@ -257,8 +361,11 @@ void http_server::impl::respond_stream(httplib::Response& res, openai_request r,
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, job](size_t, httplib::DataSink& sink) {
-            if (!write_stream(*job, tok, sink)) {
-                job->stream->cancel();  // the client is gone: free its pages
+            if (!write_stream(*job, sink)) {
+                if (!job->stream->done()) {
+                    job->stream->cancel();  // the client is gone: free its pages
+                    metrics.count_client_disconnect();
+                }
                 return false;
             }
             sink.done();
@@ -266,7 +373,10 @@ void http_server::impl::respond_stream(httplib::Response& res, openai_request r,
         },
         [this, job](bool) {
             // Runs once the response is over, written or not (also when the provider never ran).
-            if (!job->stream->done()) job->stream->cancel();
+            if (!job->stream->done()) {
+                job->stream->cancel();
+                metrics.count_client_disconnect();
+            }
             end(job->stream);
         });
 }
@@ -318,13 +428,23 @@ json http_server::impl::model_card() const {
 void http_server::impl::setup_routes() {
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         if (authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
+        metrics.count_rejected("unauthorized");
         send_error(res, {401, "invalid or missing API key (send the header 'Authorization: Bearer <key>')", "", "authentication_error",
                          "invalid_api_key"});
         return httplib::Server::HandlerResponse::Handled;
     });
-    svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
-        if (!res.body.empty() || res.status != 404) return httplib::Server::HandlerResponse::Unhandled;
-        send_error(res, {404, "no route for " + req.method + " " + req.path, "", "invalid_request_error", "not_found"});
+    // Errors cpp-httplib answers itself (no route, malformed request, body too large) get
+    // OpenAI's error body too.
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty() || res.status < 400) return httplib::Server::HandlerResponse::Unhandled;
+        if (res.status == 404) {
+            send_error(res, {404, "no route for " + req.method + " " + req.path, "", "invalid_request_error", "not_found"});
+        } else {
+            if (res.status == 413) metrics.count_rejected("body_too_large");
+            std::string msg = http_error_message(res.status, req);
+            if (res.status == 413) msg += strfmt(" (%lld bytes at most)", (long long)cfg.max_body_bytes);
+            send_error(res, {res.status, msg, "", res.status >= 500 ? "server_error" : "invalid_request_error", ""});
+        }
         return httplib::Server::HandlerResponse::Handled;
     }));
     svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -337,27 +457,33 @@ void http_server::impl::setup_routes() {
         }
         send_error(res, {500, "internal error: " + what, "", "server_error", ""});
     });
-    svr.set_logger([this](const httplib::Request&, const httplib::Response& res) { metrics.count_response(res.status); });
-
-    svr.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { handle_generate(q, r, api_endpoint::completions); });
-    svr.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { handle_generate(q, r, api_endpoint::chat); });
-    svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
-        send_json(r, 200, {{"object", "list"}, {"data", json::array({model_card()})}});
+    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+        metrics.count_response(res.status);
+        watchdog.response_written(peer_of(req));  // the next request on the connection has its read deadline
     });
-    svr.Get("/v1/models/(.+)", [this](const httplib::Request& q, httplib::Response& r) {
+
+    svr.Post("/v1/completions", route([this](const httplib::Request& q, httplib::Response& r) { handle_generate(q, r, api_endpoint::completions); }));
+    svr.Post("/v1/chat/completions", route([this](const httplib::Request& q, httplib::Response& r) { handle_generate(q, r, api_endpoint::chat); }));
+    svr.Get("/v1/models", route([this](const httplib::Request&, httplib::Response& r) {
+        send_json(r, 200, {{"object", "list"}, {"data", json::array({model_card()})}});
+    }));
+    svr.Get("/v1/models/(.+)", route([this](const httplib::Request& q, httplib::Response& r) {
         if (q.matches[1] != name)
             return send_error(r, {404, "the model '" + std::string(q.matches[1]) + "' does not exist", "model", "invalid_request_error", "model_not_found"});
         send_json(r, 200, model_card());
-    });
-    svr.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
-        if (is_stopping()) return send_json(r, 503, {{"status", "shutting down"}});
-        send_json(r, 200, {{"status", "ok"}});
-    });
-    svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
-        r.set_content(metrics.render(eng.stats()), "text/plain; version=0.0.4");
-    });
-    svr.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) { handle_tokenize(q, r); });
-    svr.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) { handle_detokenize(q, r); });
+    }));
+    svr.Get("/health", route([this](const httplib::Request&, httplib::Response& r) {
+        if (is_stopping()) return send_json(r, 503, {{"status", "draining"}});
+        const engine_stats st = eng.stats();
+        if (st.waiting >= eng.max_queued()) return send_json(r, 503, {{"status", "overloaded"}, {"waiting", st.waiting}});
+        send_json(r, 200, {{"status", "ready"}, {"running", st.running}, {"waiting", st.waiting}});
+    }));
+    svr.Get("/metrics", route([this](const httplib::Request&, httplib::Response& r) {
+        r.set_content(metrics.render(eng.stats(), watchdog.read_timeouts()), "text/plain; version=0.0.4");
+    }));
+    svr.Post("/tokenize", route([this](const httplib::Request& q, httplib::Response& r) { handle_tokenize(q, r); }));
+    svr.Post("/detokenize", route([this](const httplib::Request& q, httplib::Response& r) { handle_detokenize(q, r); }));
+    if (cfg.debug_routes) svr.Get("/debug/kv", route([this](const httplib::Request&, httplib::Response& r) { send_json(r, 200, debug_kv()); }));
 }
 
 http_server::http_server(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
@@ -372,7 +498,9 @@ result<std::unique_ptr<http_server>> http_server::create(const llama_model& mode
         if (t && t.value()) source = *t.value();
     }
     p->chat = chat_prompt::create(source, tok);
-    const int threads = config.http_threads > 0 ? config.http_threads : eng.config().max_seqs + 8;
+    if (config.max_body_bytes < 1) return status::error("the largest request body must be at least 1 byte");
+    if (config.request_timeout < 0 || config.read_timeout < 0) return status::error("timeouts cannot be negative");
+    const int threads = config.http_threads > 0 ? config.http_threads : eng.config().max_seqs + eng.max_queued() + 8;
     p->svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     // SO_REUSEADDR only: a restarted server may bind over connections in TIME_WAIT, but a second
     // server on a port already listening must fail. cpp-httplib's default adds SO_REUSEPORT,
@@ -382,8 +510,8 @@ result<std::unique_ptr<http_server>> http_server::create(const llama_model& mode
         ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
         raw->listen_fd = sock;
     });
-    p->svr.set_keep_alive_timeout(2);
-    p->svr.set_payload_max_length(size_t(64) << 20);
+    p->svr.set_keep_alive_timeout(k_keep_alive_seconds);
+    p->svr.set_payload_max_length(size_t(config.max_body_bytes));
     p->setup_routes();
     return std::unique_ptr<http_server>(new http_server(std::move(p)));
 }
@@ -424,7 +552,11 @@ status http_server::run() {
         if (impl_->stopping) impl_->run_returned = true;
     }
     bool ok = true;
-    if (!impl_->run_returned) ok = impl_->svr.listen_after_bind();
+    if (!impl_->run_returned) {
+        impl_->watchdog.start(int(impl_->listen_fd), impl_->port, impl_->cfg.read_timeout, double(k_keep_alive_seconds));
+        ok = impl_->svr.listen_after_bind();
+        impl_->watchdog.stop();
+    }
     {
         std::lock_guard<std::mutex> l(impl_->mu);
         impl_->run_returned = true;

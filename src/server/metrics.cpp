@@ -15,7 +15,28 @@ void server_metrics::count_response(int http_status) {
     ++responses_[http_status];
 }
 
-std::string server_metrics::render(const engine_stats& s) const {
+void server_metrics::count_rejected(const std::string& reason) {
+    std::lock_guard<std::mutex> l(mu_);
+    ++rejected_[reason];
+}
+
+void server_metrics::count_request_timeout() {
+    std::lock_guard<std::mutex> l(mu_);
+    ++request_timeouts_;
+}
+
+void server_metrics::count_client_disconnect() {
+    std::lock_guard<std::mutex> l(mu_);
+    ++client_disconnects_;
+}
+
+int64_t server_metrics::rejected(const std::string& reason) const {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = rejected_.find(reason);
+    return it == rejected_.end() ? 0 : it->second;
+}
+
+std::string server_metrics::render(const engine_stats& s, int64_t read_timeouts) const {
     std::string out;
     const int32_t free = s.kv_pages_total - s.kv_pages_used - s.kv_pages_cached;
     add(out, "kvserve_requests_running", "gauge", "Sequences running in the scheduler.", s.running);
@@ -57,6 +78,17 @@ std::string server_metrics::render(const engine_stats& s) const {
     std::lock_guard<std::mutex> l(mu_);
     out += "# HELP kvserve_http_requests_total HTTP responses by status code.\n# TYPE kvserve_http_requests_total counter\n";
     for (const auto& [code, n] : responses_) out += strfmt("kvserve_http_requests_total{code=\"%d\"} %lld\n", code, (long long)n);
+    out += "# HELP kvserve_http_rejected_total Requests refused before they ran, by reason.\n"
+           "# TYPE kvserve_http_rejected_total counter\n";
+    for (const char* reason : {"queue_full", "draining", "body_too_large", "unauthorized"}) {
+        auto it = rejected_.find(reason);
+        out += strfmt("kvserve_http_rejected_total{reason=\"%s\"} %lld\n", reason, (long long)(it == rejected_.end() ? 0 : it->second));
+    }
+    add(out, "kvserve_http_request_timeouts_total", "counter", "Generation requests ended by the request timeout.", double(request_timeouts_));
+    add(out, "kvserve_http_client_disconnects_total", "counter", "Generation requests whose client went away before the end.",
+        double(client_disconnects_));
+    add(out, "kvserve_http_read_timeouts_total", "counter", "Connections closed because a request did not arrive within the read timeout.",
+        double(read_timeouts));
     return out;
 }
 

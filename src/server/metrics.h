@@ -13,6 +13,11 @@
 //   kvserve_requests_finished_total / _cancelled_total  counter
 //   kvserve_engine_steps_total, kvserve_engine_busy_seconds_total  counter
 //   kvserve_http_requests_total{code="200"}        counter  HTTP responses by status code
+//   kvserve_http_rejected_total{reason="..."}      counter  requests refused before they ran:
+//                                                  queue_full, draining, body_too_large, unauthorized
+//   kvserve_http_request_timeouts_total            counter  generation requests ended by request_timeout
+//   kvserve_http_client_disconnects_total          counter  generation requests whose client went away
+//   kvserve_http_read_timeouts_total               counter  connections closed for a request that came too slowly
 //
 // Contract: server_metrics is thread-safe (handlers on many threads count responses).
 #pragma once
@@ -29,12 +34,19 @@ namespace kvs {
 class server_metrics {
 public:
     void count_response(int http_status);
-    // The exposition text for the given engine snapshot and this server's counters.
-    std::string render(const engine_stats& stats) const;
+    void count_rejected(const std::string& reason);
+    void count_request_timeout();
+    void count_client_disconnect();
+    int64_t rejected(const std::string& reason) const;
+    // The exposition text for the given engine snapshot and this server's counters (and the
+    // connection watchdog's read timeouts).
+    std::string render(const engine_stats& stats, int64_t read_timeouts) const;
 
 private:
     mutable std::mutex mu_;
-    std::map<int, int64_t> responses_;  // HTTP status -> count
+    std::map<int, int64_t> responses_;          // HTTP status -> count
+    std::map<std::string, int64_t> rejected_;   // reason -> count
+    int64_t request_timeouts_ = 0, client_disconnects_ = 0;
 };
 
 }  // namespace kvs
