@@ -731,7 +731,12 @@ TEST(server, graceful_drain) {
     // Wait until the drain has begun (/health says so) rather than for a fixed time.
     for (int i = 0; i < 5000; ++i) {
         auto [hs, hb] = s->get("/health");
-        if (hs != 200) break;
+        if (hs != 200) {
+            if (hs == 503) {
+                EXPECT_EQ(json::parse(hb)["status"], "draining");
+            }
+            break;
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     auto [st, b] = s->post("/v1/completions", greedy_completion("Hi", 2));
@@ -755,26 +760,46 @@ TEST(server, serve_binary_exits_cleanly_on_sigterm) {
     else GTEST_SKIP() << "the kvserve binary " << bin << " is not built";
     std::string out;
     ASSERT_EQ(test::run_command(bin + " serve --no-such-flag", &out), 2) << out;
+    EXPECT_EQ(test::run_command(bin + " serve --api-key-file /nonexistent/keys", &out), 2) << out;
+    EXPECT_NE(out.find("cannot read the API key file"), std::string::npos) << out;
+    EXPECT_EQ(test::run_command(bin + " serve --max-body 0", &out), 2) << out;
+    EXPECT_EQ(test::run_command(bin + " serve --max-body lots", &out), 2) << out;
+    EXPECT_EQ(test::run_command(bin + " serve --request-timeout -1", &out), 2) << out;
+    EXPECT_EQ(test::run_command(bin + " serve --max-queue 0", &out), 2) << out;
     const std::string dir = test::temp_dir();
-    const std::string log = dir + "/serve.log", script = dir + "/serve.sh";
+    const std::string log = dir + "/serve.log", script = dir + "/serve.sh", keys = dir + "/keys";
+    {
+        FILE* f = std::fopen(keys.c_str(), "w");
+        ASSERT_TRUE(f);
+        std::fputs("# two keys\nfirst-key\nsecond-key\n", f);
+        std::fclose(f);
+        EXPECT_EQ(test::run_command(bin + " serve --api-key-file '" + dir + "'", &out), 2) << out;  // a folder
+        FILE* e = std::fopen((dir + "/empty").c_str(), "w");
+        ASSERT_TRUE(e);
+        std::fclose(e);
+        EXPECT_EQ(test::run_command(bin + " serve --api-key-file '" + dir + "/empty'", &out), 2) << out;
+        EXPECT_NE(out.find("holds no key"), std::string::npos) << out;
+    }
     {
         FILE* f = std::fopen(script.c_str(), "w");
         ASSERT_TRUE(f);
         std::fprintf(f,
-                     "'%s' serve -m '%s' --host 127.0.0.1 --port 0 -t 1 --max-seqs 2 2>'%s' &\n"
+                     "KVSERVE_API_KEY=third-key '%s' serve -m '%s' --host 127.0.0.1 --port 0 -t 1 --max-seqs 2 --max-queue 8 "
+                     "--api-key-file '%s' --max-body 1m --request-timeout 30 2>'%s' &\n"
                      "pid=$!\n"
                      "for i in $(seq 1 200); do grep -q 'listening on' '%s' && break; sleep 0.05; done\n"
                      "kill -TERM $pid\n"
                      "wait $pid\n"
                      "echo rc=$?\n"
                      "cat '%s'\n",
-                     bin.c_str(), model.c_str(), log.c_str(), log.c_str(), log.c_str());
+                     bin.c_str(), model.c_str(), keys.c_str(), log.c_str(), log.c_str(), log.c_str());
         std::fclose(f);
     }
     ASSERT_EQ(test::run_command("bash '" + script + "'", &out), 0) << out;
     EXPECT_NE(out.find("listening on http://127.0.0.1:"), std::string::npos) << out;
     EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
     EXPECT_NE(out.find("stopped"), std::string::npos) << out;
+    EXPECT_NE(out.find("queue 8, request timeout 30s, read timeout 10s, body 1048576 bytes at most, 3 API key(s)"), std::string::npos) << out;
 }
 
 // ---- KV policies over the API ---------------------------------------------------------------

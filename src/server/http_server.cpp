@@ -266,26 +266,24 @@ void http_server::impl::respond_whole(const httplib::Request& req, httplib::Resp
     const std::string peer = peer_of(req);
     for (;;) {
         auto ev = s->pop(100);
-        if (!ev) {
-            if (s->done()) break;
-            if (watchdog.peer_gone(peer)) {
-                // Nobody will read the answer: free the pages now rather than at the end.
-                s->cancel();
-                while (s->pop()) {
-                }
-                metrics.count_client_disconnect();
-                res.status = 499;  // the client closed the connection (nothing is written)
-                return;
+        if (!ev && s->done()) break;
+        if (watchdog.peer_gone(peer)) {
+            // Nobody will read the answer: free the pages now rather than at the end.
+            s->cancel();
+            while (s->pop()) {
             }
-            if (std::chrono::steady_clock::now() >= deadline) {
-                s->cancel();
-                while (s->pop()) {
-                }
-                metrics.count_request_timeout();
-                return send_error(res, timeout_error(cfg.request_timeout));
-            }
-            continue;
+            metrics.count_client_disconnect();
+            res.status = 499;  // the client closed the connection (nothing is written)
+            return;
         }
+        if (std::chrono::steady_clock::now() >= deadline) {
+            s->cancel();
+            while (s->pop()) {
+            }
+            metrics.count_request_timeout();
+            return send_error(res, timeout_error(cfg.request_timeout));
+        }
+        if (!ev) continue;
         if (ev->index < 0 || ev->index >= r.params.n) continue;
         completion_choice& c = choices[static_cast<size_t>(ev->index)];
         c.text += ev->text;
@@ -315,17 +313,17 @@ bool http_server::impl::write_stream(stream_job& job, httplib::DataSink& sink) {
     }
     for (;;) {
         auto ev = job.stream->pop(100);
-        if (!ev) {
-            if (job.stream->done()) break;
-            if (clock::now() >= job.deadline) {
-                // The final event is the error; the engine frees the pages at its next step.
-                job.stream->cancel();
-                while (job.stream->pop()) {
-                }
-                metrics.count_request_timeout();
-                if (!write("data: " + api_error_body(timeout_error(cfg.request_timeout)) + "\n\n")) return false;
-                return write(sse_done());
+        if (!ev && job.stream->done()) break;
+        if (clock::now() >= job.deadline) {
+            // The final event is the error; the engine frees the pages at its next step.
+            job.stream->cancel();
+            while (job.stream->pop()) {
             }
+            metrics.count_request_timeout();
+            if (!write("data: " + api_error_body(timeout_error(cfg.request_timeout)) + "\n\n")) return false;
+            return write(sse_done());
+        }
+        if (!ev) {
             // While nothing comes (queued, long prefill), an SSE comment every second finds out
             // whether the client is still there: writes to a closed connection fail.
             if (!sink.is_writable() || watchdog.peer_gone(job.peer)) return false;
