@@ -157,3 +157,17 @@ TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
     EXPECT_NE(out.find("\"kv_bytes\": 30720"), std::string::npos) << out;
     EXPECT_NE(out.find("\"kv_bytes\": 20480"), std::string::npos) << out;
 }
+
+// The server's fault and load harness on a small plan: mixed requests, disconnects, bursts over
+// the queue and refused requests all answered as they should be, no page leaked, exit 0.
+TEST(Cli, BenchSoakSmallPlanPasses) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    std::string out;
+    const int rc = run_command(kvserve_binary() + " bench soak -m " + q(model) + " --requests 600 --clients 6 --seed 3 -t 1", &out);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("end state: idle; pages used 0"), std::string::npos) << out;
+    EXPECT_NE(out.find("integrity \"ok\""), std::string::npos) << out;
+    EXPECT_NE(out.find("\nPASS"), std::string::npos) << out;
+    EXPECT_EQ(out.find("FAIL"), std::string::npos) << out;
+    EXPECT_EQ(run_command(kvserve_binary() + " bench soak --requests 0", &out), 2) << out;
+}

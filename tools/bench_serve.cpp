@@ -19,12 +19,12 @@
 #include <random>
 #include <thread>
 
-#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "bench_commands.h"
 #include "common.h"
 #include "core/status.h"
+#include "server/http.h"
 
 namespace kvs::tools {
 
