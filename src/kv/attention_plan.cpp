@@ -16,6 +16,8 @@ status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, c
     p.sink_pos.clear();
     p.sink_len.clear();
     p.sink_q_seq.clear();
+    p.quest_rows.clear();
+    p.quest_pages.clear();
     status st = status::ok();
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = seq_ids[i];
@@ -56,6 +58,19 @@ status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, c
     }
     for (int64_t i = 0; i < n; ++i)
         if (size_t(seq_ids[i]) < p.seq_index.size()) p.seq_index[size_t(seq_ids[i])] = -1;
+    if (!st) return st;
+    // Quest: decode rows (the only row of their sequence here) that span more pages than the budget.
+    const int32_t ps = kv.config().page_size;
+    p.rows_of_entry.assign(p.page_indptr.size() - 1, 0);
+    for (int64_t i = 0; i < n; ++i) ++p.rows_of_entry[size_t(p.q_seq[size_t(i)])];
+    for (int64_t i = 0; i < n; ++i) {
+        const kv_policy& pol = kv.seq_policy(seq_ids[i]);
+        if (pol.kind != kv_policy_kind::quest || p.rows_of_entry[size_t(p.q_seq[size_t(i)])] != 1) continue;
+        const int32_t budget_pages = int32_t(std::max<int64_t>(1, pol.budget / ps));
+        if (kv_cache::pages_for(p.q_kv_len[size_t(i)], ps) <= budget_pages) continue;  // everything fits: dense
+        p.quest_rows.push_back(int32_t(i));
+        p.quest_pages.push_back(budget_pages);
+    }
     return st;
 }
 

@@ -15,6 +15,10 @@
 //       the sinks need theirs, S + W - 1 - s, and rotating the query for the sink pass gives
 //       exactly that without rewriting any key (pages stay immutable and shareable, and every
 //       row of a chunk gets its own distances). The two states merge through their LSE.
+//   quest:budget=B  reads like dense here; a decode row (its sequence's only row in the pass)
+//       whose [0, table_slot(L)] spans more than ⌊B / page_size⌋ pages is a Quest row: from
+//       layer 2 on, kv/quest.h narrows what each of its KV heads reads to ⌊B / page_size⌋
+//       pages (prefill chunks, the first two layers and short sequences stay dense).
 #pragma once
 
 #include <cstdint>
@@ -39,6 +43,11 @@ struct attention_plan {
     std::vector<int32_t> sink_pos;     // (n_sink) RoPE position of the query for the sink pass
     std::vector<int32_t> sink_len;     // (n_sink) sink slots
     std::vector<int32_t> sink_q_seq;   // (n_sink) CSR entry (= q_seq of the row)
+    // Quest rows: batch rows and the pages each KV head of theirs reads (⌊B / page_size⌋, the
+    // newest included).
+    std::vector<int32_t> quest_rows;   // (n_quest)
+    std::vector<int32_t> quest_pages;  // (n_quest)
+    std::vector<int32_t> rows_of_entry;  // scratch: rows per CSR entry
     std::vector<int32_t> seq_index;    // scratch: kv sequence id -> CSR entry (-1 if absent)
 };
 

@@ -37,6 +37,11 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
     kv->v_.reset(static_cast<uint8_t*>(std::calloc(nv, 1)));
     if (!kv->k_ || !kv->v_)
         return status::error(strfmt("kv cache: cannot allocate %.1f MiB for %d pages", double(nk + nv) / 1048576.0, c.n_pages));
+    if (c.key_bounds) {
+        const size_t nb = size_t(c.n_layer) * size_t(c.n_kv_head) * size_t(c.n_pages) * kv->bounds_page_stride();
+        kv->bounds_.reset(new (std::nothrow) float[nb]());
+        if (!kv->bounds_) return status::error(strfmt("kv cache: cannot allocate %.1f MiB of key bounds", double(nb * 4) / 1048576.0));
+    }
     return kv;
 }
 
@@ -125,6 +130,8 @@ void kv_cache::copy_page(int32_t dst, int32_t src) {
         for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
             std::memcpy(k_block(l, dst, h), k_block(l, src, h), kb);
             std::memcpy(v_block(l, dst, h), v_block(l, src, h), vb);
+            if (bounds_)
+                std::memcpy(bounds_.get() + bounds_offset(l, dst, h), key_bounds(l, src, h), bounds_page_stride() * sizeof(float));
         }
 }
 
@@ -165,8 +172,24 @@ void kv_cache::seq_attach(int32_t seq, const std::vector<int32_t>& pages) {
 
 void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v) {
     const int32_t page = page_of(seq, slot);
+    const int64_t row = slot % cfg_.page_size;
     cpu::kv_store_row(layout_, k_block(layer, page, 0), v_block(layer, page, 0), size_t(cfg_.n_pages) * layout_.k_head_bytes(),
-                      size_t(cfg_.n_pages) * layout_.v_head_bytes(), slot % cfg_.page_size, k, v);
+                      size_t(cfg_.n_pages) * layout_.v_head_bytes(), row, k, v);
+    if (!bounds_) return;
+    const int64_t hd = cfg_.head_dim;
+    for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
+        float* b = bounds_.get() + bounds_offset(layer, page, h);  // (min, max) x head_dim
+        const uint8_t* block = k_block(layer, page, h);
+        for (int64_t d = 0; d < hd; ++d) {
+            const float x = cpu::kv_load_k(layout_, block, row, d);  // as the kernel reads it
+            if (row == 0) {
+                b[d] = b[hd + d] = x;
+            } else {
+                b[d] = std::min(b[d], x);
+                b[hd + d] = std::max(b[hd + d], x);
+            }
+        }
+    }
 }
 
 status kv_cache::check_integrity(const std::vector<int32_t>& other_owners) const {

@@ -53,9 +53,14 @@ struct kv_config {
     int32_t page_size = 16;          // tokens per page
     int32_t n_pages = 0;             // pages in the pool
     dtype type = kv_default_type;    // storage format of K and V (f32, f16, bf16)
+    // Quest's page metadata: per (layer, page, KV head) the channel-wise min and max of the
+    // page's keys as stored (key_bounds()). Off by default: it costs 2 · head_dim floats per
+    // page and head (1/8 of a bf16 K+V page of 16 tokens).
+    bool key_bounds = false;
     cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
-    // Bytes of one page (K and V, all layers).
-    size_t page_bytes() const { return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes()); }
+    size_t bounds_page_bytes() const { return key_bounds ? size_t(n_kv_head * 2 * head_dim) * sizeof(float) : 0; }
+    // Bytes of one page (K, V and their metadata, all layers).
+    size_t page_bytes() const { return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes() + bounds_page_bytes()); }
 };
 
 class kv_cache {
@@ -149,7 +154,16 @@ public:
     }
     // Writes one token's K and V (each (n_kv_head, head_dim) float, converted to the cache's
     // format) into slot `slot` of `seq`. The slot must be reserved and its page exclusive.
+    // With key bounds, the page's bounds take in the key as stored (row 0 of a page restarts
+    // them: a page's rows are written in order).
     void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v);
+    // Quest's bounds of one page and KV head: (2, head_dim) floats, min then max over the
+    // page's written rows; null without key_bounds. Pages of one layer and head are
+    // bounds_page_stride() floats apart.
+    const float* key_bounds(int64_t layer, int32_t page, int64_t head) const {
+        return bounds_ ? bounds_.get() + bounds_offset(layer, page, head) : nullptr;
+    }
+    size_t bounds_page_stride() const { return size_t(2 * cfg_.head_dim); }
 
     // Every page free or owned; each page's ref count equals the number of tables holding it
     // plus its occurrences in `other_owners` (e.g. the prefix cache's pages).
@@ -165,6 +179,9 @@ private:
         kv_policy policy;
     };
     void copy_page(int32_t dst, int32_t src);
+    size_t bounds_offset(int64_t layer, int32_t page, int64_t head) const {
+        return ((size_t(layer) * size_t(cfg_.n_kv_head) + size_t(head)) * size_t(cfg_.n_pages) + size_t(page)) * bounds_page_stride();
+    }
 
     struct free_deleter {
         void operator()(uint8_t* p) const;
@@ -174,6 +191,7 @@ private:
     cpu::kv_page_layout layout_;
     size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;  // n_pages pages
     std::unique_ptr<uint8_t[], free_deleter> k_, v_;  // (n_layer, n_pages, page bytes), zeroed
+    std::unique_ptr<float[]> bounds_;  // (n_layer, n_kv_head, n_pages, 2, head_dim) or null
     std::vector<seq_state> seqs_;
 };
 

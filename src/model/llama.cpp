@@ -76,6 +76,9 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
                                                          ap.page_ids.data(), kv.config().page_size, {},
                                                          ap.any_begin ? ap.q_kv_begin.data() : nullptr)
                                           : cascade_plan{};
+    // A Quest row reads other pages per head from layer 2 on, which the cascade's shared pass
+    // does not know: a pass with Quest rows attends without it.
+    if (!ap.quest_rows.empty()) st.cascade_ = cascade_plan{};
 
     auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
         if (hook) hook(name, layer, data, rows, cols);
@@ -151,7 +154,19 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         dump("Vcur", il, st.v.data(), n, nkv);
         for (int64_t i = 0; i < n; ++i)
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
-        attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+        if (!ap.quest_rows.empty() && il >= 2) {  // Quest: the first two layers stay dense
+            KVS_TRY(quest_select(ap, kv, il, st.q.data(), hp.n_head, st.quest_, pool));
+            cpu::attention_batch qb = ab;
+            qb.page_indptr = st.quest_.page_indptr.data();
+            qb.page_ids = st.quest_.page_ids.data();
+            qb.seq_head_entry = st.quest_.seq_head_entry.data();
+            qb.q_kv_len = st.quest_.q_kv_len.data();
+            cpu::attention_paged(qb, kv.view(il), st.attn.data(), st.lse.data(), pool);
+            st.quest_pages_read_ += st.quest_.pages_read;
+            st.quest_pages_dense_ += st.quest_.pages_dense;
+        } else {
+            attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+        }
         if (n_sink > 0) {
             for (int64_t j = 0; j < n_sink; ++j) {
                 float* qs = st.sink_q.data() + j * nq;

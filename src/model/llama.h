@@ -23,6 +23,7 @@
 #include "gguf/gguf.h"
 #include "kernels/cpu/ops.h"
 #include "kv/attention_plan.h"
+#include "kv/quest.h"
 #include "kv/cascade.h"
 #include "kv/kv_cache.h"
 #include "model/batch.h"
@@ -69,6 +70,10 @@ public:
     void set_cascade(bool on) { cascade_on_ = on; }
     // Shared-prefix groups of the last forward (for metrics and tests).
     const cascade_plan& last_cascade_plan() const { return cascade_; }
+    // Quest: KV pages (per layer and KV head) its rows read, and what dense attention would
+    // have read, summed over every forward pass so far.
+    int64_t quest_pages_read() const { return quest_pages_read_; }
+    int64_t quest_pages_dense() const { return quest_pages_dense_; }
 
 private:
     friend class llama_model;
@@ -89,6 +94,8 @@ private:
     bool cascade_on_ = true;
     cascade_plan cascade_;               // decided once per forward, used by every layer
     cascade_scratch cascade_scratch_;
+    quest_layer_plan quest_;             // Quest's selection of the current layer
+    int64_t quest_pages_read_ = 0, quest_pages_dense_ = 0;
 };
 
 // Whether q4_0 / q8_0 / f16 / bf16 / q4_K / q6_K projection weights are repacked at load into the interleaved16 layout

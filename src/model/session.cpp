@@ -12,7 +12,7 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
     if (s->n_ctx_ > (int64_t(1) << 24)) return status::error(strfmt("context length %lld is too large", (long long)s->n_ctx_));
     if (p.page_size <= 0) return status::error("page size must be positive");
     const kv_policy& pol = p.policy;
-    if (pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::quest)
+    if (pol.kind == kv_policy_kind::h2o)
         return status::error(strfmt("KV policy %s is not available in a session yet", kv_policy_kind_name(pol.kind)));
     s->bounded_ = !(pol.slides() || pol.kind == kv_policy_kind::recompute);
     // Tokens per forward pass: a recompute pass is one window.
@@ -23,13 +23,15 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
     // one window (recompute).
     const int32_t n_pages = pol.slides() ? kv_cache::policy_page_bound(pol, s->n_batch_, p.page_size)
                                          : kv_cache::pages_for(span, p.page_size);
-    auto kv = kv_cache::create(model.kv_geometry(p.page_size, n_pages, p.kv_type));
+    kv_config geom = model.kv_geometry(p.page_size, n_pages, p.kv_type);
+    geom.key_bounds = pol.kind == kv_policy_kind::quest;
+    auto kv = kv_cache::create(geom);
     if (!kv) return kv.error();
     s->kv_ = std::move(kv.value());
     const int64_t max_rows = std::clamp<int64_t>(p.max_logit_rows, 1, s->n_batch_);
     s->st_ = std::make_unique<forward_state>(model, s->n_batch_, max_rows);
     s->seq_ = s->kv_->seq_add();
-    if (pol.slides()) s->kv_->seq_set_policy(s->seq_, pol);
+    if (pol.slides() || pol.kind == kv_policy_kind::quest) s->kv_->seq_set_policy(s->seq_, pol);
     s->last_logits_.assign(size_t(model.hparams().n_vocab), 0.0f);
     s->want_.assign(size_t(s->n_batch_), 0);
     return s;
@@ -38,7 +40,7 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
 void session::reset() {
     kv_->seq_remove(seq_);
     seq_ = kv_->seq_add();
-    if (policy_.slides()) kv_->seq_set_policy(seq_, policy_);
+    if (policy_.slides() || policy_.kind == kv_policy_kind::quest) kv_->seq_set_policy(seq_, policy_);
     n_past_ = 0;
     history_.clear();
 }
