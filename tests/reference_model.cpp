@@ -65,10 +65,15 @@ namespace {
 // Row t attends the tokens pattern.kept(t) (ascending); its query is rotated at qpos(t) and
 // key j at kpos(t, j), so a policy that assigns positions inside the cache rotates each key
 // anew for every query, straight from the definition.
+// An optional per-head rule (Quest) then picks, per layer and KV head, which of the kept tokens
+// that head attends (indices into kept), from the row's rotated queries and the kept keys.
 struct attention_pattern {
     std::function<std::vector<int64_t>(int64_t t)> kept;
     std::function<int64_t(int64_t t, const std::vector<int64_t>& kept)> qpos;
     std::function<int64_t(int64_t t, const std::vector<int64_t>& kept, size_t index)> kpos;
+    std::function<std::vector<size_t>(int64_t t, int64_t layer, int64_t kv_head, const std::vector<double>& q,
+                                      const std::vector<std::vector<double>>& keys)>
+        head_select;
 };
 
 std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std::vector<int32_t>& tokens,
@@ -110,20 +115,29 @@ std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std:
                 rope(ks[c], hp.n_head_kv, hd, hp.n_rot, pat.kpos(int64_t(t), kept, c), hp.rope_freq_base, hp.rope_freq_scale, neox);
             }
             std::vector<double> att(size_t(hp.n_head * hd), 0.0);
+            std::vector<std::vector<size_t>> sel(size_t(hp.n_head_kv));  // per KV head: indices into kept
+            for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {
+                if (pat.head_select) {
+                    sel[size_t(kh)] = pat.head_select(int64_t(t), il, kh, q, ks);
+                } else {
+                    for (size_t c = 0; c < kept.size(); ++c) sel[size_t(kh)].push_back(c);
+                }
+            }
             for (int64_t h = 0; h < hp.n_head; ++h) {
                 const int64_t kh = h / hp.n_gqa();
-                std::vector<double> sc(kept.size());
+                const std::vector<size_t>& cs = sel[size_t(kh)];
+                std::vector<double> sc(cs.size());
                 double mx = -1e300;
-                for (size_t c = 0; c < kept.size(); ++c) {
+                for (size_t c = 0; c < cs.size(); ++c) {
                     double acc = 0;
-                    for (int64_t i = 0; i < hd; ++i) acc += q[size_t(h * hd + i)] * ks[c][size_t(kh * hd + i)];
+                    for (int64_t i = 0; i < hd; ++i) acc += q[size_t(h * hd + i)] * ks[cs[c]][size_t(kh * hd + i)];
                     sc[c] = acc / std::sqrt(double(hd));
                     mx = std::max(mx, sc[c]);
                 }
                 double sum = 0;
                 for (auto& v : sc) sum += (v = std::exp(v - mx));
-                for (size_t c = 0; c < kept.size(); ++c)
-                    for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += sc[c] / sum * V[size_t(kept[c])][size_t(kh * hd + i)];
+                for (size_t c = 0; c < cs.size(); ++c)
+                    for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += sc[c] / sum * V[size_t(kept[cs[c]])][size_t(kh * hd + i)];
             }
             auto o = matvec(wo, att, d);
             for (int64_t i = 0; i < d; ++i) xs[t][size_t(i)] += o[size_t(i)];
@@ -180,6 +194,60 @@ std::vector<std::vector<double>> reference_policy_logits(const llama_model& m, c
         pat.qpos = [](int64_t t, const std::vector<int64_t>&) { return t; };
         pat.kpos = [](int64_t, const std::vector<int64_t>& kept, size_t c) { return kept[c]; };
     }
+    return pattern_logits(m, tokens, pat);
+}
+
+std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, const std::vector<int32_t>& tokens, int64_t budget,
+                                                        int64_t page_size, int64_t prompt_len, std::vector<reference_quest_choice>* choices) {
+    const llama_hparams& hp = m.hparams();
+    const int64_t hd = hp.head_dim, group = hp.n_gqa();
+    const int64_t k = std::max<int64_t>(1, budget / page_size);
+    attention_pattern pat;
+    pat.kept = [](int64_t t) {
+        std::vector<int64_t> all(size_t(t) + 1);
+        for (int64_t j = 0; j <= t; ++j) all[size_t(j)] = j;
+        return all;
+    };
+    pat.qpos = [](int64_t t, const std::vector<int64_t>&) { return t; };
+    pat.kpos = [](int64_t, const std::vector<int64_t>& kept, size_t c) { return kept[c]; };
+    pat.head_select = [&](int64_t t, int64_t layer, int64_t kh, const std::vector<double>& q,
+                          const std::vector<std::vector<double>>& keys) {
+        const int64_t n_pages = t / page_size + 1;  // pages of tokens 0..t; the newest holds t
+        std::vector<size_t> all(size_t(t) + 1);
+        for (int64_t j = 0; j <= t; ++j) all[size_t(j)] = size_t(j);
+        // Prefill, the first two layers, and a sequence within the budget: dense.
+        if (t < prompt_len || layer < 2 || n_pages <= k) return all;
+        std::vector<double> score(size_t(n_pages - 1));
+        for (int64_t p = 0; p + 1 < n_pages; ++p) {
+            double best = -1e300;
+            for (int64_t g = 0; g < group; ++g) {
+                const int64_t h = kh * group + g;
+                double s = 0;
+                for (int64_t d = 0; d < hd; ++d) {
+                    double mn = 1e300, mx = -1e300;  // the page's channel-wise key bounds
+                    for (int64_t j = p * page_size; j < (p + 1) * page_size; ++j) {
+                        mn = std::min(mn, keys[size_t(j)][size_t(kh * hd + d)]);
+                        mx = std::max(mx, keys[size_t(j)][size_t(kh * hd + d)]);
+                    }
+                    const double qd = q[size_t(h * hd + d)];
+                    s += std::max(qd * mn, qd * mx);
+                }
+                best = std::max(best, s);
+            }
+            score[size_t(p)] = best;
+        }
+        std::vector<int32_t> order(score.size());
+        for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return score[size_t(a)] > score[size_t(b)]; });
+        std::vector<int32_t> pages(order.begin(), order.begin() + (k - 1));
+        std::sort(pages.begin(), pages.end());
+        pages.push_back(int32_t(n_pages - 1));
+        if (choices) choices->push_back({t, layer, kh, pages, score});
+        std::vector<size_t> out;
+        for (int32_t p : pages)
+            for (int64_t j = p * page_size; j < std::min<int64_t>((p + 1) * page_size, t + 1); ++j) out.push_back(size_t(j));
+        return out;
+    };
     return pattern_logits(m, tokens, pat);
 }
 

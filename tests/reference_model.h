@@ -29,6 +29,22 @@ std::vector<std::vector<double>> reference_policy_logits(const llama_model& m, c
                                                          const kv_policy& policy,
                                                          ref_positions positions = ref_positions::in_cache);
 
+// Quest (Tang et al., 2024) from its definition, un-paged: tokens [0, prompt_len) are prefilled
+// densely, every later token t is decoded alone. At layers >= 2 the tokens 0..t fall in pages
+// of page_size; when there are more than k = max(1, budget / page_size) of them, each KV head
+// scores every page but the newest (the one holding t) by max over its group's query heads of
+// Σ_d max(q_d · min_d, q_d · max_d) — the channel-wise min and max of the page's rotated keys —
+// and attends the k - 1 best pages (equal scores: the earlier page) and the newest. choices
+// (optional) receives every selection with all the pages' scores.
+struct reference_quest_choice {
+    int64_t t, layer, kv_head;
+    std::vector<int32_t> pages;  // ascending, the newest last
+    std::vector<double> scores;  // of pages 0 .. newest - 1
+};
+std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, const std::vector<int32_t>& tokens, int64_t budget,
+                                                        int64_t page_size, int64_t prompt_len,
+                                                        std::vector<reference_quest_choice>* choices = nullptr);
+
 struct synth_spec {
     std::string arch = "llama";
     int64_t n_vocab = 96, n_embd = 64, n_layer = 2, n_head = 4, n_head_kv = 2, n_ff = 96, n_rot = 16;

@@ -34,6 +34,7 @@ status quest_select(const attention_plan& ap, const kv_cache& kv, int64_t layer,
         max_pages = std::max<int64_t>(max_pages, kv_cache::pages_for(ap.q_kv_len[size_t(r)], int32_t(ps)));
     }
     out.scores.resize(size_t(n_quest * n_kv * std::max<int64_t>(max_pages, 1)));
+    out.table_index.resize(out.page_ids.size() - ap.page_ids.size());
     out.order.resize(out.scores.size());
     pool.run(n_quest * n_kv, [&](int64_t task, int) {
         const int64_t j = task / n_kv, h = task % n_kv;
@@ -51,8 +52,10 @@ status quest_select(const attention_plan& ap, const kv_cache& kv, int64_t layer,
         std::nth_element(idx, idx + (k - 1), idx + n_pages - 1, better);
         std::sort(idx, idx + (k - 1));
         int32_t* dst = out.page_ids.data() + first_id[size_t(j)] + h * k;
-        for (int64_t i = 0; i < k - 1; ++i) dst[i] = pages[idx[i]];
+        int32_t* tix = out.table_index.data() + (first_id[size_t(j)] - int64_t(ap.page_ids.size())) + h * k;
+        for (int64_t i = 0; i < k - 1; ++i) dst[i] = pages[idx[i]], tix[i] = idx[i];
         dst[k - 1] = pages[n_pages - 1];
+        tix[k - 1] = int32_t(n_pages - 1);
     });
     out.pages_read = out.pages_dense = 0;
     for (int64_t j = 0; j < n_quest; ++j) {

@@ -27,6 +27,7 @@ struct quest_layer_plan {
     std::vector<int32_t> q_kv_len;        // (n) the plan's, Quest rows shortened to their selection
     std::vector<float> scores;            // scratch: (n_quest · n_kv_head, pages)
     std::vector<int32_t> order;           // scratch
+    std::vector<int32_t> table_index;     // (n_quest, n_kv_head, k): the selected pages' table indices, ascending
     int64_t pages_read = 0, pages_dense = 0;  // over the Quest rows and heads: selected vs all
 };
 

@@ -162,6 +162,17 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             qb.seq_head_entry = st.quest_.seq_head_entry.data();
             qb.q_kv_len = st.quest_.q_kv_len.data();
             cpu::attention_paged(qb, kv.view(il), st.attn.data(), st.lse.data(), pool);
+            if (st.quest_trace_) {
+                const int64_t nkvh = hp.n_head_kv;
+                size_t off = 0;
+                for (size_t j = 0; j < ap.quest_rows.size(); ++j) {
+                    const int64_t k = ap.quest_pages[j];
+                    for (int64_t h = 0; h < nkvh; ++h, off += size_t(k))
+                        st.quest_trace_->push_back({il, ap.quest_rows[j], int32_t(h),
+                                                    std::vector<int32_t>(st.quest_.table_index.begin() + long(off),
+                                                                         st.quest_.table_index.begin() + long(off) + k)});
+                }
+            }
             st.quest_pages_read_ += st.quest_.pages_read;
             st.quest_pages_dense_ += st.quest_.pages_dense;
         } else {

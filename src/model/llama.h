@@ -74,6 +74,13 @@ public:
     // have read, summed over every forward pass so far.
     int64_t quest_pages_read() const { return quest_pages_read_; }
     int64_t quest_pages_dense() const { return quest_pages_dense_; }
+    // Tests: every Quest selection of the following passes, appended to *trace (null: off).
+    struct quest_choice {
+        int64_t layer;
+        int32_t row, kv_head;
+        std::vector<int32_t> pages;  // table indices, ascending (the newest last)
+    };
+    void set_quest_trace(std::vector<quest_choice>* trace) { quest_trace_ = trace; }
 
 private:
     friend class llama_model;
@@ -96,6 +103,7 @@ private:
     cascade_scratch cascade_scratch_;
     quest_layer_plan quest_;             // Quest's selection of the current layer
     int64_t quest_pages_read_ = 0, quest_pages_dense_ = 0;
+    std::vector<quest_choice>* quest_trace_ = nullptr;
 };
 
 // Whether q4_0 / q8_0 / f16 / bf16 / q4_K / q6_K projection weights are repacked at load into the interleaved16 layout

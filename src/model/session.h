@@ -45,6 +45,9 @@ public:
     int32_t peak_pages() const { return peak_pages_; }
     const llama_model& model() const { return model_; }
     const kv_cache& kv() const { return *kv_; }
+    const forward_state& state() const { return *st_; }
+    // Tests: record every Quest selection of the following passes (forward_state::set_quest_trace).
+    void set_quest_trace(std::vector<forward_state::quest_choice>* trace) { st_->set_quest_trace(trace); }
 
     // Appends tokens; afterwards logits() is the distribution after the last one.
     // Fails without side effects beyond n_past if the context would overflow.

@@ -1,0 +1,249 @@
+// Quest (quest:budget=B) against its definition: the page score kernel against a float64
+// reference and as an upper bound of every logit in the page, the key bounds kept as keys are
+// written and copied on write, and the engine's logits and per-(layer, KV head) page choices
+// against the float64 un-paged reference (reference_quest_logits) on stories260K and on
+// synthetic MHA/GQA/MQA models, at several page sizes and budgets; a budget that covers the
+// context gives exactly the dense result.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <tuple>
+
+#include "kernels/cpu/quest.h"
+#include "kv/kv_cache.h"
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+#include "model/session.h"
+#include "reference_model.h"
+#include "test_util.h"
+
+using namespace kvs;
+
+namespace {
+
+kv_policy policy(const char* spec) { return kv_policy::parse(spec).value(); }
+
+// A cache of one layer with random keys written into `n_pages` pages of one sequence.
+std::unique_ptr<kv_cache> random_cache(dtype type, int64_t n_kv, int64_t hd, int32_t ps, int32_t n_pages, uint64_t seed, int32_t* seq) {
+    kv_config c;
+    c.n_layer = 1;
+    c.n_kv_head = n_kv;
+    c.head_dim = hd;
+    c.page_size = ps;
+    c.n_pages = n_pages + 2;
+    c.type = type;
+    c.key_bounds = true;
+    auto kv = std::move(kv_cache::create(c).value());
+    *seq = kv->seq_add();
+    EXPECT_TRUE(kv->seq_reserve(*seq, int64_t(n_pages) * ps));
+    std::mt19937 rng{uint32_t(seed)};
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> k(size_t(n_kv * hd)), v(size_t(n_kv * hd));
+    for (int64_t slot = 0; slot < int64_t(n_pages) * ps; ++slot) {
+        for (auto& x : k) x = nd(rng) * 2.0f;
+        for (auto& x : v) x = nd(rng);
+        kv->write(0, *seq, slot, k.data(), v.data());
+    }
+    return kv;
+}
+
+}  // namespace
+
+TEST(QuestKernel, ScoresMatchReferenceAndBoundEveryLogit) {
+    for (dtype type : {dtype::f32, dtype::bf16, dtype::f16}) {
+        for (int64_t hd : {8, 64, 100}) {
+            const int64_t n_kv = 2, group = 3;
+            const int32_t ps = 16, n_pages = 12;
+            int32_t seq = -1;
+            auto kv = random_cache(type, n_kv, hd, ps, n_pages, uint64_t(hd) * 7 + uint64_t(type), &seq);
+            const auto& pages = kv->seq_pages(seq);
+            std::mt19937 rng(3);
+            std::normal_distribution<float> nd(0.0f, 1.0f);
+            std::vector<float> q(size_t(group * hd));
+            for (auto& x : q) x = nd(rng);
+            for (int64_t h = 0; h < n_kv; ++h) {
+                std::vector<float> got(static_cast<size_t>(n_pages));
+                std::vector<double> want(static_cast<size_t>(n_pages));
+                cpu::quest_page_scores(q.data(), group, hd, kv->key_bounds(0, 0, h), kv->bounds_page_stride(), pages.data(), n_pages, got.data());
+                cpu::ref::quest_page_scores(q.data(), group, hd, kv->key_bounds(0, 0, h), kv->bounds_page_stride(), pages.data(), n_pages,
+                                            want.data());
+                EXPECT_LT(test::nmse_norm(got.data(), want.data(), n_pages), 1e-6) << dtype_name(type) << " hd " << hd;
+                for (int32_t p = 0; p < n_pages; ++p) {
+                    // The bounds are the min and max of the keys as stored ...
+                    const float* b = kv->key_bounds(0, pages[size_t(p)], h);
+                    const uint8_t* block = kv->k_block(0, pages[size_t(p)], h);
+                    double true_max = -1e300;
+                    for (int64_t d = 0; d < hd; ++d) {
+                        float mn = 1e30f, mx = -1e30f;
+                        for (int32_t r = 0; r < ps; ++r) {
+                            mn = std::min(mn, cpu::kv_load_k(kv->layout(), block, r, d));
+                            mx = std::max(mx, cpu::kv_load_k(kv->layout(), block, r, d));
+                        }
+                        ASSERT_EQ(b[d], mn);
+                        ASSERT_EQ(b[hd + d], mx);
+                    }
+                    // ... and the score bounds every logit of every query head of the group.
+                    for (int64_t g = 0; g < group; ++g)
+                        for (int32_t r = 0; r < ps; ++r) {
+                            double dot = 0;
+                            for (int64_t d = 0; d < hd; ++d) dot += double(q[size_t(g * hd + d)]) * cpu::kv_load_k(kv->layout(), block, r, d);
+                            true_max = std::max(true_max, dot);
+                        }
+                    EXPECT_GE(want[size_t(p)], true_max - 1e-9);
+                    EXPECT_GE(double(got[size_t(p)]), true_max - 1e-4 * std::max(1.0, std::fabs(true_max)));
+                }
+            }
+        }
+    }
+}
+
+TEST(QuestKvBounds, CopyOnWriteCopiesTheBounds) {
+    int32_t seq = -1;
+    auto kv = random_cache(dtype::f32, 2, 8, 4, 3, 11, &seq);
+    // A fork shares the pages; the last page is made to hold 2 rows only by trimming nothing:
+    // write row 0 of a fresh page, fork, then write row 1 in the fork (copy-on-write).
+    ASSERT_TRUE(kv->seq_reserve(seq, 13));
+    std::vector<float> k(16, 0.5f), v(16, 0.0f);
+    kv->write(0, seq, 12, k.data(), v.data());
+    const int32_t fork = kv->seq_fork(seq);
+    const int32_t shared = kv->page_of(seq, 12);
+    ASSERT_TRUE(kv->seq_prepare_write(fork, 13, 14));
+    const int32_t copy = kv->page_of(fork, 13);
+    ASSERT_NE(copy, shared);
+    for (int64_t h = 0; h < 2; ++h)
+        for (int64_t i = 0; i < 16; ++i) EXPECT_EQ(kv->key_bounds(0, copy, h)[i], kv->key_bounds(0, shared, h)[i]);
+    std::vector<float> k2(16, -3.0f);
+    kv->write(0, fork, 13, k2.data(), v.data());
+    EXPECT_EQ(kv->key_bounds(0, copy, 0)[0], -3.0f);    // min of the fork's page
+    EXPECT_EQ(kv->key_bounds(0, copy, 0)[8], 0.5f);     // max
+    EXPECT_EQ(kv->key_bounds(0, shared, 0)[0], 0.5f);   // the shared page is untouched
+    EXPECT_TRUE(kv->check_integrity());
+}
+
+namespace {
+
+// Prefills `prompt_len` tokens in one pass, then decodes the rest one by one under `spec`;
+// returns the logits of every decoded row and the engine's Quest choices.
+std::vector<std::vector<float>> quest_session(const llama_model& m, const std::vector<int32_t>& tokens, const kv_policy& pol,
+                                              int32_t page_size, int64_t prompt_len, std::vector<forward_state::quest_choice>* trace,
+                                              std::vector<int64_t>* trace_t) {
+    thread_pool pool(2);
+    session_params sp;
+    sp.kv_type = dtype::f32;
+    sp.n_ctx = int64_t(tokens.size()) + 8;
+    sp.page_size = page_size;
+    sp.policy = pol;
+    auto s = std::move(session::create(m, pool, sp).value());
+    std::vector<std::vector<float>> out;
+    const int64_t nv = m.hparams().n_vocab;
+    EXPECT_TRUE(s->prefill(std::vector<int32_t>(tokens.begin(), tokens.begin() + prompt_len)));
+    if (trace) s->set_quest_trace(trace);
+    for (size_t t = size_t(prompt_len); t < tokens.size(); ++t) {
+        const size_t before = trace ? trace->size() : 0;
+        EXPECT_TRUE(s->decode(tokens[t]));
+        out.emplace_back(s->logits(), s->logits() + nv);
+        if (trace_t)
+            for (size_t i = before; i < trace->size(); ++i) trace_t->push_back(int64_t(t));
+    }
+    return out;
+}
+
+// The engine against the reference: the same pages chosen by every (token, layer, KV head)
+// (a different choice is allowed only between pages whose reference scores tie to 1e-5), and
+// the same logits wherever every choice of the token agreed.
+void expect_quest_matches_reference(const llama_model& m, int64_t n_tokens, int64_t prompt_len, uint64_t seed) {
+    const int64_t nv = m.hparams().n_vocab;
+    const auto tokens = test::some_tokens(n_tokens, nv, seed);
+    for (int32_t ps : {4, 16}) {
+        for (int64_t budget : {int64_t(ps), int64_t(3 * ps), int64_t(ps) * 2 + 3}) {
+            const std::string what = "page " + std::to_string(ps) + " budget " + std::to_string(budget);
+            std::vector<test::reference_quest_choice> want_choices;
+            const auto want = test::reference_quest_logits(m, tokens, budget, ps, prompt_len, &want_choices);
+            std::vector<forward_state::quest_choice> got_choices;
+            std::vector<int64_t> got_t;
+            const auto got = quest_session(m, tokens, policy(("quest:budget=" + std::to_string(budget)).c_str()), ps, prompt_len,
+                                           &got_choices, &got_t);
+            // The reference goes layer by layer over all tokens, the engine token by token.
+            std::stable_sort(want_choices.begin(), want_choices.end(), [](const auto& a, const auto& b) {
+                return std::tie(a.t, a.layer, a.kv_head) < std::tie(b.t, b.layer, b.kv_head);
+            });
+            ASSERT_EQ(got_choices.size(), want_choices.size()) << what;
+            ASSERT_FALSE(want_choices.empty()) << what << ": the test never selects";
+            std::vector<bool> token_agrees(size_t(n_tokens), true);
+            int64_t tolerated = 0;
+            for (size_t i = 0; i < want_choices.size(); ++i) {
+                const auto& w = want_choices[i];
+                const auto& g = got_choices[i];
+                ASSERT_EQ(got_t[i], w.t) << what;
+                ASSERT_EQ(g.layer, w.layer) << what;
+                ASSERT_EQ(g.kv_head, w.kv_head) << what;
+                if (g.pages == w.pages) continue;
+                // Only a near tie may go the other way: the worst page taken must score (in the
+                // reference) within 1e-5 of the best page left out.
+                double worst_in = 1e300, best_out = -1e300;
+                for (size_t p = 0; p < w.scores.size(); ++p) {
+                    const bool in = std::find(g.pages.begin(), g.pages.end(), int32_t(p)) != g.pages.end();
+                    if (in) worst_in = std::min(worst_in, w.scores[p]);
+                    else best_out = std::max(best_out, w.scores[p]);
+                }
+                EXPECT_LE(best_out - worst_in, 1e-5 * std::max(1.0, std::fabs(best_out))) << what << " t " << w.t << " layer " << w.layer;
+                token_agrees[size_t(w.t)] = false;
+                ++tolerated;
+            }
+            EXPECT_LE(tolerated * 20, int64_t(want_choices.size())) << what << ": too many near ties";
+            for (int64_t t = prompt_len; t < n_tokens; ++t) {
+                if (!token_agrees[size_t(t)]) continue;
+                EXPECT_LT(test::nmse_norm(got[size_t(t - prompt_len)].data(), want[size_t(t)].data(), nv), 1e-4) << what << " t " << t;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+TEST(Quest, Stories260kMatchesFloat64Reference) {
+    KVS_SKIP_IF_MISSING(path, "models/stories260K.gguf");
+    auto m = llama_model::load(path);
+    ASSERT_TRUE(m) << m.message();
+    expect_quest_matches_reference(*m.value(), 96, 20, 3);
+}
+
+struct quest_group_case {
+    const char* name;
+    int64_t n_head_kv;
+};
+
+class QuestSynthetic : public ::testing::TestWithParam<quest_group_case> {};
+
+TEST_P(QuestSynthetic, MatchesFloat64Reference) {
+    test::synth_spec spec;
+    spec.n_layer = 4;  // Quest starts at layer 2
+    spec.n_head_kv = GetParam().n_head_kv;
+    if (spec.n_head_kv == 1) spec.n_rot = 8;
+    auto m = llama_model::load(test::write_synth(spec, std::string("quest_") + GetParam().name));
+    ASSERT_TRUE(m) << m.message();
+    expect_quest_matches_reference(*m.value(), 80, 17, 5);
+}
+
+INSTANTIATE_TEST_SUITE_P(KvGroups, QuestSynthetic,
+                         ::testing::Values(quest_group_case{"mha", 4}, quest_group_case{"gqa", 2}, quest_group_case{"mqa", 1}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// With a budget that covers every token, Quest is dense: the same logits bit for bit.
+TEST(Quest, BudgetCoveringTheContextEqualsDense) {
+    KVS_SKIP_IF_MISSING(path, "models/stories260K.gguf");
+    auto m = llama_model::load(path);
+    ASSERT_TRUE(m) << m.message();
+    const auto tokens = test::some_tokens(70, m.value()->hparams().n_vocab, 8);
+    const auto dense = quest_session(*m.value(), tokens, kv_policy{}, 16, 10, nullptr, nullptr);
+    const auto quest = quest_session(*m.value(), tokens, policy("quest:budget=80"), 16, 10, nullptr, nullptr);
+    ASSERT_EQ(dense.size(), quest.size());
+    for (size_t t = 0; t < dense.size(); ++t) ASSERT_EQ(dense[t], quest[t]) << t;
+    // A small budget reads less and changes the result.
+    std::vector<forward_state::quest_choice> trace;
+    const auto small = quest_session(*m.value(), tokens, policy("quest:budget=32"), 16, 10, &trace, nullptr);
+    EXPECT_FALSE(trace.empty());
+    EXPECT_NE(small.back(), dense.back());
+}
