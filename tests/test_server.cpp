@@ -821,7 +821,7 @@ TEST(server, kv_policy_per_request) {
     EXPECT_EQ(b["usage"]["completion_tokens"], 100);
     EXPECT_EQ(b["choices"][0]["finish_reason"], "length");
     // Bad specs are 400s naming the field, whether the parser or the engine refuses them.
-    for (json bad : {json("streaming:size=8"), json("window:size=0"), json("lru:size=4"), json(7), json("h2o:heavy=4,recent=4")}) {
+    for (json bad : {json("streaming:size=8"), json("window:size=0"), json("lru:size=4"), json(7), json("h2o:heavy=4,recent=4"), json("quest:budget=64")}) {
         json req = greedy_completion("Once upon a time", 4);
         req["kv_policy"] = bad;
         auto [e, eb] = s.post("/v1/completions", req);
@@ -902,8 +902,10 @@ TEST(server, mixed_policies_in_one_batch) {
     NEED_MODEL(f);
     engine_config ec = small_engine();
     ec.kv_type = dtype::f32;
+    ec.key_bounds = true;  // quest requests need them
     served s(f, ec);
-    const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12", "streaming:sinks=4,size=16"};
+    const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12", "streaming:sinks=4,size=16",
+                           "quest:budget=16", "quest:budget=32"};
     auto request = [](const char* spec) {
         json r = greedy_completion("Lily and Tom went to the park", 40);
         r["ignore_eos"] = true;
@@ -927,5 +929,7 @@ TEST(server, mixed_policies_in_one_batch) {
     for (auto& c : clients) c.join();
     for (size_t i = 0; i < std::size(specs); ++i) EXPECT_EQ(together[i], alone[i]) << specs[i];
     EXPECT_NE(alone[0], alone[1]);
+    EXPECT_NE(alone[0], alone[5]);  // a one-page Quest budget changes the text
     EXPECT_TRUE(wait_idle(s));
+    EXPECT_TRUE(s.eng->check_integrity());
 }

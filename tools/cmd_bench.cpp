@@ -53,6 +53,7 @@ struct bench_result {
     int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
     std::string kv_policy = "dense";
     int64_t kv_bytes = 0;  // KV bytes the sequence holds at the end of the test
+    double kv_read = -1;   // Quest: fraction of the dense KV pages its decode rows read (layers 2+); -1 otherwise
     int64_t n_ctx = 0;
     std::vector<double> samples_ts, samples_ns;
     double mean_ts() const {
@@ -213,6 +214,7 @@ int cmd_bench(int argc, char** argv) {
                     r.n_depth = d;
                     r.kv_policy = pol.spec();
                     r.n_ctx = s.value()->n_ctx();
+                    const int64_t read0 = s.value()->state().quest_pages_read(), dense0 = s.value()->state().quest_pages_dense();
                     for (int rep = 0; rep < reps; ++rep) {
                         auto secs = run_once(*s.value(), tokens, d, p, n);
                         if (!secs) {
@@ -223,6 +225,10 @@ int cmd_bench(int argc, char** argv) {
                         r.samples_ts.push_back(double(p + n) / secs.value());
                     }
                     r.kv_bytes = int64_t(s.value()->kv_bytes());
+                    if (const int64_t dense = s.value()->state().quest_pages_dense() - dense0; dense > 0)
+                        r.kv_read = double(s.value()->state().quest_pages_read() - read0) / double(dense);
+                    else if (pol.kind == kv_policy_kind::quest)
+                        r.kv_read = 1.0;  // every row fit in the budget: read densely
                     if (output == "md") {
                         std::string frac = "";
                         if (n > 0 && bandwidth.count(int(nt)) && bandwidth[int(nt)] > 0)
@@ -230,7 +236,10 @@ int cmd_bench(int argc, char** argv) {
                                           100.0 * double(r.size_bytes) * r.mean_ts() * 1e-9 / bandwidth[int(nt)],
                                           bandwidth[int(nt)]);
                         const std::string kv_cols =
-                            show_policy ? strfmt(" %s | %.2f MiB |", r.kv_policy.c_str(), double(r.kv_bytes) / 1048576.0) : "";
+                            show_policy ? strfmt(" %s%s | %.2f MiB |", r.kv_policy.c_str(),
+                                                 r.kv_read >= 0 ? strfmt(" (reads %.1f%%)", 100.0 * r.kv_read).c_str() : "",
+                                                 double(r.kv_bytes) / 1048576.0)
+                                        : "";
                         std::printf("| %s | %.2f GiB | %.2f B | %d |%s %s | %.2f ± %.2f | %s |\n", name.c_str(),
                                     double(r.size_bytes) / (1 << 30), double(n_params) * 1e-9, r.threads, kv_cols.c_str(),
                                     r.test_name().c_str(), r.mean_ts(), r.sd_ts(), frac.c_str());
@@ -255,6 +264,7 @@ int cmd_bench(int argc, char** argv) {
                                 {"avg_ns", int64_t(mean_ns)}, {"stddev_ns", int64_t(sd_ns)}, {"avg_ts", r.mean_ts()},
                                 {"stddev_ts", r.sd_ts()}, {"samples_ns", r.samples_ns}, {"samples_ts", r.samples_ts}};
             if (bandwidth.count(r.threads)) j["bandwidth_gbps"] = bandwidth[r.threads];
+            if (r.kv_read >= 0) j["kv_read_fraction"] = r.kv_read;
             arr.push_back(j);
         }
         std::printf("%s\n", arr.dump(2).c_str());

@@ -25,6 +25,7 @@ struct engine_config {
     int64_t kv_memory_bytes = 0;  // pool size in bytes; 0 with kv_tokens 0 = max_seqs full contexts, capped at 2 GiB
     int threads = 1;
     int32_t max_queued = 256;     // waiting requests beyond this are refused (503)
+    bool key_bounds = false;      // keep Quest's per-page key bounds (requests may use quest)
 };
 
 struct engine_stats {

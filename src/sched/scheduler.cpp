@@ -91,9 +91,10 @@ status scheduler::validate(const request_params& p) const {
     KVS_TRY(sp.validate());
     const kv_policy& pol = p.policy;
     const int32_t ps = kv_.config().page_size;
-    if (pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::quest)
-        return status::error(strfmt("kv_policy %s is not available in the scheduler yet (dense, window, streaming, recompute)",
-                                    kv_policy_kind_name(pol.kind)));
+    if (pol.kind == kv_policy_kind::h2o)
+        return status::error("kv_policy h2o is not available in the scheduler yet (dense, window, streaming, recompute, quest)");
+    if (pol.kind == kv_policy_kind::quest && !kv_.config().key_bounds)
+        return status::error("kv_policy quest needs the KV cache's per-page key bounds (start the server with --key-bounds)");
     if (unbounded_by_ctx(pol)) {
         // Positions and slots are 32-bit: a stream may run to 2^31 tokens.
         const int64_t limit = (int64_t(1) << 31) - 1;
