@@ -247,3 +247,41 @@ TEST(Quest, BudgetCoveringTheContextEqualsDense) {
     EXPECT_FALSE(trace.empty());
     EXPECT_NE(small.back(), dense.back());
 }
+
+// The attention-mass diagnostic: a share in (0, 1] per Quest layer, growing with the budget.
+TEST(Quest, AttentionMassKeptGrowsWithTheBudget) {
+    KVS_SKIP_IF_MISSING(path, "models/stories260K.gguf");
+    auto m = llama_model::load(path);
+    ASSERT_TRUE(m) << m.message();
+    const auto tokens = test::some_tokens(130, m.value()->hparams().n_vocab, 4);
+    std::vector<double> mean_by_budget;
+    for (int64_t budget : {16, 64, 112}) {
+        thread_pool pool(1);
+        session_params sp;
+        sp.kv_type = dtype::f32;
+        sp.n_ctx = 160;
+        sp.policy = policy(("quest:budget=" + std::to_string(budget)).c_str());
+        auto s = std::move(session::create(*m.value(), pool, sp).value());
+        s->set_quest_mass(true);
+        ASSERT_TRUE(s->prefill(std::vector<int32_t>(tokens.begin(), tokens.begin() + 8)));
+        for (size_t t = 8; t < tokens.size(); ++t) ASSERT_TRUE(s->decode(tokens[t]));
+        const auto& sum = s->state().quest_mass_sum();
+        const auto& cnt = s->state().quest_mass_count();
+        ASSERT_EQ(sum.size(), size_t(m.value()->hparams().n_layer));
+        double all = 0;
+        for (size_t l = 0; l < sum.size(); ++l) {
+            if (l < 2) {
+                EXPECT_EQ(cnt[l], 0);  // the first two layers stay dense
+                continue;
+            }
+            ASSERT_GT(cnt[l], 0);
+            const double mean = sum[l] / double(cnt[l]);
+            EXPECT_GT(mean, 0.0);
+            EXPECT_LE(mean, 1.0 + 1e-9);
+            all += mean;
+        }
+        mean_by_budget.push_back(all);
+    }
+    EXPECT_LT(mean_by_budget[0], mean_by_budget[1]);
+    EXPECT_LT(mean_by_budget[1], mean_by_budget[2]);
+}

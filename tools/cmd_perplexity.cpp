@@ -78,6 +78,7 @@ int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32
         std::fprintf(stderr, "kvserve perplexity: %s\n", s.message().c_str());
         return 1;
     }
+    if (policy.kind == kv_policy_kind::quest) s.value()->set_quest_mass(true);
     std::fprintf(stderr, "perplexity: one stream of %lld tokens under %s, %lld tokens per pass, perplexity per %lld tokens\n",
                  (long long)n_stream, policy.spec().c_str(), (long long)n_batch, (long long)stretch);
     auto t0 = std::chrono::steady_clock::now();
@@ -105,6 +106,19 @@ int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("\nFinal estimate: PPL = %.4f +/- %.5f\n", all.ppl(), all.ppl_error());
+    if (policy.kind == kv_policy_kind::quest) {
+        // Mean share of the dense attention mass on the pages Quest read, per layer (2 on).
+        const auto& sum = s.value()->state().quest_mass_sum();
+        const auto& cnt = s.value()->state().quest_mass_count();
+        std::string line;
+        for (size_t l = 0; l < sum.size(); ++l)
+            if (cnt[l] > 0) line += strfmt(" L%zu %.4f", l, sum[l] / double(cnt[l]));
+        std::printf("attention mass kept per layer (Quest decode rows):%s\n", line.empty() ? " none (every row within the budget)" : line.c_str());
+        const int64_t dense = s.value()->state().quest_pages_dense();
+        if (dense > 0)
+            std::printf("KV pages read by Quest rows (layers 2+): %.1f%% of dense\n",
+                        100.0 * double(s.value()->state().quest_pages_read()) / double(dense));
+    }
     const size_t page_bytes = s.value()->kv().config().page_bytes();
     std::fprintf(stderr, "%lld tokens predicted in %.2f s (%.1f tokens/s); KV held at most %d pages (%zu bytes)\n",
                  (long long)all.count, secs, double(all.count) / std::max(secs, 1e-9), s.value()->peak_pages(),

@@ -81,6 +81,13 @@ public:
         std::vector<int32_t> pages;  // table indices, ascending (the newest last)
     };
     void set_quest_trace(std::vector<quest_choice>* trace) { quest_trace_ = trace; }
+    // Diagnostics (perplexity --stream): with on, every Quest selection also measures the share
+    // of the dense softmax mass (over all the row's slots, per query head) that the selected
+    // pages carry — a full attention pass more per Quest layer, so off by default. Per layer:
+    // the sum of the shares and their count (query heads × Quest rows).
+    void set_quest_mass(bool on) { quest_mass_on_ = on; }
+    const std::vector<double>& quest_mass_sum() const { return quest_mass_sum_; }
+    const std::vector<int64_t>& quest_mass_count() const { return quest_mass_n_; }
 
 private:
     friend class llama_model;
@@ -104,6 +111,9 @@ private:
     quest_layer_plan quest_;             // Quest's selection of the current layer
     int64_t quest_pages_read_ = 0, quest_pages_dense_ = 0;
     std::vector<quest_choice>* quest_trace_ = nullptr;
+    bool quest_mass_on_ = false;
+    std::vector<double> quest_mass_sum_;
+    std::vector<int64_t> quest_mass_n_;
 };
 
 // Whether q4_0 / q8_0 / f16 / bf16 / q4_K / q6_K projection weights are repacked at load into the interleaved16 layout

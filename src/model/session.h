@@ -48,6 +48,7 @@ public:
     const forward_state& state() const { return *st_; }
     // Tests: record every Quest selection of the following passes (forward_state::set_quest_trace).
     void set_quest_trace(std::vector<forward_state::quest_choice>* trace) { st_->set_quest_trace(trace); }
+    void set_quest_mass(bool on) { st_->set_quest_mass(on); }
 
     // Appends tokens; afterwards logits() is the distribution after the last one.
     // Fails without side effects beyond n_past if the context would overflow.
