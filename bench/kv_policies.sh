@@ -4,7 +4,11 @@
 # StreamingLLM against recompute on the TinyLlama-1.1B shape, and peak RSS of a long streaming
 # generation. Figures go to docs/kv-policies.md.
 #
-#   bench/kv_policies.sh [ppl|speed|rss|all]   (default all)
+#   bench/kv_policies.sh [ppl|speed|rss|quest|quest-speed|all]   (default all)
+#
+# quest: stream perplexity of Quest against window and StreamingLLM at budgets of 10/20/50% of
+# the stream (QUEST_LENGTHS, default "512 2048"), TinyStories and WikiText-2; quest-speed: Quest
+# (budget 2048) against dense decode at QUEST_DEPTHS (default 16384,32768).
 #
 # Environment: KVSERVE (binary, default build/kvserve), KVSERVE_SHARED (fixtures, default
 # ../shared), PPL_LENGTHS (default "512 2048 8192 65536"), RECOMPUTE_MAX and DENSE_MAX (longest
@@ -56,10 +60,40 @@ rss() {
   done
 }
 
+quest() {
+  echo "## Quest against window and StreamingLLM at 10/20/50% of the stream (stories260K, f32 KV)"
+  for text in "$shared/text/tinystories-valid.txt" "$shared/text/wikitext-2-test.txt"; do
+    for n in ${QUEST_LENGTHS:-512 2048}; do
+      dense=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-type f32 -b 512 -t "$threads" 2>/dev/null | grep Final)
+      echo "$(basename "$text") N=$n dense: $dense"
+      for pct in 10 20 50; do
+        b=$((n * pct / 100))
+        # Quest selects for decode rows only: score it token by token (-b 1).
+        q=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "quest:budget=$b" --kv-type f32 -b 1 -t "$threads" 2>/dev/null |
+          grep -E "Final|attention mass|KV pages read" | tr '\n' ' ')
+        w=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "window:size=$b" --kv-type f32 -b 512 -t "$threads" 2>/dev/null | grep Final)
+        s=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "streaming:sinks=4,size=$((b - 4))" --kv-type f32 -b 512 \
+          -t "$threads" 2>/dev/null | grep Final)
+        echo "  budget=$b ($pct%) window: $w | streaming: $s | quest: $q"
+      done
+    done
+  done
+}
+
+quest_speed() {
+  local synth=${TMPDIR:-/tmp}/kvserve-tinyllama-q4_0.gguf
+  [ -f "$synth" ] || "$bin" synth --shape tinyllama-1.1b --dtype q4_0 -o "$synth" >/dev/null
+  echo "## decode: Quest (budget 2048) vs dense at depth, TinyLlama-1.1B shape, Q4_0, $threads threads"
+  "$bin" bench -m "$synth" -p 0 -n "${SPEED_N:-8}" -d "${QUEST_DEPTHS:-16384,32768}" -r 1 -c 33000 -t "$threads" --no-bandwidth-probe \
+    --kv-policy dense --kv-policy quest:budget=2048 | grep -v "^| ---\|^| model"
+}
+
 case $what in
   ppl) ppl ;;
   speed) speed ;;
   rss) rss ;;
-  all) ppl; speed; rss ;;
-  *) echo "usage: $0 [ppl|speed|rss|all]" >&2; exit 2 ;;
+  quest) quest ;;
+  quest-speed) quest_speed ;;
+  all) ppl; speed; rss; quest; quest_speed ;;
+  *) echo "usage: $0 [ppl|speed|rss|quest|quest-speed|all]" >&2; exit 2 ;;
 esac
