@@ -1,12 +1,21 @@
 #include "kernels/cpu/quest.h"
 
+#include "kernels/cpu/ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 namespace kvs::cpu {
 
-void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+namespace detail {
+void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+                              const int32_t* page_ids, int64_t n_pages, float* out);
+}  // namespace detail
+
+namespace {
+
+void quest_page_scores_portable(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
                        const int32_t* page_ids, int64_t n_pages, float* out) {
     constexpr int64_t max_hd = 1024;
     constexpr int64_t lanes = 16;  // independent partial sums: the compiler keeps them in one vector register
@@ -31,6 +40,15 @@ void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const float*
             out[i] = std::max(out[i], s);
         }
     }
+}
+
+}  // namespace
+
+void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+                       const int32_t* page_ids, int64_t n_pages, float* out) {
+    if (isa_active() == isa::avx512 && hd <= 1024)
+        return detail::quest_page_scores_avx512(q, n_group, hd, bounds, page_stride, page_ids, n_pages, out);
+    quest_page_scores_portable(q, n_group, hd, bounds, page_stride, page_ids, n_pages, out);
 }
 
 namespace ref {
