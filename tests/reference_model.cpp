@@ -7,6 +7,7 @@
 #include <random>
 
 #include "gguf/gguf_writer.h"
+#include "kernels/cpu/quest.h"
 #include "model/shapes.h"
 #include "test_util.h"
 
@@ -229,6 +230,9 @@ std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, co
                         mn = std::min(mn, keys[size_t(j)][size_t(kh * hd + d)]);
                         mx = std::max(mx, keys[size_t(j)][size_t(kh * hd + d)]);
                     }
+                    // The bounds are stored in bf16, rounded outwards (kv_cache::key_bounds).
+                    mn = cpu::bf16_to_f32(cpu::bf16_round_down(float(mn)));
+                    mx = cpu::bf16_to_f32(cpu::bf16_round_up(float(mx)));
                     const double qd = q[size_t(h * hd + d)];
                     s += std::max(qd * mn, qd * mx);
                 }

@@ -33,7 +33,8 @@ std::vector<std::vector<double>> reference_policy_logits(const llama_model& m, c
 // densely, every later token t is decoded alone. At layers >= 2 the tokens 0..t fall in pages
 // of page_size; when there are more than k = max(1, budget / page_size) of them, each KV head
 // scores every page but the newest (the one holding t) by max over its group's query heads of
-// Σ_d max(q_d · min_d, q_d · max_d) — the channel-wise min and max of the page's rotated keys —
+// Σ_d max(q_d · min_d, q_d · max_d) — the channel-wise min and max of the page's rotated keys,
+// kept in bf16 rounded outwards as kvserve stores them —
 // and attends the k - 1 best pages (equal scores: the earlier page) and the newest. choices
 // (optional) receives every selection with all the pages' scores.
 struct reference_quest_choice {

@@ -71,8 +71,8 @@ TEST(QuestKernel, ScoresMatchReferenceAndBoundEveryLogit) {
                                             want.data());
                 EXPECT_LT(test::nmse_norm(got.data(), want.data(), n_pages), 1e-6) << dtype_name(type) << " hd " << hd;
                 for (int32_t p = 0; p < n_pages; ++p) {
-                    // The bounds are the min and max of the keys as stored ...
-                    const float* b = kv->key_bounds(0, pages[size_t(p)], h);
+                    // The bounds are the min and max of the keys as stored, rounded outwards to bf16 ...
+                    const uint16_t* b = kv->key_bounds(0, pages[size_t(p)], h);
                     const uint8_t* block = kv->k_block(0, pages[size_t(p)], h);
                     double true_max = -1e300;
                     for (int64_t d = 0; d < hd; ++d) {
@@ -81,8 +81,10 @@ TEST(QuestKernel, ScoresMatchReferenceAndBoundEveryLogit) {
                             mn = std::min(mn, cpu::kv_load_k(kv->layout(), block, r, d));
                             mx = std::max(mx, cpu::kv_load_k(kv->layout(), block, r, d));
                         }
-                        ASSERT_EQ(b[d], mn);
-                        ASSERT_EQ(b[hd + d], mx);
+                        ASSERT_EQ(b[d], cpu::bf16_round_down(mn));
+                        ASSERT_EQ(b[hd + d], cpu::bf16_round_up(mx));
+                        ASSERT_LE(cpu::bf16_to_f32(b[d]), mn);
+                        ASSERT_GE(cpu::bf16_to_f32(b[hd + d]), mx);
                     }
                     // ... and the score bounds every logit of every query head of the group.
                     for (int64_t g = 0; g < group; ++g)
@@ -97,6 +99,16 @@ TEST(QuestKernel, ScoresMatchReferenceAndBoundEveryLogit) {
             }
         }
     }
+}
+
+TEST(QuestKvBounds, Bf16RoundingIsOutward) {
+    for (float x : {1.0f, -1.0f, 0.0f, 3.14159f, -3.14159f, 1e-20f, -1e-20f, 65504.5f, -7.00390625f}) {
+        const float lo = cpu::bf16_to_f32(cpu::bf16_round_down(x)), hi = cpu::bf16_to_f32(cpu::bf16_round_up(x));
+        EXPECT_LE(lo, x) << x;
+        EXPECT_GE(hi, x) << x;
+        EXPECT_LE(hi - lo, std::fabs(x) * 0x1p-7f) << x;  // one bf16 step at most
+    }
+    EXPECT_EQ(cpu::bf16_to_f32(cpu::bf16_round_down(1.0f)), 1.0f);  // exact values stay
 }
 
 TEST(QuestKvBounds, CopyOnWriteCopiesTheBounds) {
@@ -116,9 +128,9 @@ TEST(QuestKvBounds, CopyOnWriteCopiesTheBounds) {
         for (int64_t i = 0; i < 16; ++i) EXPECT_EQ(kv->key_bounds(0, copy, h)[i], kv->key_bounds(0, shared, h)[i]);
     std::vector<float> k2(16, -3.0f);
     kv->write(0, fork, 13, k2.data(), v.data());
-    EXPECT_EQ(kv->key_bounds(0, copy, 0)[0], -3.0f);    // min of the fork's page
-    EXPECT_EQ(kv->key_bounds(0, copy, 0)[8], 0.5f);     // max
-    EXPECT_EQ(kv->key_bounds(0, shared, 0)[0], 0.5f);   // the shared page is untouched
+    EXPECT_EQ(cpu::bf16_to_f32(kv->key_bounds(0, copy, 0)[0]), -3.0f);   // min of the fork's page
+    EXPECT_EQ(cpu::bf16_to_f32(kv->key_bounds(0, copy, 0)[8]), 0.5f);    // max
+    EXPECT_EQ(cpu::bf16_to_f32(kv->key_bounds(0, shared, 0)[0]), 0.5f);  // the shared page is untouched
     EXPECT_TRUE(kv->check_integrity());
 }
 

@@ -1,5 +1,7 @@
 #include "kv/kv_cache.h"
 
+#include "kernels/cpu/quest.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -39,8 +41,8 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
         return status::error(strfmt("kv cache: cannot allocate %.1f MiB for %d pages", double(nk + nv) / 1048576.0, c.n_pages));
     if (c.key_bounds) {
         const size_t nb = size_t(c.n_layer) * size_t(c.n_kv_head) * size_t(c.n_pages) * kv->bounds_page_stride();
-        kv->bounds_.reset(new (std::nothrow) float[nb]());
-        if (!kv->bounds_) return status::error(strfmt("kv cache: cannot allocate %.1f MiB of key bounds", double(nb * 4) / 1048576.0));
+        kv->bounds_.reset(new (std::nothrow) uint16_t[nb]());
+        if (!kv->bounds_) return status::error(strfmt("kv cache: cannot allocate %.1f MiB of key bounds", double(nb * 2) / 1048576.0));
     }
     return kv;
 }
@@ -131,7 +133,7 @@ void kv_cache::copy_page(int32_t dst, int32_t src) {
             std::memcpy(k_block(l, dst, h), k_block(l, src, h), kb);
             std::memcpy(v_block(l, dst, h), v_block(l, src, h), vb);
             if (bounds_)
-                std::memcpy(bounds_.get() + bounds_offset(l, dst, h), key_bounds(l, src, h), bounds_page_stride() * sizeof(float));
+                std::memcpy(bounds_.get() + bounds_offset(l, dst, h), key_bounds(l, src, h), bounds_page_stride() * sizeof(uint16_t));
         }
 }
 
@@ -178,16 +180,15 @@ void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, c
     if (!bounds_) return;
     const int64_t hd = cfg_.head_dim;
     for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
-        float* b = bounds_.get() + bounds_offset(layer, page, h);  // (min, max) x head_dim
+        uint16_t* b = bounds_.get() + bounds_offset(layer, page, h);  // (min, max) x head_dim, bf16
         const uint8_t* block = k_block(layer, page, h);
         for (int64_t d = 0; d < hd; ++d) {
             const float x = cpu::kv_load_k(layout_, block, row, d);  // as the kernel reads it
-            if (row == 0) {
-                b[d] = b[hd + d] = x;
-            } else {
-                b[d] = std::min(b[d], x);
-                b[hd + d] = std::max(b[hd + d], x);
-            }
+            // Outward rounding keeps the bounds valid; a bound already in bf16 stays exact.
+            const float lo = row == 0 ? x : std::min(cpu::bf16_to_f32(b[d]), x);
+            const float hi = row == 0 ? x : std::max(cpu::bf16_to_f32(b[hd + d]), x);
+            b[d] = cpu::bf16_round_down(lo);
+            b[hd + d] = cpu::bf16_round_up(hi);
         }
     }
 }

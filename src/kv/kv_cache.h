@@ -54,11 +54,12 @@ struct kv_config {
     int32_t n_pages = 0;             // pages in the pool
     dtype type = kv_default_type;    // storage format of K and V (f32, f16, bf16)
     // Quest's page metadata: per (layer, page, KV head) the channel-wise min and max of the
-    // page's keys as stored (key_bounds()). Off by default: it costs 2 · head_dim floats per
-    // page and head (1/8 of a bf16 K+V page of 16 tokens).
+    // page's keys as stored (key_bounds()), in bf16 rounded outwards (the min down, the max
+    // up, so they still bound the keys). Off by default: it costs 2 · head_dim bf16 values per
+    // page and head (1/16 of a bf16 K+V page of 16 tokens).
     bool key_bounds = false;
     cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
-    size_t bounds_page_bytes() const { return key_bounds ? size_t(n_kv_head * 2 * head_dim) * sizeof(float) : 0; }
+    size_t bounds_page_bytes() const { return key_bounds ? size_t(n_kv_head * 2 * head_dim) * sizeof(uint16_t) : 0; }
     // Bytes of one page (K, V and their metadata, all layers).
     size_t page_bytes() const { return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes() + bounds_page_bytes()); }
 };
@@ -157,10 +158,10 @@ public:
     // With key bounds, the page's bounds take in the key as stored (row 0 of a page restarts
     // them: a page's rows are written in order).
     void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v);
-    // Quest's bounds of one page and KV head: (2, head_dim) floats, min then max over the
-    // page's written rows; null without key_bounds. Pages of one layer and head are
-    // bounds_page_stride() floats apart.
-    const float* key_bounds(int64_t layer, int32_t page, int64_t head) const {
+    // Quest's bounds of one page and KV head: (2, head_dim) bf16 bits, min (rounded down) then
+    // max (rounded up) over the page's written rows; null without key_bounds. Pages of one
+    // layer and head are bounds_page_stride() values apart.
+    const uint16_t* key_bounds(int64_t layer, int32_t page, int64_t head) const {
         return bounds_ ? bounds_.get() + bounds_offset(layer, page, head) : nullptr;
     }
     size_t bounds_page_stride() const { return size_t(2 * cfg_.head_dim); }
@@ -191,7 +192,7 @@ private:
     cpu::kv_page_layout layout_;
     size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;  // n_pages pages
     std::unique_ptr<uint8_t[], free_deleter> k_, v_;  // (n_layer, n_pages, page bytes), zeroed
-    std::unique_ptr<float[]> bounds_;  // (n_layer, n_kv_head, n_pages, 2, head_dim) or null
+    std::unique_ptr<uint16_t[]> bounds_;  // (n_layer, n_kv_head, n_pages, 2, head_dim) bf16, or null
     std::vector<seq_state> seqs_;
 };
 

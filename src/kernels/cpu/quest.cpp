@@ -9,13 +9,13 @@
 namespace kvs::cpu {
 
 namespace detail {
-void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const uint16_t* bounds, size_t page_stride,
                               const int32_t* page_ids, int64_t n_pages, float* out);
 }  // namespace detail
 
 namespace {
 
-void quest_page_scores_portable(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+void quest_page_scores_portable(const float* q, int64_t n_group, int64_t hd, const uint16_t* bounds, size_t page_stride,
                        const int32_t* page_ids, int64_t n_pages, float* out) {
     constexpr int64_t max_hd = 1024;
     constexpr int64_t lanes = 16;  // independent partial sums: the compiler keeps them in one vector register
@@ -29,13 +29,13 @@ void quest_page_scores_portable(const float* q, int64_t n_group, int64_t hd, con
         }
         const int64_t hd_main = hd / lanes * lanes;
         for (int64_t i = 0; i < n_pages; ++i) {
-            const float* mn = bounds + size_t(page_ids[i]) * page_stride;
-            const float* mx = mn + hd;
+            const uint16_t* mn = bounds + size_t(page_ids[i]) * page_stride;
+            const uint16_t* mx = mn + hd;
             float acc[lanes] = {};
             for (int64_t d = 0; d < hd_main; d += lanes)
-                for (int64_t j = 0; j < lanes; ++j) acc[j] += qpos[d + j] * mx[d + j] + qneg[d + j] * mn[d + j];
+                for (int64_t j = 0; j < lanes; ++j) acc[j] += qpos[d + j] * bf16_to_f32(mx[d + j]) + qneg[d + j] * bf16_to_f32(mn[d + j]);
             float s = 0;
-            for (int64_t d = hd_main; d < hd; ++d) s += qpos[d] * mx[d] + qneg[d] * mn[d];
+            for (int64_t d = hd_main; d < hd; ++d) s += qpos[d] * bf16_to_f32(mx[d]) + qneg[d] * bf16_to_f32(mn[d]);
             for (int64_t j = 0; j < lanes; ++j) s += acc[j];
             out[i] = std::max(out[i], s);
         }
@@ -44,7 +44,7 @@ void quest_page_scores_portable(const float* q, int64_t n_group, int64_t hd, con
 
 }  // namespace
 
-void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const uint16_t* bounds, size_t page_stride,
                        const int32_t* page_ids, int64_t n_pages, float* out) {
     if (isa_active() == isa::avx512 && hd <= 1024)
         return detail::quest_page_scores_avx512(q, n_group, hd, bounds, page_stride, page_ids, n_pages, out);
@@ -53,15 +53,16 @@ void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const float*
 
 namespace ref {
 
-void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+void quest_page_scores(const float* q, int64_t n_group, int64_t hd, const uint16_t* bounds, size_t page_stride,
                        const int32_t* page_ids, int64_t n_pages, double* out) {
     for (int64_t i = 0; i < n_pages; ++i) {
-        const float* mn = bounds + size_t(page_ids[i]) * page_stride;
-        const float* mx = mn + hd;
+        const uint16_t* mn = bounds + size_t(page_ids[i]) * page_stride;
+        const uint16_t* mx = mn + hd;
         double best = -std::numeric_limits<double>::infinity();
         for (int64_t g = 0; g < n_group; ++g) {
             double s = 0;
-            for (int64_t d = 0; d < hd; ++d) s += std::max(double(q[g * hd + d]) * mn[d], double(q[g * hd + d]) * mx[d]);
+            for (int64_t d = 0; d < hd; ++d)
+                s += std::max(double(q[g * hd + d]) * bf16_to_f32(mn[d]), double(q[g * hd + d]) * bf16_to_f32(mx[d]));
             best = std::max(best, s);
         }
         out[i] = best;

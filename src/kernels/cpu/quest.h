@@ -16,14 +16,35 @@
 namespace kvs::cpu {
 
 // q: (n_group, head_dim) query heads of one KV head, rotated. Page page_ids[i]'s bounds are
-// (min, max) × head_dim floats at bounds + page_ids[i] · page_stride. out: (n_pages).
-// head_dim <= 1024.
-void quest_page_scores(const float* q, int64_t n_group, int64_t head_dim, const float* bounds, size_t page_stride,
+// (min, max) × head_dim bf16 values at bounds + page_ids[i] · page_stride. out: (n_pages).
+void quest_page_scores(const float* q, int64_t n_group, int64_t head_dim, const uint16_t* bounds, size_t page_stride,
                        const int32_t* page_ids, int64_t n_pages, float* out);
+
+// bf16 (the high half of a float's bits) with directed rounding, for bounds that must hold.
+inline float bf16_to_f32(uint16_t b) {
+    const uint32_t u = uint32_t(b) << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+inline uint16_t bf16_round_down(float x) {  // the largest bf16 <= x (x finite)
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    const uint16_t t = uint16_t(u >> 16);  // toward zero
+    if ((u & 0xffff) == 0) return t;
+    return x > 0 ? t : uint16_t(t + 1);  // a negative number grows in magnitude
+}
+inline uint16_t bf16_round_up(float x) {  // the smallest bf16 >= x (x finite)
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    const uint16_t t = uint16_t(u >> 16);
+    if ((u & 0xffff) == 0) return t;
+    return x > 0 ? uint16_t(t + 1) : t;
+}
 
 namespace ref {
 // The definition, max(q·min, q·max) per channel, in double.
-void quest_page_scores(const float* q, int64_t n_group, int64_t head_dim, const float* bounds, size_t page_stride,
+void quest_page_scores(const float* q, int64_t n_group, int64_t head_dim, const uint16_t* bounds, size_t page_stride,
                        const int32_t* page_ids, int64_t n_pages, double* out);
 }  // namespace ref
 

@@ -22,9 +22,14 @@ float hsum(__m512 v) {
     return _mm_cvtss_f32(x);
 }
 
+// 16 bf16 values (lanes outside m: 0) widened to float.
+__m512 bf16x16(__mmask16 m, const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 }  // namespace
 
-void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const float* bounds, size_t page_stride,
+void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const uint16_t* bounds, size_t page_stride,
                               const int32_t* page_ids, int64_t n_pages, float* out) {
     constexpr int64_t max_elems = 8192;  // n_group · head_dim held split by sign (2 × 32 KB)
     if (n_group * hd > max_elems) {      // (no model has that many heads per group at this size)
@@ -44,11 +49,11 @@ void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const
     const int64_t n_chunks = (hd + 15) / 16;
     const __mmask16 tail = hd % 16 ? __mmask16((1u << (hd % 16)) - 1) : __mmask16(0xffff);
     for (int64_t i = 0; i < n_pages; ++i) {
-        const float* mn = bounds + size_t(page_ids[i]) * page_stride;
-        const float* mx = mn + hd;
+        const uint16_t* mn = bounds + size_t(page_ids[i]) * page_stride;
+        const uint16_t* mx = mn + hd;
         if (i + 2 < n_pages) {
             const char* next = reinterpret_cast<const char*>(bounds + size_t(page_ids[i + 2]) * page_stride);
-            for (int64_t off = 0; off < 2 * hd * 4; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+            for (int64_t off = 0; off < 2 * hd * 2; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
         }
         float best = -std::numeric_limits<float>::infinity();
         for (int64_t g = 0; g < n_group; ++g) {
@@ -56,8 +61,8 @@ void quest_page_scores_avx512(const float* q, int64_t n_group, int64_t hd, const
             for (int64_t c = 0; c < n_chunks; ++c) {
                 const __mmask16 m = c + 1 == n_chunks ? tail : __mmask16(0xffff);
                 const int64_t d = c * 16;
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qpos + g * hd + d), _mm512_maskz_loadu_ps(m, mx + d), acc);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qneg + g * hd + d), _mm512_maskz_loadu_ps(m, mn + d), acc);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qpos + g * hd + d), bf16x16(m, mx + d), acc);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qneg + g * hd + d), bf16x16(m, mn + d), acc);
             }
             best = std::max(best, hsum(acc));
         }
