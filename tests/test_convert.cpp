@@ -4,6 +4,7 @@
 // read back and checked for llama.cpp's metadata keys, tensor names, shapes and dtypes.
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -281,6 +282,18 @@ TEST(Llama2cConvert, MalformedTokenizers) {
     auto cut = tiny_tokenizer({"a", "b", "c", "d", "e", "ff"});
     cut.pop_back();
     expect_convert_error(ckpt, "unexpected end of file in token 5", cut);
+}
+
+// The vocabulary size comes from the checkpoint header; a tokenizer file far too short for it
+// must fail by its bytes, not reserve memory for the claimed size first.
+TEST(Llama2cConvert, HugeVocabularyClaimFailsWithoutAllocating) {
+    const std::vector<uint8_t> tok = tiny_tokenizer({"a", "b"});
+    auto v = llama2c_parse_tokenizer(tok.data(), tok.size(), INT32_MAX);
+    ASSERT_FALSE(v.is_ok());
+    EXPECT_NE(v.message().find("unexpected end of file in token 2 of 2147483647"), std::string::npos) << v.message();
+    auto neg = llama2c_parse_tokenizer(tok.data(), tok.size(), -5);
+    ASSERT_FALSE(neg.is_ok());
+    EXPECT_NE(neg.message().find("negative"), std::string::npos) << neg.message();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/utf8.h"
 #include "kv/attention_plan.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
@@ -254,4 +255,29 @@ TEST(KvPolicy, SessionRejectsPoliciesItCannotRun) {
     auto win = session::create(*m, pool, sp).value();
     EXPECT_FALSE(win->bounded_by_ctx());
     EXPECT_TRUE(win->prefill(too_long));  // a window runs past the context
+}
+
+// Spec errors quote the offending text; the quote is cut after 64 bytes and used to split
+// multi-byte characters, and bytes that are not UTF-8 went through raw, so messages could be
+// invalid UTF-8 (they reach JSON error bodies through "kv_policy").
+TEST(KvPolicySpec, ErrorMessagesAreValidUtf8) {
+    int n_checked = 0;
+    for (const std::string ch : {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\xa6\x99"}) {
+        for (const std::string lead : {"", "x", "xx", "xxx"}) {
+            std::string text = lead;
+            for (int i = 0; i < 40; ++i) text += ch;
+            for (const std::string& spec : {text, "window:size=" + text, "window:" + text + "=1", "streaming:" + text}) {
+                auto p = kv_policy::parse(spec);
+                ASSERT_FALSE(p.is_ok()) << spec;
+                EXPECT_TRUE(utf8_is_valid(p.message())) << p.message();
+                EXPECT_NE(p.message().find("..."), std::string::npos) << p.message();
+                ++n_checked;
+            }
+        }
+    }
+    EXPECT_EQ(n_checked, 3 * 4 * 4);
+    auto bad = kv_policy::parse("\xff\xfe:size=1");
+    ASSERT_FALSE(bad.is_ok());
+    EXPECT_TRUE(utf8_is_valid(bad.message())) << bad.message();
+    EXPECT_NE(bad.message().find("\\xff\\xfe"), std::string::npos) << bad.message();
 }

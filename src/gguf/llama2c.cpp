@@ -1,5 +1,6 @@
 #include "gguf/llama2c.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <memory>
@@ -107,10 +108,15 @@ result<llama2c_vocab> llama2c_parse_tokenizer(const uint8_t* data, size_t size, 
     std::memcpy(&max_len, data, 4);
     pos = 4;
     if (max_len <= 0) return status::error(strfmt("llama2.c tokenizer: max_token_length is %d", max_len));
+    if (n_vocab < 0) return status::error(strfmt("llama2.c tokenizer: vocabulary size %d is negative", n_vocab));
+    // Every token takes at least 8 bytes (score, length), so the file bounds how many it can
+    // hold: reserve no more than that, whatever n_vocab claims (a short file then fails below
+    // with "unexpected end of file" instead of allocating for billions of tokens).
+    const size_t n_reserve = std::min(size_t(n_vocab), (size - pos) / 8);
     llama2c_vocab v;
-    v.tokens.reserve(size_t(n_vocab));
-    v.scores.reserve(size_t(n_vocab));
-    v.types.reserve(size_t(n_vocab));
+    v.tokens.reserve(n_reserve);
+    v.scores.reserve(n_reserve);
+    v.types.reserve(n_reserve);
     for (int32_t id = 0; id < n_vocab; ++id) {
         KVS_TRY(need(8, id));
         float score = 0;

@@ -4,6 +4,7 @@
 #include <limits>
 #include <random>
 
+#include "core/utf8.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvs {
@@ -12,10 +13,12 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-// A short rendering of a rejected value for messages ("got \"hot\"").
+// A short rendering of a rejected value for messages ("got \"hot\""). The dump is valid UTF-8
+// (invalid bytes replaced) and is cut on a character boundary, so the message stays valid
+// UTF-8 and its JSON error body serializes.
 std::string brief(const json& v) {
     std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-    if (s.size() > 48) s = s.substr(0, 45) + "...";
+    if (s.size() > 48) s = s.substr(0, utf8_prefix_length(s, 45)) + "...";
     return s;
 }
 

@@ -63,7 +63,9 @@ public:
 
     // Concatenation of the pieces. For SentencePiece vocabularies with add_space_prefix, the
     // one space that encode() put in front of the text is removed from the first piece that is
-    // not an empty control piece (so decode(encode(x, true, false)) == x, BOS or not).
+    // not an empty control piece (so decode(encode(x, true, false)) == x, BOS or not, unless x
+    // holds a user-defined token: as in llama.cpp, the text fragment after one gets a prefix
+    // space of its own, which decode keeps).
     // The result is raw bytes: it is valid UTF-8 whenever the ids came from valid UTF-8.
     std::string decode(std::span<const int32_t> ids, bool render_special = false) const;
 
