@@ -1,6 +1,7 @@
 // libFuzzer target for the command-line and API spec parsers: KV policy specs (`--kv-policy`,
 // "kv_policy"), dtype names (`--kv-type`, GGUF type names), weight formats (`quantize TYPE`,
-// `synth --dtype`) and model shape names (`synth --shape`). Checked: a parsed spec prints back
+// `synth --dtype`), model shape names (`synth --shape`) and API key files and variables
+// (`serve --api-key-file`, KVSERVE_API_KEY). Checked: a parsed spec prints back
 // to a canonical spec that parses to the same value; every error names the problem in valid
 // UTF-8 (messages reach terminals and JSON error bodies).
 #include <cstddef>
@@ -12,6 +13,7 @@
 #include "core/utf8.h"
 #include "kv/kv_policy.h"
 #include "model/shapes.h"
+#include "server/api_keys.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string_view spec(reinterpret_cast<const char*>(data), size);
@@ -38,5 +40,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             __builtin_trap();
     }
     if (const kvs::model_shape* s = kvs::find_model_shape(spec)) (void)s;
+
+    // API keys: every key parsed is non-empty, holds no space or control byte, and matches
+    // itself; a rejected file names a line.
+    auto keys = kvs::parse_api_keys(spec);
+    if (keys.is_ok()) {
+        for (const std::string& k : keys.value()) {
+            if (k.empty() || !kvs::api_key_matches(keys.value(), k)) __builtin_trap();
+            for (unsigned char c : k)
+                if (c <= 0x20 || c == 0x7f) __builtin_trap();
+        }
+    } else if (keys.message().find("line ") == std::string::npos) {
+        __builtin_trap();
+    }
+    for (const std::string& k : kvs::split_api_keys(spec))
+        if (k.empty() || k.find(',') != std::string::npos) __builtin_trap();
     return 0;
 }
