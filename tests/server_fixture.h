@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -173,6 +174,23 @@ inline bool wait_idle(const served& s) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return false;
+}
+
+// Streams a completion request until `release` is set (then disconnects); `streaming` turns
+// true with the first bytes. Run it on its own thread to hold a sequence slot.
+inline void stream_until_released(const served& s, json req, std::atomic<bool>& streaming, const std::atomic<bool>& release) {
+    req["stream"] = true;
+    auto c = s.client();
+    httplib::Request r;
+    r.method = "POST";
+    r.path = "/v1/completions";
+    r.body = req.dump();
+    r.set_header("Content-Type", "application/json");
+    r.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+        streaming = true;
+        return !release.load();
+    };
+    c->send(r);
 }
 
 inline json greedy_completion(const std::string& prompt, int max_tokens) {

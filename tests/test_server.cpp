@@ -587,19 +587,9 @@ TEST(server, queue_full_is_503) {
     ec.max_queued = 1;
     served s(f, ec);
     std::atomic<bool> first_streaming{false}, release{false};
-    std::thread holder([&] {
-        json req = {{"prompt", "Once upon a time"}, {"max_tokens", 2000}, {"ignore_eos", true}, {"temperature", 0}, {"stream", true}};
-        auto c = s.client();
-        httplib::Request r;
-        r.method = "POST";
-        r.path = "/v1/completions";
-        r.body = req.dump();
-        r.set_header("Content-Type", "application/json");
-        r.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
-            first_streaming = true;
-            return !release.load();  // disconnects once the test is done
-        };
-        c->send(r);
+    std::thread holder([&] {  // disconnects once the test is done
+        stream_until_released(s, {{"prompt", "Once upon a time"}, {"max_tokens", 2000}, {"ignore_eos", true}, {"temperature", 0}},
+                              first_streaming, release);
     });
     while (!first_streaming) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     // While the holder streams, a second request takes the queue's one place.

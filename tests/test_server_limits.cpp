@@ -127,21 +127,7 @@ TEST(server_limits, queue_full_is_503_with_retry_after) {
     sc.retry_after = 3;
     served s(f, ec, sc);
     std::atomic<bool> streaming{false}, release{false};
-    std::thread holder([&] {
-        json req = endless_completion();
-        req["stream"] = true;
-        auto c = s.client();
-        httplib::Request r;
-        r.method = "POST";
-        r.path = "/v1/completions";
-        r.body = req.dump();
-        r.set_header("Content-Type", "application/json");
-        r.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
-            streaming = true;
-            return !release.load();
-        };
-        c->send(r);
-    });
+    std::thread holder([&] { stream_until_released(s, endless_completion(), streaming, release); });
     while (!streaming) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::thread waiter([&] { EXPECT_EQ(s.post("/v1/completions", greedy_completion("Hi", 2)).first, 200); });
     while (s.eng->stats().waiting < 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
