@@ -1,6 +1,7 @@
 #include "kv/quest.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "kernels/cpu/quest.h"
@@ -66,6 +67,48 @@ status quest_select(const attention_plan& ap, const kv_cache& kv, int64_t layer,
         out.pages_dense += kv_cache::pages_for(L + 1, int32_t(ps)) * n_kv;
     }
     return status::ok();
+}
+
+// The share of each Quest row's dense attention mass (softmax over all its slots, per query
+// head) that its selected pages carry (contract in quest.h).
+void quest_attention_mass(const attention_plan& ap, const quest_layer_plan& qp, const kv_cache& kv, int64_t layer, const float* q,
+                          int64_t n_head, std::vector<double>& sum, std::vector<int64_t>& count) {
+    const kv_config& c = kv.config();
+    const int64_t n_kv = c.n_kv_head, hd = c.head_dim, group = n_head / n_kv, ps = c.page_size;
+    const cpu::paged_kv_view view = kv.view(layer);
+    if (sum.size() <= size_t(layer)) sum.resize(size_t(layer) + 1, 0.0), count.resize(size_t(layer) + 1, 0);
+    size_t off = 0;
+    std::vector<double> logit;
+    std::vector<char> chosen;
+    for (size_t j = 0; j < ap.quest_rows.size(); ++j) {
+        const int32_t r = ap.quest_rows[j];
+        const int64_t k = ap.quest_pages[j], n_slots = ap.q_kv_len[size_t(r)];
+        const int32_t* pages = ap.page_ids.data() + ap.page_indptr[size_t(ap.q_seq[size_t(r)])];
+        for (int64_t h = 0; h < n_kv; ++h, off += size_t(k)) {
+            chosen.assign(size_t(kv_cache::pages_for(n_slots, int32_t(ps))), 0);
+            for (int64_t i = 0; i < k; ++i) chosen[size_t(qp.table_index[off + size_t(i)])] = 1;
+            for (int64_t g = 0; g < group; ++g) {
+                const float* qh = q + (int64_t(r) * n_head + h * group + g) * hd;
+                logit.resize(size_t(n_slots));
+                double mx = -1e300;
+                for (int64_t t = 0; t < n_slots; ++t) {
+                    const uint8_t* block = view.k_block(pages[t / ps], h);
+                    double dot = 0;
+                    for (int64_t d = 0; d < hd; ++d) dot += double(qh[d]) * cpu::kv_load_k(view.layout(), block, t % ps, d);
+                    logit[size_t(t)] = dot / std::sqrt(double(hd));
+                    mx = std::max(mx, logit[size_t(t)]);
+                }
+                double all = 0, kept = 0;
+                for (int64_t t = 0; t < n_slots; ++t) {
+                    const double e = std::exp(logit[size_t(t)] - mx);
+                    all += e;
+                    if (chosen[size_t(t / ps)]) kept += e;
+                }
+                sum[size_t(layer)] += kept / all;
+                count[size_t(layer)] += 1;
+            }
+        }
+    }
 }
 
 }  // namespace kvs

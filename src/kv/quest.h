@@ -36,4 +36,10 @@ struct quest_layer_plan {
 status quest_select(const attention_plan& ap, const kv_cache& kv, int64_t layer, const float* q, int64_t n_head,
                     quest_layer_plan& out, thread_pool& pool);
 
+// Diagnostics: the share of each Quest row's dense attention mass (softmax over all its slots,
+// per query head) that the pages `qp` selected carry, added to sum[layer] and count[layer]
+// (grown as needed). A full attention pass more, so only perplexity --stream asks for it.
+void quest_attention_mass(const attention_plan& ap, const quest_layer_plan& qp, const kv_cache& kv, int64_t layer, const float* q,
+                          int64_t n_head, std::vector<double>& sum, std::vector<int64_t>& count);
+
 }  // namespace kvs
