@@ -255,6 +255,104 @@ std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, co
     return pattern_logits(m, tokens, pat);
 }
 
+std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, const std::vector<int32_t>& tokens, int64_t heavy,
+                                                      int64_t recent, const std::vector<int64_t>& chunk_ends,
+                                                      std::vector<reference_h2o_kept>* kept_out) {
+    const llama_hparams& hp = m.hparams();
+    const gguf_file& f = m.file();
+    const int64_t d = hp.n_embd, hd = hp.head_dim, nkv = hp.n_head_kv * hd, group = hp.n_gqa();
+    const bool neox = hp.rope == cpu::rope_layout::neox;
+    auto T = [&](const std::string& n) { return dequant(f.find_tensor(n)); };
+    auto emb = T("token_embd.weight");
+    std::vector<std::vector<double>> xs;
+    for (int32_t t : tokens) xs.emplace_back(emb.begin() + t * d, emb.begin() + (t + 1) * d);
+    const size_t n = tokens.size();
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        auto an = T(p + "attn_norm.weight"), wq = T(p + "attn_q.weight"), wk = T(p + "attn_k.weight"),
+             wv = T(p + "attn_v.weight"), wo = T(p + "attn_output.weight"), fn = T(p + "ffn_norm.weight"),
+             wg = T(p + "ffn_gate.weight"), wu = T(p + "ffn_up.weight"), wd = T(p + "ffn_down.weight");
+        std::vector<double> bq, bk, bv;
+        if (hp.qkv_bias) bq = T(p + "attn_q.bias"), bk = T(p + "attn_k.bias"), bv = T(p + "attn_v.bias");
+        std::vector<std::vector<double>> Q(n), K(n), V(n);  // Q and K rotated at the token's own position
+        for (size_t t = 0; t < n; ++t) {
+            auto h = rmsnorm(xs[t], an, hp.rms_eps);
+            Q[t] = matvec(wq, h, hp.n_head * hd);
+            K[t] = matvec(wk, h, nkv);
+            V[t] = matvec(wv, h, nkv);
+            if (hp.qkv_bias)
+                for (size_t i = 0; i < Q[t].size(); ++i) Q[t][i] += bq[i];
+            if (hp.qkv_bias)
+                for (size_t i = 0; i < K[t].size(); ++i) K[t][i] += bk[i], V[t][i] += bv[i];
+            rope(Q[t], hp.n_head, hd, hp.n_rot, int64_t(t), hp.rope_freq_base, hp.rope_freq_scale, neox);
+            rope(K[t], hp.n_head_kv, hd, hp.n_rot, int64_t(t), hp.rope_freq_base, hp.rope_freq_scale, neox);
+        }
+        // Per KV head: the tokens held and their accumulated scores (token -> score).
+        std::vector<std::vector<int64_t>> held(size_t(hp.n_head_kv));
+        std::vector<std::vector<double>> score(size_t(hp.n_head_kv), std::vector<double>(n, 0.0));
+        int64_t start = 0;
+        for (int64_t end : chunk_ends) {
+            for (int64_t t = start; t < end; ++t) {
+                std::vector<double> att(size_t(hp.n_head * hd), 0.0);
+                for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {
+                    std::vector<int64_t> vis = held[size_t(kh)];
+                    for (int64_t j = start; j <= t; ++j) vis.push_back(j);
+                    for (int64_t g = 0; g < group; ++g) {
+                        const int64_t h = kh * group + g;
+                        std::vector<double> sc(vis.size());
+                        double mx = -1e300;
+                        for (size_t c = 0; c < vis.size(); ++c) {
+                            double acc = 0;
+                            for (int64_t i = 0; i < hd; ++i) acc += Q[size_t(t)][size_t(h * hd + i)] * K[size_t(vis[c])][size_t(kh * hd + i)];
+                            sc[c] = acc / std::sqrt(double(hd));
+                            mx = std::max(mx, sc[c]);
+                        }
+                        double sum = 0;
+                        for (auto& v : sc) sum += (v = std::exp(v - mx));
+                        for (size_t c = 0; c < vis.size(); ++c) {
+                            const double prob = sc[c] / sum;
+                            score[size_t(kh)][size_t(vis[c])] += prob;  // the token's accumulated attention
+                            for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += prob * V[size_t(vis[c])][size_t(kh * hd + i)];
+                        }
+                    }
+                }
+                auto o = matvec(wo, att, d);
+                for (int64_t i = 0; i < d; ++i) xs[size_t(t)][size_t(i)] += o[size_t(i)];
+                auto h = rmsnorm(xs[size_t(t)], fn, hp.rms_eps);
+                auto g = matvec(wg, h, hp.n_ff), u = matvec(wu, h, hp.n_ff);
+                for (int64_t i = 0; i < hp.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
+                auto dn = matvec(wd, g, d);
+                for (int64_t i = 0; i < d; ++i) xs[size_t(t)][size_t(i)] += dn[size_t(i)];
+            }
+            // Eviction, per KV head on its own.
+            for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {
+                std::vector<int64_t>& hs = held[size_t(kh)];
+                for (int64_t j = start; j < end; ++j) hs.push_back(j);
+                if (int64_t(hs.size()) > heavy + recent) {
+                    std::vector<int64_t> keep(hs.end() - recent, hs.end());  // hs is ascending: the R latest
+                    std::vector<int64_t> rest(hs.begin(), hs.end() - recent);
+                    const std::vector<double>& sc = score[size_t(kh)];
+                    std::stable_sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) { return sc[size_t(a)] > sc[size_t(b)]; });
+                    keep.insert(keep.end(), rest.begin(), rest.begin() + heavy);
+                    std::sort(keep.begin(), keep.end());
+                    hs = keep;
+                }
+                if (kept_out) {
+                    reference_h2o_kept k{end, il, kh, hs, {}};
+                    for (int64_t j : hs) k.scores.push_back(score[size_t(kh)][size_t(j)]);
+                    kept_out->push_back(std::move(k));
+                }
+            }
+            start = end;
+        }
+    }
+    auto on = T("output_norm.weight");
+    auto out = f.find_tensor("output.weight") ? T("output.weight") : emb;
+    std::vector<std::vector<double>> logits;
+    for (size_t t = 0; t < n; ++t) logits.push_back(matvec(out, rmsnorm(xs[t], on, hp.rms_eps), hp.n_vocab));
+    return logits;
+}
+
 // ---- synthetic models ----------------------------------------------------------------------
 
 

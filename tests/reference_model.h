@@ -46,6 +46,23 @@ std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, co
                                                         int64_t page_size, int64_t prompt_len,
                                                         std::vector<reference_quest_choice>* choices = nullptr);
 
+// H2O (Zhang et al., 2023) from its definition, un-paged, with explicit per-(layer, KV head)
+// bookkeeping: the tokens are computed in chunks ending at chunk_ends (ascending, the last =
+// tokens.size()). Each (layer, KV head) keeps a set of token indices with accumulated scores;
+// a chunk's token t attends, per KV head, its kept set plus the chunk's tokens up to t (original
+// positions). Each token's score grows by the softmax probability every query of the chunk gave
+// it, summed over the KV head's query heads; after the chunk, if more than H + R tokens are
+// held, the R latest stay and, of the others, the H with the highest scores (equal: the earlier
+// token). kept (optional) receives the held sets after every chunk.
+struct reference_h2o_kept {
+    int64_t end, layer, kv_head;      // after the chunk ending at token `end` (exclusive)
+    std::vector<int64_t> tokens;      // ascending
+    std::vector<double> scores;       // of `tokens`, after the chunk's queries
+};
+std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, const std::vector<int32_t>& tokens, int64_t heavy,
+                                                      int64_t recent, const std::vector<int64_t>& chunk_ends,
+                                                      std::vector<reference_h2o_kept>* kept = nullptr);
+
 struct synth_spec {
     std::string arch = "llama";
     int64_t n_vocab = 96, n_embd = 64, n_layer = 2, n_head = 4, n_head_kv = 2, n_ff = 96, n_rot = 16;

@@ -79,6 +79,7 @@ int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32
         return 1;
     }
     if (policy.kind == kv_policy_kind::quest) s.value()->set_quest_mass(true);
+    if (policy.kind == kv_policy_kind::h2o) s.value()->set_h2o_mass(true);
     std::fprintf(stderr, "perplexity: one stream of %lld tokens under %s, %lld tokens per pass, perplexity per %lld tokens\n",
                  (long long)n_stream, policy.spec().c_str(), (long long)n_batch, (long long)stretch);
     auto t0 = std::chrono::steady_clock::now();
@@ -118,6 +119,15 @@ int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32
         if (dense > 0)
             std::printf("KV pages read by Quest rows (layers 2+): %.1f%% of dense\n",
                         100.0 * double(s.value()->state().quest_pages_read()) / double(dense));
+    }
+    if (policy.kind == kv_policy_kind::h2o) {
+        // Mean share of the dense attention mass (over every past token) on the tokens H2O kept.
+        const auto& sum = s.value()->state().h2o_mass().sum();
+        const auto& cnt = s.value()->state().h2o_mass().count();
+        std::string line;
+        for (size_t l = 0; l < sum.size(); ++l)
+            if (cnt[l] > 0) line += strfmt(" L%zu %.4f", l, sum[l] / double(cnt[l]));
+        std::printf("attention mass kept per layer (H2O rows):%s\n", line.c_str());
     }
     const size_t page_bytes = s.value()->kv().config().page_bytes();
     std::fprintf(stderr, "%lld tokens predicted in %.2f s (%.1f tokens/s); KV held at most %d pages (%zu bytes)\n",

@@ -18,6 +18,11 @@ status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, c
     p.sink_q_seq.clear();
     p.quest_rows.clear();
     p.quest_pages.clear();
+    p.h2o_entries.clear();
+    p.h2o_row_indptr.assign(1, 0);
+    p.h2o_rows.clear();
+    p.h2o_seqs.clear();
+    p.h2o_filled.clear();
     status st = status::ok();
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = seq_ids[i];
@@ -59,6 +64,28 @@ status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, c
     for (int64_t i = 0; i < n; ++i)
         if (size_t(seq_ids[i]) < p.seq_index.size()) p.seq_index[size_t(seq_ids[i])] = -1;
     if (!st) return st;
+    // H2O: rows grouped by sequence entry.
+    for (int64_t i = 0; i < n; ++i) {
+        if (kv.seq_policy(seq_ids[i]).kind != kv_policy_kind::h2o) continue;
+        const int32_t entry = p.q_seq[size_t(i)];
+        size_t e = 0;
+        while (e < p.h2o_entries.size() && p.h2o_entries[e] != entry) ++e;
+        if (e == p.h2o_entries.size()) {
+            p.h2o_entries.push_back(entry);
+            p.h2o_seqs.push_back(seq_ids[i]);
+            p.h2o_filled.push_back(0);
+        }
+        p.h2o_filled[e] = std::max<int64_t>(p.h2o_filled[e], int64_t(slots[i]) + 1);
+    }
+    if (!p.h2o_entries.empty()) {
+        p.h2o_row_indptr.assign(p.h2o_entries.size() + 1, 0);
+        p.h2o_rows.resize(0);
+        for (size_t e = 0; e < p.h2o_entries.size(); ++e) {
+            for (int64_t i = 0; i < n; ++i)
+                if (p.q_seq[size_t(i)] == p.h2o_entries[e]) p.h2o_rows.push_back(int32_t(i));
+            p.h2o_row_indptr[e + 1] = int32_t(p.h2o_rows.size());
+        }
+    }
     // Quest: decode rows (the only row of their sequence here) that span more pages than the budget.
     const int32_t ps = kv.config().page_size;
     p.rows_of_entry.assign(p.page_indptr.size() - 1, 0);

@@ -15,6 +15,8 @@
 //       the sinks need theirs, S + W - 1 - s, and rotating the query for the sink pass gives
 //       exactly that without rewriting any key (pages stay immutable and shareable, and every
 //       row of a chunk gets its own distances). The two states merge through their LSE.
+//   h2o:heavy=H,recent=R  reads like dense: its slots are the region kv/h2o.h keeps, the
+//       chunk's tokens after the kept ones; the plan lists its rows for score accumulation.
 //   quest:budget=B  reads like dense here; a decode row (its sequence's only row in the pass)
 //       whose [0, table_slot(L)] spans more than ⌊B / page_size⌋ pages is a Quest row: from
 //       layer 2 on, kv/quest.h narrows what each of its KV heads reads to ⌊B / page_size⌋
@@ -47,6 +49,13 @@ struct attention_plan {
     // newest included).
     std::vector<int32_t> quest_rows;   // (n_quest)
     std::vector<int32_t> quest_pages;  // (n_quest)
+    // H2O: the CSR entries of H2O sequences, their rows (every row of such a sequence, grouped
+    // by entry, in batch order), their kv sequence ids and the slots their pass fills.
+    std::vector<int32_t> h2o_entries;     // (n_h2o)
+    std::vector<int32_t> h2o_row_indptr;  // (n_h2o + 1) into h2o_rows
+    std::vector<int32_t> h2o_rows;        // batch rows
+    std::vector<int32_t> h2o_seqs;        // (n_h2o) kv sequence ids
+    std::vector<int64_t> h2o_filled;      // (n_h2o) one past the highest slot written
     std::vector<int32_t> rows_of_entry;  // scratch: rows per CSR entry
     std::vector<int32_t> seq_index;    // scratch: kv sequence id -> CSR entry (-1 if absent)
 };

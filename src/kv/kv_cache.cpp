@@ -44,6 +44,13 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
         kv->bounds_.reset(new (std::nothrow) uint16_t[nb]());
         if (!kv->bounds_) return status::error(strfmt("kv cache: cannot allocate %.1f MiB of key bounds", double(nb * 2) / 1048576.0));
     }
+    if (c.token_scores) {
+        const size_t nm = size_t(c.n_layer) * size_t(c.n_kv_head) * size_t(c.n_pages) * size_t(c.page_size);
+        kv->scores_.reset(new (std::nothrow) float[nm]());
+        kv->positions_.reset(new (std::nothrow) int32_t[nm]());
+        if (!kv->scores_ || !kv->positions_)
+            return status::error(strfmt("kv cache: cannot allocate %.1f MiB of token scores", double(nm * 8) / 1048576.0));
+    }
     return kv;
 }
 
@@ -134,7 +141,32 @@ void kv_cache::copy_page(int32_t dst, int32_t src) {
             std::memcpy(v_block(l, dst, h), v_block(l, src, h), vb);
             if (bounds_)
                 std::memcpy(bounds_.get() + bounds_offset(l, dst, h), key_bounds(l, src, h), bounds_page_stride() * sizeof(uint16_t));
+            if (scores_) {
+                std::memcpy(scores_.get() + meta_offset(l, dst, h), scores_.get() + meta_offset(l, src, h), size_t(cfg_.page_size) * sizeof(float));
+                std::memcpy(positions_.get() + meta_offset(l, dst, h), positions_.get() + meta_offset(l, src, h),
+                            size_t(cfg_.page_size) * sizeof(int32_t));
+            }
         }
+}
+
+void kv_cache::move_row(int64_t layer, int64_t head, int32_t dst_page, int64_t dst_row, int32_t src_page, int64_t src_row) {
+    cpu::kv_copy_row(layout_, k_block(layer, dst_page, head), v_block(layer, dst_page, head), dst_row, k_block(layer, src_page, head),
+                     v_block(layer, src_page, head), src_row);
+    if (!scores_) return;
+    scores_[meta_offset(layer, dst_page, head) + size_t(dst_row)] = scores_[meta_offset(layer, src_page, head) + size_t(src_row)];
+    positions_[meta_offset(layer, dst_page, head) + size_t(dst_row)] = positions_[meta_offset(layer, src_page, head) + size_t(src_row)];
+}
+
+int32_t kv_cache::seq_truncate(int32_t seq, int64_t n_slots) {
+    seq_state& s = seqs_[size_t(seq)];
+    const size_t keep = size_t(pages_for(std::max<int64_t>(n_slots, 0), cfg_.page_size));
+    if (s.n_dropped > 0 || s.pages.size() <= keep) return 0;
+    const int32_t n = int32_t(s.pages.size() - keep);
+    while (s.pages.size() > keep) {
+        pool_.unref(s.pages.back());
+        s.pages.pop_back();
+    }
+    return n;
 }
 
 bool kv_cache::seq_prepare_write(int32_t seq, int64_t begin, int64_t end) {
@@ -172,11 +204,16 @@ void kv_cache::seq_attach(int32_t seq, const std::vector<int32_t>& pages) {
     }
 }
 
-void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v) {
+void kv_cache::write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v, int32_t position) {
     const int32_t page = page_of(seq, slot);
     const int64_t row = slot % cfg_.page_size;
     cpu::kv_store_row(layout_, k_block(layer, page, 0), v_block(layer, page, 0), size_t(cfg_.n_pages) * layout_.k_head_bytes(),
                       size_t(cfg_.n_pages) * layout_.v_head_bytes(), row, k, v);
+    if (scores_)
+        for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {
+            scores_[meta_offset(layer, page, h) + size_t(row)] = 0.0f;
+            positions_[meta_offset(layer, page, h) + size_t(row)] = position;
+        }
     if (!bounds_) return;
     const int64_t hd = cfg_.head_dim;
     for (int64_t h = 0; h < cfg_.n_kv_head; ++h) {

@@ -58,10 +58,18 @@ struct kv_config {
     // up, so they still bound the keys). Off by default: it costs 2 · head_dim bf16 values per
     // page and head (1/16 of a bf16 K+V page of 16 tokens).
     bool key_bounds = false;
+    // H2O's token metadata: per (layer, page, KV head, row) the position of the token the slot
+    // holds (int32) and its accumulated attention score (float) — under H2O each KV head keeps
+    // tokens of its own, so a slot's position is per head (token_positions(), token_scores()).
+    // Off by default: 8 bytes per token, layer and head.
+    bool token_scores = false;
     cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
     size_t bounds_page_bytes() const { return key_bounds ? size_t(n_kv_head * 2 * head_dim) * sizeof(uint16_t) : 0; }
+    size_t token_meta_page_bytes() const { return token_scores ? size_t(n_kv_head * page_size) * (sizeof(float) + sizeof(int32_t)) : 0; }
     // Bytes of one page (K, V and their metadata, all layers).
-    size_t page_bytes() const { return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes() + bounds_page_bytes()); }
+    size_t page_bytes() const {
+        return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes() + bounds_page_bytes() + token_meta_page_bytes());
+    }
 };
 
 class kv_cache {
@@ -93,6 +101,10 @@ public:
     bool seq_prepare_write(int32_t seq, int64_t begin, int64_t end);
     // A new sequence sharing all pages of `src` (ref counts +1). n > 1 completions.
     int32_t seq_fork(int32_t src);
+    // Gives back the table's pages past the first pages_for(n_slots) (tail first): an H2O
+    // sequence after cutting its slots back. Not for sequences that dropped pages. Returns
+    // pages freed.
+    int32_t seq_truncate(int32_t seq, int64_t n_slots);
     // Appends already-filled pages (e.g. from the prefix cache) to a sequence, taking a
     // reference on each. The sequence's table must end on a page boundary (normally empty)
     // and must not have dropped pages.
@@ -156,8 +168,24 @@ public:
     // Writes one token's K and V (each (n_kv_head, head_dim) float, converted to the cache's
     // format) into slot `slot` of `seq`. The slot must be reserved and its page exclusive.
     // With key bounds, the page's bounds take in the key as stored (row 0 of a page restarts
-    // them: a page's rows are written in order).
-    void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v);
+    // them: a page's rows are written in order). With token metadata, every head's slot gets
+    // `position` and a score of 0.
+    void write(int64_t layer, int32_t seq, int64_t slot, const float* k, const float* v, int32_t position = 0);
+    // H2O's token metadata of one page and KV head: (page_size) values, null without
+    // token_scores. Pages of one layer and head are page_size values apart.
+    float* token_scores(int64_t layer, int32_t page, int64_t head) {
+        return scores_ ? scores_.get() + meta_offset(layer, page, head) : nullptr;
+    }
+    const float* token_scores(int64_t layer, int32_t page, int64_t head) const {
+        return scores_ ? scores_.get() + meta_offset(layer, page, head) : nullptr;
+    }
+    const int32_t* token_positions(int64_t layer, int32_t page, int64_t head) const {
+        return positions_ ? positions_.get() + meta_offset(layer, page, head) : nullptr;
+    }
+    // Copies one KV head's token in (src_page, src_row) to (dst_page, dst_row) at one layer: K,
+    // V and token metadata, bit for bit (H2O's per-head eviction). The destination page must be
+    // exclusive. Key bounds are not updated (H2O and Quest do not combine).
+    void move_row(int64_t layer, int64_t head, int32_t dst_page, int64_t dst_row, int32_t src_page, int64_t src_row);
     // Quest's bounds of one page and KV head: (2, head_dim) bf16 bits, min (rounded down) then
     // max (rounded up) over the page's written rows; null without key_bounds. Pages of one
     // layer and head are bounds_page_stride() values apart.
@@ -180,6 +208,9 @@ private:
         kv_policy policy;
     };
     void copy_page(int32_t dst, int32_t src);
+    size_t meta_offset(int64_t layer, int32_t page, int64_t head) const {
+        return ((size_t(layer) * size_t(cfg_.n_kv_head) + size_t(head)) * size_t(cfg_.n_pages) + size_t(page)) * size_t(cfg_.page_size);
+    }
     size_t bounds_offset(int64_t layer, int32_t page, int64_t head) const {
         return ((size_t(layer) * size_t(cfg_.n_kv_head) + size_t(head)) * size_t(cfg_.n_pages) + size_t(page)) * bounds_page_stride();
     }
@@ -193,6 +224,8 @@ private:
     size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;  // n_pages pages
     std::unique_ptr<uint8_t[], free_deleter> k_, v_;  // (n_layer, n_pages, page bytes), zeroed
     std::unique_ptr<uint16_t[]> bounds_;  // (n_layer, n_kv_head, n_pages, 2, head_dim) bf16, or null
+    std::unique_ptr<float[]> scores_;      // (n_layer, n_kv_head, n_pages, page_size), or null
+    std::unique_ptr<int32_t[]> positions_; // (n_layer, n_kv_head, n_pages, page_size), or null
     std::vector<seq_state> seqs_;
 };
 

@@ -163,7 +163,9 @@ int64_t kv_policy::dense_prefix_tokens() const {
         case kv_policy_kind::dense: return std::numeric_limits<int64_t>::max();
         case kv_policy_kind::window: return size;
         case kv_policy_kind::streaming: return sinks + size;
-        case kv_policy_kind::h2o: return heavy + recent;
+        // H2O's KV equals dense until its first eviction, but its accumulated scores depend on
+        // every query the sequence computed, which no shared page carries: never shared.
+        case kv_policy_kind::h2o: return 0;
         case kv_policy_kind::quest: return budget;
         case kv_policy_kind::recompute: return 0;  // positions restart: never shared
     }

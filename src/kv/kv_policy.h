@@ -52,7 +52,8 @@ struct kv_policy {
     int64_t kept_tokens() const;
     // The leading tokens whose KV equals what a dense cache holds (before the policy first
     // drops or skips a token): pages within them may be shared with dense sequences through
-    // the prefix cache. INT64_MAX for dense.
+    // the prefix cache. INT64_MAX for dense; 0 for recompute and H2O (whose scores no shared
+    // page carries).
     int64_t dense_prefix_tokens() const;
 
     bool operator==(const kv_policy&) const = default;

@@ -65,7 +65,10 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     // Copy-on-write for every page this batch writes (per sequence, its slot range).
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
-        if (!kv.seq_prepare_write(s, slot, int64_t(slot) + 1))
+        // H2O adds to the scores of every slot its rows attend and later moves tokens between
+        // them: all its pages up to the row's are written.
+        const int64_t first = kv.seq_policy(s).kind == kv_policy_kind::h2o ? 0 : slot;
+        if (!kv.seq_prepare_write(s, first, int64_t(slot) + 1))
             return status::error("kv cache: no free page for copy-on-write");
     }
 
@@ -154,7 +157,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         dump("Kcur", il, st.k.data(), n, nkv);
         dump("Vcur", il, st.v.data(), n, nkv);
         for (int64_t i = 0; i < n; ++i)
-            kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv);
+            kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv, b.positions[size_t(i)]);
         if (!ap.quest_rows.empty() && il >= 2) {  // Quest: the first two layers stay dense
             KVS_TRY(quest_select(ap, kv, il, st.q.data(), hp.n_head, st.quest_, pool));
             cpu::attention_batch qb = ab;
@@ -179,6 +182,13 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             st.quest_pages_dense_ += st.quest_.pages_dense;
         } else {
             attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+        }
+        if (!ap.h2o_entries.empty()) {  // H2O: the probabilities each kept token received
+            KVS_TRY(h2o_accumulate(ap, kv, il, st.q.data(), hp.n_head, ab.scale, pool));
+            if (st.h2o_mass_on_) {
+                st.h2o_mass_.record(ap, b.seq_ids.data(), b.positions.data(), il, st.k.data(), nkv);
+                st.h2o_mass_.measure(ap, kv, b.seq_ids.data(), b.positions.data(), il, st.q.data(), hp.n_head);
+            }
         }
         if (n_sink > 0) {
             for (int64_t j = 0; j < n_sink; ++j) {
@@ -216,6 +226,9 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         }
         dump("l_out", il, st.x.data(), n, d);
     }
+
+    // H2O: every (layer, KV head) of each H2O sequence cuts back to its budget.
+    for (size_t e = 0; e < ap.h2o_seqs.size(); ++e) KVS_TRY(h2o_cut_back(kv, ap.h2o_seqs[e], ap.h2o_filled[e]));
 
     // LM head on the rows that want logits only.
     int64_t r = 0;

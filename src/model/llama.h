@@ -6,7 +6,9 @@
 //  - `load` validates every tensor the architecture needs (presence, dims, dtype) before use.
 //  - `forward` reads a ragged batch whose sequences exist in `kv` with slots reserved; it
 //    makes the written pages exclusive (copy-on-write), writes K/V of every token, then lets
-//    each token attend to slots [0, slot] of its sequence. Logits of the rows flagged in
+//    each token attend to slots [0, slot] of its sequence (as its policy reads them,
+//    attention_plan.h). H2O sequences are cut back to their budget after the pass (kv/h2o.h):
+//    the caller's next chunk starts at slot h2o_kept_slots(policy, highest slot + 1). Logits of the rows flagged in
 //    want_logits are written in row order to `logits` (n_logits, n_vocab).
 //  - One forward at a time per forward_state; the model itself is immutable after load and
 //    may be shared by several forward_states.
@@ -23,6 +25,7 @@
 #include "gguf/gguf.h"
 #include "kernels/cpu/ops.h"
 #include "kv/attention_plan.h"
+#include "kv/h2o.h"
 #include "kv/quest.h"
 #include "kv/cascade.h"
 #include "kv/kv_cache.h"
@@ -86,6 +89,9 @@ public:
     // pages carry — a full attention pass more per Quest layer, so off by default. Per layer:
     // the sum of the shares and their count (query heads × Quest rows).
     void set_quest_mass(bool on) { quest_mass_on_ = on; }
+    // The same for H2O rows (h2o_mass_probe: it keeps every key the sequences write).
+    void set_h2o_mass(bool on) { h2o_mass_on_ = on; }
+    const h2o_mass_probe& h2o_mass() const { return h2o_mass_; }
     const std::vector<double>& quest_mass_sum() const { return quest_mass_sum_; }
     const std::vector<int64_t>& quest_mass_count() const { return quest_mass_n_; }
 
@@ -114,6 +120,8 @@ private:
     bool quest_mass_on_ = false;
     std::vector<double> quest_mass_sum_;
     std::vector<int64_t> quest_mass_n_;
+    bool h2o_mass_on_ = false;
+    h2o_mass_probe h2o_mass_;
 };
 
 // Whether q4_0 / q8_0 / f16 / bf16 / q4_K / q6_K projection weights are repacked at load into the interleaved16 layout

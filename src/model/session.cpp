@@ -12,26 +12,27 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
     if (s->n_ctx_ > (int64_t(1) << 24)) return status::error(strfmt("context length %lld is too large", (long long)s->n_ctx_));
     if (p.page_size <= 0) return status::error("page size must be positive");
     const kv_policy& pol = p.policy;
-    if (pol.kind == kv_policy_kind::h2o)
-        return status::error(strfmt("KV policy %s is not available in a session yet", kv_policy_kind_name(pol.kind)));
-    s->bounded_ = !(pol.slides() || pol.kind == kv_policy_kind::recompute);
+    const bool h2o = pol.kind == kv_policy_kind::h2o;
+    s->bounded_ = !(pol.slides() || pol.kind == kv_policy_kind::recompute || h2o);
     // Tokens per forward pass: a recompute pass is one window.
     const int64_t span = pol.kind == kv_policy_kind::recompute ? pol.size : s->n_ctx_;
     s->n_batch_ = std::clamp<int64_t>(p.n_batch, 1, s->bounded_ ? s->n_ctx_ : std::max(p.n_batch, int64_t(1)));
     if (pol.kind == kv_policy_kind::recompute) s->n_batch_ = std::max<int64_t>(s->n_batch_, pol.size);
-    // Pool: the whole context (dense), the policy's bound for a chunk (window, streaming), or
-    // one window (recompute).
+    // Pool: the whole context (dense), the policy's bound for a chunk (window, streaming),
+    // one window (recompute), or H2O's region plus one chunk.
     const int32_t n_pages = pol.slides() ? kv_cache::policy_page_bound(pol, s->n_batch_, p.page_size)
+                            : h2o        ? kv_cache::pages_for(pol.heavy + pol.recent + s->n_batch_, p.page_size)
                                          : kv_cache::pages_for(span, p.page_size);
     kv_config geom = model.kv_geometry(p.page_size, n_pages, p.kv_type);
     geom.key_bounds = pol.kind == kv_policy_kind::quest;
+    geom.token_scores = h2o;
     auto kv = kv_cache::create(geom);
     if (!kv) return kv.error();
     s->kv_ = std::move(kv.value());
     const int64_t max_rows = std::clamp<int64_t>(p.max_logit_rows, 1, s->n_batch_);
     s->st_ = std::make_unique<forward_state>(model, s->n_batch_, max_rows);
     s->seq_ = s->kv_->seq_add();
-    if (pol.slides() || pol.kind == kv_policy_kind::quest) s->kv_->seq_set_policy(s->seq_, pol);
+    if (pol.slides() || pol.kind == kv_policy_kind::quest || h2o) s->kv_->seq_set_policy(s->seq_, pol);
     s->last_logits_.assign(size_t(model.hparams().n_vocab), 0.0f);
     s->want_.assign(size_t(s->n_batch_), 0);
     return s;
@@ -40,16 +41,18 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
 void session::reset() {
     kv_->seq_remove(seq_);
     seq_ = kv_->seq_add();
-    if (policy_.slides() || policy_.kind == kv_policy_kind::quest) kv_->seq_set_policy(seq_, policy_);
+    if (policy_.slides() || policy_.kind == kv_policy_kind::quest || policy_.kind == kv_policy_kind::h2o) kv_->seq_set_policy(seq_, policy_);
     n_past_ = 0;
     history_.clear();
 }
 
 status session::forward_chunk(const int32_t* tokens, int64_t m, const uint8_t* want_logits) {
-    if (!kv_->seq_reserve(seq_, n_past_ + m)) return status::error("kv cache: out of pages");
+    // H2O writes the chunk after the slots it keeps; every other policy at the token's index.
+    const int64_t first_slot = policy_.kind == kv_policy_kind::h2o ? h2o_kept_slots(policy_, n_past_) : n_past_;
+    if (!kv_->seq_reserve(seq_, first_slot + m)) return status::error("kv cache: out of pages");
     peak_pages_ = std::max(peak_pages_, int32_t(kv_->seq_pages(seq_).size()));
     batch_.clear();
-    for (int64_t i = 0; i < m; ++i) batch_.add(tokens[i], int32_t(n_past_ + i), seq_, want_logits[i] != 0);
+    for (int64_t i = 0; i < m; ++i) batch_.add(tokens[i], int32_t(n_past_ + i), seq_, want_logits[i] != 0, int32_t(first_slot + i));
     KVS_TRY(model_.forward(batch_, *kv_, *st_, pool_));
     n_past_ += m;
     kv_->seq_trim(seq_, n_past_);  // sliding policies: pages no later query reads

@@ -7,7 +7,8 @@
 // StreamingLLM slide: after every forward pass the pages no later query reads go back to the
 // pool, so the sequence holds a bounded number of pages and may run past the context length.
 // Recompute keeps no cache between tokens: each new token is computed by prefilling the last
-// W tokens afresh at positions 0..W-1.
+// W tokens afresh at positions 0..W-1. H2O keeps a fixed region of heavy + recent slots per
+// layer and KV head (kv/h2o.h), cut back after every pass (chunk = n_batch while prefilling).
 #pragma once
 
 #include <cstdint>
@@ -45,10 +46,12 @@ public:
     int32_t peak_pages() const { return peak_pages_; }
     const llama_model& model() const { return model_; }
     const kv_cache& kv() const { return *kv_; }
+    int32_t kv_seq() const { return seq_; }  // the sequence in kv()
     const forward_state& state() const { return *st_; }
     // Tests: record every Quest selection of the following passes (forward_state::set_quest_trace).
     void set_quest_trace(std::vector<forward_state::quest_choice>* trace) { st_->set_quest_trace(trace); }
     void set_quest_mass(bool on) { st_->set_quest_mass(on); }
+    void set_h2o_mass(bool on) { st_->set_h2o_mass(on); }
 
     // Appends tokens; afterwards logits() is the distribution after the last one.
     // Fails without side effects beyond n_past if the context would overflow.

@@ -298,6 +298,23 @@ namespace {
 float half_value(dtype t, uint16_t h) { return t == dtype::bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
 }  // namespace
 
+void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_row, const void* k_src, const void* v_src,
+                 int64_t src_row) {
+    const int64_t hd = l.head_dim;
+    if (l.type == dtype::f32) {
+        std::memmove(static_cast<float*>(k_dst) + dst_row * hd, static_cast<const float*>(k_src) + src_row * hd, size_t(hd) * sizeof(float));
+        std::memmove(static_cast<float*>(v_dst) + dst_row * hd, static_cast<const float*>(v_src) + src_row * hd, size_t(hd) * sizeof(float));
+        return;
+    }
+    const int64_t kr = l.k_row_elems();
+    std::memmove(static_cast<uint16_t*>(k_dst) + dst_row * kr, static_cast<const uint16_t*>(k_src) + src_row * kr,
+                 size_t(kr) * sizeof(uint16_t));
+    // V: tokens 2i and 2i+1 interleaved per dimension.
+    auto* vd = static_cast<uint16_t*>(v_dst) + (dst_row / 2) * hd * 2 + (dst_row & 1);
+    const auto* vs = static_cast<const uint16_t*>(v_src) + (src_row / 2) * hd * 2 + (src_row & 1);
+    for (int64_t d = 0; d < hd; ++d) vd[2 * d] = vs[2 * d];
+}
+
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
     const auto* kh = static_cast<const uint8_t*>(k_block);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(kh)[row * l.head_dim + d];

@@ -47,6 +47,10 @@ struct kv_page_layout {
 // and v0 + h·v_head_stride (bytes).
 void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
                   const float* k, const float* v);
+// Copies row src_row of one KV head's K and V blocks to row dst_row of another (or the same)
+// head's blocks, bit for bit in any format (H2O moves kept tokens between slots).
+void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_row, const void* k_src, const void* v_src,
+                 int64_t src_row);
 // Element (row, d) of one KV head's K or V block, as float (references and tests).
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d);
 float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d);
