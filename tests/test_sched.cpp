@@ -53,7 +53,9 @@ struct run_result {
 run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler_config cfg, int32_t n_pages,
                    int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr,
                    dtype kv_type = kv_default_type) {
-    auto kv = kv_cache::create(f->model->kv_geometry(page_size, n_pages, kv_type)).value();
+    kv_config geom = f->model->kv_geometry(page_size, n_pages, kv_type);
+    for (auto& p : reqs) geom.token_scores |= p.policy.kind == kv_policy_kind::h2o;  // H2O needs them
+    auto kv = kv_cache::create(geom).value();
     thread_pool pool(2);
     scheduler s(*f->model, *f->tok, *kv, pool, cfg);
     run_result r;
@@ -408,11 +410,11 @@ request_params with_policy(request_params p, const char* spec) {
 
 // Greedy tokens of one prompt decoded token by token through a session under `spec` (the
 // definition the scheduler must reproduce under any batching).
-std::vector<int32_t> session_greedy(const fixture* f, const request_params& p, int64_t n_new) {
+std::vector<int32_t> session_greedy(const fixture* f, const request_params& p, int64_t n_new, int64_t n_batch = 1) {
     thread_pool pool(2);
     session_params sp;
     sp.kv_type = dtype::f32;
-    sp.n_batch = 1;
+    sp.n_batch = n_batch;
     sp.n_ctx = 48;
     sp.policy = p.policy;
     auto s = session::create(*f->model, pool, sp).value();
@@ -428,7 +430,7 @@ std::vector<int32_t> session_greedy(const fixture* f, const request_params& p, i
     return out;
 }
 
-const char* const k_policies[] = {"window:size=24", "streaming:sinks=4,size=20", "recompute:size=16"};
+const char* const k_policies[] = {"window:size=24", "streaming:sinks=4,size=20", "recompute:size=16", "h2o:heavy=10,recent=6"};
 
 }  // namespace
 
@@ -447,11 +449,13 @@ TEST(SchedulerPolicies, BatchedChunkedEqualsTokenByToken) {
         tiny.n_ctx = 48;
         tiny.max_batch_tokens = 7;
         tiny.prefill_chunk = 3;
+        tiny.h2o_chunk = 3;  // H2O's result depends on its chunks: the session's prefill chunk
         tiny.max_seqs = 3;
         auto r = run_all(f, reqs, tiny, 64, 4, nullptr, dtype::f32);
+        const int64_t n_batch = kv_policy::parse(spec).value().kind == kv_policy_kind::h2o ? 3 : 1;
         for (size_t i = 0; i < reqs.size(); ++i) {
             EXPECT_EQ(r.outs[i][0].finish, finish_reason::length) << spec;
-            EXPECT_EQ(r.outs[i][0].tokens, session_greedy(f, reqs[i], 60)) << spec << ": " << k_prompts[i];
+            EXPECT_EQ(r.outs[i][0].tokens, session_greedy(f, reqs[i], 60, n_batch)) << spec << ": " << k_prompts[i];
         }
     }
 }
@@ -460,7 +464,7 @@ TEST(SchedulerPolicies, BatchedChunkedEqualsTokenByToken) {
 // each gives what it gives alone, and the policies do give different continuations.
 TEST(SchedulerPolicies, MixedPoliciesInOneBatchEqualEachAlone) {
     NEED_MODEL(f);
-    const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12"};
+    const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12", "h2o:heavy=6,recent=6"};
     std::vector<request_params> reqs;
     for (const char* spec : specs) reqs.push_back(with_policy(greedy(f, "Lily and Tom went to the park", 40), spec));
     for (auto& r : reqs) r.ignore_eos = true;
@@ -472,7 +476,7 @@ TEST(SchedulerPolicies, MixedPoliciesInOneBatchEqualEachAlone) {
         EXPECT_EQ(together.outs[i][0].tokens, alone.outs[0][0].tokens) << specs[i];
         distinct.insert(alone.outs[0][0].tokens);
     }
-    EXPECT_EQ(distinct.size(), 4u);
+    EXPECT_EQ(distinct.size(), 5u);
 }
 
 // Preempted sliding and recompute sequences recompute through their policy and continue
@@ -489,14 +493,31 @@ TEST(SchedulerPolicies, PreemptionLosesNothing) {
         // between steps), so 20 pages hold two or three of the five sequences.
         scheduler_config cfg;
         cfg.prefill_chunk = 8;
+        cfg.h2o_chunk = 8;
         auto base = run_all(f, reqs, cfg, 128, 4, nullptr, dtype::f32);
-        // A recompute window needs 4 pages: 10 hold two of the five.
+        // A recompute window needs 4 pages: 10 hold two of the five; so does H2O's region of 16
+        // slots plus a chunk of 8 (6 pages during a step).
         const int32_t pool = kv_policy::parse(spec).value().slides() ? 20 : 10;
         auto tight = run_all(f, reqs, cfg, pool, 4, nullptr, dtype::f32);
         EXPECT_GT(tight.metrics.preemptions, 0) << spec;
         EXPECT_EQ(base.metrics.preemptions, 0) << spec;
         for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(tight.outs[i][0].tokens, base.outs[i][0].tokens) << spec << ": " << k_prompts[i];
     }
+}
+
+// n > 1 under H2O: the completions fork the prompt's pages (with their scores) and each copies
+// what it will write; greedy completions all equal the single one.
+TEST(SchedulerPolicies, H2oParallelCompletionsForkTheirScores) {
+    NEED_MODEL(f);
+    request_params one = with_policy(greedy(f, "Once upon a time there was a boy who liked to run and jump in the", 30), "h2o:heavy=6,recent=6");
+    one.ignore_eos = true;
+    request_params three = one;
+    three.n = 3;
+    scheduler_config cfg;
+    auto a = run_all(f, {one}, cfg, 64, 4, nullptr, dtype::f32);
+    auto b = run_all(f, {three}, cfg, 64, 4, nullptr, dtype::f32);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(b.outs[0][size_t(i)].tokens, a.outs[0][0].tokens) << i;
+    EXPECT_EQ(b.metrics.prefix_hit_tokens, 0);  // H2O takes nothing from the prefix cache
 }
 
 // A long stream holds a constant number of pages, and a cancelled one frees them all.
@@ -564,6 +585,15 @@ TEST(SchedulerPolicies, ValidationAllowsOnlyWhatAPolicyCanRun) {
     ASSERT_FALSE(st);
     EXPECT_EQ(st.message().rfind("kv_policy", 0), 0u) << st.message();
     st = s.validate(with_policy(p, "window:size=1000"));  // more pages than the pool of 8
+    ASSERT_FALSE(st);
+    EXPECT_NE(st.message().find("KV pages"), std::string::npos) << st.message();
+    // With per-token scores in the pages, H2O runs past the context in H + R + a chunk.
+    kv_config scored = f->model->kv_geometry(16, 8);
+    scored.token_scores = true;
+    auto kv2 = kv_cache::create(scored).value();
+    scheduler s_scored(*f->model, *f->tok, *kv2, pool, cfg);
+    EXPECT_TRUE(s_scored.validate(with_policy(p, "h2o:heavy=48,recent=32")));  // 5 + 2 pages of 16
+    st = s_scored.validate(with_policy(p, "h2o:heavy=128,recent=32"));         // 12 pages > 8
     ASSERT_FALSE(st);
     EXPECT_NE(st.message().find("KV pages"), std::string::npos) << st.message();
 }

@@ -83,6 +83,12 @@ int cmd_serve(int argc, char** argv) {
     app.add_flag("--key-bounds", key_bounds,
                  "keep Quest's per-page key bounds, so requests may use kv_policy quest (1/8 more KV memory with bf16 and "
                  "16-token pages; on by itself when --kv-policy is quest)");
+    bool token_scores = false;
+    app.add_flag("--token-scores", token_scores,
+                 "keep H2O's per-token attention scores and positions, so requests may use kv_policy h2o (8 bytes per "
+                 "token, layer and KV head; on by itself when --kv-policy is h2o)");
+    app.add_option("--h2o-chunk", ec.sched.h2o_chunk, "H2O prompts are computed in chunks of exactly this many tokens")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20))->capture_default_str();
     bool no_cascade = false;
     app.add_flag("--no-cascade", no_cascade, "attend to shared prefixes per sequence instead of once per group");
     app.add_option("--http-threads", sc.http_threads, "HTTP request threads (0 = max-seqs + max-queue + 8)")->check(CLI::Range(0, 4096));
@@ -151,11 +157,8 @@ int cmd_serve(int argc, char** argv) {
     }
     if (!resolve_kv_type(kvt, "serve", &ec.kv_type)) return 2;
     if (!resolve_kv_policy(kv_policy_spec, "serve", &sc.default_policy)) return 2;
-    if (sc.default_policy.kind == kv_policy_kind::h2o) {
-        std::fprintf(stderr, "kvserve serve: --kv-policy h2o is not available in the server yet (dense, window, streaming, recompute, quest)\n");
-        return 2;
-    }
     ec.key_bounds = key_bounds || sc.default_policy.kind == kv_policy_kind::quest;
+    ec.token_scores = token_scores || sc.default_policy.kind == kv_policy_kind::h2o;
     ec.threads = threads;
     ec.sched.prefix_cache = !no_prefix_cache;
     ec.sched.cascade = !no_cascade;

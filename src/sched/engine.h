@@ -26,6 +26,7 @@ struct engine_config {
     int threads = 1;
     int32_t max_queued = 256;     // waiting requests beyond this are refused (503)
     bool key_bounds = false;      // keep Quest's per-page key bounds (requests may use quest)
+    bool token_scores = false;    // keep H2O's per-token scores and positions (requests may use h2o)
 };
 
 struct engine_stats {

@@ -49,13 +49,14 @@ struct scheduler::sequence {
     }
     const kv_policy& policy() const { return req->params.policy; }
     bool recomputes() const { return policy().kind == kv_policy_kind::recompute; }
-    // KV slots in use after `n` more tokens are computed.
-    int64_t slots_after(int64_t n) const { return n_computed - base + n; }
+    bool h2o() const { return policy().kind == kv_policy_kind::h2o; }
+    // KV slots in use after `n` more tokens are computed (H2O: after its kept region).
+    int64_t slots_after(int64_t n) const { return (h2o() ? h2o_kept_slots(policy(), n_computed) : n_computed - base) + n; }
 };
 
 namespace {
 // True when the policy lets a sequence run past the context length.
-bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_policy_kind::recompute; }
+bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_policy_kind::recompute || p.kind == kv_policy_kind::h2o; }
 }  // namespace
 
 scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config)
@@ -63,6 +64,7 @@ scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& k
     n_ctx_ = cfg_.n_ctx > 0 ? cfg_.n_ctx : model.hparams().n_ctx_train;
     cfg_.max_batch_tokens = std::max<int64_t>(1, cfg_.max_batch_tokens);
     cfg_.prefill_chunk = std::clamp<int64_t>(cfg_.prefill_chunk, 1, cfg_.max_batch_tokens);
+    cfg_.h2o_chunk = std::clamp<int64_t>(cfg_.h2o_chunk, 1, std::max<int64_t>(1, cfg_.max_batch_tokens / 2));
     cfg_.admission_reserve = std::clamp<int64_t>(cfg_.admission_reserve, 0, cfg_.max_batch_tokens / 2);
     cfg_.max_seqs = std::max<int32_t>(1, cfg_.max_seqs);
     // One logit row per running sequence at most.
@@ -91,8 +93,8 @@ status scheduler::validate(const request_params& p) const {
     KVS_TRY(sp.validate());
     const kv_policy& pol = p.policy;
     const int32_t ps = kv_.config().page_size;
-    if (pol.kind == kv_policy_kind::h2o)
-        return status::error("kv_policy h2o is not available in the scheduler yet (dense, window, streaming, recompute, quest)");
+    if (pol.kind == kv_policy_kind::h2o && !kv_.config().token_scores)
+        return status::error("kv_policy h2o needs the KV cache's per-token scores (start the server with --token-scores)");
     if (pol.kind == kv_policy_kind::quest && !kv_.config().key_bounds)
         return status::error("kv_policy quest needs the KV cache's per-page key bounds (start the server with --key-bounds)");
     if (unbounded_by_ctx(pol)) {
@@ -105,6 +107,7 @@ status scheduler::validate(const request_params& p) const {
         // for recompute; never more than the whole sequence needs.
         int32_t pages = kv_cache::pages_for(longest, ps);
         if (pol.slides()) pages = std::min(pages, kv_cache::policy_page_bound(pol, cfg_.prefill_chunk, ps));
+        else if (pol.kind == kv_policy_kind::h2o) pages = std::min(pages, kv_cache::pages_for(pol.heavy + pol.recent + cfg_.h2o_chunk, ps));
         else pages = std::min(pages, kv_cache::pages_for(pol.size, ps));
         if (pages > kv_.pool().n_pages())
             return status::error(strfmt("kv_policy %s needs %d KV pages per sequence, but the whole pool has %d (raise --kv-memory)",
@@ -215,8 +218,9 @@ void scheduler::handle_cancellations() {
 }
 
 bool scheduler::make_room(sequence* s, int64_t n_tokens) {
-    // KV slots [begin, end) are written this step.
-    const int64_t begin = s->slots_after(0), end = s->slots_after(n_tokens);
+    // KV slots [begin, end) are written this step (H2O also adds to the scores of, and moves
+    // tokens among, all the slots before them).
+    const int64_t begin = s->h2o() ? 0 : s->slots_after(0), end = s->slots_after(n_tokens);
     for (;;) {
         if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end)) return true;
         // Cached pages nobody uses go before any running sequence is preempted (+1: a
@@ -233,6 +237,12 @@ bool scheduler::make_room(sequence* s, int64_t n_tokens) {
         }
         preempt(victim);
     }
+}
+
+int64_t scheduler::h2o_take(const sequence* s) const {
+    const int64_t n_prompt = s->req->n_prompt, c = cfg_.h2o_chunk;
+    if (s->n_computed < n_prompt) return std::min(n_prompt, (s->n_computed / c + 1) * c) - s->n_computed;
+    return 1;
 }
 
 scheduler::planned* scheduler::plan_of(const sequence* s) {
@@ -252,7 +262,11 @@ void scheduler::schedule_running(int64_t& budget, bool prefills) {
         if (need <= 0) continue;
         if (!prefills && (need != 1 || already > 0)) continue;
         if (prefills && already == 0 && need == 1) continue;  // a decode: pass 1's
-        const int64_t take = std::min({need, budget, prefills ? cfg_.prefill_chunk - already : int64_t(1)});
+        int64_t take = std::min({need, budget, prefills ? cfg_.prefill_chunk - already : int64_t(1)});
+        if (s->h2o() && prefills) {  // exactly its next chunk, or nothing this step
+            if (already > 0 || h2o_take(s) > budget) continue;
+            take = h2o_take(s);
+        }
         if (take <= 0) continue;
         if (!make_room(s, already + take)) {
             if (s->scheduled && std::find(running_.begin(), running_.end(), s) != running_.end()) {
@@ -392,7 +406,8 @@ void scheduler::admit_waiting(int64_t& budget) {
         if (s->kv_seq < 0) start_kv_sequence(s);
         attach_cached_prefix(s);
         const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
-        const int64_t take = std::min({need, budget, cfg_.prefill_chunk});
+        const int64_t take = s->h2o() ? h2o_take(s) : std::min({need, budget, cfg_.prefill_chunk});
+        if (take > budget) break;  // an H2O chunk that does not fit: wait for the next step
         const int32_t pages = kv_.pages_to_reserve(s->kv_seq, s->slots_after(take));
         if (!ensure_free_pages(pages + watermark) || !kv_.seq_reserve(s->kv_seq, s->slots_after(take))) {
             // Not now: give the cached pages back (they stay in the tree) and wait.
@@ -532,7 +547,8 @@ result<bool> scheduler::step() {
         sequence* s = pl.seq;
         for (int64_t i = 0; i < pl.n_tokens; ++i) {
             const int64_t t = s->n_computed + i;  // token index; its slot and position count from base
-            batch_.add(s->tokens[size_t(t)], int32_t(t - s->base), s->kv_seq, pl.wants_logits && i == pl.n_tokens - 1);
+            batch_.add(s->tokens[size_t(t)], int32_t(t - s->base), s->kv_seq, pl.wants_logits && i == pl.n_tokens - 1,
+                       int32_t(s->slots_after(i)));
         }
     }
     status st = model_.forward(batch_, kv_, *state_, pool_);
@@ -603,6 +619,11 @@ status scheduler::check_integrity() const {
         if (s->policy().slides() && int32_t(kv_.seq_pages(s->kv_seq).size()) > bound)
             return status::error(strfmt("a %s sequence holds %zu pages, more than its bound %d", s->policy().spec().c_str(),
                                         kv_.seq_pages(s->kv_seq).size(), bound));
+        // Between steps an H2O sequence holds its region of heavy + recent slots, no more.
+        const int32_t h2o_bound = kv_cache::pages_for(s->policy().heavy + s->policy().recent, kv_.config().page_size);
+        if (s->h2o() && int32_t(kv_.seq_pages(s->kv_seq).size()) > h2o_bound)
+            return status::error(strfmt("a %s sequence holds %zu pages, more than its bound %d", s->policy().spec().c_str(),
+                                        kv_.seq_pages(s->kv_seq).size(), h2o_bound));
         if (s->finished) return status::error("a finished sequence is still running");
     }
     for (const sequence* s : waiting_) {

@@ -56,6 +56,11 @@ namespace kvs {
 struct scheduler_config {
     int64_t max_batch_tokens = 512;   // tokens per forward pass (the step's budget; bounds every step's time)
     int64_t prefill_chunk = 512;      // most prompt tokens one sequence computes per step
+    // H2O evicts after every pass, so its output depends on where the passes cut: an H2O prompt
+    // is computed in chunks of exactly h2o_chunk tokens from its start (the last one shorter),
+    // then one token per step — a function of the request alone, whatever runs beside it, and
+    // replayed the same way after preemption. At most max_batch_tokens / 2.
+    int64_t h2o_chunk = 32;
     int32_t max_seqs = 64;            // running sequences at most
     int64_t n_ctx = 0;                // per-sequence context limit; 0 = the model's training context
     int32_t max_n = 16;               // most completions per request
@@ -127,6 +132,8 @@ private:
     };
 
     planned* plan_of(const sequence* s);
+    // H2O: tokens of the sequence's next pass (scheduler_config::h2o_chunk).
+    int64_t h2o_take(const sequence* s) const;
     void schedule_running(int64_t& budget, bool prefills);
     void admit_waiting(int64_t& budget);
     bool make_room(sequence* s, int64_t n_tokens);
