@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# KV policies (window, StreamingLLM, recompute) against dense: stream perplexity of stories260K
+# KV policies (window, StreamingLLM, recompute, Quest, H2O) against dense: stream perplexity of stories260K
 # over TinyStories at several stream lengths (StreamingLLM's protocol), decode speed of
 # StreamingLLM against recompute on the TinyLlama-1.1B shape, and peak RSS of a long streaming
 # generation. Figures go to docs/kv-policies.md.
 #
 #   bench/kv_policies.sh [ppl|speed|rss|quest|quest-speed|all]   (default all)
 #
-# quest: stream perplexity of Quest against window and StreamingLLM at budgets of 10/20/50% of
+# quest: stream perplexity of Quest and H2O against window and StreamingLLM at budgets of 10/20/50% of
 # the stream (QUEST_LENGTHS, default "512 2048"), TinyStories and WikiText-2; quest-speed: Quest
 # (budget 2048) against dense decode at QUEST_DEPTHS (default 16384,32768).
 #
@@ -61,7 +61,7 @@ rss() {
 }
 
 quest() {
-  echo "## Quest against window and StreamingLLM at 10/20/50% of the stream (stories260K, f32 KV)"
+  echo "## Quest and H2O against window and StreamingLLM at 10/20/50% of the stream (stories260K, f32 KV)"
   for text in "$shared/text/tinystories-valid.txt" "$shared/text/wikitext-2-test.txt"; do
     for n in ${QUEST_LENGTHS:-512 2048}; do
       dense=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-type f32 -b 512 -t "$threads" 2>/dev/null | grep Final)
@@ -74,7 +74,10 @@ quest() {
         w=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "window:size=$b" --kv-type f32 -b 512 -t "$threads" 2>/dev/null | grep Final)
         s=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "streaming:sinks=4,size=$((b - 4))" --kv-type f32 -b 512 \
           -t "$threads" 2>/dev/null | grep Final)
-        echo "  budget=$b ($pct%) window: $w | streaming: $s | quest: $q"
+        # H2O as the paper runs it: half heavy hitters, half recent, one token at a time (-b 1).
+        h=$("$bin" perplexity -m "$model" -f "$text" --stream "$n" --kv-policy "h2o:heavy=$((b / 2)),recent=$((b - b / 2))" --kv-type f32 \
+          -b 1 -t "$threads" 2>/dev/null | grep -E "Final|attention mass" | tr '\n' ' ')
+        echo "  budget=$b ($pct%) window: $w | streaming: $s | quest: $q | h2o: $h"
       done
     done
   done

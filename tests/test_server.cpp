@@ -892,10 +892,11 @@ TEST(server, mixed_policies_in_one_batch) {
     NEED_MODEL(f);
     engine_config ec = small_engine();
     ec.kv_type = dtype::f32;
-    ec.key_bounds = true;  // quest requests need them
+    ec.key_bounds = true;    // quest requests need them
+    ec.token_scores = true;  // and h2o requests these
     served s(f, ec);
     const char* specs[] = {"dense", "window:size=12", "streaming:sinks=2,size=10", "recompute:size=12", "streaming:sinks=4,size=16",
-                           "quest:budget=16", "quest:budget=32"};
+                           "quest:budget=16", "quest:budget=32", "h2o:heavy=6,recent=6", "h2o:heavy=4,recent=16"};
     auto request = [](const char* spec) {
         json r = greedy_completion("Lily and Tom went to the park", 40);
         r["ignore_eos"] = true;
@@ -920,6 +921,7 @@ TEST(server, mixed_policies_in_one_batch) {
     for (size_t i = 0; i < std::size(specs); ++i) EXPECT_EQ(together[i], alone[i]) << specs[i];
     EXPECT_NE(alone[0], alone[1]);
     EXPECT_NE(alone[0], alone[5]);  // a one-page Quest budget changes the text
+    EXPECT_NE(alone[0], alone[7]);  // so does a budget of 12 H2O slots
     EXPECT_TRUE(wait_idle(s));
     EXPECT_TRUE(s.eng->check_integrity());
 }

@@ -128,7 +128,7 @@ int cmd_bench(int argc, char** argv) {
     std::vector<std::string> policy_specs;
     app.add_option("--kv-policy", policy_specs,
                    "KV policy to measure under (repeat the option to compare several in one run): dense, window:size=W, "
-                   "streaming:sinks=S,size=W, recompute:size=W");
+                   "streaming:sinks=S,size=W, recompute:size=W, h2o:heavy=H,recent=R, quest:budget=B");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     dtype kv_type;
     if (!resolve_kv_type(kvt, "bench", &kv_type)) return 2;
