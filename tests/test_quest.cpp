@@ -297,3 +297,66 @@ TEST(Quest, AttentionMassKeptGrowsWithTheBudget) {
     EXPECT_LT(mean_by_budget[0], mean_by_budget[1]);
     EXPECT_LT(mean_by_budget[1], mean_by_budget[2]);
 }
+
+// Cascade beside Quest: decode rows of forked sequences share their prompt's pages. In layers
+// 0 and 1 every group goes through the shared pass; from layer 2 on the Quest rows leave their
+// groups and read their per-head lists, while the dense rows keep sharing. The Quest choices
+// equal a run without cascade, and the logits do to float32 summation order (~1e-7; a Quest row
+// that read every shared page would be off by ~1e-2).
+TEST(Quest, CascadeServesDenseRowsAndLeavesQuestRowsTheirLists) {
+    KVS_SKIP_IF_MISSING(path, "models/stories260K.gguf");
+    auto loaded = llama_model::load(path);
+    ASSERT_TRUE(loaded) << loaded.message();
+    const llama_model& m = *loaded.value();
+    const int64_t nv = m.hparams().n_vocab;
+    const auto prompt = test::some_tokens(40, nv, 21);
+    struct run_out {
+        std::vector<std::vector<float>> logits;  // per step, (rows * n_vocab)
+        std::vector<forward_state::quest_choice> trace;
+        std::vector<size_t> groups_all, groups_quest_layers;  // rows per group, last step
+    };
+    auto run = [&](bool cascade) {
+        run_out out;
+        thread_pool pool(2);
+        kv_config geom = m.kv_geometry(4, 96, dtype::f32);
+        geom.key_bounds = true;
+        auto kv = std::move(kv_cache::create(geom).value());
+        forward_state st(m, 64, 8);
+        st.set_cascade(cascade);
+        std::vector<int32_t> rows;  // 3 Quest forks, then 2 dense forks
+        for (const char* spec : {"quest:budget=8", "dense"}) {
+            const int32_t parent = kv->seq_add();
+            kv->seq_set_policy(parent, policy(spec));
+            EXPECT_TRUE(kv->seq_reserve(parent, int64_t(prompt.size())));
+            batch b;
+            for (size_t i = 0; i < prompt.size(); ++i) b.add(prompt[i], int32_t(i), parent, false);
+            EXPECT_TRUE(m.forward(b, *kv, st, pool));
+            for (int i = 0; i < (spec[0] == 'q' ? 3 : 2); ++i) rows.push_back(kv->seq_fork(parent));
+        }
+        st.set_quest_trace(&out.trace);
+        for (int32_t step = 0; step < 3; ++step) {
+            batch b;
+            const int32_t pos = int32_t(prompt.size()) + step;
+            for (size_t r = 0; r < rows.size(); ++r) {
+                EXPECT_TRUE(kv->seq_reserve(rows[r], pos + 1));
+                b.add(int32_t((7 + 13 * r + 5 * size_t(step)) % size_t(nv)), pos, rows[r], true);
+            }
+            EXPECT_TRUE(m.forward(b, *kv, st, pool));
+            out.logits.emplace_back(st.logits(), st.logits() + int64_t(rows.size()) * nv);
+        }
+        for (const auto& g : st.last_cascade_plan().groups) out.groups_all.push_back(g.rows.size());
+        for (const auto& g : st.last_cascade_plan_quest_layers().groups) out.groups_quest_layers.push_back(g.rows.size());
+        return out;
+    };
+    const run_out with = run(true), without = run(false);
+    EXPECT_EQ(with.groups_all, (std::vector<size_t>{3, 2})) << "both fork families share their prompt in layers 0 and 1";
+    EXPECT_EQ(with.groups_quest_layers, (std::vector<size_t>{2})) << "only the dense rows share where Quest selects";
+    EXPECT_TRUE(without.groups_all.empty());
+    ASSERT_EQ(with.trace.size(), without.trace.size());
+    ASSERT_FALSE(with.trace.empty());
+    for (size_t i = 0; i < with.trace.size(); ++i) EXPECT_EQ(with.trace[i].pages, without.trace[i].pages) << i;
+    for (size_t s = 0; s < with.logits.size(); ++s)
+        for (size_t r = 0; r < 5; ++r)
+            EXPECT_LT(test::nmse_norm(with.logits[s].data() + r * size_t(nv), without.logits[s].data() + r * size_t(nv), nv), 1e-5)
+                << "step " << s << " row " << r;
+}

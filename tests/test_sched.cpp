@@ -54,7 +54,10 @@ run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler
                    int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr,
                    dtype kv_type = kv_default_type) {
     kv_config geom = f->model->kv_geometry(page_size, n_pages, kv_type);
-    for (auto& p : reqs) geom.token_scores |= p.policy.kind == kv_policy_kind::h2o;  // H2O needs them
+    for (auto& p : reqs) {
+        geom.token_scores |= p.policy.kind == kv_policy_kind::h2o;  // H2O needs them
+        geom.key_bounds |= p.policy.kind == kv_policy_kind::quest;  // and Quest these
+    }
     auto kv = kv_cache::create(geom).value();
     thread_pool pool(2);
     scheduler s(*f->model, *f->tok, *kv, pool, cfg);
@@ -410,12 +413,15 @@ request_params with_policy(request_params p, const char* spec) {
 
 // Greedy tokens of one prompt decoded token by token through a session under `spec` (the
 // definition the scheduler must reproduce under any batching).
-std::vector<int32_t> session_greedy(const fixture* f, const request_params& p, int64_t n_new, int64_t n_batch = 1) {
+// page_size 0: the session's default.
+std::vector<int32_t> session_greedy(const fixture* f, const request_params& p, int64_t n_new, int64_t n_batch = 1,
+                                    int32_t page_size = 0) {
     thread_pool pool(2);
     session_params sp;
     sp.kv_type = dtype::f32;
     sp.n_batch = n_batch;
-    sp.n_ctx = 48;
+    sp.n_ctx = std::max<int64_t>(48, int64_t(p.prompt.size()) + n_new + 1);
+    if (page_size > 0) sp.page_size = page_size;
     sp.policy = p.policy;
     auto s = session::create(*f->model, pool, sp).value();
     EXPECT_TRUE(s->prefill(p.prompt));
@@ -518,6 +524,55 @@ TEST(SchedulerPolicies, H2oParallelCompletionsForkTheirScores) {
     auto b = run_all(f, {three}, cfg, 64, 4, nullptr, dtype::f32);
     for (int i = 0; i < 3; ++i) EXPECT_EQ(b.outs[0][size_t(i)].tokens, a.outs[0][0].tokens) << i;
     EXPECT_EQ(b.metrics.prefix_hit_tokens, 0);  // H2O takes nothing from the prefix cache
+}
+
+// Quest reads every prompt densely however it is chunked and selects for each generated
+// token (computed alone, also when a preempted sequence recomputes it): small chunks and
+// preemption give the tokens of a session that prefills the prompt at once and then decodes.
+TEST(SchedulerPolicies, QuestChunkingAndPreemptionLoseNothing) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs;
+    for (auto& p : k_prompts) {
+        reqs.push_back(with_policy(greedy(f, p, 40), "quest:budget=8"));
+        reqs.back().ignore_eos = true;
+    }
+    scheduler_config cfg;
+    cfg.prefill_chunk = 8;
+    auto base = run_all(f, reqs, cfg, 128, 4, nullptr, dtype::f32);
+    EXPECT_EQ(base.metrics.preemptions, 0);
+    scheduler_config tiny;
+    tiny.max_batch_tokens = 7;
+    tiny.prefill_chunk = 3;
+    tiny.max_seqs = 3;
+    auto chunked = run_all(f, reqs, tiny, 128, 4, nullptr, dtype::f32);
+    auto tight = run_all(f, reqs, cfg, 20, 4, nullptr, dtype::f32);
+    EXPECT_GT(tight.metrics.preemptions, 0);
+    std::set<std::vector<int32_t>> differs_from_dense;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        const auto want = session_greedy(f, reqs[i], 40, 64, 4);
+        EXPECT_EQ(base.outs[i][0].tokens, want) << k_prompts[i];
+        EXPECT_EQ(chunked.outs[i][0].tokens, want) << k_prompts[i];
+        EXPECT_EQ(tight.outs[i][0].tokens, want) << k_prompts[i];
+        request_params dense = reqs[i];
+        dense.policy = kv_policy{};
+        if (session_greedy(f, dense, 40, 64, 4) != want) differs_from_dense.insert(want);
+    }
+    EXPECT_FALSE(differs_from_dense.empty()) << "a budget of two pages should change some continuation";
+}
+
+// n > 1 under Quest: the completions share the prompt's pages (and their key bounds), their
+// decode rows go through cascade attention in the dense layers, and each equals the single one.
+TEST(SchedulerPolicies, QuestParallelCompletionsShareThePromptThroughCascade) {
+    NEED_MODEL(f);
+    request_params one = with_policy(greedy(f, "Once upon a time there was a boy who liked to run and jump in the", 30), "quest:budget=8");
+    one.ignore_eos = true;
+    request_params three = one;
+    three.n = 3;
+    scheduler_config cfg;
+    auto a = run_all(f, {one}, cfg, 64, 4, nullptr, dtype::f32);
+    auto b = run_all(f, {three}, cfg, 64, 4, nullptr, dtype::f32);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(b.outs[0][size_t(i)].tokens, a.outs[0][0].tokens) << i;
+    EXPECT_GT(b.metrics.cascade_rows, 0);
 }
 
 // A long stream holds a constant number of pages, and a cancelled one frees them all.

@@ -4,7 +4,8 @@
 
 namespace kvs {
 
-status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, const kv_cache& kv, attention_plan& p) {
+status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, const kv_cache& kv, attention_plan& p,
+                      const uint8_t* prompt_rows) {
     if (p.seq_index.empty()) p.seq_index.assign(64, -1);
     p.page_indptr.assign(1, 0);
     p.page_ids.clear();
@@ -86,13 +87,15 @@ status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, c
             p.h2o_row_indptr[e + 1] = int32_t(p.h2o_rows.size());
         }
     }
-    // Quest: decode rows (the only row of their sequence here) that span more pages than the budget.
+    // Quest: decode rows (the only row of their sequence here, not a prompt token) that span more
+    // pages than the budget.
     const int32_t ps = kv.config().page_size;
     p.rows_of_entry.assign(p.page_indptr.size() - 1, 0);
     for (int64_t i = 0; i < n; ++i) ++p.rows_of_entry[size_t(p.q_seq[size_t(i)])];
     for (int64_t i = 0; i < n; ++i) {
         const kv_policy& pol = kv.seq_policy(seq_ids[i]);
         if (pol.kind != kv_policy_kind::quest || p.rows_of_entry[size_t(p.q_seq[size_t(i)])] != 1) continue;
+        if (prompt_rows && prompt_rows[i]) continue;  // prefill stays dense
         const int32_t budget_pages = int32_t(std::max<int64_t>(1, pol.budget / ps));
         if (kv_cache::pages_for(p.q_kv_len[size_t(i)], ps) <= budget_pages) continue;  // everything fits: dense
         p.quest_rows.push_back(int32_t(i));

@@ -17,8 +17,9 @@
 //       row of a chunk gets its own distances). The two states merge through their LSE.
 //   h2o:heavy=H,recent=R  reads like dense: its slots are the region kv/h2o.h keeps, the
 //       chunk's tokens after the kept ones; the plan lists its rows for score accumulation.
-//   quest:budget=B  reads like dense here; a decode row (its sequence's only row in the pass)
-//       whose [0, table_slot(L)] spans more than ⌊B / page_size⌋ pages is a Quest row: from
+//   quest:budget=B  reads like dense here; a decode row (its sequence's only row in the pass,
+//       not a prompt token when prompt_rows are given) whose [0, table_slot(L)] spans more
+//       than ⌊B / page_size⌋ pages is a Quest row: from
 //       layer 2 on, kv/quest.h narrows what each of its KV heads reads to ⌊B / page_size⌋
 //       pages (prefill chunks, the first two layers and short sequences stay dense).
 #pragma once
@@ -62,6 +63,8 @@ struct attention_plan {
 
 // Builds the plan for n rows (seq_ids, slots: (n)). Fails if a row's sequence does not exist or
 // does not hold its slot (or its window).
-status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, const kv_cache& kv, attention_plan& out);
+// prompt_rows (n, or null): rows that are prompt tokens (never Quest rows; batch::prompt).
+status plan_attention(int64_t n, const int32_t* seq_ids, const int32_t* slots, const kv_cache& kv, attention_plan& out,
+                      const uint8_t* prompt_rows = nullptr);
 
 }  // namespace kvs

@@ -7,7 +7,7 @@ namespace kvs {
 
 cascade_plan plan_cascade(int64_t n_rows, const int32_t* q_seq, const int32_t* q_kv_len, const int32_t* page_indptr,
                           const int32_t* page_ids, int64_t page_size, const cascade_options& opt,
-                          const int32_t* q_kv_begin) {
+                          const int32_t* q_kv_begin, const uint8_t* ungrouped) {
     cascade_plan plan;
     plan.skip_pages.assign(static_cast<size_t>(n_rows), 0);
     // Candidates: the only row of their sequence, with at least min_shared_pages full pages.
@@ -18,7 +18,7 @@ cascade_plan plan_cascade(int64_t n_rows, const int32_t* q_seq, const int32_t* q
     std::map<std::vector<int32_t>, std::vector<int32_t>> by_first_pages;
     for (int64_t r = 0; r < n_rows; ++r) {
         const int32_t s = q_seq[r];
-        if (rows_of_seq[s] != 1 || (q_kv_begin && q_kv_begin[r] > 0)) continue;
+        if (rows_of_seq[s] != 1 || (q_kv_begin && q_kv_begin[r] > 0) || (ungrouped && ungrouped[r])) continue;
         const int64_t full = std::min<int64_t>(q_kv_len[r] / page_size, page_indptr[s + 1] - page_indptr[s]);
         if (full < opt.min_shared_pages) continue;
         const int32_t* p = page_ids + page_indptr[s];

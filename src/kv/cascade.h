@@ -33,9 +33,10 @@ struct cascade_plan {
 
 // q_seq/q_kv_len: (n_rows); page_indptr/page_ids: the batch's CSR; page_size in tokens.
 // q_kv_begin (n_rows, or null): rows that start past slot 0 (a sliding window) are never
-// grouped — they do not read the shared prefix.
+// grouped — they do not read the shared prefix. ungrouped (n_rows, or null): rows marked
+// non-zero are never grouped either (Quest rows in the layers where they read per-head lists).
 cascade_plan plan_cascade(int64_t n_rows, const int32_t* q_seq, const int32_t* q_kv_len, const int32_t* page_indptr,
                           const int32_t* page_ids, int64_t page_size, const cascade_options& options = {},
-                          const int32_t* q_kv_begin = nullptr);
+                          const int32_t* q_kv_begin = nullptr, const uint8_t* ungrouped = nullptr);
 
 }  // namespace kvs

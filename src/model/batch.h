@@ -13,6 +13,11 @@ struct batch {
     std::vector<int32_t> seq_ids;    // (n) kv_cache sequence of each token
     std::vector<int32_t> slots;      // (n) KV slot the token's K/V are written to; it attends to slots [0, slot]
     std::vector<uint8_t> want_logits;  // (n) 1: return this row's logits (in row order)
+    // (n, or empty) 1: a prompt token. Quest reads prompt rows densely however the prompt is
+    // chunked, and selects pages only for the other rows (generated tokens) that are their
+    // sequence's only row in the pass. Empty: any row that is its sequence's only one selects
+    // (a session's decode; the scheduler always fills it).
+    std::vector<uint8_t> prompt;
 
     int64_t size() const { return int64_t(tokens.size()); }
     int64_t n_logits() const {
@@ -26,6 +31,7 @@ struct batch {
         seq_ids.clear();
         slots.clear();
         want_logits.clear();
+        prompt.clear();
     }
     // Dense cache: the slot is the position.
     void add(int32_t token, int32_t pos, int32_t seq, bool logits) { add(token, pos, seq, logits, pos); }

@@ -55,6 +55,7 @@ void attention_with_cascade(const cpu::attention_batch& b, const cpu::paged_kv_v
         shared.q_kv_len = s.kv_len.data();
         shared.page_indptr = indptr;
         shared.page_ids = g.shared_pages.data();
+        shared.seq_head_entry = nullptr;  // grouped rows read every shared page with every head
         cpu::attention_paged(shared, kv, s.o.data(), s.lse.data(), pool);
         for (int64_t i = 0; i < n; ++i) {
             const int64_t r = g.rows[size_t(i)];

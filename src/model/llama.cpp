@@ -51,6 +51,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     if (b.positions.size() != size_t(n) || b.seq_ids.size() != size_t(n) || b.slots.size() != size_t(n) ||
         b.want_logits.size() != size_t(n))
         return status::error("batch: tokens, positions, seq_ids, slots and want_logits differ in length");
+    if (!b.prompt.empty() && b.prompt.size() != size_t(n)) return status::error("batch: prompt flags are neither empty nor one per token");
     if (n > st.max_tokens()) return status::error(strfmt("batch of %lld tokens exceeds the forward state's %lld", (long long)n, (long long)st.max_tokens()));
     if (n_out > st.max_logits()) return status::error(strfmt("batch asks for %lld logit rows, more than the forward state's %lld", (long long)n_out, (long long)st.max_logits()));
     for (int64_t i = 0; i < n; ++i) {
@@ -75,14 +76,22 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     // Page tables and slot ranges of every row (the sequences' policies), and the cascade
     // plan over them: decided once, used by every layer.
     attention_plan& ap = st.plan_;
-    KVS_TRY(plan_attention(n, b.seq_ids.data(), b.slots.data(), kv, ap));
+    KVS_TRY(plan_attention(n, b.seq_ids.data(), b.slots.data(), kv, ap, b.prompt.empty() ? nullptr : b.prompt.data()));
     st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(),
                                                          ap.page_ids.data(), kv.config().page_size, {},
                                                          ap.any_begin ? ap.q_kv_begin.data() : nullptr)
                                           : cascade_plan{};
-    // A Quest row reads other pages per head from layer 2 on, which the cascade's shared pass
-    // does not know: a pass with Quest rows attends without it.
-    if (!ap.quest_rows.empty()) st.cascade_ = cascade_plan{};
+    // From layer 2 on a Quest row reads its own pages per head, which a shared pass over the
+    // whole prefix would not respect: there the Quest rows leave their groups (and attend
+    // through their lists) while the other rows keep sharing. Layers 0 and 1 use the full plan.
+    st.cascade_quest_ = cascade_plan{};
+    if (!ap.quest_rows.empty() && !st.cascade_.empty()) {
+        st.quest_row_mask_.assign(size_t(n), 0);
+        for (int32_t r : ap.quest_rows) st.quest_row_mask_[size_t(r)] = 1;
+        st.cascade_quest_ = plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(), ap.page_ids.data(),
+                                         kv.config().page_size, {}, ap.any_begin ? ap.q_kv_begin.data() : nullptr,
+                                         st.quest_row_mask_.data());
+    }
 
     auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
         if (hook) hook(name, layer, data, rows, cols);
@@ -165,7 +174,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             qb.page_ids = st.quest_.page_ids.data();
             qb.seq_head_entry = st.quest_.seq_head_entry.data();
             qb.q_kv_len = st.quest_.q_kv_len.data();
-            cpu::attention_paged(qb, kv.view(il), st.attn.data(), st.lse.data(), pool);
+            attention_with_cascade(qb, kv.view(il), st.cascade_quest_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
             if (st.quest_trace_) {
                 const int64_t nkvh = hp.n_head_kv;
                 size_t off = 0;

@@ -71,8 +71,10 @@ public:
     const float* logits() const { return logits_.data(); }  // (n_logits, n_vocab) of the last forward
     // Cascade attention for decode rows sharing leading pages (on by default).
     void set_cascade(bool on) { cascade_on_ = on; }
-    // Shared-prefix groups of the last forward (for metrics and tests).
+    // Shared-prefix groups of the last forward (for metrics and tests): of layers 0 and 1, and
+    // of the layers where Quest rows read per-head lists (those rows never grouped there).
     const cascade_plan& last_cascade_plan() const { return cascade_; }
+    const cascade_plan& last_cascade_plan_quest_layers() const { return cascade_quest_; }
     // Quest: KV pages (per layer and KV head) its rows read, and what dense attention would
     // have read, summed over every forward pass so far.
     int64_t quest_pages_read() const { return quest_pages_read_; }
@@ -113,6 +115,8 @@ private:
     std::vector<float> sink_cos, sink_sin;  // (n_sink, n_rot / 2) angles of (sink_pos - position)
     bool cascade_on_ = true;
     cascade_plan cascade_;               // decided once per forward, used by every layer
+    cascade_plan cascade_quest_;         // the same without Quest rows (their per-head layers)
+    std::vector<uint8_t> quest_row_mask_;  // (n) 1 for Quest rows
     cascade_scratch cascade_scratch_;
     quest_layer_plan quest_;             // Quest's selection of the current layer
     int64_t quest_pages_read_ = 0, quest_pages_dense_ = 0;

@@ -50,6 +50,7 @@ struct scheduler::sequence {
     const kv_policy& policy() const { return req->params.policy; }
     bool recomputes() const { return policy().kind == kv_policy_kind::recompute; }
     bool h2o() const { return policy().kind == kv_policy_kind::h2o; }
+    bool quest() const { return policy().kind == kv_policy_kind::quest; }
     // KV slots in use after `n` more tokens are computed (H2O: after its kept region).
     int64_t slots_after(int64_t n) const { return (h2o() ? h2o_kept_slots(policy(), n_computed) : n_computed - base) + n; }
 };
@@ -239,6 +240,12 @@ bool scheduler::make_room(sequence* s, int64_t n_tokens) {
     }
 }
 
+int64_t scheduler::quest_cap(const sequence* s) const {
+    const int64_t ps = kv_.config().page_size, n_prompt = s->req->n_prompt;
+    const int64_t first_selecting = std::max(n_prompt, std::max<int64_t>(1, s->policy().budget / ps) * ps);
+    return s->n_computed < first_selecting ? first_selecting - s->n_computed : 1;
+}
+
 int64_t scheduler::h2o_take(const sequence* s) const {
     const int64_t n_prompt = s->req->n_prompt, c = cfg_.h2o_chunk;
     if (s->n_computed < n_prompt) return std::min(n_prompt, (s->n_computed / c + 1) * c) - s->n_computed;
@@ -263,6 +270,10 @@ void scheduler::schedule_running(int64_t& budget, bool prefills) {
         if (!prefills && (need != 1 || already > 0)) continue;
         if (prefills && already == 0 && need == 1) continue;  // a decode: pass 1's
         int64_t take = std::min({need, budget, prefills ? cfg_.prefill_chunk - already : int64_t(1)});
+        if (s->quest()) {
+            if (already >= quest_cap(s)) continue;
+            take = std::min(take, quest_cap(s) - already);
+        }
         if (s->h2o() && prefills) {  // exactly its next chunk, or nothing this step
             if (already > 0 || h2o_take(s) > budget) continue;
             take = h2o_take(s);
@@ -406,7 +417,9 @@ void scheduler::admit_waiting(int64_t& budget) {
         if (s->kv_seq < 0) start_kv_sequence(s);
         attach_cached_prefix(s);
         const int64_t need = int64_t(s->tokens.size()) - s->n_computed;
-        const int64_t take = s->h2o() ? h2o_take(s) : std::min({need, budget, cfg_.prefill_chunk});
+        const int64_t take = s->h2o()     ? h2o_take(s)
+                             : s->quest() ? std::min({need, budget, cfg_.prefill_chunk, quest_cap(s)})
+                                          : std::min({need, budget, cfg_.prefill_chunk});
         if (take > budget) break;  // an H2O chunk that does not fit: wait for the next step
         const int32_t pages = kv_.pages_to_reserve(s->kv_seq, s->slots_after(take));
         if (!ensure_free_pages(pages + watermark) || !kv_.seq_reserve(s->kv_seq, s->slots_after(take))) {
@@ -549,6 +562,7 @@ result<bool> scheduler::step() {
             const int64_t t = s->n_computed + i;  // token index; its slot and position count from base
             batch_.add(s->tokens[size_t(t)], int32_t(t - s->base), s->kv_seq, pl.wants_logits && i == pl.n_tokens - 1,
                        int32_t(s->slots_after(i)));
+            batch_.prompt.push_back(t < s->req->n_prompt ? 1 : 0);
         }
     }
     status st = model_.forward(batch_, kv_, *state_, pool_);

@@ -134,6 +134,10 @@ private:
     planned* plan_of(const sequence* s);
     // H2O: tokens of the sequence's next pass (scheduler_config::h2o_chunk).
     int64_t h2o_take(const sequence* s) const;
+    // Quest: the most tokens the sequence's next pass may take. Its prompt is read densely in
+    // chunks of any size, but every generated token past the budget is computed alone, as when
+    // it was decoded — also when a preempted sequence recomputes them — so that it selects.
+    int64_t quest_cap(const sequence* s) const;
     void schedule_running(int64_t& budget, bool prefills);
     void admit_waiting(int64_t& budget);
     bool make_room(sequence* s, int64_t n_tokens);
