@@ -63,7 +63,10 @@ setup& get_setup(int64_t n_kv, int64_t budget, int64_t layers) {
     return *s;
 }
 
-void run(benchmark::State& state, bool quest) {
+enum class mode { dense, quest, select_only, contiguous_lists };
+
+void run(benchmark::State& state, mode m) {
+    const bool quest = m != mode::dense;
     const int64_t n_kv = state.range(0), budget = state.range(1), layers = state.range(3);
     setup& s = get_setup(n_kv, budget, layers);
     kvs::thread_pool pool(int(state.range(2)));
@@ -86,6 +89,14 @@ void run(benchmark::State& state, bool quest) {
     for (auto _ : state) {
         if (quest) {
             if (!kvs::quest_select(ap, *s.kv, l, s.q.data(), 32, qp, pool)) state.SkipWithError("select failed");
+            if (m == mode::contiguous_lists)  // the same lists' lengths over the first pages, in order
+                for (size_t e = ap.page_indptr.size() - 1; e + 1 < qp.page_indptr.size(); ++e)
+                    for (int32_t i = qp.page_indptr[e]; i < qp.page_indptr[e + 1]; ++i) qp.page_ids[size_t(i)] = ap.page_ids[size_t(i - qp.page_indptr[e])];
+            if (m == mode::select_only) {
+                benchmark::ClobberMemory();
+                l = (l + 1) % layers;
+                continue;
+            }
             kvs::cpu::attention_batch qb = b;
             qb.page_indptr = qp.page_indptr.data();
             qb.page_ids = qp.page_ids.data();
@@ -98,17 +109,27 @@ void run(benchmark::State& state, bool quest) {
         benchmark::ClobberMemory();
         l = (l + 1) % layers;
     }
-    state.SetLabel(quest ? "quest" : "dense");
+    state.SetLabel(m == mode::dense ? "dense" : m == mode::quest ? "quest" : "quest: scoring and selection only");
 }
 
-void bm_dense(benchmark::State& state) { run(state, false); }
-void bm_quest(benchmark::State& state) { run(state, true); }
+void bm_dense(benchmark::State& state) { run(state, mode::dense); }
+void bm_quest(benchmark::State& state) { run(state, mode::quest); }
+void bm_quest_select(benchmark::State& state) { run(state, mode::select_only); }
+void bm_quest_contig(benchmark::State& state) { run(state, mode::contiguous_lists); }
 
-// Dense and Quest alternate at each size (the machine is shared: compare neighbours).
-BENCHMARK(bm_dense)->ArgNames({"n_kv", "budget", "threads", "layers"})->Args({16384, 2048, 2, 22})->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(bm_quest)->ArgNames({"n_kv", "budget", "threads", "layers"})->Args({16384, 2048, 2, 22})->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(bm_dense)->ArgNames({"n_kv", "budget", "threads", "layers"})->Args({32768, 2048, 2, 22})->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(bm_quest)->ArgNames({"n_kv", "budget", "threads", "layers"})->Args({32768, 2048, 2, 22})->UseRealTime()->Unit(benchmark::kMicrosecond);
+// Dense and Quest alternate at each size (the machine is shared: compare neighbours). The
+// "select" rows time the scoring and selection alone; "contig" reads lists of the same length
+// over the first pages in order, which separates the cost of scattered pages from the kernel's.
+#define KVS_QUEST_BENCH(fn, n_kv) \
+    BENCHMARK(fn)->ArgNames({"n_kv", "budget", "threads", "layers"})->Args({n_kv, 2048, 2, 22})->UseRealTime()->Unit(benchmark::kMicrosecond)
+KVS_QUEST_BENCH(bm_dense, 16384);
+KVS_QUEST_BENCH(bm_quest, 16384);
+KVS_QUEST_BENCH(bm_quest_select, 16384);
+KVS_QUEST_BENCH(bm_quest_contig, 16384);
+KVS_QUEST_BENCH(bm_dense, 32768);
+KVS_QUEST_BENCH(bm_quest, 32768);
+KVS_QUEST_BENCH(bm_quest_select, 32768);
+KVS_QUEST_BENCH(bm_quest_contig, 32768);
 
 }  // namespace
 

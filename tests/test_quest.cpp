@@ -11,6 +11,7 @@
 #include <random>
 #include <tuple>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/quest.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
@@ -51,54 +52,63 @@ std::unique_ptr<kv_cache> random_cache(dtype type, int64_t n_kv, int64_t hd, int
 
 }  // namespace
 
+// Every SIMD path, head sizes with and without a partial 16-channel chunk, group sizes below,
+// at and past a block of 8 heads, and odd page counts (the AVX-512 path scores pages in pairs).
 TEST(QuestKernel, ScoresMatchReferenceAndBoundEveryLogit) {
-    for (dtype type : {dtype::f32, dtype::bf16, dtype::f16}) {
-        for (int64_t hd : {8, 64, 100}) {
-            const int64_t n_kv = 2, group = 3;
-            const int32_t ps = 16, n_pages = 12;
-            int32_t seq = -1;
-            auto kv = random_cache(type, n_kv, hd, ps, n_pages, uint64_t(hd) * 7 + uint64_t(type), &seq);
-            const auto& pages = kv->seq_pages(seq);
-            std::mt19937 rng(3);
-            std::normal_distribution<float> nd(0.0f, 1.0f);
-            std::vector<float> q(size_t(group * hd));
-            for (auto& x : q) x = nd(rng);
-            for (int64_t h = 0; h < n_kv; ++h) {
-                std::vector<float> got(static_cast<size_t>(n_pages));
-                std::vector<double> want(static_cast<size_t>(n_pages));
-                cpu::quest_page_scores(q.data(), group, hd, kv->key_bounds(0, 0, h), kv->bounds_page_stride(), pages.data(), n_pages, got.data());
-                cpu::ref::quest_page_scores(q.data(), group, hd, kv->key_bounds(0, 0, h), kv->bounds_page_stride(), pages.data(), n_pages,
-                                            want.data());
-                EXPECT_LT(test::nmse_norm(got.data(), want.data(), n_pages), 1e-6) << dtype_name(type) << " hd " << hd;
-                for (int32_t p = 0; p < n_pages; ++p) {
-                    // The bounds are the min and max of the keys as stored, rounded outwards to bf16 ...
-                    const uint16_t* b = kv->key_bounds(0, pages[size_t(p)], h);
-                    const uint8_t* block = kv->k_block(0, pages[size_t(p)], h);
-                    double true_max = -1e300;
-                    for (int64_t d = 0; d < hd; ++d) {
-                        float mn = 1e30f, mx = -1e30f;
-                        for (int32_t r = 0; r < ps; ++r) {
-                            mn = std::min(mn, cpu::kv_load_k(kv->layout(), block, r, d));
-                            mx = std::max(mx, cpu::kv_load_k(kv->layout(), block, r, d));
+    for (cpu::isa path : {cpu::isa::scalar, cpu::isa::avx2, cpu::isa::avx512}) {
+        if (!cpu::isa_supported(path)) continue;
+        cpu::isa_override(path);
+        for (dtype type : {dtype::f32, dtype::bf16, dtype::f16}) {
+            for (auto [hd, group, n_pages] : {std::tuple<int64_t, int64_t, int32_t>{8, 3, 12}, {64, 3, 13}, {100, 3, 12}, {64, 8, 13},
+                                              {64, 1, 7}, {100, 11, 9}, {64, 16, 12}}) {
+                const int64_t n_kv = 2;
+                const int32_t ps = 16;
+                int32_t seq = -1;
+                auto kv = random_cache(type, n_kv, hd, ps, n_pages, uint64_t(hd) * 7 + uint64_t(type), &seq);
+                const auto& pages = kv->seq_pages(seq);
+                std::mt19937 rng(3);
+                std::normal_distribution<float> nd(0.0f, 1.0f);
+                std::vector<float> q(size_t(group * hd));
+                for (auto& x : q) x = nd(rng);
+                for (int64_t h = 0; h < n_kv; ++h) {
+                    std::vector<float> got(static_cast<size_t>(n_pages));
+                    std::vector<double> want(static_cast<size_t>(n_pages));
+                    cpu::quest_page_scores(q.data(), group, hd, kv->key_bounds(0, 0, h), kv->bounds_page_stride(), pages.data(), n_pages, got.data());
+                    cpu::ref::quest_page_scores(q.data(), group, hd, kv->key_bounds(0, 0, h), kv->bounds_page_stride(), pages.data(), n_pages,
+                                                want.data());
+                    EXPECT_LT(test::nmse_norm(got.data(), want.data(), n_pages), 1e-6)
+                        << cpu::isa_name(path) << " " << dtype_name(type) << " hd " << hd << " group " << group << " pages " << n_pages;
+                    for (int32_t p = 0; p < n_pages; ++p) {
+                        // The bounds are the min and max of the keys as stored, rounded outwards to bf16 ...
+                        const uint16_t* b = kv->key_bounds(0, pages[size_t(p)], h);
+                        const uint8_t* block = kv->k_block(0, pages[size_t(p)], h);
+                        double true_max = -1e300;
+                        for (int64_t d = 0; d < hd; ++d) {
+                            float mn = 1e30f, mx = -1e30f;
+                            for (int32_t r = 0; r < ps; ++r) {
+                                mn = std::min(mn, cpu::kv_load_k(kv->layout(), block, r, d));
+                                mx = std::max(mx, cpu::kv_load_k(kv->layout(), block, r, d));
+                            }
+                            ASSERT_EQ(b[d], cpu::bf16_round_down(mn));
+                            ASSERT_EQ(b[hd + d], cpu::bf16_round_up(mx));
+                            ASSERT_LE(cpu::bf16_to_f32(b[d]), mn);
+                            ASSERT_GE(cpu::bf16_to_f32(b[hd + d]), mx);
                         }
-                        ASSERT_EQ(b[d], cpu::bf16_round_down(mn));
-                        ASSERT_EQ(b[hd + d], cpu::bf16_round_up(mx));
-                        ASSERT_LE(cpu::bf16_to_f32(b[d]), mn);
-                        ASSERT_GE(cpu::bf16_to_f32(b[hd + d]), mx);
+                        // ... and the score bounds every logit of every query head of the group.
+                        for (int64_t g = 0; g < group; ++g)
+                            for (int32_t r = 0; r < ps; ++r) {
+                                double dot = 0;
+                                for (int64_t d = 0; d < hd; ++d) dot += double(q[size_t(g * hd + d)]) * cpu::kv_load_k(kv->layout(), block, r, d);
+                                true_max = std::max(true_max, dot);
+                            }
+                        EXPECT_GE(want[size_t(p)], true_max - 1e-9);
+                        EXPECT_GE(double(got[size_t(p)]), true_max - 1e-4 * std::max(1.0, std::fabs(true_max)));
                     }
-                    // ... and the score bounds every logit of every query head of the group.
-                    for (int64_t g = 0; g < group; ++g)
-                        for (int32_t r = 0; r < ps; ++r) {
-                            double dot = 0;
-                            for (int64_t d = 0; d < hd; ++d) dot += double(q[size_t(g * hd + d)]) * cpu::kv_load_k(kv->layout(), block, r, d);
-                            true_max = std::max(true_max, dot);
-                        }
-                    EXPECT_GE(want[size_t(p)], true_max - 1e-9);
-                    EXPECT_GE(double(got[size_t(p)]), true_max - 1e-4 * std::max(1.0, std::fabs(true_max)));
                 }
             }
         }
     }
+    cpu::isa_reset();
 }
 
 TEST(QuestKvBounds, Bf16RoundingIsOutward) {

@@ -16,7 +16,6 @@ bool kv_type_from_name(std::string_view name, dtype* out) {
     return true;
 }
 
-void kv_cache::free_deleter::operator()(uint8_t* p) const { std::free(p); }
 
 kv_cache::kv_cache(const kv_config& config) : cfg_(config), pool_(config.n_pages), layout_(config.layout()) {
     k_layer_bytes_ = size_t(cfg_.n_pages) * layout_.k_page_bytes();
@@ -32,11 +31,11 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
     if (!cpu::kv_page_layout::supported(c.type))
         return status::error(strfmt("kv cache: storage format %s is not supported (f32, f16, bf16)", dtype_name(c.type)));
     std::unique_ptr<kv_cache> kv(new kv_cache(c));
-    // Zeroed (calloc: the OS hands out zero pages lazily), so never-written pad slots that a
-    // kernel may load beside real ones hold finite values.
+    // Zeroed (the OS hands out zero pages lazily), so never-written pad slots that a kernel may
+    // load beside real ones hold finite values; on huge pages where possible (huge_buffer.h).
     const size_t nk = size_t(c.n_layer) * kv->k_layer_bytes_, nv = size_t(c.n_layer) * kv->v_layer_bytes_;
-    kv->k_.reset(static_cast<uint8_t*>(std::calloc(nk, 1)));
-    kv->v_.reset(static_cast<uint8_t*>(std::calloc(nv, 1)));
+    kv->k_ = make_huge_buffer(nk);
+    kv->v_ = make_huge_buffer(nv);
     if (!kv->k_ || !kv->v_)
         return status::error(strfmt("kv cache: cannot allocate %.1f MiB for %d pages", double(nk + nv) / 1048576.0, c.n_pages));
     if (c.key_bounds) {

@@ -33,6 +33,7 @@
 #include <string_view>
 
 #include "core/dtype.h"
+#include "core/huge_buffer.h"
 #include "core/status.h"
 #include "kernels/cpu/attention.h"
 #include "kv/kv_policy.h"
@@ -215,14 +216,11 @@ private:
         return ((size_t(layer) * size_t(cfg_.n_kv_head) + size_t(head)) * size_t(cfg_.n_pages) + size_t(page)) * bounds_page_stride();
     }
 
-    struct free_deleter {
-        void operator()(uint8_t* p) const;
-    };
     kv_config cfg_;
     page_pool pool_;
     cpu::kv_page_layout layout_;
     size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;  // n_pages pages
-    std::unique_ptr<uint8_t[], free_deleter> k_, v_;  // (n_layer, n_pages, page bytes), zeroed
+    huge_buffer k_, v_;  // (n_layer, n_kv_head, n_pages, block) head-major, zeroed
     std::unique_ptr<uint16_t[]> bounds_;  // (n_layer, n_kv_head, n_pages, 2, head_dim) bf16, or null
     std::unique_ptr<float[]> scores_;      // (n_layer, n_kv_head, n_pages, page_size), or null
     std::unique_ptr<int32_t[]> positions_; // (n_layer, n_kv_head, n_pages, page_size), or null
