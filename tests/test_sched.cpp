@@ -620,6 +620,25 @@ TEST(SchedulerPolicies, PrefixCacheSharesOnlyTheDensePrefix) {
     }
 }
 
+// A Quest prompt is read densely, so Quest and dense requests share the whole prompt through
+// the prefix cache (past the budget's pages), both ways, with the tokens of no cache.
+TEST(SchedulerPolicies, QuestSharesItsWholePromptThroughThePrefixCache) {
+    NEED_MODEL(f);
+    const std::string prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. One day";
+    const request_params dense = greedy(f, prompt, 20), quest = with_policy(greedy(f, prompt, 20), "quest:budget=8");
+    const int64_t shareable = (int64_t(dense.prompt.size()) - 1) / 4 * 4;
+    ASSERT_GT(shareable, 8) << "the prompt must reach past the budget";
+    for (const auto& reqs : {std::vector<request_params>{dense, quest}, std::vector<request_params>{quest, dense},
+                             std::vector<request_params>{quest, quest}}) {
+        scheduler_config on, off;
+        off.prefix_cache = false;
+        auto a = run_all(f, reqs, on, 64, 4, nullptr, dtype::f32);
+        auto b = run_all(f, reqs, off, 64, 4, nullptr, dtype::f32);
+        for (size_t i = 0; i < 2; ++i) EXPECT_EQ(a.outs[i][0].tokens, b.outs[i][0].tokens) << i;
+        EXPECT_EQ(a.metrics.prefix_hit_tokens, shareable);
+    }
+}
+
 TEST(SchedulerPolicies, ValidationAllowsOnlyWhatAPolicyCanRun) {
     NEED_MODEL(f);
     auto kv = kv_cache::create(f->model->kv_geometry(16, 8)).value();

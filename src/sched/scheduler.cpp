@@ -331,7 +331,14 @@ int64_t scheduler::shareable_pages(const sequence* s) const {
     const int64_t ps = kv_.config().page_size;
     // At least the last token is computed (its logits are needed), and only pages whose KV a
     // dense cache would hold too (a policy's dense prefix) are shared.
-    return std::min<int64_t>((int64_t(s->tokens.size()) - 1) / ps, s->policy().dense_prefix_tokens() / ps);
+    return std::min<int64_t>((int64_t(s->tokens.size()) - 1) / ps, dense_prefix_tokens(s) / ps);
+}
+
+int64_t scheduler::dense_prefix_tokens(const sequence* s) const {
+    // A Quest prompt is read densely however it is chunked (batch::prompt): its KV is a dense
+    // cache's, past the budget too. Generated tokens past the budget selected what they read.
+    if (s->quest()) return std::max<int64_t>(s->policy().dense_prefix_tokens(), s->req->n_prompt);
+    return s->policy().dense_prefix_tokens();
 }
 
 void scheduler::register_full_pages(sequence* s) {
@@ -339,7 +346,7 @@ void scheduler::register_full_pages(sequence* s) {
     const int64_t ps = kv_.config().page_size;
     // Only pages within the policy's dense prefix: past it, a policy's KV differs from a dense
     // cache's (and a sliding sequence drops its pages).
-    const int64_t full = std::min<int64_t>(s->n_computed, s->policy().dense_prefix_tokens()) / ps;
+    const int64_t full = std::min<int64_t>(s->n_computed, dense_prefix_tokens(s)) / ps;
     if (full <= s->n_registered_pages) return;
     // Logical pages [0, full), wherever they sit in a sliding table; stop at a dropped one.
     std::vector<int32_t>& pages = page_scratch_;
@@ -384,7 +391,7 @@ bool scheduler::waits_for_inflight_prefix(sequence* s) {
     for (const sequence* r : running_) {
         if (r->req->params.cache_salt != s->req->params.cache_salt || r->recomputes()) continue;
         // Only the pages the running sequence will register (its dense prefix).
-        const int64_t limit = std::min({max_pages * ps, int64_t(r->tokens.size()), r->policy().dense_prefix_tokens() / ps * ps});
+        const int64_t limit = std::min({max_pages * ps, int64_t(r->tokens.size()), dense_prefix_tokens(r) / ps * ps});
         int64_t common = 0;
         while (common < limit && r->tokens[size_t(common)] == s->tokens[size_t(common)]) ++common;
         if (common / ps > cached) return true;

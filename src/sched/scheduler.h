@@ -138,6 +138,9 @@ private:
     // chunks of any size, but every generated token past the budget is computed alone, as when
     // it was decoded — also when a preempted sequence recomputes them — so that it selects.
     int64_t quest_cap(const sequence* s) const;
+    // Leading tokens of the sequence whose KV equals a dense cache's (shareable through the
+    // prefix cache): the policy's dense prefix, and for Quest the whole prompt as well.
+    int64_t dense_prefix_tokens(const sequence* s) const;
     void schedule_running(int64_t& budget, bool prefills);
     void admit_waiting(int64_t& budget);
     bool make_room(sequence* s, int64_t n_tokens);
