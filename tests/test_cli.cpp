@@ -137,6 +137,20 @@ TEST(Cli, BadKvPolicyIsAUsageErrorEverywhere) {
 }
 
 // run past the context under StreamingLLM, reporting the KV bytes held; bench rows carry them.
+// --kv-type auto (the default) follows the model's weights (F32 here); an explicit format or
+// llama.cpp's -ctk/-ctv aliases override it; K and V must agree.
+TEST(Cli, KvTypeAutoAndExplicitFormats) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    std::string out;
+    for (auto [flags, bytes] : {std::pair<const char*, const char*>{"", "1280 bytes per token"}, {"--kv-type auto", "1280 bytes per token"},
+                                {"--kv-type f16", "640 bytes per token"}, {"--cache-type-k bf16 --cache-type-v bf16", "640 bytes per token"}}) {
+        ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p 'Once upon a time' -n 4 --temp 0 " + flags, &out), 0) << out;
+        EXPECT_NE(out.find(bytes), std::string::npos) << flags << "\n" << out;
+    }
+    EXPECT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --cache-type-k auto --cache-type-v f16", &out), 2) << out;
+    EXPECT_NE(out.find("K and V are stored in one format"), std::string::npos) << out;
+}
+
 TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
     KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
     std::string out;
@@ -144,8 +158,10 @@ TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
                              " -p 'Once upon a time' -n 700 -c 128 --temp 0.8 --kv-policy streaming:sinks=4,size=60", &out);
     ASSERT_EQ(rc, 0) << out;
     EXPECT_NE(out.find("generate:  700 tokens"), std::string::npos) << out;
-    // 1 sink page + 4 window pages + 1 = 6 pages of 16 tokens at 640 bytes per token.
+    // 1 sink page + 4 window pages + 1 = 6 pages of 16 tokens at 1,280 bytes per token (the
+    // model's weights are F32, so the default `auto` cache is f32).
     EXPECT_NE(out.find("(6 pages)"), std::string::npos) << out;
+    EXPECT_NE(out.find("1280 bytes per token"), std::string::npos) << out;
     rc = run_command(kvserve_binary() + " bench -m " + q(model) +
                          " -p 0 -n 8 -d 200 -c 64 -r 1 -o json --no-bandwidth-probe --kv-policy streaming:sinks=4,size=28"
                          " --kv-policy window:size=32 2>/dev/null", &out);
@@ -153,9 +169,9 @@ TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
     EXPECT_NE(out.find("\"kv_policy\": \"streaming:sinks=4,size=28\""), std::string::npos) << out;
     EXPECT_NE(out.find("\"kv_policy\": \"window:size=32\""), std::string::npos) << out;
     // After 208 tokens the next row reads 181..208 (streaming: the sink page + pages 11, 12) or
-    // 177..208 (window: pages 11, 12); a bf16 page of stories260K is 16 x 640 bytes.
-    EXPECT_NE(out.find("\"kv_bytes\": 30720"), std::string::npos) << out;
-    EXPECT_NE(out.find("\"kv_bytes\": 20480"), std::string::npos) << out;
+    // 177..208 (window: pages 11, 12); an f32 page of stories260K is 16 x 1,280 bytes.
+    EXPECT_NE(out.find("\"kv_bytes\": 61440"), std::string::npos) << out;
+    EXPECT_NE(out.find("\"kv_bytes\": 40960"), std::string::npos) << out;
 }
 
 // The server's fault and load harness on a small plan: mixed requests, disconnects, bursts over

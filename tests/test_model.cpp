@@ -219,3 +219,23 @@ TEST(LlamaModel, LoadRejectsMissingAndMisshapenTensors) {
     ASSERT_FALSE(m);
     EXPECT_NE(m.message().find("blk.0.attn_k.weight: expected shape"), std::string::npos) << m.message();
 }
+
+// The default KV format (`auto`) follows the float format of the projection weights and is
+// bf16 for quantized ones; sessions and engines without a format use it.
+TEST(LlamaModel, AutoKvTypeFollowsTheWeights) {
+    for (auto [w, want] : {std::pair<dtype, dtype>{dtype::f32, dtype::f32}, {dtype::f16, dtype::f16}, {dtype::bf16, dtype::bf16},
+                           {dtype::q8_0, quantized_weights_kv_type()}, {dtype::q4_0, quantized_weights_kv_type()}}) {
+        test::synth_spec spec;
+        spec.wtype = w;
+        auto m = llama_model::load(test::write_synth(spec, std::string("auto_kv_") + dtype_name(w)));
+        ASSERT_TRUE(m) << m.message();
+        EXPECT_EQ(m.value()->auto_kv_type(), want) << dtype_name(w);
+        thread_pool pool(1);
+        session_params sp;
+        sp.n_ctx = 32;
+        auto s = session::create(*m.value(), pool, sp);
+        ASSERT_TRUE(s) << s.message();
+        EXPECT_EQ(s.value()->kv().config().type, want) << dtype_name(w);
+    }
+    EXPECT_EQ(quantized_weights_kv_type(), dtype::bf16);
+}

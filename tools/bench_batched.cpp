@@ -61,8 +61,8 @@ int bench_batched(int argc, char** argv) {
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
-    dtype kv_type;
-    if (!resolve_kv_type(kvt, "bench batched", &kv_type)) return 2;
+    std::optional<dtype> kv_choice;
+    if (!resolve_kv_type(kvt, "bench batched", &kv_choice)) return 2;
     bool ok = false;
     auto batches = int_list(b_list, &ok);
     if (!ok) {
@@ -84,6 +84,7 @@ int bench_batched(int argc, char** argv) {
         return 1;
     }
     const llama_model& m = *model.value();
+    const dtype kv_type = kv_choice.value_or(m.auto_kv_type());
     thread_pool pool(threads);
     std::mt19937 rng(1);
     std::printf("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |\n");

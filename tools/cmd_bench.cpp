@@ -130,7 +130,7 @@ int cmd_bench(int argc, char** argv) {
                    "KV policy to measure under (repeat the option to compare several in one run): dense, window:size=W, "
                    "streaming:sinks=S,size=W, recompute:size=W, h2o:heavy=H,recent=R, quest:budget=B");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
-    dtype kv_type;
+    std::optional<dtype> kv_type;
     if (!resolve_kv_type(kvt, "bench", &kv_type)) return 2;
     const bool show_policy = !policy_specs.empty();
     if (policy_specs.empty()) policy_specs.push_back("dense");

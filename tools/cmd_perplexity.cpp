@@ -53,7 +53,7 @@ struct nll_sum {
 
 // --stream: see the file comment.
 int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32_t> tokens, int64_t n_stream, int64_t n_batch,
-                      int64_t stretch, dtype kv_type, const kv_policy& policy) {
+                      int64_t stretch, std::optional<dtype> kv_type, const kv_policy& policy) {
     const int64_t n_vocab = m.hparams().n_vocab;
     if (int64_t(tokens.size()) < n_stream) {
         std::fprintf(stderr, "kvserve perplexity: the text has %zu tokens, fewer than the stream's %lld\n", tokens.size(),
@@ -195,7 +195,7 @@ int cmd_perplexity(int argc, char** argv) {
     std::vector<int32_t> tokens = tok.value()->encode(text, add_bos, false);
     if (stream_opt->count()) {
         thread_pool pool(threads);
-        dtype kv_type;
+        std::optional<dtype> kv_type;
         if (!resolve_kv_type(kvt, "perplexity", &kv_type)) return 2;
         return stream_perplexity(m, pool, std::move(tokens), n_stream, n_batch, stretch, kv_type, policy);
     }

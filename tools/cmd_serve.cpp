@@ -193,7 +193,7 @@ int cmd_serve(int argc, char** argv) {
     });
     const auto& st = eng.value()->stats();
     std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s), KV policy %s\n",
-                 srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, dtype_name(ec.kv_type),
+                 srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, dtype_name(ec.kv_type.value_or(model.value()->auto_kv_type())),
                  sc.default_policy.spec().c_str());
     std::fprintf(stderr, "kvserve serve: queue %d, request timeout %s, read timeout %gs, body %lld bytes at most, %zu API key(s)%s\n",
                  eng.value()->max_queued(), sc.request_timeout > 0 ? strfmt("%gs", sc.request_timeout).c_str() : "none", sc.read_timeout,

@@ -34,15 +34,16 @@ int default_threads() {
 }
 
 void add_kv_type_options(CLI::App& app, kv_type_option& o) {
-    const auto names = CLI::IsMember({"f32", "f16", "bf16"}, CLI::ignore_case);
-    app.add_option("--kv-type", o.type, std::string("KV cache storage format: f32, f16 or bf16 (default ") +
-                                            dtype_name(kv_default_type) + ")")
+    const auto names = CLI::IsMember({"auto", "f32", "f16", "bf16"}, CLI::ignore_case);
+    app.add_option("--kv-type", o.type,
+                   "KV cache storage format: auto (default: the model's float weight format, bf16 for quantized weights), "
+                   "f32, f16 or bf16")
         ->check(names);
     app.add_option("--cache-type-k", o.k, "alias of --kv-type (llama.cpp's -ctk)")->check(names);
     app.add_option("--cache-type-v", o.v, "alias of --kv-type (llama.cpp's -ctv); K and V share one format")->check(names);
 }
 
-bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out) {
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* out) {
     std::string chosen;
     for (const std::string* s : {&o.type, &o.k, &o.v}) {
         if (s->empty()) continue;
@@ -52,11 +53,14 @@ bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out) {
         }
         chosen = *s;
     }
-    *out = kv_default_type;
-    if (!chosen.empty() && !kv_type_from_name(chosen, out)) {
-        std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (f32, f16, bf16)\n", cmd, chosen.c_str());
+    out->reset();
+    if (chosen.empty() || CLI::detail::to_lower(chosen) == "auto") return true;
+    dtype t;
+    if (!kv_type_from_name(chosen, &t)) {
+        std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16)\n", cmd, chosen.c_str());
         return false;
     }
+    *out = t;
     return true;
 }
 

@@ -1,6 +1,7 @@
 // Small helpers shared by the kvserve subcommands.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -11,16 +12,16 @@
 
 namespace kvs::tools {
 
-// The KV storage format: --kv-type f32|f16|bf16, with llama.cpp's --cache-type-k/-ctk and
+// The KV storage format: --kv-type auto|f32|f16|bf16, with llama.cpp's --cache-type-k/-ctk and
 // --cache-type-v/-ctv accepted as aliases (kvserve stores K and V in one format, so when
 // given they must agree).
 struct kv_type_option {
     std::string type, k, v;
 };
 void add_kv_type_options(CLI::App& app, kv_type_option& o);
-// The chosen format (the default when none was given); false after printing why, prefixed
-// with `cmd`, if the K and V names disagree.
-bool resolve_kv_type(const kv_type_option& o, const char* cmd, dtype* out);
+// The chosen format, unset for `auto` (the default: the model's, llama_model::auto_kv_type);
+// false after printing why, prefixed with `cmd`, if the K and V names disagree.
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* out);
 
 // --kv-policy SPEC (kv/kv_policy.h): which tokens the KV cache keeps and reads.
 void add_kv_policy_option(CLI::App& app, std::string& spec);

@@ -142,6 +142,9 @@ struct load_options {
     weight_repack repack = weight_repack::automatic;
 };
 
+// The KV format for models with quantized weights (see llama_model::auto_kv_type).
+dtype quantized_weights_kv_type();
+
 class llama_model {
 public:
     // Opens, validates and binds the weights of a GGUF file (mmap; weights are not copied
@@ -156,6 +159,10 @@ public:
     const gguf_file& file() const { return *file_; }
     // KV geometry for a kv_cache serving this model.
     kv_config kv_geometry(int32_t page_size, int32_t n_pages, dtype type = kv_default_type) const;
+    // The KV format `auto` picks for this model (docs/design.md, "KV storage formats"): the
+    // format of its float projection weights (f32, f16, bf16), so that a float model's cache
+    // loses nothing its weights keep; for quantized weights bf16 (quantized_weights_kv_type).
+    dtype auto_kv_type() const;
     size_t weight_bytes() const;
     // Bytes of weights repacked into memory owned by the model (0 when none were).
     size_t repacked_bytes() const { return repacked_bytes_; }

@@ -189,6 +189,20 @@ status llama_model::bind_weights() {
     return status::ok();
 }
 
+dtype quantized_weights_kv_type() { return dtype::bf16; }
+
+dtype llama_model::auto_kv_type() const {
+    // The attention projections decide (the layers' other matrices share their type in every
+    // common file; token embeddings and the output head often differ).
+    const dtype t = w_.layers.empty() ? dtype::f32 : w_.layers[0].wq.type;
+    switch (t) {
+        case dtype::f32:
+        case dtype::f16:
+        case dtype::bf16: return t;
+        default: return quantized_weights_kv_type();
+    }
+}
+
 kv_config llama_model::kv_geometry(int32_t page_size, int32_t n_pages, dtype type) const {
     kv_config c;
     c.type = type;

@@ -23,7 +23,7 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
     const int32_t n_pages = pol.slides() ? kv_cache::policy_page_bound(pol, s->n_batch_, p.page_size)
                             : h2o        ? kv_cache::pages_for(pol.heavy + pol.recent + s->n_batch_, p.page_size)
                                          : kv_cache::pages_for(span, p.page_size);
-    kv_config geom = model.kv_geometry(p.page_size, n_pages, p.kv_type);
+    kv_config geom = model.kv_geometry(p.page_size, n_pages, p.kv_type.value_or(model.auto_kv_type()));
     geom.key_bounds = pol.kind == kv_policy_kind::quest;
     geom.token_scores = h2o;
     auto kv = kv_cache::create(geom);
