@@ -221,7 +221,7 @@ TEST(LlamaModel, LoadRejectsMissingAndMisshapenTensors) {
 }
 
 // The default KV format (`auto`) follows the float format of the projection weights and is
-// bf16 for quantized ones; sessions and engines without a format use it.
+// chosen from the CPU for quantized ones; sessions and engines without a format use it.
 TEST(LlamaModel, AutoKvTypeFollowsTheWeights) {
     for (auto [w, want] : {std::pair<dtype, dtype>{dtype::f32, dtype::f32}, {dtype::f16, dtype::f16}, {dtype::bf16, dtype::bf16},
                            {dtype::q8_0, quantized_weights_kv_type()}, {dtype::q4_0, quantized_weights_kv_type()}}) {
@@ -237,5 +237,10 @@ TEST(LlamaModel, AutoKvTypeFollowsTheWeights) {
         ASSERT_TRUE(s) << s.message();
         EXPECT_EQ(s.value()->kv().config().type, want) << dtype_name(w);
     }
-    EXPECT_EQ(quantized_weights_kv_type(), dtype::bf16);
+    // bf16 only where both attention products run on vdpbf16ps and f16 has no native path.
+    const bool bf16_native = cpu::isa_active() == cpu::isa::avx512 && !cpu::cpu_has_avx512_fp16();
+    EXPECT_EQ(quantized_weights_kv_type(), bf16_native ? dtype::bf16 : dtype::f16);
+    cpu::isa_override(cpu::isa::avx2);
+    EXPECT_EQ(quantized_weights_kv_type(), dtype::f16);
+    cpu::isa_reset();
 }

@@ -36,7 +36,7 @@ int default_threads() {
 void add_kv_type_options(CLI::App& app, kv_type_option& o) {
     const auto names = CLI::IsMember({"auto", "f32", "f16", "bf16"}, CLI::ignore_case);
     app.add_option("--kv-type", o.type,
-                   "KV cache storage format: auto (default: the model's float weight format, bf16 for quantized weights), "
+                   "KV cache storage format: auto (default: the model's float weight format, for quantized weights bf16 on AVX-512 CPUs without AVX512-FP16, else f16), "
                    "f32, f16 or bf16")
         ->check(names);
     app.add_option("--cache-type-k", o.k, "alias of --kv-type (llama.cpp's -ctk)")->check(names);

@@ -142,7 +142,8 @@ struct load_options {
     weight_repack repack = weight_repack::automatic;
 };
 
-// The KV format for models with quantized weights (see llama_model::auto_kv_type).
+// The KV format for models with quantized weights (see llama_model::auto_kv_type), chosen
+// from the CPU: bf16 where AVX-512 BF16 runs without AVX512-FP16 (Zen 4), f16 otherwise.
 dtype quantized_weights_kv_type();
 
 class llama_model {
@@ -161,7 +162,7 @@ public:
     kv_config kv_geometry(int32_t page_size, int32_t n_pages, dtype type = kv_default_type) const;
     // The KV format `auto` picks for this model (docs/design.md, "KV storage formats"): the
     // format of its float projection weights (f32, f16, bf16), so that a float model's cache
-    // loses nothing its weights keep; for quantized weights bf16 (quantized_weights_kv_type).
+    // loses nothing its weights keep; for quantized weights quantized_weights_kv_type().
     dtype auto_kv_type() const;
     size_t weight_bytes() const;
     // Bytes of weights repacked into memory owned by the model (0 when none were).

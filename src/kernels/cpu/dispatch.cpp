@@ -1,6 +1,9 @@
 // Run-time instruction-set dispatch: picks the widest kernel table the CPU can run, unless a
 // test or benchmark overrides it. Compiled for baseline x86-64 (no wide ISA flags).
 #include <atomic>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
@@ -38,6 +41,22 @@ bool cpu_can_run(isa i) {
     return i == isa::scalar;
 #endif
 }
+
+}  // namespace
+
+bool cpu_has_avx512_fp16() {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    // CPUID.(EAX=7, ECX=0):EDX bit 23; zmm state enabled by the OS is implied by AVX-512F.
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    __builtin_cpu_init();
+    return (d >> 23 & 1u) && __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+}
+
+namespace {
 
 isa best_supported() {
     if (isa_supported(isa::avx512)) return isa::avx512;

@@ -17,6 +17,9 @@ bool isa_supported(isa i);   // compiled and the CPU can run it
 isa isa_active();            // the path kernels dispatch to now
 void isa_override(isa i);    // tests/benches: force a supported path (ignored if unsupported)
 void isa_reset();            // back to the best supported path
+// The CPU has AVX512-FP16 (Intel Sapphire Rapids and later; read from CPUID, which GCC 12's
+// __builtin_cpu_supports does not know). It picks the KV format for quantized weights.
+bool cpu_has_avx512_fp16();
 
 // How a weight matrix's blocks are ordered in memory.
 //   row_major:     GGUF's order, row after row (every dtype).
