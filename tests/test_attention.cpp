@@ -80,7 +80,7 @@ packed_kv pack(const paged_setup& s, dtype type, bool head_major = true) {
     return test::pack_kv(s.k, s.v, s.n_pages, s.n_kv_head, s.page_size, s.head_dim, type, head_major);
 }
 
-constexpr dtype kv_types[] = {dtype::f32, dtype::f16, dtype::bf16};
+constexpr dtype kv_types[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0, dtype::q4_1};
 
 }  // namespace
 

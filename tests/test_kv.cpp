@@ -8,6 +8,7 @@
 
 #include "kv/kv_cache.h"
 #include "kv/page_pool.h"
+#include "reference_kv_quant.h"
 
 using namespace kvs;
 
@@ -185,9 +186,10 @@ TEST_P(KvCacheFormat, WritesRoundToTheFormatAndSurviveCopyOnWrite) {
         switch (GetParam()) {
             case dtype::f16: return f16_to_f32(f32_to_f16(x));
             case dtype::bf16: return bf16_to_f32(f32_to_bf16(x));
-            default: return x;
+            default: return x;  // quantized formats: compared with the float64 quantizer below
         }
     };
+    auto kv_page_layout_quantized = [] { return cpu::kv_page_layout::quantized(GetParam()); };
     auto check = [&](int32_t seq) {
         for (int64_t slot = 0; slot < 7; ++slot) {
             const int32_t page = kv->seq_pages(seq)[size_t(slot / 3)];
@@ -199,6 +201,14 @@ TEST_P(KvCacheFormat, WritesRoundToTheFormatAndSurviveCopyOnWrite) {
                         // The kernel's view addresses the same block.
                         EXPECT_EQ(kv->view(l).k_block(page, h), kv->k_block(l, page, h));
                         EXPECT_EQ(kv->view(l).v_block(page, h), kv->v_block(l, page, h));
+                        if (kv_page_layout_quantized()) {
+                            // Each (token, head) row of 5 is one group.
+                            std::vector<float> kx(5), vx(5);
+                            for (int64_t i = 0; i < 5; ++i) kx[size_t(i)] = value(l, slot, h * 5 + i, false), vx[size_t(i)] = value(l, slot, h * 5 + i, true);
+                            EXPECT_NEAR(kr, test::reference_quantize_row(GetParam(), kx.data(), 5)[size_t(d)], 1e-5);
+                            EXPECT_NEAR(vr, test::reference_quantize_row(GetParam(), vx.data(), 5)[size_t(d)], 1e-5);
+                            continue;
+                        }
                         EXPECT_EQ(kr, rounded(value(l, slot, h * 5 + d, false)));
                         EXPECT_EQ(vr, rounded(value(l, slot, h * 5 + d, true)));
                     }
@@ -213,21 +223,32 @@ TEST_P(KvCacheFormat, WritesRoundToTheFormatAndSurviveCopyOnWrite) {
     EXPECT_EQ(kv->bytes_per_token() * 3, c.page_bytes());
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, KvCacheFormat, ::testing::Values(dtype::f32, dtype::f16, dtype::bf16),
+INSTANTIATE_TEST_SUITE_P(Formats, KvCacheFormat,
+                         ::testing::Values(dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0, dtype::q4_1),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 TEST(KvCache, RejectsUnsupportedFormatAndParsesNames) {
     kv_config c = tiny_config(4);
-    c.type = dtype::q4_0;
+    c.type = dtype::q4_k;
     auto r = kv_cache::create(c);
     ASSERT_FALSE(r.is_ok());
-    EXPECT_NE(r.message().find("q4_0"), std::string::npos) << r.message();
+    EXPECT_NE(r.message().find("q4_k"), std::string::npos) << r.message();
+    // Quantized formats need head_dim < 32 or a multiple of 32.
+    c.type = dtype::q8_0;
+    c.head_dim = 40;
+    r = kv_cache::create(c);
+    ASSERT_FALSE(r.is_ok());
+    EXPECT_NE(r.message().find("head_dim 40"), std::string::npos) << r.message();
     dtype t;
     EXPECT_TRUE(kv_type_from_name("BF16", &t));
     EXPECT_EQ(t, dtype::bf16);
     EXPECT_TRUE(kv_type_from_name("f16", &t));
     EXPECT_EQ(t, dtype::f16);
-    EXPECT_FALSE(kv_type_from_name("q8_0", &t));
+    EXPECT_TRUE(kv_type_from_name("Q8_0", &t));
+    EXPECT_EQ(t, dtype::q8_0);
+    EXPECT_TRUE(kv_type_from_name("q4_1", &t));
+    EXPECT_EQ(t, dtype::q4_1);
+    EXPECT_FALSE(kv_type_from_name("q5_k", &t));
 }
 
 TEST(KvCache, RejectsBadConfig) {

@@ -34,10 +34,10 @@ int default_threads() {
 }
 
 void add_kv_type_options(CLI::App& app, kv_type_option& o) {
-    const auto names = CLI::IsMember({"auto", "f32", "f16", "bf16"}, CLI::ignore_case);
+    const auto names = CLI::IsMember({"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"}, CLI::ignore_case);
     app.add_option("--kv-type", o.type,
                    "KV cache storage format: auto (default: the model's float weight format, for quantized weights bf16 on AVX-512 CPUs without AVX512-FP16, else f16), "
-                   "f32, f16 or bf16")
+                   "f32, f16, bf16, or per-group quantized q8_0, q4_0, q4_1 (groups of 32 along head_dim)")
         ->check(names);
     app.add_option("--cache-type-k", o.k, "alias of --kv-type (llama.cpp's -ctk)")->check(names);
     app.add_option("--cache-type-v", o.v, "alias of --kv-type (llama.cpp's -ctv); K and V share one format")->check(names);
@@ -57,7 +57,7 @@ bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dty
     if (chosen.empty() || CLI::detail::to_lower(chosen) == "auto") return true;
     dtype t;
     if (!kv_type_from_name(chosen, &t)) {
-        std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16)\n", cmd, chosen.c_str());
+        std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16, q8_0, q4_0, q4_1)\n", cmd, chosen.c_str());
         return false;
     }
     *out = t;

@@ -29,7 +29,10 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
         return status::error(strfmt("kv cache: page size %d is out of range (1..4096)", c.page_size));
     if (c.n_pages <= 0) return status::error("kv cache: the pool needs at least one page");
     if (!cpu::kv_page_layout::supported(c.type))
-        return status::error(strfmt("kv cache: storage format %s is not supported (f32, f16, bf16)", dtype_name(c.type)));
+        return status::error(strfmt("kv cache: storage format %s is not supported (f32, f16, bf16, q8_0, q4_0, q4_1)", dtype_name(c.type)));
+    if (*c.layout().head_dim_problem())
+        return status::error(strfmt("kv cache: head_dim %lld cannot be stored as %s: %s", (long long)c.head_dim, dtype_name(c.type),
+                                    c.layout().head_dim_problem()));
     std::unique_ptr<kv_cache> kv(new kv_cache(c));
     // Zeroed (the OS hands out zero pages lazily), so never-written pad slots that a kernel may
     // load beside real ones hold finite values; on huge pages where possible (huge_buffer.h).

@@ -3,7 +3,8 @@
 // range in every layer, so one table serves all layers.
 //
 // Storage per layer, K and V alike: (n_kv_head, n_pages, block) in the cache's format (f32,
-// f16 or bf16; kv_config::type), a block being one KV head's rows of one page as
+// f16, bf16 or per-group quantized q8_0/q4_0/q4_1 with the scales inside the block, so pages
+// copy, share and move as bytes; kv_config::type), a block being one KV head's rows of one page as
 // cpu::kv_page_layout describes. Head-major over the pool: one KV head's keys for a page are
 // contiguous, and so are its blocks of consecutive pages, so the attention kernel (one task
 // per KV head) streams one sequential run per head instead of a short run out of every page.
@@ -44,7 +45,8 @@ namespace kvs {
 // The KV storage format when none is asked for: bf16 — half the bytes of f32, the range of
 // f32, and on AVX-512 BF16 CPUs both attention products run on vdpbf16ps (docs/design.md).
 inline constexpr dtype kv_default_type = dtype::bf16;
-// Parses a KV format name: "f32", "f16" or "bf16" (case-insensitive); false if unknown.
+// Parses a KV format name: "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_1" (case-insensitive);
+// false if unknown.
 bool kv_type_from_name(std::string_view name, dtype* out);
 
 struct kv_config {
@@ -53,7 +55,7 @@ struct kv_config {
     int64_t head_dim = 0;
     int32_t page_size = 16;          // tokens per page
     int32_t n_pages = 0;             // pages in the pool
-    dtype type = kv_default_type;    // storage format of K and V (f32, f16, bf16)
+    dtype type = kv_default_type;    // storage format of K and V (f32, f16, bf16, q8_0, q4_0, q4_1)
     // Quest's page metadata: per (layer, page, KV head) the channel-wise min and max of the
     // page's keys as stored (key_bounds()), in bf16 rounded outwards (the min down, the max
     // up, so they still bound the keys). Off by default: it costs 2 · head_dim bf16 values per

@@ -27,7 +27,7 @@ struct session_params {
     int64_t n_ctx = 0;        // context length (tokens); 0 = the model's training context
     int64_t n_batch = 512;    // tokens per forward pass while prefilling (chunked prefill)
     int32_t page_size = 16;   // KV tokens per page
-    std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16); unset: the model's (llama_model::auto_kv_type)
+    std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (llama_model::auto_kv_type)
     int64_t max_logit_rows = 1;  // logit rows one forward pass may return (eval with all_logits)
     kv_policy policy;            // which tokens the cache keeps and reads (dense by default)
 };

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention_isa.h"
+#include "kernels/cpu/kv_quant.h"
 #include "kernels/cpu/ops.h"
 
 namespace kvs::cpu {
@@ -15,9 +16,25 @@ namespace {
 
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
+dtype dtype_of(detail::kv_fmt f) {
+    switch (f) {
+        case detail::kv_fmt::f16: return dtype::f16;
+        case detail::kv_fmt::bf16: return dtype::bf16;
+        case detail::kv_fmt::q8_0: return dtype::q8_0;
+        case detail::kv_fmt::q4_0: return dtype::q4_0;
+        case detail::kv_fmt::q4_1: return dtype::q4_1;
+        default: return dtype::f32;
+    }
+}
+
 // Decodes token `r` of one KV head's K and V blocks (kv_page_layout) into float rows.
-void load_kv_rows(detail::kv_fmt fmt, const uint8_t* kh, const uint8_t* vh, int64_t r, int64_t hd, int64_t k_row_elems,
-                  float* krow, float* vrow) {
+void load_kv_rows(const kv_page_layout& lay, detail::kv_fmt fmt, const uint8_t* kh, const uint8_t* vh, int64_t r, int64_t hd,
+                  int64_t k_row_elems, float* krow, float* vrow) {
+    if (lay.is_quantized()) {
+        kv_dequantize_row(lay, kh, r, krow);
+        kv_dequantize_row(lay, vh, r, vrow);
+        return;
+    }
     if (fmt == detail::kv_fmt::f32) {
         std::memcpy(krow, kh + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
         std::memcpy(vrow, vh + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
@@ -37,6 +54,7 @@ void load_kv_rows(detail::kv_fmt fmt, const uint8_t* kh, const uint8_t* vh, int6
 // accumulator acc), in float32 from the stored values.
 void attend_portable(const detail::attn_work& w) {
     const int64_t hd = w.hd;
+    const kv_page_layout lay{dtype_of(w.fmt), 0, w.page_size, hd};
     static thread_local std::vector<float> buf;
     buf.resize(size_t(3 * hd));
     float* acc = buf.data();  // (hd)
@@ -51,7 +69,7 @@ void attend_portable(const detail::attn_work& w) {
             std::fill(acc, acc + hd, 0.0f);
             for (int64_t t = t_begin; t < t_end; ++t) {
                 const size_t page = size_t(w.pages[t / w.page_size]);
-                load_kv_rows(w.fmt, w.k + page * w.k_page_bytes + w.k_head_off, w.v + page * w.v_page_bytes + w.v_head_off,
+                load_kv_rows(lay, w.fmt, w.k + page * w.k_page_bytes + w.k_head_off, w.v + page * w.v_page_bytes + w.v_head_off,
                              t % w.page_size, hd, w.k_row_elems, krow, vrow);
                 float s = 0.0f;
                 for (int64_t d = 0; d < hd; ++d) s += q[d] * krow[d];
@@ -83,6 +101,9 @@ detail::kv_fmt fmt_of(dtype t) {
     switch (t) {
         case dtype::f16: return detail::kv_fmt::f16;
         case dtype::bf16: return detail::kv_fmt::bf16;
+        case dtype::q8_0: return detail::kv_fmt::q8_0;
+        case dtype::q4_0: return detail::kv_fmt::q4_0;
+        case dtype::q4_1: return detail::kv_fmt::q4_1;
         default: return detail::kv_fmt::f32;
     }
 }
@@ -188,6 +209,13 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.pages = b.page_ids + b.page_indptr[b.seq_head_entry ? b.seq_head_entry[entry * kv.n_kv_head + kvh] : entry];
         w.page_size = ps;
         w.k_row_elems = lay.k_row_elems();
+        if (lay.is_quantized()) {
+            w.q_group = lay.q_group();
+            w.q_groups = lay.q_groups();
+            w.q_row_bytes = lay.q_row_bytes();
+            w.q_scale_off = lay.q_scale_offset();
+            w.q_min_off = lay.q_min_offset();
+        }
         w.k_page_bytes = kv.k_page_stride();
         w.v_page_bytes = kv.v_page_stride();
         w.k_head_off = size_t(kvh) * kv.k_head_stride();
@@ -280,6 +308,11 @@ void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_str
         uint8_t* vh = vb + size_t(h) * v_head_stride;
         const float* ks = k + h * hd;
         const float* vs = v + h * hd;
+        if (l.is_quantized()) {
+            kv_quantize_row(l, ks, kh, row);
+            kv_quantize_row(l, vs, vh, row);
+            continue;
+        }
         if (l.type == dtype::f32) {
             std::memcpy(kh + size_t(row * hd) * sizeof(float), ks, size_t(hd) * sizeof(float));
             std::memcpy(vh + size_t(row * hd) * sizeof(float), vs, size_t(hd) * sizeof(float));
@@ -301,6 +334,11 @@ float half_value(dtype t, uint16_t h) { return t == dtype::bf16 ? bf16_to_f32(h)
 void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_row, const void* k_src, const void* v_src,
                  int64_t src_row) {
     const int64_t hd = l.head_dim;
+    if (l.is_quantized()) {
+        kv_copy_quant_row(l, static_cast<uint8_t*>(k_dst), dst_row, static_cast<const uint8_t*>(k_src), src_row);
+        kv_copy_quant_row(l, static_cast<uint8_t*>(v_dst), dst_row, static_cast<const uint8_t*>(v_src), src_row);
+        return;
+    }
     if (l.type == dtype::f32) {
         std::memmove(static_cast<float*>(k_dst) + dst_row * hd, static_cast<const float*>(k_src) + src_row * hd, size_t(hd) * sizeof(float));
         std::memmove(static_cast<float*>(v_dst) + dst_row * hd, static_cast<const float*>(v_src) + src_row * hd, size_t(hd) * sizeof(float));
@@ -317,12 +355,14 @@ void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_
 
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
     const auto* kh = static_cast<const uint8_t*>(k_block);
+    if (l.is_quantized()) return kv_dequantize(l, kh, row, d);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(kh)[row * l.head_dim + d];
     return half_value(l.type, reinterpret_cast<const uint16_t*>(kh)[row * l.k_row_elems() + d]);
 }
 
 float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d) {
     const auto* vh = static_cast<const uint8_t*>(v_block);
+    if (l.is_quantized()) return kv_dequantize(l, vh, row, d);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(vh)[row * l.head_dim + d];
     return half_value(l.type, reinterpret_cast<const uint16_t*>(vh)[(row / 2) * l.head_dim * 2 + d * 2 + (row & 1)]);
 }

@@ -27,23 +27,56 @@ namespace kvs::cpu {
 //              up to even: tokens 2i and 2i+1 interleaved per dimension, so each 32-bit word
 //              is a pair of consecutive tokens — the operand of vdpbf16ps for P·V (a sum
 //              over tokens).
-// Room is left for quantized formats (per-block scales beside the page's rows).
+//   q8_0, q4_0, q4_1  per-group quantization along head_dim, llama.cpp's block formats laid
+//              out for our kernels; K and V blocks alike, each token's row quantized in groups
+//              of G = 32 dimensions (G = head_dim when head_dim < 32; otherwise head_dim must
+//              be a multiple of 32):
+//                codes  (page_size, q_row_bytes) uint8
+//                         q8_0: u = q + 128, q = round(x / d) in [-127, 127]; x ≈ d · (u - 128)
+//                         q4_0: u in [0, 15];                              x ≈ d · (u - 8)
+//                         q4_1: u in [0, 15];                              x ≈ d · u + m
+//                         4-bit: byte i of a group holds element i (low nibble) and element
+//                         i + ceil(G / 2) (high nibble). Rows padded to 4 bytes (pad 0).
+//                scales (page_size, n_groups) f16 d, then for q4_1 (page_size, n_groups) f16 m.
+//              Bits per value: 8.5 (q8_0), 4.5 (q4_0), 5 (q4_1), as in llama.cpp.
 struct kv_page_layout {
     dtype type = dtype::f32;
     int64_t n_kv_head = 0, page_size = 0, head_dim = 0;
 
-    static bool supported(dtype t) { return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16; }
+    static bool supported(dtype t) {
+        return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16 || quantized(t);
+    }
+    static bool quantized(dtype t) { return t == dtype::q8_0 || t == dtype::q4_0 || t == dtype::q4_1; }
+    bool is_quantized() const { return quantized(type); }
+    // The head size this format can store ("" if it can), else why not.
+    const char* head_dim_problem() const {
+        return is_quantized() && head_dim > 32 && head_dim % 32 ? "quantized KV formats need head_dim < 32 or a multiple of 32"
+                                                                : "";
+    }
+    // Quantized formats: dimensions per group, groups per row, code bytes per row.
+    int64_t q_group() const { return head_dim < 32 ? head_dim : 32; }
+    int64_t q_groups() const { return head_dim / q_group(); }
+    int64_t q_row_bytes() const {
+        const int64_t b = type == dtype::q8_0 ? head_dim : q_groups() * ((q_group() + 1) / 2);
+        return (b + 3) / 4 * 4;
+    }
+    size_t q_scale_offset() const { return size_t(page_size * q_row_bytes()); }  // block start → d
+    size_t q_min_offset() const { return q_scale_offset() + size_t(page_size * q_groups()) * 2; }  // → m (q4_1)
+    size_t q_block_bytes() const {
+        const size_t b = q_min_offset() + (type == dtype::q4_1 ? size_t(page_size * q_groups()) * 2 : 0);
+        return (b + 3) / 4 * 4;
+    }
     size_t elem_bytes() const { return type == dtype::f32 ? 4 : 2; }
     int64_t k_row_elems() const { return type == dtype::f32 ? head_dim : (head_dim + 1) / 2 * 2; }
     int64_t v_rows() const { return type == dtype::f32 ? page_size : (page_size + 1) / 2 * 2; }
-    size_t k_head_bytes() const { return size_t(page_size * k_row_elems()) * elem_bytes(); }
-    size_t v_head_bytes() const { return size_t(v_rows() * head_dim) * elem_bytes(); }
+    size_t k_head_bytes() const { return is_quantized() ? q_block_bytes() : size_t(page_size * k_row_elems()) * elem_bytes(); }
+    size_t v_head_bytes() const { return is_quantized() ? q_block_bytes() : size_t(v_rows() * head_dim) * elem_bytes(); }
     size_t k_page_bytes() const { return size_t(n_kv_head) * k_head_bytes(); }
     size_t v_page_bytes() const { return size_t(n_kv_head) * v_head_bytes(); }
 };
 
 // Writes one token's K and V (each (n_kv_head, head_dim) float, rounded to nearest even for
-// 16-bit formats) into row `row` of one page: KV head h's blocks are at k0 + h·k_head_stride
+// 16-bit formats, quantized per group for q8_0/q4_0/q4_1 (kv_quant.h)) into row `row` of one page: KV head h's blocks are at k0 + h·k_head_stride
 // and v0 + h·v_head_stride (bytes).
 void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
                   const float* k, const float* v);

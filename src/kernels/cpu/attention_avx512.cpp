@@ -7,7 +7,10 @@
 // (Zen 4 has no f16 dot product) and runs the same float32 tile; bf16 multiplies pairs with
 // vdpbf16ps — a broadcast pair of consecutive dimensions of K against query pairs for Q·Kᵀ,
 // and a broadcast pair of consecutive tokens of V (stored interleaved) against probability
-// pairs for P·V — half the instructions of float32 FMAs and half the bytes.
+// pairs for P·V — half the instructions of float32 FMAs and half the bytes. Quantized
+// formats (q8_0, q4_0, q4_1) decode each tile's codes and f16 scales into float32 scratch
+// (d · (u - 128), d · (u - 8), d · u + m, 16 lanes per instruction) and run the float32 tile:
+// the pages are read once, in place, at 4.5-8.5 bits per value.
 // Compiled with KVSERVE_AVX512_FLAGS (file name); see the ODR rule in isa.h.
 #include "kernels/cpu/attention_isa.h"
 
@@ -268,6 +271,66 @@ void widen_f16_tile(const uint16_t* k, int64_t row_elems, const uint16_t* v, int
         }
 }
 
+// Quantized formats: the K and V blocks holding slot t, and their rows.
+inline const uint8_t* k_block_of(const attn_work& w, int64_t t) {
+    return w.k + size_t(w.pages[t / w.page_size]) * w.k_page_bytes + w.k_head_off;
+}
+inline const uint8_t* v_block_of(const attn_work& w, int64_t t) {
+    return w.v + size_t(w.pages[t / w.page_size]) * w.v_page_bytes + w.v_head_off;
+}
+
+// Prefetches the codes and scales of rows [r0, r0 + n) of a quantized block.
+inline void prefetch_quant_rows(const attn_work& w, const uint8_t* block, int64_t r0, int64_t n) {
+    const char* c = reinterpret_cast<const char*>(block + r0 * w.q_row_bytes);
+    for (int64_t b = 0; b < n * w.q_row_bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+    const int64_t sb = n * w.q_groups * 2 * (w.fmt == kv_fmt::q4_1 ? 2 : 1);
+    const char* sc = reinterpret_cast<const char*>(block + w.q_scale_off + r0 * w.q_groups * 2);
+    for (int64_t b = 0; b < sb; b += 64) _mm_prefetch(sc + b, _MM_HINT_T0);
+}
+
+inline float f16_scalar(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
+
+// Rows [r0, r0 + n_t) of a quantized block (attention.h's layout) decoded to float32 rows
+// (n_t, hd). Groups of 32 decode 16 lanes per instruction; smaller heads (one group of hd)
+// element by element.
+template <int FMT>
+void widen_quant_rows(const attn_work& w, const uint8_t* block, int64_t r0, int64_t n_t, float* out) {
+    const int64_t hd = w.hd, gs = w.q_group, ng = w.q_groups;
+    const auto* ds = reinterpret_cast<const uint16_t*>(block + w.q_scale_off) + r0 * ng;
+    const auto* ms = reinterpret_cast<const uint16_t*>(block + w.q_min_off) + r0 * ng;
+    for (int64_t t = 0; t < n_t; ++t) {
+        const uint8_t* codes = block + (r0 + t) * w.q_row_bytes;
+        float* o = out + t * hd;
+        for (int64_t g = 0; g < ng; ++g) {
+            const float d = f16_scalar(ds[t * ng + g]);
+            const float off = FMT == int(kv_fmt::q8_0) ? -128.0f * d : FMT == int(kv_fmt::q4_0) ? -8.0f * d : f16_scalar(ms[t * ng + g]);
+            if (gs == 32) {
+                const __m512 dv = _mm512_set1_ps(d), offv = _mm512_set1_ps(off);
+                __m128i lo, hi;
+                if constexpr (FMT == int(kv_fmt::q8_0)) {
+                    lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + g * 32));
+                    hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + g * 32 + 16));
+                } else {
+                    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + g * 16));
+                    const __m128i m4 = _mm_set1_epi8(0x0F);
+                    lo = _mm_and_si128(c, m4);
+                    hi = _mm_and_si128(_mm_srli_epi16(c, 4), m4);
+                }
+                _mm512_storeu_ps(o + g * 32, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv, offv));
+                _mm512_storeu_ps(o + g * 32 + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv, offv));
+                continue;
+            }
+            const int64_t half = (gs + 1) / 2;
+            for (int64_t i = 0; i < gs; ++i) {
+                int u;
+                if constexpr (FMT == int(kv_fmt::q8_0)) u = codes[g * gs + i];
+                else u = i < half ? codes[g * half + i] & 0x0F : codes[g * half + i - half] >> 4;
+                o[g * gs + i] = float(u) * d + off;
+            }
+        }
+    }
+}
+
 // Lane layout shared by the kernels: query vector qv = v * lanes + l; lanes past n_qv are
 // zero and see no key (length 0). lenv: each lane's kv_len; beginv: each lane's first visible
 // slot minus one (so that visibility is two greater-than compares).
@@ -350,17 +413,21 @@ void write_out(const attn_work& w, const typename VT::reg* ot, const typename VT
     }
 }
 
-// float32 tile kernel: F16 = false reads f32 pages in place, F16 = true widens each tile.
-template <class VT, int NV, int HD, bool F16>
+// float32 tile kernel: f32 pages are read in place; f16 and the quantized formats are decoded
+// tile by tile into float32 scratch.
+template <class VT, int NV, int HD, int FMT>
 void attend(const attn_work& w) {
+    constexpr bool F16 = FMT == int(kv_fmt::f16);
+    constexpr bool QUANT = FMT == int(kv_fmt::q8_0) || FMT == int(kv_fmt::q4_0) || FMT == int(kv_fmt::q4_1);
+    constexpr bool WIDEN = F16 || QUANT;
     constexpr int KG = 16 / NV;  // keys per score group: KG × NV accumulators
     constexpr int DG = 16 / NV;  // output dims per accumulation group
     const int64_t hd = w.hd;
-    const int64_t n_vec = 2 * hd * NV + (tile_keys + 1) * NV + (F16 ? (2 * tile_keys * hd + 15) / 16 : 0) * 16 / VT::lanes;
+    const int64_t n_vec = 2 * hd * NV + (tile_keys + 1) * NV + (WIDEN ? (2 * tile_keys * hd + 15) / 16 : 0) * 16 / VT::lanes;
     auto* qt = reinterpret_cast<typename VT::reg*>(scratch_vectors(n_vec));
     typename VT::reg* ot = qt + hd * NV;
     typename VT::reg* s = ot + hd * NV;
-    float* kf = reinterpret_cast<float*>(s + (tile_keys + 1) * NV);  // F16: (tile_keys, hd)
+    float* kf = reinterpret_cast<float*>(s + (tile_keys + 1) * NV);  // WIDEN: (tile_keys, hd)
     float* vf = kf + tile_keys * hd;
 
     typename VT::ireg lenv[NV], beginv[NV];
@@ -385,7 +452,12 @@ void attend(const attn_work& w) {
         n_t = std::min({tile_keys, t_end - t0, w.page_size - in_page});
         const float* kb;
         const float* vb;
-        if constexpr (F16) {
+        if constexpr (QUANT) {
+            widen_quant_rows<FMT>(w, k_block_of(w, t0), in_page, n_t, kf);
+            widen_quant_rows<FMT>(w, v_block_of(w, t0), in_page, n_t, vf);
+            kb = kf;
+            vb = vf;
+        } else if constexpr (F16) {
             widen_f16_tile(reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, elem)), w.k_row_elems,
                            reinterpret_cast<const uint16_t*>(v_row_ptr(w, t0, elem)), n_t, hd, kf, vf);
             kb = kf;
@@ -397,8 +469,15 @@ void attend(const attn_work& w) {
         // Prefetch the next tile's K and V rows: a tile is only a few KB of a page, too short
         // a stream for the hardware prefetcher, so without this every tile waits on DRAM.
         const int64_t t_next = t0 + n_t;
-        if (t_next < t_end)
-            prefetch_tile(w, t_next, std::min({tile_keys, t_end - t_next, w.page_size - t_next % w.page_size}), elem);
+        if (t_next < t_end) {
+            const int64_t n_next = std::min({tile_keys, t_end - t_next, w.page_size - t_next % w.page_size});
+            if constexpr (QUANT) {
+                prefetch_quant_rows(w, k_block_of(w, t_next), t_next % w.page_size, n_next);
+                prefetch_quant_rows(w, v_block_of(w, t_next), t_next % w.page_size, n_next);
+            } else {
+                prefetch_tile(w, t_next, n_next, elem);
+            }
+        }
         int64_t jk = 0;
         for (; jk + KG <= n_t; jk += KG) scores<VT, NV, KG, HD>(kb + jk * hd, qt, hd, s + jk * NV);
         for (; jk < n_t; ++jk) scores<VT, NV, 1, HD>(kb + jk * hd, qt, hd, s + jk * NV);
@@ -584,12 +663,11 @@ void attend_hd(const attn_work& w) {
         if (n_qv <= 48) return attend_bf16<vec16, 3, HD>(w);
         return attend_bf16<vec16, 4, HD>(w);
     } else {
-        constexpr bool F16 = FMT == int(kv_fmt::f16);
-        if (n_qv <= 8) return attend<vec8, 1, HD, F16>(w);
-        if (n_qv <= 16) return attend<vec16, 1, HD, F16>(w);
-        if (n_qv <= 32) return attend<vec16, 2, HD, F16>(w);
-        if (n_qv <= 48) return attend<vec16, 3, HD, F16>(w);
-        return attend<vec16, 4, HD, F16>(w);
+        if (n_qv <= 8) return attend<vec8, 1, HD, FMT>(w);
+        if (n_qv <= 16) return attend<vec16, 1, HD, FMT>(w);
+        if (n_qv <= 32) return attend<vec16, 2, HD, FMT>(w);
+        if (n_qv <= 48) return attend<vec16, 3, HD, FMT>(w);
+        return attend<vec16, 4, HD, FMT>(w);
     }
 }
 
@@ -609,6 +687,9 @@ attn_fn attention_kernel_avx512(kv_fmt fmt) {
         case kv_fmt::f32: return attend_any<int(kv_fmt::f32)>;
         case kv_fmt::f16: return attend_any<int(kv_fmt::f16)>;
         case kv_fmt::bf16: return attend_any<int(kv_fmt::bf16)>;
+        case kv_fmt::q8_0: return attend_any<int(kv_fmt::q8_0)>;
+        case kv_fmt::q4_0: return attend_any<int(kv_fmt::q4_0)>;
+        case kv_fmt::q4_1: return attend_any<int(kv_fmt::q4_1)>;
     }
     return nullptr;
 }

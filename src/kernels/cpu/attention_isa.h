@@ -9,7 +9,7 @@
 namespace kvs::cpu::detail {
 
 // KV storage formats the tile kernels read (kv_page_layout in attention.h describes them).
-enum class kv_fmt : int32_t { f32 = 0, f16 = 1, bf16 = 2 };
+enum class kv_fmt : int32_t { f32 = 0, f16 = 1, bf16 = 2, q8_0 = 3, q4_0 = 4, q4_1 = 5 };
 
 // One attention task: the query vectors of n_rows consecutive rows of one sequence × n_group
 // heads sharing one KV head, against the key slots [t0, t1) of that sequence (row r sees only
@@ -28,6 +28,10 @@ struct attn_work {
     const int32_t* pages;     // the sequence's page ids
     int64_t page_size;
     int64_t k_row_elems;      // elements per stored K row (hd; rounded up to even for 16-bit)
+    // Quantized formats (K and V blocks alike): dimensions per group, groups per row, code
+    // bytes per row, and the byte offsets from a block's start to its f16 scales d and mins m.
+    int64_t q_group, q_groups, q_row_bytes;
+    size_t q_scale_off, q_min_off;
     size_t k_page_bytes, v_page_bytes;
     size_t k_head_off, v_head_off;  // bytes from a page's start to this KV head's block
     int64_t t0, t1;           // key slot range

@@ -1,0 +1,116 @@
+#include "kernels/cpu/kv_quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace kvs::cpu {
+
+namespace {
+
+constexpr float f16_max = 65504.0f;
+
+uint16_t* scales(const kv_page_layout& l, uint8_t* block, int64_t row) {
+    return reinterpret_cast<uint16_t*>(block + l.q_scale_offset()) + row * l.q_groups();
+}
+const uint16_t* scales(const kv_page_layout& l, const uint8_t* block, int64_t row) {
+    return reinterpret_cast<const uint16_t*>(block + l.q_scale_offset()) + row * l.q_groups();
+}
+uint16_t* mins(const kv_page_layout& l, uint8_t* block, int64_t row) {
+    return reinterpret_cast<uint16_t*>(block + l.q_min_offset()) + row * l.q_groups();
+}
+const uint16_t* mins(const kv_page_layout& l, const uint8_t* block, int64_t row) {
+    return reinterpret_cast<const uint16_t*>(block + l.q_min_offset()) + row * l.q_groups();
+}
+
+// Code of element i of a group (4-bit: low nibble for i < half, high nibble past it).
+int code_at(dtype t, const uint8_t* group_codes, int64_t gs, int64_t i) {
+    if (t == dtype::q8_0) return group_codes[i];
+    const int64_t half = (gs + 1) / 2;
+    return i < half ? group_codes[i] & 0x0F : group_codes[i - half] >> 4;
+}
+
+float decode(dtype t, int u, float d, float m) {
+    switch (t) {
+        case dtype::q8_0: return d * float(u - 128);
+        case dtype::q4_0: return d * float(u - 8);
+        default: return d * float(u) + m;
+    }
+}
+
+// Bytes of codes per group.
+int64_t group_bytes(const kv_page_layout& l) { return l.type == dtype::q8_0 ? l.q_group() : (l.q_group() + 1) / 2; }
+
+uint16_t f16_scale(float d) { return f32_to_f16(std::min(d, f16_max)); }  // d >= 0
+
+}  // namespace
+
+void kv_quantize_row(const kv_page_layout& l, const float* x, uint8_t* block, int64_t row) {
+    const int64_t gs = l.q_group(), ng = l.q_groups(), gb = group_bytes(l);
+    uint8_t* codes = block + row * l.q_row_bytes();
+    std::memset(codes, 0, size_t(l.q_row_bytes()));
+    uint16_t* ds = scales(l, block, row);
+    for (int64_t g = 0; g < ng; ++g) {
+        const float* xg = x + g * gs;
+        uint8_t* cg = codes + g * gb;
+        if (l.type == dtype::q8_0) {
+            float amax = 0;
+            for (int64_t i = 0; i < gs; ++i) amax = std::max(amax, std::fabs(xg[i]));
+            ds[g] = f16_scale(amax / 127.0f);
+            const float d = f16_to_f32(ds[g]);
+            for (int64_t i = 0; i < gs; ++i) {
+                const float q = d > 0 ? std::clamp(std::nearbyint(xg[i] / d), -127.0f, 127.0f) : 0.0f;
+                cg[i] = uint8_t(int(q) + 128);
+            }
+            continue;
+        }
+        int u[32];
+        if (l.type == dtype::q4_0) {
+            float amax = 0, vmax = 0;
+            for (int64_t i = 0; i < gs; ++i)
+                if (std::fabs(xg[i]) > amax) amax = std::fabs(xg[i]), vmax = xg[i];
+            const float d0 = vmax / -8.0f;
+            ds[g] = f32_to_f16(std::clamp(d0, -f16_max, f16_max));
+            const float d = f16_to_f32(ds[g]);
+            for (int64_t i = 0; i < gs; ++i) u[i] = d != 0 ? int(std::clamp(std::nearbyint(xg[i] / d), -8.0f, 7.0f)) + 8 : 8;
+        } else {
+            float mn = xg[0], mx = xg[0];
+            for (int64_t i = 1; i < gs; ++i) mn = std::min(mn, xg[i]), mx = std::max(mx, xg[i]);
+            uint16_t* ms = mins(l, block, row);
+            ms[g] = f32_to_f16(std::clamp(mn, -f16_max, f16_max));
+            const float m = f16_to_f32(ms[g]);
+            ds[g] = f16_scale((mx - m) / 15.0f);
+            const float d = f16_to_f32(ds[g]);
+            for (int64_t i = 0; i < gs; ++i) u[i] = d > 0 ? int(std::clamp(std::nearbyint((xg[i] - m) / d), 0.0f, 15.0f)) : 0;
+        }
+        const int64_t half = (gs + 1) / 2;
+        for (int64_t i = 0; i < half; ++i) cg[i] = uint8_t(u[i] | (i + half < gs ? u[i + half] << 4 : 0));
+    }
+}
+
+float kv_dequantize(const kv_page_layout& l, const uint8_t* block, int64_t row, int64_t d) {
+    const int64_t gs = l.q_group(), g = d / gs;
+    const uint8_t* cg = block + row * l.q_row_bytes() + g * group_bytes(l);
+    const float m = l.type == dtype::q4_1 ? f16_to_f32(mins(l, block, row)[g]) : 0.0f;
+    return decode(l.type, code_at(l.type, cg, gs, d % gs), f16_to_f32(scales(l, block, row)[g]), m);
+}
+
+void kv_dequantize_row(const kv_page_layout& l, const uint8_t* block, int64_t row, float* out) {
+    const int64_t gs = l.q_group(), ng = l.q_groups(), gb = group_bytes(l);
+    const uint8_t* codes = block + row * l.q_row_bytes();
+    const uint16_t* ds = scales(l, block, row);
+    for (int64_t g = 0; g < ng; ++g) {
+        const float d = f16_to_f32(ds[g]);
+        const float m = l.type == dtype::q4_1 ? f16_to_f32(mins(l, block, row)[g]) : 0.0f;
+        for (int64_t i = 0; i < gs; ++i) out[g * gs + i] = decode(l.type, code_at(l.type, codes + g * gb, gs, i), d, m);
+    }
+}
+
+void kv_copy_quant_row(const kv_page_layout& l, uint8_t* dst, int64_t dst_row, const uint8_t* src, int64_t src_row) {
+    std::memmove(dst + dst_row * l.q_row_bytes(), src + src_row * l.q_row_bytes(), size_t(l.q_row_bytes()));
+    const size_t sb = size_t(l.q_groups()) * 2;
+    std::memmove(scales(l, dst, dst_row), scales(l, src, src_row), sb);
+    if (l.type == dtype::q4_1) std::memmove(mins(l, dst, dst_row), mins(l, src, src_row), sb);
+}
+
+}  // namespace kvs::cpu
