@@ -191,6 +191,42 @@ TEST(Scheduler, PreemptionByRecomputeLosesAndRepeatsNothing) {
     }
 }
 
+// Quantized KV pages are pages like any other: with the same page size, the prefix cache on or
+// off, a tiny token budget (chunked prefill), a pool small enough to preempt and n > 1 forks
+// sharing pages all give the tokens of the plain run, and the integrity check holds after
+// every step (run_all). A token's row is quantized once, when it is written, from K and V that
+// do not depend on how the scheduler cut the work.
+TEST(Scheduler, QuantizedKvServesLikeAnyOtherFormat) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs;
+    for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 24));
+    reqs.push_back(greedy(f, k_prompts[0], 24));  // a prefix-cache hit on the whole prompt
+    for (dtype t : {dtype::q8_0, dtype::q4_0, dtype::q4_1}) {
+        scheduler_config plain;
+        plain.prefix_cache = false;
+        plain.cascade = false;
+        auto base = run_all(f, reqs, plain, 128, 4, nullptr, t);
+        auto cached = run_all(f, reqs, scheduler_config{}, 128, 4, nullptr, t);
+        EXPECT_GT(cached.metrics.prefix_hit_tokens, 0) << dtype_name(t);
+        scheduler_config tiny;
+        tiny.max_batch_tokens = 5;
+        tiny.prefill_chunk = 2;
+        tiny.max_seqs = 3;
+        auto chunked = run_all(f, reqs, tiny, 128, 4, nullptr, t);
+        auto tight = run_all(f, reqs, scheduler_config{}, 16, 4, nullptr, t);
+        EXPECT_GT(tight.metrics.preemptions, 0) << dtype_name(t);
+        request_params forked = reqs[1];
+        forked.n = 3;
+        auto fork = run_all(f, {forked}, scheduler_config{}, 64, 4, nullptr, t);
+        for (size_t i = 0; i < reqs.size(); ++i) {
+            EXPECT_EQ(cached.outs[i][0].tokens, base.outs[i][0].tokens) << dtype_name(t) << " prefix cache: " << i;
+            EXPECT_EQ(chunked.outs[i][0].tokens, base.outs[i][0].tokens) << dtype_name(t) << " chunked: " << i;
+            EXPECT_EQ(tight.outs[i][0].tokens, base.outs[i][0].tokens) << dtype_name(t) << " preempted: " << i;
+        }
+        for (int c = 0; c < 3; ++c) EXPECT_EQ(fork.outs[0][size_t(c)].tokens, base.outs[1][0].tokens) << dtype_name(t) << " fork " << c;
+    }
+}
+
 TEST(Scheduler, ParallelCompletionsShareThePromptPages) {
     NEED_MODEL(f);
     request_params p = greedy(f, "Once upon a time there was a boy who liked to run and jump in the", 8);

@@ -104,6 +104,15 @@ struct vec16 {
                              _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int32_t(0xFFFF0000u)))));
     }
     static breg bload(const breg* p) { return _mm512_load_si512(p); }
+    // VNNI: acc[l] += Σ_i u8(a[4l + i]) · s8(b[4l + i]).
+    static ireg dpbusd(ireg acc, ireg a, ireg b) { return _mm512_dpbusd_epi32(acc, a, b); }
+    static ireg zero_i() { return _mm512_setzero_si512(); }
+    static ireg bcast_u32(const uint8_t* p) {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        return _mm512_set1_epi32(x);
+    }
+    static reg cvt_i32(ireg x) { return _mm512_cvtepi32_ps(x); }
 };
 
 // e^x for 8 lanes, as exp512.
@@ -162,6 +171,14 @@ struct vec8 {
                              _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int32_t(0xFFFF0000u)))));
     }
     static breg bload(const breg* p) { return _mm256_load_si256(p); }
+    static ireg dpbusd(ireg acc, ireg a, ireg b) { return _mm256_dpbusd_epi32(acc, a, b); }
+    static ireg zero_i() { return _mm256_setzero_si256(); }
+    static ireg bcast_u32(const uint8_t* p) {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        return _mm256_set1_epi32(x);
+    }
+    static reg cvt_i32(ireg x) { return _mm256_cvtepi32_ps(x); }
 };
 
 // Per-thread scratch of 64-byte vectors, grown on first use: qt (hd, NV) scaled queries,
@@ -413,6 +430,128 @@ void write_out(const attn_work& w, const typename VT::reg* ot, const typename VT
     }
 }
 
+// ---- quantized K: int8 Q·Kᵀ on VNNI ----------------------------------------------------------
+//
+// With K = a · u + b per (token, group) — u the stored code, a = d, b = -128·d (q8_0), -8·d
+// (q4_0) or m (q4_1) — and the scaled query quantized per (lane, group) to c = round(q / sq),
+// |c| <= 127:  q · k over a group = sq · (a · Σ u·c + b · Σ c).  Σ u·c is one vpdpbusd per 4
+// dimensions (u unsigned, c signed), 16 (or 8) query lanes at a time, with the key's 4 codes
+// broadcast; Σ c is per lane and computed once per call. The query's rounding (8 bits per
+// group, as llama.cpp's activations for its q8_0 dot products) is the kernel's only error
+// beyond float32 arithmetic.
+
+// Query lanes quantized per group: q8t[(g · gp + p) · NV + v] holds, per lane, the codes of
+// dimensions 4p .. 4p + 3 of group g (gp = group / 4 dwords per group); csum[g · NV + v] their
+// sum and qsc[g · NV + v] the scale sq, both as float lanes.
+template <class VT, int NV>
+void quantize_query_lanes(const attn_work& w, const float* const* lane_q, typename VT::ireg* q8t, typename VT::reg* csum,
+                          typename VT::reg* qsc) {
+    const int64_t gs = w.q_group, ng = w.q_groups, gp = gs / 4;
+    auto* q8 = reinterpret_cast<int8_t*>(q8t);
+    auto* cs = reinterpret_cast<float*>(csum);
+    auto* sc = reinterpret_cast<float*>(qsc);
+    for (int v = 0; v < NV; ++v)
+        for (int l = 0; l < VT::lanes; ++l) {
+            const float* q = lane_q[v * VT::lanes + l];
+            for (int64_t g = 0; g < ng; ++g) {
+                float amax = 0;
+                if (q)
+                    for (int64_t i = 0; i < gs; ++i) amax = std::max(amax, std::fabs(q[g * gs + i] * w.scale));
+                const float sq = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+                int32_t sum = 0;
+                for (int64_t i = 0; i < gs; ++i) {
+                    const int c = q ? int(std::nearbyint(q[g * gs + i] * w.scale * inv)) : 0;
+                    sum += c;
+                    const int64_t p = i / 4;
+                    q8[(((g * gp + p) * NV + v) * VT::lanes + l) * 4 + i % 4] = int8_t(std::clamp(c, -127, 127));
+                }
+                cs[(g * NV + v) * VT::lanes + l] = float(sum);
+                sc[(g * NV + v) * VT::lanes + l] = sq;
+            }
+        }
+}
+
+// Codes of rows [r0, r0 + n_t) of a quantized K block as bytes (n_t, hd) and their affine
+// coefficients (n_t, ng): a = d and b as above. q8_0 codes are read in place (*codes points into
+// the page); 4-bit codes are unpacked into kc.
+template <int FMT>
+void key_codes(const attn_work& w, const uint8_t* block, int64_t r0, int64_t n_t, uint8_t* kc, const uint8_t** codes,
+               int64_t* code_stride, float* ka, float* kb) {
+    const int64_t hd = w.hd, gs = w.q_group, ng = w.q_groups;
+    const auto* ds = reinterpret_cast<const uint16_t*>(block + w.q_scale_off) + r0 * ng;
+    const auto* ms = reinterpret_cast<const uint16_t*>(block + w.q_min_off) + r0 * ng;
+    for (int64_t i = 0; i < n_t * ng; ++i) {
+        const float d = f16_scalar(ds[i]);
+        ka[i] = d;
+        kb[i] = FMT == int(kv_fmt::q8_0) ? -128.0f * d : FMT == int(kv_fmt::q4_0) ? -8.0f * d : f16_scalar(ms[i]);
+    }
+    if constexpr (FMT == int(kv_fmt::q8_0)) {
+        *codes = block + r0 * w.q_row_bytes;
+        *code_stride = w.q_row_bytes;
+        return;
+    }
+    const int64_t half = (gs + 1) / 2;
+    for (int64_t t = 0; t < n_t; ++t) {
+        const uint8_t* src = block + (r0 + t) * w.q_row_bytes;
+        uint8_t* dst = kc + t * hd;
+        if (gs == 32) {
+            const __m128i m4 = _mm_set1_epi8(0x0F);
+            for (int64_t g = 0; g < ng; ++g) {
+                const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + g * 16));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + g * 32), _mm_and_si128(c, m4));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + g * 32 + 16), _mm_and_si128(_mm_srli_epi16(c, 4), m4));
+            }
+            continue;
+        }
+        for (int64_t g = 0; g < ng; ++g)
+            for (int64_t i = 0; i < gs; ++i)
+                dst[g * gs + i] = i < half ? src[g * half + i] & 0x0F : src[g * half + i - half] >> 4;
+    }
+    *codes = kc;
+    *code_stride = hd;
+}
+
+// S[j][v] for KG consecutive keys: Σ_g qsc[g][v] · (ka[j][g] · Σ_p dot4(codes[j], q8t) + kb[j][g] · csum[g][v]).
+template <class VT, int NV, int KG>
+inline void scores_q8(const uint8_t* codes, int64_t stride, const float* ka, const float* kb, int64_t ng, int64_t gp,
+                      const typename VT::ireg* q8t, const typename VT::reg* csum, const typename VT::reg* qsc,
+                      typename VT::reg* s_out) {
+    typename VT::reg sacc[KG][NV];
+#pragma GCC unroll 16
+    for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) sacc[j][v] = VT::zero();
+    for (int64_t g = 0; g < ng; ++g) {
+        typename VT::ireg acc[KG][NV];
+#pragma GCC unroll 16
+        for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[j][v] = VT::zero_i();
+        for (int64_t p = 0; p < gp; ++p) {
+            typename VT::ireg qd[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) qd[v] = q8t[(g * gp + p) * NV + v];
+#pragma GCC unroll 16
+            for (int j = 0; j < KG; ++j) {
+                const typename VT::ireg kd = VT::bcast_u32(codes + j * stride + (g * gp + p) * 4);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) acc[j][v] = VT::dpbusd(acc[j][v], kd, qd[v]);
+            }
+        }
+#pragma GCC unroll 16
+        for (int j = 0; j < KG; ++j) {
+            const typename VT::reg a = VT::set1(ka[j * ng + g]), b = VT::set1(kb[j * ng + g]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v)
+                sacc[j][v] = VT::fmadd(qsc[g * NV + v], VT::fmadd(a, VT::cvt_i32(acc[j][v]), VT::mul(b, csum[g * NV + v])), sacc[j][v]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) s_out[j * NV + v] = sacc[j][v];
+}
+
 // float32 tile kernel: f32 pages are read in place; f16 and the quantized formats are decoded
 // tile by tile into float32 scratch.
 template <class VT, int NV, int HD, int FMT>
@@ -423,12 +562,26 @@ void attend(const attn_work& w) {
     constexpr int KG = 16 / NV;  // keys per score group: KG × NV accumulators
     constexpr int DG = 16 / NV;  // output dims per accumulation group
     const int64_t hd = w.hd;
-    const int64_t n_vec = 2 * hd * NV + (tile_keys + 1) * NV + (WIDEN ? (2 * tile_keys * hd + 15) / 16 : 0) * 16 / VT::lanes;
-    auto* qt = reinterpret_cast<typename VT::reg*>(scratch_vectors(n_vec));
+    // Quantized K with groups of a multiple of 4 dimensions: int8 Q·Kᵀ (scores_q8).
+    const bool int8_qk = QUANT && w.q_group % 4 == 0;
+    const int64_t ng = QUANT ? w.q_groups : 0;
+    // Scratch (VT::reg units): qt (hd, NV); ot (hd, NV); s (tile_keys + 1, NV); kf, vf
+    // (tile_keys, hd) floats; quantized: q8t (hd / 4, NV), csum and qsc (ng, NV), ka and kb
+    // (tile_keys, ng) floats, kc (tile_keys, hd) bytes.
+    const int64_t tile_floats = WIDEN ? 2 * tile_keys * hd : 0;
+    const int64_t quant_floats = QUANT ? (hd / 4 + 2 * ng) * NV * VT::lanes + 2 * tile_keys * ng + (tile_keys * hd + 3) / 4 : 0;
+    const int64_t n_vec = 2 * hd * NV + (tile_keys + 1) * NV + (tile_floats + quant_floats + 2 * VT::lanes) / VT::lanes + 4;
+    auto* qt = reinterpret_cast<typename VT::reg*>(scratch_vectors(n_vec * VT::lanes / 16 + 1));
     typename VT::reg* ot = qt + hd * NV;
     typename VT::reg* s = ot + hd * NV;
     float* kf = reinterpret_cast<float*>(s + (tile_keys + 1) * NV);  // WIDEN: (tile_keys, hd)
     float* vf = kf + tile_keys * hd;
+    auto* q8t = reinterpret_cast<typename VT::ireg*>(vf + tile_keys * hd);  // (hd / 4, NV)
+    auto* csum = reinterpret_cast<typename VT::reg*>(q8t + hd / 4 * NV);     // (ng, NV)
+    typename VT::reg* qsc = csum + ng * NV;                                  // (ng, NV)
+    float* ka = reinterpret_cast<float*>(qsc + ng * NV);                     // (tile_keys, ng)
+    float* kbf = ka + tile_keys * ng;                                        // (tile_keys, ng)
+    auto* kc = reinterpret_cast<uint8_t*>(kbf + tile_keys * ng);             // (tile_keys, hd)
 
     typename VT::ireg lenv[NV], beginv[NV];
     const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
@@ -436,9 +589,12 @@ void attend(const attn_work& w) {
     lane_queries(w, lane_q);
     for (int64_t d = 0; d < hd; ++d)
         for (int v = 0; v < NV; ++v) {
-            qt[d * NV + v] = query_lanes<VT>(w, lane_q, v, d);
+            qt[d * NV + v] = int8_qk ? VT::zero() : query_lanes<VT>(w, lane_q, v, d);
             ot[d * NV + v] = VT::zero();
         }
+    if constexpr (QUANT) {
+        if (int8_qk) quantize_query_lanes<VT, NV>(w, lane_q, q8t, csum, qsc);
+    }
     typename VT::reg m[NV], lsum[NV];
     for (int v = 0; v < NV; ++v) {
         m[v] = VT::set1(neg_inf);
@@ -452,8 +608,11 @@ void attend(const attn_work& w) {
         n_t = std::min({tile_keys, t_end - t0, w.page_size - in_page});
         const float* kb;
         const float* vb;
+        const uint8_t* codes = nullptr;
+        int64_t code_stride = 0;
         if constexpr (QUANT) {
-            widen_quant_rows<FMT>(w, k_block_of(w, t0), in_page, n_t, kf);
+            if (int8_qk) key_codes<FMT>(w, k_block_of(w, t0), in_page, n_t, kc, &codes, &code_stride, ka, kbf);
+            else widen_quant_rows<FMT>(w, k_block_of(w, t0), in_page, n_t, kf);
             widen_quant_rows<FMT>(w, v_block_of(w, t0), in_page, n_t, vf);
             kb = kf;
             vb = vf;
@@ -479,8 +638,16 @@ void attend(const attn_work& w) {
             }
         }
         int64_t jk = 0;
-        for (; jk + KG <= n_t; jk += KG) scores<VT, NV, KG, HD>(kb + jk * hd, qt, hd, s + jk * NV);
-        for (; jk < n_t; ++jk) scores<VT, NV, 1, HD>(kb + jk * hd, qt, hd, s + jk * NV);
+        if (int8_qk) {
+            const int64_t gp = w.q_group / 4;
+            for (; jk + KG <= n_t; jk += KG)
+                scores_q8<VT, NV, KG>(codes + jk * code_stride, code_stride, ka + jk * ng, kbf + jk * ng, ng, gp, q8t, csum, qsc, s + jk * NV);
+            for (; jk < n_t; ++jk)
+                scores_q8<VT, NV, 1>(codes + jk * code_stride, code_stride, ka + jk * ng, kbf + jk * ng, ng, gp, q8t, csum, qsc, s + jk * NV);
+        } else {
+            for (; jk + KG <= n_t; jk += KG) scores<VT, NV, KG, HD>(kb + jk * hd, qt, hd, s + jk * NV);
+            for (; jk < n_t; ++jk) scores<VT, NV, 1, HD>(kb + jk * hd, qt, hd, s + jk * NV);
+        }
         typename VT::reg mx[NV];
         mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
         // Online softmax: rescale the running state to the new max (lanes that have seen no
