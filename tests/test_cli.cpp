@@ -143,12 +143,16 @@ TEST(Cli, KvTypeAutoAndExplicitFormats) {
     KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
     std::string out;
     for (auto [flags, bytes] : {std::pair<const char*, const char*>{"", "1280 bytes per token"}, {"--kv-type auto", "1280 bytes per token"},
-                                {"--kv-type f16", "640 bytes per token"}, {"--cache-type-k bf16 --cache-type-v bf16", "640 bytes per token"}}) {
+                                {"--kv-type f16", "640 bytes per token"}, {"--cache-type-k bf16 --cache-type-v bf16", "640 bytes per token"},
+                                // Per head and token: 8 codes + an f16 scale (q8_0), 4 + 2 (q4_0), 4 + 2 + 2 (q4_1).
+                                {"--kv-type q8_0", "400 bytes per token"}, {"--cache-type-k q4_0 --cache-type-v q4_0", "240 bytes per token"},
+                                {"--kv-type Q4_1", "320 bytes per token"}}) {
         ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p 'Once upon a time' -n 4 --temp 0 " + flags, &out), 0) << out;
         EXPECT_NE(out.find(bytes), std::string::npos) << flags << "\n" << out;
     }
     EXPECT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --cache-type-k auto --cache-type-v f16", &out), 2) << out;
     EXPECT_NE(out.find("K and V are stored in one format"), std::string::npos) << out;
+    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --kv-type q5_k", &out), 0) << out;
 }
 
 TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
