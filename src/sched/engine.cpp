@@ -32,6 +32,8 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     e->sched_ = std::make_unique<scheduler>(model, tok, *e->kv_, *e->pool_, c.sched);
     e->max_queued_ = std::max<int32_t>(1, c.max_queued);
     e->stats_.kv_pages_total = e->kv_->pool().n_pages();
+    e->stats_.kv_page_bytes = int64_t(e->kv_->config().page_bytes());
+    e->stats_.kv_bytes_per_token = int64_t(e->kv_->bytes_per_token());
     e->thread_ = std::thread([p = e.get()] { p->loop(); });
     return e;
 }

@@ -33,6 +33,8 @@ struct engine_config {
 struct engine_stats {
     int32_t running = 0, waiting = 0;
     int32_t kv_pages_total = 0;
+    int64_t kv_page_bytes = 0;        // bytes of one page (K, V and metadata, all layers)
+    int64_t kv_bytes_per_token = 0;   // kv_page_bytes / page size (depends on --kv-type)
     int32_t kv_pages_used = 0;    // held by sequences
     int32_t kv_pages_cached = 0;  // held only by the prefix cache (evictable)
     scheduler_metrics sched;

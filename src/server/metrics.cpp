@@ -45,6 +45,10 @@ std::string server_metrics::render(const engine_stats& s, int64_t read_timeouts)
     add(out, "kvserve_kv_pages_cached", "gauge", "KV cache pages held only by the prefix cache (evictable).", s.kv_pages_cached);
     add(out, "kvserve_kv_pages_free", "gauge", "KV cache pages free.", free);
     add(out, "kvserve_kv_pages_total", "gauge", "KV cache pages in the pool.", s.kv_pages_total);
+    add(out, "kvserve_kv_bytes_per_token", "gauge", "KV cache bytes per token (K and V of all layers, in the cache's format).",
+        double(s.kv_bytes_per_token));
+    add(out, "kvserve_kv_bytes_used", "gauge", "KV cache bytes in pages held by sequences.",
+        double(s.kv_page_bytes) * double(s.kv_pages_used));
     out += "# HELP kvserve_kv_pages_by_policy KV pages in the tables of running sequences, by KV policy.\n"
            "# TYPE kvserve_kv_pages_by_policy gauge\n";
     for (int k = 0; k < n_kv_policy_kinds; ++k)
