@@ -38,13 +38,13 @@ void bm_attention_kv(benchmark::State& state) {
     const bool head_major = state.range(6) != 0;
     const int64_t n_kv_head = state.range(5), n_head = 8 * n_kv_head, hd = 64, ps = 16;
     const int64_t n_pages = (n_kv + ps - 1) / ps;
-    const kvs::cpu::kv_page_layout lay{type, n_kv_head, ps, hd};
+    const kvs::cpu::kv_page_layout lay{type, n_kv_head, ps, hd, std::nullopt};
     std::vector<float> kr = pseudo_random(n_kv_head * hd, 3), vr = pseudo_random(n_kv_head * hd, 4);
     std::vector<std::vector<uint8_t>> k(static_cast<size_t>(layers)), v(static_cast<size_t>(layers));
     for (int64_t l = 0; l < layers; ++l) {
         k[size_t(l)].resize(size_t(n_pages) * lay.k_page_bytes());
         v[size_t(l)].resize(size_t(n_pages) * lay.v_page_bytes());
-        const kvs::cpu::paged_kv_view kv{k[size_t(l)].data(), v[size_t(l)].data(), n_kv_head, ps, hd, type, head_major ? n_pages : 0};
+        const kvs::cpu::paged_kv_view kv{k[size_t(l)].data(), v[size_t(l)].data(), n_kv_head, ps, hd, type, head_major ? n_pages : 0, std::nullopt};
         for (int64_t p = 0; p < n_pages; ++p)
             for (int64_t r = 0; r < ps; ++r) {
                 for (auto& x : kr) x = x * 0.999f + 0.001f * float(r);
@@ -70,7 +70,7 @@ void bm_attention_kv(benchmark::State& state) {
     kvs::thread_pool pool(int(state.range(2)));
     int64_t l = 0;
     for (auto _ : state) {
-        const kvs::cpu::paged_kv_view kv{k[size_t(l)].data(), v[size_t(l)].data(), n_kv_head, ps, hd, type, head_major ? n_pages : 0};
+        const kvs::cpu::paged_kv_view kv{k[size_t(l)].data(), v[size_t(l)].data(), n_kv_head, ps, hd, type, head_major ? n_pages : 0, std::nullopt};
         kvs::cpu::attention_paged(b, kv, o.data(), lse.data(), pool);
         benchmark::ClobberMemory();
         l = (l + 1) % layers;

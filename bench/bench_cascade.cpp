@@ -29,10 +29,10 @@ struct packed {
 packed pack(const std::vector<float>& k, const std::vector<float>& v, int64_t n_pages, int64_t n_kv, int64_t ps, int64_t hd,
             kvs::dtype type) {
     packed p;
-    const kvs::cpu::kv_page_layout lay{type, n_kv, ps, hd};
+    const kvs::cpu::kv_page_layout lay{type, n_kv, ps, hd, std::nullopt};
     p.k.assign(size_t(n_pages) * lay.k_page_bytes(), 0);
     p.v.assign(size_t(n_pages) * lay.v_page_bytes(), 0);
-    p.view = {p.k.data(), p.v.data(), n_kv, ps, hd, type, n_pages};  // head-major, as the cache
+    p.view = {p.k.data(), p.v.data(), n_kv, ps, hd, type, n_pages, std::nullopt};  // head-major, as the cache
     std::vector<float> kr(size_t(n_kv * hd)), vr(kr.size());
     for (int64_t pg = 0; pg < n_pages; ++pg)
         for (int64_t r = 0; r < ps; ++r) {

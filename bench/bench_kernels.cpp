@@ -180,7 +180,7 @@ void bm_attention(benchmark::State& state) {
     b.page_indptr = indptr.data();
     b.page_ids = ids.data();
     b.scale = 0.125f;
-    kvs::cpu::paged_kv_view kv{k.data(), v.data(), n_kv_head, ps, hd};
+    kvs::cpu::paged_kv_view kv{k.data(), v.data(), n_kv_head, ps, hd, kvs::dtype::f32, 0, std::nullopt};
     std::vector<float> o(size_t(rows * n_head * hd)), lse(size_t(rows * n_head));
     kvs::thread_pool& pool = pool_of(int(state.range(2)));
     for (auto _ : state) {

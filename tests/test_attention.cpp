@@ -72,7 +72,7 @@ cpu::attention_batch batch_of(const paged_setup& s) {
 }
 
 cpu::paged_kv_view view_of(const paged_setup& s) {
-    return {s.k.data(), s.v.data(), s.n_kv_head, s.page_size, s.head_dim};
+    return {s.k.data(), s.v.data(), s.n_kv_head, s.page_size, s.head_dim, dtype::f32, 0, std::nullopt};
 }
 
 using test::packed_kv;
@@ -81,6 +81,9 @@ packed_kv pack(const paged_setup& s, dtype type, bool head_major = true) {
 }
 
 constexpr dtype kv_types[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::q8_0, dtype::q4_0, dtype::q4_1};
+// K and V in different formats (-ctk / -ctv): V decoded tile by tile in its own format.
+constexpr std::pair<dtype, dtype> mixed_kv_types[] = {{dtype::bf16, dtype::q4_0}, {dtype::f16, dtype::q8_0}, {dtype::q8_0, dtype::f16},
+                                                      {dtype::f32, dtype::q4_1}, {dtype::q4_0, dtype::bf16}, {dtype::bf16, dtype::f32}};
 
 }  // namespace
 
@@ -122,9 +125,12 @@ float lse_tolerance(dtype type, cpu::isa i, float ref) {
 void expect_matches_reference(const paged_setup& s, double tol) {
     auto b = batch_of(s);
     const size_t n_out = size_t(b.n_q * s.n_head * s.head_dim);
-    for (dtype type : kv_types)
+    std::vector<std::pair<dtype, std::optional<dtype>>> formats;
+    for (dtype t : kv_types) formats.push_back({t, std::nullopt});
+    for (auto [k, v] : mixed_kv_types) formats.push_back({k, v});
+    for (auto [type, v_type] : formats)
     for (bool head_major : {true, false}) {
-        packed_kv p = pack(s, type, head_major);
+        packed_kv p = test::pack_kv(s.k, s.v, s.n_pages, s.n_kv_head, s.page_size, s.head_dim, type, head_major, v_type);
         std::vector<float> o_ref(n_out), lse_ref(size_t(b.n_q * s.n_head));
         cpu::ref::attention_paged(b, p.view, o_ref.data(), lse_ref.data());
         for (cpu::isa i : supported_isas()) {
@@ -133,7 +139,7 @@ void expect_matches_reference(const paged_setup& s, double tol) {
                 thread_pool pool(threads);
                 std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
                 cpu::attention_paged(b, p.view, o.data(), lse.data(), pool);
-                const std::string where = std::string(dtype_name(type)) + (head_major ? " head-major " : " page-major ") +
+                const std::string where = std::string(dtype_name(type)) + (v_type ? std::string("/") + dtype_name(*v_type) : "") + (head_major ? " head-major " : " page-major ") +
                                           cpu::isa_name(i) + " threads " + std::to_string(threads);
                 EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), output_tolerance(type, i, tol)) << where;
                 for (size_t j = 0; j < lse.size(); ++j) {

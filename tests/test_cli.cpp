@@ -150,8 +150,14 @@ TEST(Cli, KvTypeAutoAndExplicitFormats) {
         ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p 'Once upon a time' -n 4 --temp 0 " + flags, &out), 0) << out;
         EXPECT_NE(out.find(bytes), std::string::npos) << flags << "\n" << out;
     }
-    EXPECT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --cache-type-k auto --cache-type-v f16", &out), 2) << out;
-    EXPECT_NE(out.find("K and V are stored in one format"), std::string::npos) << out;
+    // K and V in different formats: K f32 (auto: 8 x 4 bytes) + V q4_0 (6 bytes) per head and token.
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p 'Once upon a time' -n 4 --temp 0 --cache-type-v q4_0", &out), 0) << out;
+    EXPECT_NE(out.find("760 bytes per token"), std::string::npos) << out;
+    // K bf16 (16) + V q8_0 (10): --kv-type sets both, --cache-type-k overrides K.
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p 'Once upon a time' -n 4 --temp 0 --kv-type q8_0 -ctk bf16", &out), 0) << out;
+    EXPECT_NE(out.find("520 bytes per token"), std::string::npos) << out;
+    EXPECT_EQ(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --cache-type-k f16 --cache-type-v auto", &out), 2) << out;
+    EXPECT_NE(out.find("V cannot be 'auto'"), std::string::npos) << out;
     EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --kv-type q5_k", &out), 0) << out;
 }
 

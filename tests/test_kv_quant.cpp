@@ -56,7 +56,7 @@ TEST_P(KvQuant, QuantizerMatchesFloat64Reference) {
     const dtype t = GetParam();
     for (int64_t hd : {5, 8, 32, 64, 128}) {
         const int64_t ps = 16, n_rows = 64;
-        const cpu::kv_page_layout lay{t, 1, ps, hd};
+        const cpu::kv_page_layout lay{t, 1, ps, hd, std::nullopt};
         ASSERT_STREQ(lay.head_dim_problem(), "");
         const std::vector<float> x = test_rows(n_rows, hd, uint64_t(hd) * 7 + uint64_t(t));
         std::vector<uint8_t> block(lay.k_head_bytes(), 0xAB);
@@ -99,7 +99,7 @@ TEST_P(KvQuant, QuantizerMatchesFloat64Reference) {
 TEST_P(KvQuant, RowCopyIsExact) {
     const dtype t = GetParam();
     const int64_t hd = 64, ps = 8;
-    const cpu::kv_page_layout lay{t, 1, ps, hd};
+    const cpu::kv_page_layout lay{t, 1, ps, hd, std::nullopt};
     const std::vector<float> x = test_rows(ps, hd, 3);
     std::vector<uint8_t> a(lay.k_head_bytes(), 0), b(lay.k_head_bytes(), 0), va(lay.v_head_bytes(), 0), vb(lay.v_head_bytes(), 0);
     for (int64_t r = 0; r < ps; ++r) cpu::kv_store_row(lay, a.data(), va.data(), 0, 0, r, x.data() + r * hd, x.data() + r * hd);
@@ -114,12 +114,12 @@ TEST_P(KvQuant, RowCopyIsExact) {
 // Bytes per stored value: llama.cpp's 8.5 (q8_0), 4.5 (q4_0) and 5 (q4_1) bits for groups of 32.
 TEST_P(KvQuant, BitsPerValue) {
     const dtype t = GetParam();
-    const cpu::kv_page_layout lay{t, 4, 16, 128};
+    const cpu::kv_page_layout lay{t, 4, 16, 128, std::nullopt};
     const double bits = double(lay.k_page_bytes()) * 8 / double(4 * 16 * 128);
     EXPECT_DOUBLE_EQ(bits, t == dtype::q8_0 ? 8.5 : t == dtype::q4_0 ? 4.5 : 5.0);
     EXPECT_EQ(lay.k_page_bytes(), lay.v_page_bytes());
     // head_dim 40 does not split into groups of 32.
-    EXPECT_STRNE((cpu::kv_page_layout{t, 1, 16, 40}.head_dim_problem()), "");
+    EXPECT_STRNE((cpu::kv_page_layout{t, 1, 16, 40, std::nullopt}.head_dim_problem()), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, KvQuant, ::testing::ValuesIn(quant_types),

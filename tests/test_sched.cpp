@@ -52,8 +52,9 @@ struct run_result {
 
 run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler_config cfg, int32_t n_pages,
                    int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr,
-                   dtype kv_type = kv_default_type) {
+                   dtype kv_type = kv_default_type, std::optional<dtype> kv_v_type = std::nullopt) {
     kv_config geom = f->model->kv_geometry(page_size, n_pages, kv_type);
+    geom.v_type = kv_v_type;
     for (auto& p : reqs) {
         geom.token_scores |= p.policy.kind == kv_policy_kind::h2o;  // H2O needs them
         geom.key_bounds |= p.policy.kind == kv_policy_kind::quest;  // and Quest these
@@ -191,7 +192,7 @@ TEST(Scheduler, PreemptionByRecomputeLosesAndRepeatsNothing) {
     }
 }
 
-// Quantized KV pages are pages like any other: with the same page size, the prefix cache on or
+// Quantized KV pages are pages like any other (also V alone quantized, K f32): with the same page size, the prefix cache on or
 // off, a tiny token budget (chunked prefill), a pool small enough to preempt and n > 1 forks
 // sharing pages all give the tokens of the plain run, and the integrity check holds after
 // every step (run_all). A token's row is quantized once, when it is written, from K and V that
@@ -201,23 +202,24 @@ TEST(Scheduler, QuantizedKvServesLikeAnyOtherFormat) {
     std::vector<request_params> reqs;
     for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 24));
     reqs.push_back(greedy(f, k_prompts[0], 24));  // a prefix-cache hit on the whole prompt
-    for (dtype t : {dtype::q8_0, dtype::q4_0, dtype::q4_1}) {
+    for (auto [t, vt] : {std::pair<dtype, std::optional<dtype>>{dtype::q8_0, std::nullopt}, {dtype::q4_0, std::nullopt},
+                          {dtype::q4_1, std::nullopt}, {dtype::f32, dtype::q4_0}}) {
         scheduler_config plain;
         plain.prefix_cache = false;
         plain.cascade = false;
-        auto base = run_all(f, reqs, plain, 128, 4, nullptr, t);
-        auto cached = run_all(f, reqs, scheduler_config{}, 128, 4, nullptr, t);
+        auto base = run_all(f, reqs, plain, 128, 4, nullptr, t, vt);
+        auto cached = run_all(f, reqs, scheduler_config{}, 128, 4, nullptr, t, vt);
         EXPECT_GT(cached.metrics.prefix_hit_tokens, 0) << dtype_name(t);
         scheduler_config tiny;
         tiny.max_batch_tokens = 5;
         tiny.prefill_chunk = 2;
         tiny.max_seqs = 3;
-        auto chunked = run_all(f, reqs, tiny, 128, 4, nullptr, t);
-        auto tight = run_all(f, reqs, scheduler_config{}, 16, 4, nullptr, t);
+        auto chunked = run_all(f, reqs, tiny, 128, 4, nullptr, t, vt);
+        auto tight = run_all(f, reqs, scheduler_config{}, 16, 4, nullptr, t, vt);
         EXPECT_GT(tight.metrics.preemptions, 0) << dtype_name(t);
         request_params forked = reqs[1];
         forked.n = 3;
-        auto fork = run_all(f, {forked}, scheduler_config{}, 64, 4, nullptr, t);
+        auto fork = run_all(f, {forked}, scheduler_config{}, 64, 4, nullptr, t, vt);
         for (size_t i = 0; i < reqs.size(); ++i) {
             EXPECT_EQ(cached.outs[i][0].tokens, base.outs[i][0].tokens) << dtype_name(t) << " prefix cache: " << i;
             EXPECT_EQ(chunked.outs[i][0].tokens, base.outs[i][0].tokens) << dtype_name(t) << " chunked: " << i;

@@ -83,12 +83,12 @@ std::string kvserve_binary() {
 }
 
 packed_kv pack_kv(const std::vector<float>& k, const std::vector<float>& v, int64_t n_pages, int64_t n_kv_head,
-                  int64_t page_size, int64_t head_dim, dtype type, bool head_major) {
+                  int64_t page_size, int64_t head_dim, dtype type, bool head_major, std::optional<dtype> v_type) {
     packed_kv p;
-    const cpu::kv_page_layout lay{type, n_kv_head, page_size, head_dim};
+    const cpu::kv_page_layout lay{type, n_kv_head, page_size, head_dim, v_type};
     p.k.assign(size_t(n_pages) * lay.k_page_bytes(), 0xFF);
     p.v.assign(size_t(n_pages) * lay.v_page_bytes(), 0xFF);
-    p.view = {p.k.data(), p.v.data(), n_kv_head, page_size, head_dim, type, head_major ? n_pages : 0};
+    p.view = {p.k.data(), p.v.data(), n_kv_head, page_size, head_dim, type, head_major ? n_pages : 0, v_type};
     std::vector<float> krow(size_t(n_kv_head * head_dim)), vrow(krow.size());
     for (int64_t pg = 0; pg < n_pages; ++pg)
         for (int64_t r = 0; r < page_size; ++r) {

@@ -61,8 +61,8 @@ int bench_batched(int argc, char** argv) {
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
-    std::optional<dtype> kv_choice;
-    if (!resolve_kv_type(kvt, "bench batched", &kv_choice)) return 2;
+    std::optional<dtype> kv_choice, kv_v_choice;
+    if (!resolve_kv_type(kvt, "bench batched", &kv_choice, &kv_v_choice)) return 2;
     bool ok = false;
     auto batches = int_list(b_list, &ok);
     if (!ok) {
@@ -91,9 +91,11 @@ int bench_batched(int argc, char** argv) {
     std::printf("|-------|--------|------|--------|----------|----------|----------|----------|----------|----------|\n");
     for (int64_t B : batches) {
         const int64_t n_kv = B * (n_prompt + n_gen);
-        auto kv = kv_cache::create(m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) +
-                                                                kv_cache::pages_for(long_prompt + 2, page_size) + 1,
-                                                 kv_type));
+        kv_config geom = m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) +
+                                                      kv_cache::pages_for(long_prompt + 2, page_size) + 1,
+                                       kv_type);
+        if (kv_v_choice && *kv_v_choice != kv_type) geom.v_type = kv_v_choice;
+        auto kv = kv_cache::create(geom);
         if (!kv) {
             std::fprintf(stderr, "kvserve bench batched: %s\n", kv.message().c_str());
             return 1;

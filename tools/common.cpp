@@ -39,29 +39,44 @@ void add_kv_type_options(CLI::App& app, kv_type_option& o) {
                    "KV cache storage format: auto (default: the model's float weight format, for quantized weights bf16 on AVX-512 CPUs without AVX512-FP16, else f16), "
                    "f32, f16, bf16, or per-group quantized q8_0, q4_0, q4_1 (groups of 32 along head_dim)")
         ->check(names);
-    app.add_option("--cache-type-k", o.k, "alias of --kv-type (llama.cpp's -ctk)")->check(names);
-    app.add_option("--cache-type-v", o.v, "alias of --kv-type (llama.cpp's -ctv); K and V share one format")->check(names);
+    app.add_option("--cache-type-k", o.k, "K's format alone (llama.cpp's -ctk)")->check(names);
+    app.add_option("--cache-type-v", o.v, "V's format alone (llama.cpp's -ctv); a side not named follows --kv-type, else V follows K")
+        ->check(names);
 }
 
-bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* out) {
-    std::string chosen;
-    for (const std::string* s : {&o.type, &o.k, &o.v}) {
-        if (s->empty()) continue;
-        if (!chosen.empty() && CLI::detail::to_lower(*s) != CLI::detail::to_lower(chosen)) {
-            std::fprintf(stderr, "kvserve %s: K and V are stored in one format; got both %s and %s\n", cmd, chosen.c_str(), s->c_str());
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v) {
+    auto parse = [&](const std::string& name, std::optional<dtype>* out) {
+        out->reset();
+        if (CLI::detail::to_lower(name) == "auto") return true;
+        dtype t;
+        if (!kv_type_from_name(name, &t)) {
+            std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16, q8_0, q4_0, q4_1)\n", cmd, name.c_str());
             return false;
         }
-        chosen = *s;
+        *out = t;
+        return true;
+    };
+    k->reset();
+    v->reset();
+    const std::string& k_name = !o.k.empty() ? o.k : o.type;
+    const std::string& v_name = !o.v.empty() ? o.v : o.type;
+    if (!k_name.empty() && !parse(k_name, k)) return false;
+    if (v_name.empty()) return true;  // V follows K
+    std::optional<dtype> vt;
+    if (!parse(v_name, &vt)) return false;
+    if (!vt) {
+        if (k->has_value()) {
+            std::fprintf(stderr, "kvserve %s: V cannot be 'auto' when K is %s; name V's format\n", cmd, k_name.c_str());
+            return false;
+        }
+        return true;
     }
-    out->reset();
-    if (chosen.empty() || CLI::detail::to_lower(chosen) == "auto") return true;
-    dtype t;
-    if (!kv_type_from_name(chosen, &t)) {
-        std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16, q8_0, q4_0, q4_1)\n", cmd, chosen.c_str());
-        return false;
-    }
-    *out = t;
+    if (vt != *k) *v = vt;
     return true;
+}
+
+std::string kv_format_name(dtype k, std::optional<dtype> v) {
+    return v && *v != k ? std::string(dtype_name(k)) + "/" + dtype_name(*v) : std::string(dtype_name(k));
 }
 
 void add_kv_policy_option(CLI::App& app, std::string& spec) {

@@ -12,16 +12,18 @@
 
 namespace kvs::tools {
 
-// The KV storage format: --kv-type auto|f32|f16|bf16, with llama.cpp's --cache-type-k/-ctk and
-// --cache-type-v/-ctv accepted as aliases (kvserve stores K and V in one format, so when
-// given they must agree).
+// The KV storage format: --kv-type auto|f32|f16|bf16|q8_0|q4_0|q4_1 for K and V, and llama.cpp's
+// --cache-type-k / --cache-type-v for one side each (a side not named follows --kv-type, else
+// V follows K).
 struct kv_type_option {
     std::string type, k, v;
 };
 void add_kv_type_options(CLI::App& app, kv_type_option& o);
-// The chosen format, unset for `auto` (the default: the model's, llama_model::auto_kv_type);
-// false after printing why, prefixed with `cmd`, if the K and V names disagree.
-bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* out);
+// The chosen formats: *k unset for `auto` (the default: the model's, llama_model::auto_kv_type);
+// *v set only where V differs from K. False after printing why, prefixed with `cmd`.
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v);
+// "f16", or "K/V" when V differs ("f16/q4_0").
+std::string kv_format_name(dtype k, std::optional<dtype> v);
 
 // --kv-policy SPEC (kv/kv_policy.h): which tokens the KV cache keeps and reads.
 void add_kv_policy_option(CLI::App& app, std::string& spec);

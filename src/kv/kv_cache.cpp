@@ -30,6 +30,8 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
     if (c.n_pages <= 0) return status::error("kv cache: the pool needs at least one page");
     if (!cpu::kv_page_layout::supported(c.type))
         return status::error(strfmt("kv cache: storage format %s is not supported (f32, f16, bf16, q8_0, q4_0, q4_1)", dtype_name(c.type)));
+    if (c.v_type && !cpu::kv_page_layout::supported(*c.v_type))
+        return status::error(strfmt("kv cache: V storage format %s is not supported (f32, f16, bf16, q8_0, q4_0, q4_1)", dtype_name(*c.v_type)));
     if (*c.layout().head_dim_problem())
         return status::error(strfmt("kv cache: head_dim %lld cannot be stored as %s: %s", (long long)c.head_dim, dtype_name(c.type),
                                     c.layout().head_dim_problem()));

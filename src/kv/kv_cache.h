@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <string_view>
@@ -55,7 +56,8 @@ struct kv_config {
     int64_t head_dim = 0;
     int32_t page_size = 16;          // tokens per page
     int32_t n_pages = 0;             // pages in the pool
-    dtype type = kv_default_type;    // storage format of K and V (f32, f16, bf16, q8_0, q4_0, q4_1)
+    dtype type = kv_default_type;    // storage format of K, and of V unless v_type is set (f32, f16, bf16, q8_0, q4_0, q4_1)
+    std::optional<dtype> v_type;     // V's format when it differs from K's (llama.cpp's -ctv)
     // Quest's page metadata: per (layer, page, KV head) the channel-wise min and max of the
     // page's keys as stored (key_bounds()), in bf16 rounded outwards (the min down, the max
     // up, so they still bound the keys). Off by default: it costs 2 · head_dim bf16 values per
@@ -66,7 +68,7 @@ struct kv_config {
     // tokens of its own, so a slot's position is per head (token_positions(), token_scores()).
     // Off by default: 8 bytes per token, layer and head.
     bool token_scores = false;
-    cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
+    cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type}; }
     size_t bounds_page_bytes() const { return key_bounds ? size_t(n_kv_head * 2 * head_dim) * sizeof(uint16_t) : 0; }
     size_t token_meta_page_bytes() const { return token_scores ? size_t(n_kv_head * page_size) * (sizeof(float) + sizeof(int32_t)) : 0; }
     // Bytes of one page (K, V and their metadata, all layers).
@@ -166,7 +168,7 @@ public:
     const uint8_t* v_layer(int64_t layer) const { return v_.get() + size_t(layer) * v_layer_bytes_; }
     // The kernel's view of one layer.
     cpu::paged_kv_view view(int64_t layer) const {
-        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages};
+        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages, cfg_.v_type};
     }
     // Writes one token's K and V (each (n_kv_head, head_dim) float, converted to the cache's
     // format) into slot `slot` of `seq`. The slot must be reserved and its page exclusive.

@@ -24,6 +24,7 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
                             : h2o        ? kv_cache::pages_for(pol.heavy + pol.recent + s->n_batch_, p.page_size)
                                          : kv_cache::pages_for(span, p.page_size);
     kv_config geom = model.kv_geometry(p.page_size, n_pages, p.kv_type.value_or(model.auto_kv_type()));
+    if (p.kv_v_type && *p.kv_v_type != geom.type) geom.v_type = p.kv_v_type;
     geom.key_bounds = pol.kind == kv_policy_kind::quest;
     geom.token_scores = h2o;
     auto kv = kv_cache::create(geom);

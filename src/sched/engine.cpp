@@ -10,6 +10,7 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     const int32_t ps = c.page_size;
     if (ps <= 0 || ps > 4096) return status::error(strfmt("page size %d is out of range", ps));
     kv_config geom = model.kv_geometry(ps, 1, c.kv_type.value_or(model.auto_kv_type()));
+    if (c.kv_v_type && *c.kv_v_type != geom.type) geom.v_type = c.kv_v_type;
     geom.key_bounds = c.key_bounds;
     geom.token_scores = c.token_scores;
     const int64_t bytes_per_page = int64_t(geom.page_bytes());

@@ -27,25 +27,22 @@ dtype dtype_of(detail::kv_fmt f) {
     }
 }
 
-// Decodes token `r` of one KV head's K and V blocks (kv_page_layout) into float rows.
-void load_kv_rows(const kv_page_layout& lay, detail::kv_fmt fmt, const uint8_t* kh, const uint8_t* vh, int64_t r, int64_t hd,
-                  int64_t k_row_elems, float* krow, float* vrow) {
-    if (lay.is_quantized()) {
-        kv_dequantize_row(lay, kh, r, krow);
-        kv_dequantize_row(lay, vh, r, vrow);
+// Decodes token `r` of one KV head's K and V blocks (kv_page_layout; V follows for_v()) into
+// float rows.
+void load_row(const kv_page_layout& l, bool is_v, const uint8_t* block, int64_t r, float* row) {
+    const int64_t hd = l.head_dim;
+    if (l.is_quantized()) return kv_dequantize_row(l, block, r, row);
+    if (l.type == dtype::f32) {
+        std::memcpy(row, block + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
         return;
     }
-    if (fmt == detail::kv_fmt::f32) {
-        std::memcpy(krow, kh + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
-        std::memcpy(vrow, vh + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
-        return;
-    }
-    const auto* k16 = reinterpret_cast<const uint16_t*>(kh) + r * k_row_elems;
-    const auto* v16 = reinterpret_cast<const uint16_t*>(vh) + (r / 2) * hd * 2 + (r & 1);
-    if (fmt == detail::kv_fmt::bf16) {
-        for (int64_t d = 0; d < hd; ++d) krow[d] = bf16_to_f32(k16[d]), vrow[d] = bf16_to_f32(v16[2 * d]);
+    const auto* p16 = reinterpret_cast<const uint16_t*>(block);
+    const int64_t step = is_v ? 2 : 1;
+    p16 += is_v ? (r / 2) * hd * 2 + (r & 1) : r * l.k_row_elems();
+    if (l.type == dtype::bf16) {
+        for (int64_t d = 0; d < hd; ++d) row[d] = bf16_to_f32(p16[step * d]);
     } else {
-        for (int64_t d = 0; d < hd; ++d) krow[d] = f16_to_f32(k16[d]), vrow[d] = f16_to_f32(v16[2 * d]);
+        for (int64_t d = 0; d < hd; ++d) row[d] = f16_to_f32(p16[step * d]);
     }
 }
 
@@ -54,7 +51,8 @@ void load_kv_rows(const kv_page_layout& lay, detail::kv_fmt fmt, const uint8_t* 
 // accumulator acc), in float32 from the stored values.
 void attend_portable(const detail::attn_work& w) {
     const int64_t hd = w.hd;
-    const kv_page_layout lay{dtype_of(w.fmt), 0, w.page_size, hd};
+    const kv_page_layout lay{dtype_of(w.fmt), 0, w.page_size, hd, std::nullopt};
+    const kv_page_layout lay_v{dtype_of(w.v_fmt), 0, w.page_size, hd, std::nullopt};
     static thread_local std::vector<float> buf;
     buf.resize(size_t(3 * hd));
     float* acc = buf.data();  // (hd)
@@ -69,8 +67,8 @@ void attend_portable(const detail::attn_work& w) {
             std::fill(acc, acc + hd, 0.0f);
             for (int64_t t = t_begin; t < t_end; ++t) {
                 const size_t page = size_t(w.pages[t / w.page_size]);
-                load_kv_rows(lay, w.fmt, w.k + page * w.k_page_bytes + w.k_head_off, w.v + page * w.v_page_bytes + w.v_head_off,
-                             t % w.page_size, hd, w.k_row_elems, krow, vrow);
+                load_row(lay, false, w.k + page * w.k_page_bytes + w.k_head_off, t % w.page_size, krow);
+                load_row(lay_v, true, w.v + page * w.v_page_bytes + w.v_head_off, t % w.page_size, vrow);
                 float s = 0.0f;
                 for (int64_t d = 0; d < hd; ++d) s += q[d] * krow[d];
                 s *= w.scale;
@@ -180,8 +178,8 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         if (part_lse.size() < size_t(n_split - 1) * lse_elems) part_lse.resize(size_t(n_split - 1) * lse_elems);
     }
 
-    const kv_page_layout lay = kv.layout();
-    const detail::kv_fmt fmt = fmt_of(kv.type);
+    const kv_page_layout lay = kv.layout(), lay_v = lay.for_v();
+    const detail::kv_fmt fmt = fmt_of(kv.type), v_fmt = fmt_of(lay.v());
     const detail::attn_fn kernel = active_attention_kernel(fmt);
     const int64_t per_block = kv.n_kv_head * n_hchunks * n_split;
     const row_block* block_list = blocks.data();
@@ -203,18 +201,26 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.kv_len = b.q_kv_len + blk.row0;
         w.kv_begin = b.q_kv_begin ? b.q_kv_begin + blk.row0 : nullptr;
         w.fmt = fmt;
+        w.v_fmt = v_fmt;
         w.k = static_cast<const uint8_t*>(kv.k);
         w.v = static_cast<const uint8_t*>(kv.v);
         const int32_t entry = b.q_seq[blk.row0];
         w.pages = b.page_ids + b.page_indptr[b.seq_head_entry ? b.seq_head_entry[entry * kv.n_kv_head + kvh] : entry];
         w.page_size = ps;
         w.k_row_elems = lay.k_row_elems();
-        if (lay.is_quantized()) {
+        if (lay.is_quantized() || lay_v.is_quantized()) {
             w.q_group = lay.q_group();
             w.q_groups = lay.q_groups();
+        }
+        if (lay.is_quantized()) {
             w.q_row_bytes = lay.q_row_bytes();
             w.q_scale_off = lay.q_scale_offset();
             w.q_min_off = lay.q_min_offset();
+        }
+        if (lay_v.is_quantized()) {
+            w.v_q_row_bytes = lay_v.q_row_bytes();
+            w.v_q_scale_off = lay_v.q_scale_offset();
+            w.v_q_min_off = lay_v.q_min_offset();
         }
         w.k_page_bytes = kv.k_page_stride();
         w.v_page_bytes = kv.v_page_stride();
@@ -298,59 +304,81 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
 
 // ---- KV page layout ---------------------------------------------------------------------------
 
-void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
-                  const float* k, const float* v) {
-    const int64_t hd = l.head_dim;
-    auto* kb = static_cast<uint8_t*>(k0);
-    auto* vb = static_cast<uint8_t*>(v0);
-    for (int64_t h = 0; h < l.n_kv_head; ++h) {
-        uint8_t* kh = kb + size_t(h) * k_head_stride;
-        uint8_t* vh = vb + size_t(h) * v_head_stride;
-        const float* ks = k + h * hd;
-        const float* vs = v + h * hd;
-        if (l.is_quantized()) {
-            kv_quantize_row(l, ks, kh, row);
-            kv_quantize_row(l, vs, vh, row);
-            continue;
-        }
-        if (l.type == dtype::f32) {
-            std::memcpy(kh + size_t(row * hd) * sizeof(float), ks, size_t(hd) * sizeof(float));
-            std::memcpy(vh + size_t(row * hd) * sizeof(float), vs, size_t(hd) * sizeof(float));
-            continue;
-        }
-        uint16_t (*cvt)(float) = l.type == dtype::bf16 ? f32_to_bf16 : f32_to_f16;
-        auto* k16 = reinterpret_cast<uint16_t*>(kh) + row * l.k_row_elems();
-        for (int64_t d = 0; d < hd; ++d) k16[d] = cvt(ks[d]);
-        for (int64_t d = hd; d < l.k_row_elems(); ++d) k16[d] = 0;
-        auto* v16 = reinterpret_cast<uint16_t*>(vh) + (row / 2) * hd * 2 + (row & 1);
-        for (int64_t d = 0; d < hd; ++d) v16[2 * d] = cvt(vs[d]);
-    }
-}
-
 namespace {
-float half_value(dtype t, uint16_t h) { return t == dtype::bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
-}  // namespace
 
-void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_row, const void* k_src, const void* v_src,
-                 int64_t src_row) {
+float half_value(dtype t, uint16_t h) { return t == dtype::bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
+
+// One token's K row (head_dim floats) into row `row` of a K block in l's format.
+void store_k(const kv_page_layout& l, uint8_t* kh, int64_t row, const float* ks) {
     const int64_t hd = l.head_dim;
-    if (l.is_quantized()) {
-        kv_copy_quant_row(l, static_cast<uint8_t*>(k_dst), dst_row, static_cast<const uint8_t*>(k_src), src_row);
-        kv_copy_quant_row(l, static_cast<uint8_t*>(v_dst), dst_row, static_cast<const uint8_t*>(v_src), src_row);
+    if (l.is_quantized()) return kv_quantize_row(l, ks, kh, row);
+    if (l.type == dtype::f32) {
+        std::memcpy(kh + size_t(row * hd) * sizeof(float), ks, size_t(hd) * sizeof(float));
         return;
     }
+    uint16_t (*cvt)(float) = l.type == dtype::bf16 ? f32_to_bf16 : f32_to_f16;
+    auto* k16 = reinterpret_cast<uint16_t*>(kh) + row * l.k_row_elems();
+    for (int64_t d = 0; d < hd; ++d) k16[d] = cvt(ks[d]);
+    for (int64_t d = hd; d < l.k_row_elems(); ++d) k16[d] = 0;
+}
+
+// One token's V row into row `row` of a V block; lv is V's layout (kv_page_layout::for_v).
+void store_v(const kv_page_layout& lv, uint8_t* vh, int64_t row, const float* vs) {
+    const int64_t hd = lv.head_dim;
+    if (lv.is_quantized()) return kv_quantize_row(lv, vs, vh, row);
+    if (lv.type == dtype::f32) {
+        std::memcpy(vh + size_t(row * hd) * sizeof(float), vs, size_t(hd) * sizeof(float));
+        return;
+    }
+    uint16_t (*cvt)(float) = lv.type == dtype::bf16 ? f32_to_bf16 : f32_to_f16;
+    auto* v16 = reinterpret_cast<uint16_t*>(vh) + (row / 2) * hd * 2 + (row & 1);
+    for (int64_t d = 0; d < hd; ++d) v16[2 * d] = cvt(vs[d]);
+}
+
+void copy_k(const kv_page_layout& l, void* k_dst, int64_t dst_row, const void* k_src, int64_t src_row) {
+    const int64_t hd = l.head_dim;
+    if (l.is_quantized())
+        return kv_copy_quant_row(l, static_cast<uint8_t*>(k_dst), dst_row, static_cast<const uint8_t*>(k_src), src_row);
     if (l.type == dtype::f32) {
         std::memmove(static_cast<float*>(k_dst) + dst_row * hd, static_cast<const float*>(k_src) + src_row * hd, size_t(hd) * sizeof(float));
-        std::memmove(static_cast<float*>(v_dst) + dst_row * hd, static_cast<const float*>(v_src) + src_row * hd, size_t(hd) * sizeof(float));
         return;
     }
     const int64_t kr = l.k_row_elems();
     std::memmove(static_cast<uint16_t*>(k_dst) + dst_row * kr, static_cast<const uint16_t*>(k_src) + src_row * kr,
                  size_t(kr) * sizeof(uint16_t));
-    // V: tokens 2i and 2i+1 interleaved per dimension.
+}
+
+void copy_v(const kv_page_layout& lv, void* v_dst, int64_t dst_row, const void* v_src, int64_t src_row) {
+    const int64_t hd = lv.head_dim;
+    if (lv.is_quantized())
+        return kv_copy_quant_row(lv, static_cast<uint8_t*>(v_dst), dst_row, static_cast<const uint8_t*>(v_src), src_row);
+    if (lv.type == dtype::f32) {
+        std::memmove(static_cast<float*>(v_dst) + dst_row * hd, static_cast<const float*>(v_src) + src_row * hd, size_t(hd) * sizeof(float));
+        return;
+    }
+    // Tokens 2i and 2i+1 interleaved per dimension.
     auto* vd = static_cast<uint16_t*>(v_dst) + (dst_row / 2) * hd * 2 + (dst_row & 1);
     const auto* vs = static_cast<const uint16_t*>(v_src) + (src_row / 2) * hd * 2 + (src_row & 1);
     for (int64_t d = 0; d < hd; ++d) vd[2 * d] = vs[2 * d];
+}
+
+}  // namespace
+
+void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
+                  const float* k, const float* v) {
+    const kv_page_layout lv = l.for_v();
+    auto* kb = static_cast<uint8_t*>(k0);
+    auto* vb = static_cast<uint8_t*>(v0);
+    for (int64_t h = 0; h < l.n_kv_head; ++h) {
+        store_k(l, kb + size_t(h) * k_head_stride, row, k + h * l.head_dim);
+        store_v(lv, vb + size_t(h) * v_head_stride, row, v + h * l.head_dim);
+    }
+}
+
+void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_row, const void* k_src, const void* v_src,
+                 int64_t src_row) {
+    copy_k(l, k_dst, dst_row, k_src, src_row);
+    copy_v(l.for_v(), v_dst, dst_row, v_src, src_row);
 }
 
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
@@ -360,7 +388,8 @@ float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64
     return half_value(l.type, reinterpret_cast<const uint16_t*>(kh)[row * l.k_row_elems() + d]);
 }
 
-float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d) {
+float kv_load_v(const kv_page_layout& layout, const void* v_block, int64_t row, int64_t d) {
+    const kv_page_layout l = layout.for_v();
     const auto* vh = static_cast<const uint8_t*>(v_block);
     if (l.is_quantized()) return kv_dequantize(l, vh, row, d);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(vh)[row * l.head_dim + d];

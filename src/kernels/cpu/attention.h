@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
@@ -39,9 +40,16 @@ namespace kvs::cpu {
 //                         i + ceil(G / 2) (high nibble). Rows padded to 4 bytes (pad 0).
 //                scales (page_size, n_groups) f16 d, then for q4_1 (page_size, n_groups) f16 m.
 //              Bits per value: 8.5 (q8_0), 4.5 (q4_0), 5 (q4_1), as in llama.cpp.
+// K and V may be stored in different formats (v_type; llama.cpp's -ctk / -ctv): `type` is K's,
+// and V's block follows for_v(), the layout of V's format.
 struct kv_page_layout {
     dtype type = dtype::f32;
     int64_t n_kv_head = 0, page_size = 0, head_dim = 0;
+    std::optional<dtype> v_type;  // V's format when it differs from K's
+
+    dtype v() const { return v_type.value_or(type); }
+    // The layout V's blocks follow (its `type` is V's format).
+    kv_page_layout for_v() const { return {v(), n_kv_head, page_size, head_dim, std::nullopt}; }
 
     static bool supported(dtype t) {
         return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16 || quantized(t);
@@ -50,8 +58,9 @@ struct kv_page_layout {
     bool is_quantized() const { return quantized(type); }
     // The head size this format can store ("" if it can), else why not.
     const char* head_dim_problem() const {
-        return is_quantized() && head_dim > 32 && head_dim % 32 ? "quantized KV formats need head_dim < 32 or a multiple of 32"
-                                                                : "";
+        return (is_quantized() || quantized(v())) && head_dim > 32 && head_dim % 32
+                   ? "quantized KV formats need head_dim < 32 or a multiple of 32"
+                   : "";
     }
     // Quantized formats: dimensions per group, groups per row, code bytes per row.
     int64_t q_group() const { return head_dim < 32 ? head_dim : 32; }
@@ -68,9 +77,12 @@ struct kv_page_layout {
     }
     size_t elem_bytes() const { return type == dtype::f32 ? 4 : 2; }
     int64_t k_row_elems() const { return type == dtype::f32 ? head_dim : (head_dim + 1) / 2 * 2; }
-    int64_t v_rows() const { return type == dtype::f32 ? page_size : (page_size + 1) / 2 * 2; }
+    int64_t v_rows() const { return type == dtype::f32 ? page_size : (page_size + 1) / 2 * 2; }  // (of `type`)
     size_t k_head_bytes() const { return is_quantized() ? q_block_bytes() : size_t(page_size * k_row_elems()) * elem_bytes(); }
-    size_t v_head_bytes() const { return is_quantized() ? q_block_bytes() : size_t(v_rows() * head_dim) * elem_bytes(); }
+    size_t v_head_bytes() const {
+        if (v_type) return for_v().v_head_bytes();
+        return is_quantized() ? q_block_bytes() : size_t(v_rows() * head_dim) * elem_bytes();
+    }
     size_t k_page_bytes() const { return size_t(n_kv_head) * k_head_bytes(); }
     size_t v_page_bytes() const { return size_t(n_kv_head) * v_head_bytes(); }
 };
@@ -94,7 +106,7 @@ struct paged_kv_view {
     int64_t n_kv_head = 0;
     int64_t page_size = 0;
     int64_t head_dim = 0;
-    dtype type = dtype::f32;  // storage format (kv_page_layout)
+    dtype type = dtype::f32;  // storage format (kv_page_layout): K's, and V's unless v_type is set
     // 0: page-major, (n_pages, n_kv_head, block) — a page's heads side by side.
     // n > 0: head-major over a pool of n pages, (n_kv_head, n, block) — one KV head's pages side
     // by side, so one head's walk over a sequence of consecutive pages is one sequential stream
@@ -102,7 +114,9 @@ struct paged_kv_view {
     // pages that is a 2-4 KB run every 8-16 KB, which the hardware prefetchers do not follow).
     int64_t head_major_pages = 0;
 
-    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim}; }
+    std::optional<dtype> v_type;  // V's format when it differs from K's
+
+    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type}; }
     size_t k_page_stride() const { return head_major_pages ? layout().k_head_bytes() : layout().k_page_bytes(); }
     size_t v_page_stride() const { return head_major_pages ? layout().v_head_bytes() : layout().v_page_bytes(); }
     size_t k_head_stride() const { return layout().k_head_bytes() * size_t(head_major_pages ? head_major_pages : 1); }

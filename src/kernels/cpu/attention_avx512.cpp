@@ -296,12 +296,21 @@ inline const uint8_t* v_block_of(const attn_work& w, int64_t t) {
     return w.v + size_t(w.pages[t / w.page_size]) * w.v_page_bytes + w.v_head_off;
 }
 
+// Where a quantized block's parts lie (K's and V's formats may differ).
+struct qblock {
+    int64_t row_bytes;
+    size_t scale_off, min_off;
+    bool has_min;
+};
+inline qblock k_qblock(const attn_work& w) { return {w.q_row_bytes, w.q_scale_off, w.q_min_off, w.fmt == kv_fmt::q4_1}; }
+inline qblock v_qblock(const attn_work& w) { return {w.v_q_row_bytes, w.v_q_scale_off, w.v_q_min_off, w.v_fmt == kv_fmt::q4_1}; }
+
 // Prefetches the codes and scales of rows [r0, r0 + n) of a quantized block.
-inline void prefetch_quant_rows(const attn_work& w, const uint8_t* block, int64_t r0, int64_t n) {
-    const char* c = reinterpret_cast<const char*>(block + r0 * w.q_row_bytes);
-    for (int64_t b = 0; b < n * w.q_row_bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
-    const int64_t sb = n * w.q_groups * 2 * (w.fmt == kv_fmt::q4_1 ? 2 : 1);
-    const char* sc = reinterpret_cast<const char*>(block + w.q_scale_off + r0 * w.q_groups * 2);
+inline void prefetch_quant_rows(const attn_work& w, const qblock& qb, const uint8_t* block, int64_t r0, int64_t n) {
+    const char* c = reinterpret_cast<const char*>(block + r0 * qb.row_bytes);
+    for (int64_t b = 0; b < n * qb.row_bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+    const int64_t sb = n * w.q_groups * 2 * (qb.has_min ? 2 : 1);
+    const char* sc = reinterpret_cast<const char*>(block + qb.scale_off + r0 * w.q_groups * 2);
     for (int64_t b = 0; b < sb; b += 64) _mm_prefetch(sc + b, _MM_HINT_T0);
 }
 
@@ -311,12 +320,12 @@ inline float f16_scalar(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvts
 // (n_t, hd). Groups of 32 decode 16 lanes per instruction; smaller heads (one group of hd)
 // element by element.
 template <int FMT>
-void widen_quant_rows(const attn_work& w, const uint8_t* block, int64_t r0, int64_t n_t, float* out) {
+void widen_quant_rows(const attn_work& w, const qblock& qb, const uint8_t* block, int64_t r0, int64_t n_t, float* out) {
     const int64_t hd = w.hd, gs = w.q_group, ng = w.q_groups;
-    const auto* ds = reinterpret_cast<const uint16_t*>(block + w.q_scale_off) + r0 * ng;
-    const auto* ms = reinterpret_cast<const uint16_t*>(block + w.q_min_off) + r0 * ng;
+    const auto* ds = reinterpret_cast<const uint16_t*>(block + qb.scale_off) + r0 * ng;
+    const auto* ms = reinterpret_cast<const uint16_t*>(block + qb.min_off) + r0 * ng;
     for (int64_t t = 0; t < n_t; ++t) {
-        const uint8_t* codes = block + (r0 + t) * w.q_row_bytes;
+        const uint8_t* codes = block + (r0 + t) * qb.row_bytes;
         float* o = out + t * hd;
         for (int64_t g = 0; g < ng; ++g) {
             const float d = f16_scalar(ds[t * ng + g]);
@@ -428,6 +437,55 @@ void write_out(const attn_work& w, const typename VT::reg* ot, const typename VT
             w.lse[r * w.lse_row_stride + g] = mv[l] + std::log(lv[l]);
         }
     }
+}
+
+// 16-bit K rows [0, n_t) (row_elems apart) to float32 rows (n_t, hd): bf16 by a shift, f16 by
+// vcvtph2ps. Used where K is 16-bit but V is stored in another format.
+template <bool BF16>
+void widen_k16_rows(const uint16_t* k, int64_t row_elems, int64_t n_t, int64_t hd, float* kf) {
+    for (int64_t t = 0; t < n_t; ++t)
+        for (int64_t d = 0; d < hd; d += 16) {
+            const __mmask16 m = hd - d >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (hd - d)) - 1);
+            const __m256i x = _mm256_maskz_loadu_epi16(m, k + t * row_elems + d);
+            const __m512 f = BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16)) : _mm512_cvtph_ps(x);
+            _mm512_mask_storeu_ps(kf + t * hd + d, m, f);
+        }
+}
+
+// V rows [r0, r0 + n_t) of the block holding slot t0 in V's own format (K's differs) to float32
+// rows (n_t, hd). Returns the rows to read: f32 V in place, the others decoded into vf.
+const float* v_rows_mixed(const attn_work& w, int64_t t0, int64_t r0, int64_t n_t, float* vf) {
+    const uint8_t* block = v_block_of(w, t0);
+    const int64_t hd = w.hd;
+    switch (w.v_fmt) {
+        case kv_fmt::f32: return reinterpret_cast<const float*>(block) + r0 * hd;
+        case kv_fmt::q8_0: widen_quant_rows<int(kv_fmt::q8_0)>(w, v_qblock(w), block, r0, n_t, vf); return vf;
+        case kv_fmt::q4_0: widen_quant_rows<int(kv_fmt::q4_0)>(w, v_qblock(w), block, r0, n_t, vf); return vf;
+        case kv_fmt::q4_1: widen_quant_rows<int(kv_fmt::q4_1)>(w, v_qblock(w), block, r0, n_t, vf); return vf;
+        default: break;
+    }
+    // 16-bit V: tokens in pairs, (page_size2 / 2, hd, 2).
+    const auto* v16 = reinterpret_cast<const uint16_t*>(block);
+    const bool bf = w.v_fmt == kv_fmt::bf16;
+    for (int64_t t = 0; t < n_t; ++t) {
+        const int64_t r = r0 + t;
+        const uint16_t* row = v16 + (r / 2) * hd * 2 + (r & 1);
+        for (int64_t d = 0; d < hd; ++d) {
+            const uint16_t h = row[2 * d];
+            vf[t * hd + d] = bf ? _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int32_t(uint32_t(h) << 16)))) : f16_scalar(h);
+        }
+    }
+    return vf;
+}
+
+// Prefetches V rows [r0, r0 + n) of the block holding slot t in V's own format.
+inline void prefetch_v_mixed(const attn_work& w, int64_t t, int64_t r0, int64_t n) {
+    const uint8_t* block = v_block_of(w, t);
+    if (w.v_fmt == kv_fmt::q8_0 || w.v_fmt == kv_fmt::q4_0 || w.v_fmt == kv_fmt::q4_1)
+        return prefetch_quant_rows(w, v_qblock(w), block, r0, n);
+    const int64_t elem = w.v_fmt == kv_fmt::f32 ? 4 : 2;
+    const char* p = reinterpret_cast<const char*>(block + (elem == 4 ? r0 : r0 / 2 * 2) * w.hd * elem);
+    for (int64_t b = 0; b < (n + 1) * w.hd * elem; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
 }
 
 // ---- quantized K: int8 Q·Kᵀ on VNNI ----------------------------------------------------------
@@ -557,8 +615,9 @@ inline void scores_q8(const uint8_t* codes, int64_t stride, const float* ka, con
 template <class VT, int NV, int HD, int FMT>
 void attend(const attn_work& w) {
     constexpr bool F16 = FMT == int(kv_fmt::f16);
+    constexpr bool BF16K = FMT == int(kv_fmt::bf16);  // only with V in another format (else attend_bf16)
     constexpr bool QUANT = FMT == int(kv_fmt::q8_0) || FMT == int(kv_fmt::q4_0) || FMT == int(kv_fmt::q4_1);
-    constexpr bool WIDEN = F16 || QUANT;
+    const bool v_mixed = w.v_fmt != w.fmt;  // V stored in another format than K: decoded per tile
     constexpr int KG = 16 / NV;  // keys per score group: KG × NV accumulators
     constexpr int DG = 16 / NV;  // output dims per accumulation group
     const int64_t hd = w.hd;
@@ -568,7 +627,7 @@ void attend(const attn_work& w) {
     // Scratch (VT::reg units): qt (hd, NV); ot (hd, NV); s (tile_keys + 1, NV); kf, vf
     // (tile_keys, hd) floats; quantized: q8t (hd / 4, NV), csum and qsc (ng, NV), ka and kb
     // (tile_keys, ng) floats, kc (tile_keys, hd) bytes.
-    const int64_t tile_floats = WIDEN ? 2 * tile_keys * hd : 0;
+    const int64_t tile_floats = 2 * tile_keys * hd;
     const int64_t quant_floats = QUANT ? (hd / 4 + 2 * ng) * NV * VT::lanes + 2 * tile_keys * ng + (tile_keys * hd + 3) / 4 : 0;
     const int64_t n_vec = 2 * hd * NV + (tile_keys + 1) * NV + (tile_floats + quant_floats + 2 * VT::lanes) / VT::lanes + 4;
     auto* qt = reinterpret_cast<typename VT::reg*>(scratch_vectors(n_vec * VT::lanes / 16 + 1));
@@ -600,7 +659,7 @@ void attend(const attn_work& w) {
         m[v] = VT::set1(neg_inf);
         lsum[v] = VT::zero();
     }
-    constexpr size_t elem = F16 ? 2 : 4;
+    constexpr size_t elem = F16 || BF16K ? 2 : 4;
     const int64_t t_end = std::min(w.t1, max_len);
     // Tiles are runs of consecutive keys inside one page (contiguous rows of K and V).
     for (int64_t t0 = w.t0, n_t = 0; t0 < t_end; t0 += n_t) {
@@ -612,27 +671,40 @@ void attend(const attn_work& w) {
         int64_t code_stride = 0;
         if constexpr (QUANT) {
             if (int8_qk) key_codes<FMT>(w, k_block_of(w, t0), in_page, n_t, kc, &codes, &code_stride, ka, kbf);
-            else widen_quant_rows<FMT>(w, k_block_of(w, t0), in_page, n_t, kf);
-            widen_quant_rows<FMT>(w, v_block_of(w, t0), in_page, n_t, vf);
+            else widen_quant_rows<FMT>(w, k_qblock(w), k_block_of(w, t0), in_page, n_t, kf);
+            if (!v_mixed) widen_quant_rows<FMT>(w, v_qblock(w), v_block_of(w, t0), in_page, n_t, vf);
             kb = kf;
             vb = vf;
-        } else if constexpr (F16) {
-            widen_f16_tile(reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, elem)), w.k_row_elems,
-                           reinterpret_cast<const uint16_t*>(v_row_ptr(w, t0, elem)), n_t, hd, kf, vf);
+        } else if constexpr (F16 || BF16K) {
+            if (F16 && !v_mixed) {
+                widen_f16_tile(reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, elem)), w.k_row_elems,
+                               reinterpret_cast<const uint16_t*>(v_row_ptr(w, t0, elem)), n_t, hd, kf, vf);
+            } else {
+                widen_k16_rows<BF16K>(reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, elem)), w.k_row_elems, n_t, hd, kf);
+            }
             kb = kf;
             vb = vf;
         } else {
             kb = reinterpret_cast<const float*>(k_row_ptr(w, t0, elem));
-            vb = reinterpret_cast<const float*>(v_row_ptr(w, t0, elem));
+            vb = v_mixed ? vf : reinterpret_cast<const float*>(v_row_ptr(w, t0, elem));
         }
+        if (v_mixed) vb = v_rows_mixed(w, t0, in_page, n_t, vf);
         // Prefetch the next tile's K and V rows: a tile is only a few KB of a page, too short
         // a stream for the hardware prefetcher, so without this every tile waits on DRAM.
         const int64_t t_next = t0 + n_t;
         if (t_next < t_end) {
             const int64_t n_next = std::min({tile_keys, t_end - t_next, w.page_size - t_next % w.page_size});
-            if constexpr (QUANT) {
-                prefetch_quant_rows(w, k_block_of(w, t_next), t_next % w.page_size, n_next);
-                prefetch_quant_rows(w, v_block_of(w, t_next), t_next % w.page_size, n_next);
+            if (v_mixed) {
+                if constexpr (QUANT) {
+                    prefetch_quant_rows(w, k_qblock(w), k_block_of(w, t_next), t_next % w.page_size, n_next);
+                } else {
+                    const char* kn = reinterpret_cast<const char*>(k_row_ptr(w, t_next, elem));
+                    for (int64_t b = 0; b < n_next * w.k_row_elems * int64_t(elem); b += 64) _mm_prefetch(kn + b, _MM_HINT_T0);
+                }
+                prefetch_v_mixed(w, t_next, t_next % w.page_size, n_next);
+            } else if constexpr (QUANT) {
+                prefetch_quant_rows(w, k_qblock(w), k_block_of(w, t_next), t_next % w.page_size, n_next);
+                prefetch_quant_rows(w, v_qblock(w), v_block_of(w, t_next), t_next % w.page_size, n_next);
             } else {
                 prefetch_tile(w, t_next, n_next, elem);
             }
@@ -823,7 +895,7 @@ void attend_bf16(const attn_work& w) {
 template <int HD, int FMT>
 void attend_hd(const attn_work& w) {
     const int64_t n_qv = w.n_rows * w.n_group;
-    if constexpr (FMT == int(kv_fmt::bf16)) {
+    if (FMT == int(kv_fmt::bf16) && w.v_fmt == kv_fmt::bf16) {
         if (n_qv <= 8) return attend_bf16<vec8, 1, HD>(w);
         if (n_qv <= 16) return attend_bf16<vec16, 1, HD>(w);
         if (n_qv <= 32) return attend_bf16<vec16, 2, HD>(w);

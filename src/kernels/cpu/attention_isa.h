@@ -22,7 +22,8 @@ struct attn_work {
     int64_t n_rows, n_group, hd;
     const int32_t* kv_len;    // (n_rows)
     const int32_t* kv_begin;  // (n_rows) or null (0 for every row)
-    kv_fmt fmt;               // storage format of k and v
+    kv_fmt fmt;               // storage format of k (and of v unless v_fmt differs)
+    kv_fmt v_fmt;             // storage format of v
     const uint8_t* k;         // layer base: pages k_page_bytes apart
     const uint8_t* v;         // layer base: pages v_page_bytes apart
     const int32_t* pages;     // the sequence's page ids
@@ -32,6 +33,8 @@ struct attn_work {
     // bytes per row, and the byte offsets from a block's start to its f16 scales d and mins m.
     int64_t q_group, q_groups, q_row_bytes;
     size_t q_scale_off, q_min_off;
+    int64_t v_q_row_bytes;           // the same for a quantized V in another format than K's
+    size_t v_q_scale_off, v_q_min_off;
     size_t k_page_bytes, v_page_bytes;
     size_t k_head_off, v_head_off;  // bytes from a page's start to this KV head's block
     int64_t t0, t1;           // key slot range
