@@ -180,7 +180,8 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionPaged,
                                            attn_case{8, 4, 8, 16},    // GQA (stories260K)
                                            attn_case{8, 1, 32, 4},    // MQA, small pages
                                            attn_case{4, 2, 64, 16},
-                                           attn_case{6, 3, 128, 7}));  // odd page size
+                                           attn_case{6, 3, 128, 7},    // odd page size
+                                           attn_case{4, 2, 6, 5}));    // quantized K groups of 6: no int8 Q·Kᵀ, K decoded
 
 // Sliding windows: each row sees only slots [q_kv_begin, q_kv_len) (window and StreamingLLM
 // policies). Begins anywhere in a page, equal to the length (no slot) or 0, rows of one block
