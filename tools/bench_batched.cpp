@@ -62,7 +62,12 @@ int bench_batched(int argc, char** argv) {
     app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     std::optional<dtype> kv_choice, kv_v_choice;
-    if (!resolve_kv_type(kvt, "bench batched", &kv_choice, &kv_v_choice)) return 2;
+    kivi_config kivi;
+    if (!resolve_kv_type(kvt, "bench batched", &kv_choice, &kv_v_choice, &kivi)) return 2;
+    if (kivi.bits) {
+        std::fprintf(stderr, "kvserve bench batched: KIVI caches are sized by the server (use kvserve serve --kv-type kivi2)\n");
+        return 2;
+    }
     bool ok = false;
     auto batches = int_list(b_list, &ok);
     if (!ok) {

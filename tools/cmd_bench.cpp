@@ -131,7 +131,8 @@ int cmd_bench(int argc, char** argv) {
                    "streaming:sinks=S,size=W, recompute:size=W, h2o:heavy=H,recent=R, quest:budget=B");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     std::optional<dtype> kv_type, kv_v_type;
-    if (!resolve_kv_type(kvt, "bench", &kv_type, &kv_v_type)) return 2;
+    kivi_config kivi;
+    if (!resolve_kv_type(kvt, "bench", &kv_type, &kv_v_type, &kivi)) return 2;
     const bool show_policy = !policy_specs.empty();
     if (policy_specs.empty()) policy_specs.push_back("dense");
     std::vector<kv_policy> policies;
@@ -183,6 +184,7 @@ int cmd_bench(int argc, char** argv) {
             session_params sp;
             sp.kv_type = kv_type;
             sp.kv_v_type = kv_v_type;
+            sp.kivi = kivi;
             sp.n_ctx = n_ctx > 0 ? n_ctx : max_tokens + 1;
             sp.n_batch = n_batch;
             sp.policy = pol;

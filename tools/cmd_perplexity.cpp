@@ -53,7 +53,8 @@ struct nll_sum {
 
 // --stream: see the file comment.
 int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32_t> tokens, int64_t n_stream, int64_t n_batch,
-                      int64_t stretch, std::optional<dtype> kv_type, std::optional<dtype> kv_v_type, const kv_policy& policy) {
+                      int64_t stretch, std::optional<dtype> kv_type, std::optional<dtype> kv_v_type, const kivi_config& kivi,
+                      const kv_policy& policy) {
     const int64_t n_vocab = m.hparams().n_vocab;
     if (int64_t(tokens.size()) < n_stream) {
         std::fprintf(stderr, "kvserve perplexity: the text has %zu tokens, fewer than the stream's %lld\n", tokens.size(),
@@ -64,6 +65,7 @@ int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32
     session_params sp;
     sp.kv_type = kv_type;
     sp.kv_v_type = kv_v_type;
+    sp.kivi = kivi;
     sp.policy = policy;
     sp.n_batch = n_batch;
     sp.max_logit_rows = n_batch;
@@ -197,8 +199,9 @@ int cmd_perplexity(int argc, char** argv) {
     if (stream_opt->count()) {
         thread_pool pool(threads);
         std::optional<dtype> kv_type, kv_v_type;
-        if (!resolve_kv_type(kvt, "perplexity", &kv_type, &kv_v_type)) return 2;
-        return stream_perplexity(m, pool, std::move(tokens), n_stream, n_batch, stretch, kv_type, kv_v_type, policy);
+        kivi_config kivi;
+        if (!resolve_kv_type(kvt, "perplexity", &kv_type, &kv_v_type, &kivi)) return 2;
+        return stream_perplexity(m, pool, std::move(tokens), n_stream, n_batch, stretch, kv_type, kv_v_type, kivi, policy);
     }
     const int64_t n_chunks_all = int64_t(tokens.size()) / n_ctx;
     const int64_t n_chunks = max_chunks < 0 ? n_chunks_all : std::min(max_chunks, n_chunks_all);
@@ -210,7 +213,7 @@ int cmd_perplexity(int argc, char** argv) {
     const int64_t first = n_ctx / 2;
     thread_pool pool(threads);
     session_params sp;
-    if (!resolve_kv_type(kvt, "perplexity", &sp.kv_type, &sp.kv_v_type)) return 2;
+    if (!resolve_kv_type(kvt, "perplexity", &sp.kv_type, &sp.kv_v_type, &sp.kivi)) return 2;
     sp.n_ctx = n_ctx;
     sp.n_batch = n_batch;
     sp.max_logit_rows = std::min(n_batch, n_ctx);

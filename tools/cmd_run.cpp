@@ -92,7 +92,7 @@ int cmd_run(int argc, char** argv) {
     }
     thread_pool pool(threads);
     session_params sess;
-    if (!resolve_kv_type(kvt, "run", &sess.kv_type, &sess.kv_v_type)) return 2;
+    if (!resolve_kv_type(kvt, "run", &sess.kv_type, &sess.kv_v_type, &sess.kivi)) return 2;
     sess.n_ctx = n_ctx;
     sess.n_batch = n_batch;
     sess.policy = policy;

@@ -155,7 +155,7 @@ int cmd_serve(int argc, char** argv) {
                      (long long)model.value()->hparams().n_vocab);
         return 1;
     }
-    if (!resolve_kv_type(kvt, "serve", &ec.kv_type, &ec.kv_v_type)) return 2;
+    if (!resolve_kv_type(kvt, "serve", &ec.kv_type, &ec.kv_v_type, &ec.kivi)) return 2;
     if (!resolve_kv_policy(kv_policy_spec, "serve", &sc.default_policy)) return 2;
     ec.key_bounds = key_bounds || sc.default_policy.kind == kv_policy_kind::quest;
     ec.token_scores = token_scores || sc.default_policy.kind == kv_policy_kind::h2o;
@@ -193,7 +193,7 @@ int cmd_serve(int argc, char** argv) {
     });
     const auto& st = eng.value()->stats();
     std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s), KV policy %s\n",
-                 srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, kv_format_name(ec.kv_type.value_or(model.value()->auto_kv_type()), ec.kv_v_type).c_str(),
+                 srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, kv_format_name(ec.kv_type.value_or(model.value()->auto_kv_type()), ec.kv_v_type, ec.kivi).c_str(),
                  sc.default_policy.spec().c_str());
     std::fprintf(stderr, "kvserve serve: queue %d, request timeout %s, read timeout %gs, body %lld bytes at most, %zu API key(s)%s\n",
                  eng.value()->max_queued(), sc.request_timeout > 0 ? strfmt("%gs", sc.request_timeout).c_str() : "none", sc.read_timeout,

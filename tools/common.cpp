@@ -34,23 +34,34 @@ int default_threads() {
 }
 
 void add_kv_type_options(CLI::App& app, kv_type_option& o) {
-    const auto names = CLI::IsMember({"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"}, CLI::ignore_case);
+    const auto names = CLI::IsMember({"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "kivi2", "kivi4"}, CLI::ignore_case);
     app.add_option("--kv-type", o.type,
                    "KV cache storage format: auto (default: the model's float weight format, for quantized weights bf16 on AVX-512 CPUs without AVX512-FP16, else f16), "
-                   "f32, f16, bf16, or per-group quantized q8_0, q4_0, q4_1 (groups of 32 along head_dim)")
+                   "f32, f16, bf16, per-group quantized q8_0, q4_0, q4_1 (groups of 32 along head_dim), or KIVI kivi2, kivi4 "
+                   "(keys per channel, values per token, the newest tokens in full precision)")
         ->check(names);
-    app.add_option("--cache-type-k", o.k, "K's format alone (llama.cpp's -ctk)")->check(names);
+    app.add_option("--cache-type-k", o.k, "K's format alone (llama.cpp's -ctk); with KIVI, the residual's format")->check(names);
     app.add_option("--cache-type-v", o.v, "V's format alone (llama.cpp's -ctv); a side not named follows --kv-type, else V follows K")
         ->check(names);
+    app.add_option("--kivi-group", o.kivi_group, "KIVI: tokens per key group (the page size), channels per value group (default 32)")
+        ->check(CLI::Range(1, 4096));
+    app.add_option("--kivi-residual", o.kivi_residual, "KIVI: newest tokens kept in full precision (default 128)")
+        ->check(CLI::Range(0, 1 << 20));
 }
 
-bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v) {
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v,
+                     kivi_config* kivi) {
+    auto kivi_bits = [](const std::string& name) {
+        const std::string n = CLI::detail::to_lower(name);
+        return n == "kivi2" ? 2 : n == "kivi4" ? 4 : 0;
+    };
     auto parse = [&](const std::string& name, std::optional<dtype>* out) {
         out->reset();
         if (CLI::detail::to_lower(name) == "auto") return true;
         dtype t;
         if (!kv_type_from_name(name, &t)) {
-            std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16, q8_0, q4_0, q4_1)\n", cmd, name.c_str());
+            std::fprintf(stderr, "kvserve %s: unknown KV format '%s' (auto, f32, f16, bf16, q8_0, q4_0, q4_1, kivi2, kivi4)\n", cmd,
+                         name.c_str());
             return false;
         }
         *out = t;
@@ -58,6 +69,33 @@ bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dty
     };
     k->reset();
     v->reset();
+    *kivi = kivi_config{};
+    // KIVI: --kv-type kivi2, or -ctk kivi2 -ctv kivi2.
+    const int bits_t = kivi_bits(o.type), bits_k = kivi_bits(o.k), bits_v = kivi_bits(o.v);
+    if (bits_t || bits_k || bits_v) {
+        const int bits = bits_t ? bits_t : bits_k;
+        const bool both = bits_k && bits_k == bits_v;
+        if (!bits_t && !both) {
+            std::fprintf(stderr, "kvserve %s: KIVI quantizes K and V together: use --kv-type kivi%d (or name it for both -ctk and -ctv)\n",
+                         cmd, bits_k ? bits_k : bits_v);
+            return false;
+        }
+        if ((bits_k && bits_k != bits) || (bits_v && bits_v != bits) || (bits_t && !o.v.empty() && !bits_v)) {
+            std::fprintf(stderr, "kvserve %s: KIVI quantizes K and V together; V cannot take another format\n", cmd);
+            return false;
+        }
+        if (!bits_k && !o.k.empty()) {  // the residual's format
+            if (!parse(o.k, k)) return false;
+            if (*k && cpu::kv_page_layout::quantized(**k)) {
+                std::fprintf(stderr, "kvserve %s: KIVI's residual pages take a float format (f32, f16, bf16), not %s\n", cmd, o.k.c_str());
+                return false;
+            }
+        }
+        kivi->bits = bits;
+        kivi->group = o.kivi_group;
+        kivi->residual = o.kivi_residual;
+        return true;
+    }
     const std::string& k_name = !o.k.empty() ? o.k : o.type;
     const std::string& v_name = !o.v.empty() ? o.v : o.type;
     if (!k_name.empty() && !parse(k_name, k)) return false;
@@ -75,7 +113,9 @@ bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dty
     return true;
 }
 
-std::string kv_format_name(dtype k, std::optional<dtype> v) {
+std::string kv_format_name(dtype k, std::optional<dtype> v, const kivi_config& kivi) {
+    if (kivi.bits)
+        return strfmt("kivi%d (G %d, R %d, residual %s)", kivi.bits, kivi.group, kivi.residual, dtype_name(k));
     return v && *v != k ? std::string(dtype_name(k)) + "/" + dtype_name(*v) : std::string(dtype_name(k));
 }
 

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/dtype.h"
+#include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
 
@@ -15,15 +16,20 @@ namespace kvs::tools {
 // The KV storage format: --kv-type auto|f32|f16|bf16|q8_0|q4_0|q4_1 for K and V, and llama.cpp's
 // --cache-type-k / --cache-type-v for one side each (a side not named follows --kv-type, else
 // V follows K).
+// kivi2 / kivi4 (KIVI, K and V alike: --kv-type, or -ctk and -ctv both) with --kivi-group G and
+// --kivi-residual R; the residual's format is -ctk's float format when named, else auto.
 struct kv_type_option {
     std::string type, k, v;
+    int32_t kivi_group = 32, kivi_residual = 128;
 };
 void add_kv_type_options(CLI::App& app, kv_type_option& o);
 // The chosen formats: *k unset for `auto` (the default: the model's, llama_model::auto_kv_type);
-// *v set only where V differs from K. False after printing why, prefixed with `cmd`.
-bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v);
-// "f16", or "K/V" when V differs ("f16/q4_0").
-std::string kv_format_name(dtype k, std::optional<dtype> v);
+// *v set only where V differs from K; *kivi the KIVI settings (bits 0 without KIVI). False
+// after printing why, prefixed with `cmd`.
+bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v,
+                     kivi_config* kivi);
+// "f16", or "K/V" when V differs ("f16/q4_0"), or "kivi2 (G 32, R 128, residual f16)".
+std::string kv_format_name(dtype k, std::optional<dtype> v, const kivi_config& kivi = {});
 
 // --kv-policy SPEC (kv/kv_policy.h): which tokens the KV cache keeps and reads.
 void add_kv_policy_option(CLI::App& app, std::string& spec);

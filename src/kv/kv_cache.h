@@ -18,6 +18,19 @@
 // pages handed to the attention kernel — is table_index · page_size + row. Dense sequences
 // never drop, so their logical and table slots are equal.
 //
+// KIVI (kv_config::kivi_bits; Liu et al., 2024): the pool holds two classes of pages
+// (page_pool.h): full-precision pages of `type`, where every token is written, and packed
+// pages (kv_page_layout's KIVI blocks, one quantization group of page_size tokens each). A
+// query at logical slot L reads logical page lp packed iff (lp + 1) · page_size + R <= L (R =
+// kivi_residual): the newest R tokens and the unfinished group stay in full precision, older
+// groups are read quantized — whatever the chunking of the sequence, so prefill chunks,
+// decode, preemption and the prefix cache read the same values. A table is [packed pages,
+// then full pages]. seq_reserve(seq, n) also takes a packed *twin* for every full page that
+// a step reaching n slots ages out; the forward pass quantizes the twins layer by layer
+// (kivi_pack_layer, after the layer's K/V are written: rows of the same step may read a page
+// in either form) and kivi_commit swaps them into the table when the step is done, freeing
+// the full pages (a full page shared with the prefix cache stays there).
+//
 // Contract
 //  - Single owner: mutated by one thread at a time (the forward pass writes rows of pages
 //    the caller has made exclusive with seq_prepare_write; distinct rows may be written by
@@ -50,6 +63,15 @@ inline constexpr dtype kv_default_type = dtype::bf16;
 // false if unknown.
 bool kv_type_from_name(std::string_view name, dtype* out);
 
+// KIVI's settings as the command line and the engine take them (kv_config carries them into
+// the cache): bits 0 (off), 2 or 4; group G tokens (the page size of a KIVI cache) and the
+// residual R of newest tokens kept in full precision.
+struct kivi_config {
+    int32_t bits = 0;
+    int32_t group = 32;
+    int32_t residual = 128;
+};
+
 struct kv_config {
     int64_t n_layer = 0;
     int64_t n_kv_head = 0;
@@ -68,7 +90,18 @@ struct kv_config {
     // tokens of its own, so a slot's position is per head (token_positions(), token_scores()).
     // Off by default: 8 bytes per token, layer and head.
     bool token_scores = false;
+    // KIVI: 2 or 4 bits (0: off). Pages of page_size tokens are its groups G; the newest
+    // kivi_residual tokens stay in full precision. n_packed_pages packed pages follow the
+    // n_pages full ones in the id space. Not with key_bounds or token_scores.
+    int32_t kivi_bits = 0;
+    int32_t kivi_residual = 128;
+    int32_t n_packed_pages = 0;
     cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type}; }
+    cpu::kv_page_layout packed_layout() const { return {type, n_kv_head, page_size, head_dim, std::nullopt, kivi_bits}; }
+    // Bytes of one packed page (all layers); 0 without KIVI.
+    size_t packed_page_bytes() const {
+        return kivi_bits ? size_t(n_layer) * (packed_layout().k_page_bytes() + packed_layout().v_page_bytes()) : 0;
+    }
     size_t bounds_page_bytes() const { return key_bounds ? size_t(n_kv_head * 2 * head_dim) * sizeof(uint16_t) : 0; }
     size_t token_meta_page_bytes() const { return token_scores ? size_t(n_kv_head * page_size) * (sizeof(float) + sizeof(int32_t)) : 0; }
     // Bytes of one page (K, V and their metadata, all layers).
@@ -76,6 +109,12 @@ struct kv_config {
         return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes() + bounds_page_bytes() + token_meta_page_bytes());
     }
 };
+
+// KIVI pool sizes from a KV memory budget: full-precision pages for the residuals of as many
+// sequences of n_ctx tokens as fit (ceil(R / G) + 2 pages each, at most max_seqs of them) plus
+// one step of step_tokens, and packed pages for the rest of the budget. Sets c.n_pages and
+// c.n_packed_pages (c's geometry and KIVI fields set). Fails if not even one such sequence fits.
+status kivi_size_pools(kv_config& c, int64_t budget_bytes, int32_t max_seqs, int64_t n_ctx, int64_t step_tokens);
 
 class kv_cache {
 public:
@@ -89,8 +128,10 @@ public:
     const page_pool& pool() const { return pool_; }
     dtype type() const { return cfg_.type; }
     const cpu::kv_page_layout& layout() const { return layout_; }
-    // Bytes of K+V per token over all layers (a page's bytes over its tokens).
-    size_t bytes_per_token() const { return cfg_.page_bytes() / size_t(cfg_.page_size); }
+    // Bytes of K+V per token over all layers (a page's bytes over its tokens; with KIVI, a
+    // packed page's: what every token past the residual costs).
+    size_t bytes_per_token() const { return (cfg_.kivi_bits ? cfg_.packed_page_bytes() : cfg_.page_bytes()) / size_t(cfg_.page_size); }
+    bool kivi() const { return cfg_.kivi_bits != 0; }
     static int32_t pages_for(int64_t n_slots, int32_t page_size) { return int32_t((n_slots + page_size - 1) / page_size); }
 
     // Sequences. Ids are small integers, reused after seq_remove.
@@ -100,8 +141,32 @@ public:
     // Grows the table so that logical slots [0, n_slots) exist (those not dropped). Never shrinks.
     bool seq_reserve(int32_t seq, int64_t n_slots);
     bool can_reserve(int32_t seq, int64_t n_slots) const;
-    // Pages seq_reserve(seq, n_slots) would take from the pool.
+    // Full pages seq_reserve(seq, n_slots) would take from the pool, and packed twins (KIVI).
     int32_t pages_to_reserve(int32_t seq, int64_t n_slots) const;
+    int32_t packed_to_reserve(int32_t seq, int64_t n_slots) const;
+    // KIVI: logical pages [0, kivi_packed_pages(n)) are packed once a step reaching n slots
+    // is done; a query at slot L reads logical pages [0, kivi_packed_pages(L)) packed.
+    int64_t kivi_packed_pages(int64_t n_slots) const {
+        return cfg_.kivi_bits ? std::max<int64_t>(0, n_slots - cfg_.kivi_residual) / cfg_.page_size : 0;
+    }
+    // KIVI: quantizes layer `layer` of every pending twin of `seq` from its full page.
+    void kivi_pack_layer(int64_t layer, int32_t seq);
+    // KIVI: the twins replace their full pages in the table (all layers packed).
+    void kivi_commit(int32_t seq);
+    bool kivi_pending(int32_t seq) const { return !seqs_[size_t(seq)].twins.empty(); }
+    // Table index i's packed twin, or -1.
+    int32_t kivi_twin(int32_t seq, size_t i) const {
+        const seq_state& s = seqs_[size_t(seq)];
+        return i < s.twins.size() ? s.twins[i] : -1;
+    }
+    // KIVI: the longest prefix (in pages, at most n) of a run of cached pages that a sequence
+    // may start from: the pages a query at its end reads in full precision must be full.
+    int64_t kivi_usable_prefix(const int32_t* pages, int64_t n) const;
+    // The logical page at table index i.
+    int64_t logical_page(int32_t seq, int64_t i) const {
+        const seq_state& s = seqs_[size_t(seq)];
+        return i < s.n_pinned ? i : i + s.n_dropped;
+    }
     // Makes the pages holding logical slots [begin, end) exclusively owned, copying shared ones.
     bool seq_prepare_write(int32_t seq, int64_t begin, int64_t end);
     // A new sequence sharing all pages of `src` (ref counts +1). n > 1 completions.
@@ -170,6 +235,20 @@ public:
     cpu::paged_kv_view view(int64_t layer) const {
         return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages, cfg_.v_type};
     }
+    // KIVI: the packed pages of one layer, (n_kv_head, n_packed_pages, block) head-major; a
+    // packed page id p is page p - config().n_pages of this view.
+    cpu::paged_kv_view packed_view(int64_t layer) const {
+        return {kp_.get() + size_t(layer) * kp_layer_bytes_, vp_.get() + size_t(layer) * vp_layer_bytes_, cfg_.n_kv_head,
+                cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_packed_pages, std::nullopt, cfg_.kivi_bits};
+    }
+    uint8_t* packed_k_block(int64_t layer, int32_t page, int64_t head) {
+        return kp_.get() + size_t(layer) * kp_layer_bytes_ +
+               (size_t(head) * size_t(cfg_.n_packed_pages) + size_t(page - cfg_.n_pages)) * packed_layout_.k_head_bytes();
+    }
+    uint8_t* packed_v_block(int64_t layer, int32_t page, int64_t head) {
+        return vp_.get() + size_t(layer) * vp_layer_bytes_ +
+               (size_t(head) * size_t(cfg_.n_packed_pages) + size_t(page - cfg_.n_pages)) * packed_layout_.v_head_bytes();
+    }
     // Writes one token's K and V (each (n_kv_head, head_dim) float, converted to the cache's
     // format) into slot `slot` of `seq`. The slot must be reserved and its page exclusive.
     // With key bounds, the page's bounds take in the key as stored (row 0 of a page restarts
@@ -211,6 +290,7 @@ private:
         int32_t n_pinned = 0;        // leading pages never dropped
         int64_t n_dropped = 0;       // logical pages dropped after the pinned ones
         kv_policy policy;
+        std::vector<int32_t> twins;  // KIVI: (pages.size()) packed twin of each table page, -1 none; empty between steps
     };
     void copy_page(int32_t dst, int32_t src);
     size_t meta_offset(int64_t layer, int32_t page, int64_t head) const {
@@ -225,6 +305,9 @@ private:
     cpu::kv_page_layout layout_;
     size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;  // n_pages pages
     huge_buffer k_, v_;  // (n_layer, n_kv_head, n_pages, block) head-major, zeroed
+    cpu::kv_page_layout packed_layout_;
+    size_t kp_layer_bytes_ = 0, vp_layer_bytes_ = 0;  // n_packed_pages packed pages
+    huge_buffer kp_, vp_;  // KIVI: (n_layer, n_kv_head, n_packed_pages, block) head-major
     std::unique_ptr<uint16_t[]> bounds_;  // (n_layer, n_kv_head, n_pages, 2, head_dim) bf16, or null
     std::unique_ptr<float[]> scores_;      // (n_layer, n_kv_head, n_pages, page_size), or null
     std::unique_ptr<int32_t[]> positions_; // (n_layer, n_kv_head, n_pages, page_size), or null

@@ -81,9 +81,9 @@ int64_t prefix_cache::insert(const std::string& salt, const int32_t* tokens, con
     return added;
 }
 
-int64_t prefix_cache::evict_until_free(int32_t n_free) {
+int64_t prefix_cache::evict_until_free(int32_t n_free, int32_t n_free_packed) {
     int64_t evicted = 0;
-    while (pool_.n_free() < n_free) {
+    while (pool_.n_free() < n_free || pool_.n_free_packed() < n_free_packed) {
         // Evictable: leaves whose page only the tree holds.
         std::vector<node*> leaves;
         std::vector<node*> stack;
@@ -101,7 +101,7 @@ int64_t prefix_cache::evict_until_free(int32_t n_free) {
         }
         if (leaves.empty()) break;
         std::sort(leaves.begin(), leaves.end(), [&](const node* a, const node* b) { return policy_(*a, *b); });
-        const int64_t want = int64_t(n_free) - pool_.n_free();
+        const int64_t want = std::max<int64_t>({1, int64_t(n_free) - pool_.n_free(), int64_t(n_free_packed) - pool_.n_free_packed()});
         for (size_t i = 0; i < leaves.size() && int64_t(i) < want; ++i) {
             node* leaf = leaves[i];
             node* parent = leaf->parent;
@@ -176,7 +176,7 @@ status prefix_cache::check_integrity() const {
 
 void prefix_cache::clear() {
     // Evict everything evictable; pinned pages (and their ancestors) stay.
-    evict_until_free(pool_.n_pages());
+    evict_until_free(pool_.n_full(), pool_.n_packed());
 }
 
 }  // namespace kvs

@@ -59,9 +59,9 @@ public:
     // them). Pages already cached for the same prefix stay as they are (the sequence's copy
     // stays private); new ones are added with a tree reference. Returns pages added.
     int64_t insert(const std::string& salt, const int32_t* tokens, const int32_t* pages, int64_t n_pages);
-    // Evicts cached leaves until the pool has n_free free pages or nothing is evictable.
-    // Returns pages evicted.
-    int64_t evict_until_free(int32_t n_free);
+    // Evicts cached leaves until the pool has n_free free full pages and n_free_packed free
+    // packed ones, or nothing is evictable. Returns pages evicted.
+    int64_t evict_until_free(int32_t n_free, int32_t n_free_packed = 0);
     // Pages only the tree holds (evictable now or after their descendants).
     int64_t n_cached_only() const;
     int64_t n_pages() const { return n_nodes_; }

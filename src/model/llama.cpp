@@ -77,7 +77,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     // plan over them: decided once, used by every layer.
     attention_plan& ap = st.plan_;
     KVS_TRY(plan_attention(n, b.seq_ids.data(), b.slots.data(), kv, ap, b.prompt.empty() ? nullptr : b.prompt.data()));
-    st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(),
+    // (KIVI: rows of one shared prefix may read its pages in different forms; no cascade.)
+    st.cascade_ = st.cascade_on_ && n > 1 && !kv.kivi() ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(),
                                                          ap.page_ids.data(), kv.config().page_size, {},
                                                          ap.any_begin ? ap.q_kv_begin.data() : nullptr)
                                           : cascade_plan{};
@@ -140,6 +141,24 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         sink_ab.q_kv_begin = nullptr;
     }
 
+    // KIVI: each row's packed and full-precision pages, and the sequences whose pages this
+    // step ages out (their twins are quantized layer by layer below).
+    std::vector<int32_t> kivi_seqs;
+    if (kv.kivi()) {
+        KVS_TRY(plan_kivi(ab, b.seq_ids.data(), b.slots.data(), kv, st.kivi_));
+        if (n_sink > 0) {
+            st.kivi_sink_seq_.resize(size_t(n_sink));
+            st.kivi_sink_slot_.resize(size_t(n_sink));
+            for (int64_t j = 0; j < n_sink; ++j) {
+                st.kivi_sink_seq_[size_t(j)] = b.seq_ids[size_t(ap.sink_rows[size_t(j)])];
+                st.kivi_sink_slot_[size_t(j)] = b.slots[size_t(ap.sink_rows[size_t(j)])];
+            }
+            KVS_TRY(plan_kivi(sink_ab, st.kivi_sink_seq_.data(), st.kivi_sink_slot_.data(), kv, st.kivi_sink_));
+        }
+        for (int32_t s : b.seq_ids)
+            if (kv.kivi_pending(s) && std::find(kivi_seqs.begin(), kivi_seqs.end(), s) == kivi_seqs.end()) kivi_seqs.push_back(s);
+    }
+
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const llama_layer& L = w_.layers[size_t(il)];
         // Attention block. (From layer 1 on, the previous layer's residual add already wrote
@@ -167,6 +186,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         dump("Vcur", il, st.v.data(), n, nkv);
         for (int64_t i = 0; i < n; ++i)
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv, b.positions[size_t(i)]);
+        for (int32_t s : kivi_seqs) kv.kivi_pack_layer(il, s);
         if (!ap.quest_rows.empty() && il >= 2) {  // Quest: the first two layers stay dense
             KVS_TRY(quest_select(ap, kv, il, st.q.data(), hp.n_head, st.quest_, pool));
             cpu::attention_batch qb = ab;
@@ -189,6 +209,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             if (st.quest_mass_on_) quest_attention_mass(ap, st.quest_, kv, il, st.q.data(), hp.n_head, st.quest_mass_sum_, st.quest_mass_n_);
             st.quest_pages_read_ += st.quest_.pages_read;
             st.quest_pages_dense_ += st.quest_.pages_dense;
+        } else if (kv.kivi()) {
+            kivi_attention(ab, st.kivi_, kv, il, st.attn.data(), st.lse.data(), st.kivi_scratch_, pool);
         } else {
             attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
         }
@@ -205,7 +227,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
                 std::copy_n(st.q.data() + int64_t(ap.sink_rows[size_t(j)]) * nq, nq, qs);
                 cpu::rope_apply(qs, hp.n_head, hd, n_rot, st.sink_cos.data() + j * n_pairs, st.sink_sin.data() + j * n_pairs, hp.rope);
             }
-            cpu::attention_paged(sink_ab, kv.view(il), st.sink_o.data(), st.sink_lse.data(), pool);
+            if (kv.kivi()) kivi_attention(sink_ab, st.kivi_sink_, kv, il, st.sink_o.data(), st.sink_lse.data(), st.kivi_scratch_, pool);
+            else cpu::attention_paged(sink_ab, kv.view(il), st.sink_o.data(), st.sink_lse.data(), pool);
             for (int64_t j = 0; j < n_sink; ++j) {
                 const int64_t r = ap.sink_rows[size_t(j)];
                 cpu::attention_merge(st.attn.data() + r * nq, st.lse.data() + r * hp.n_head, st.sink_o.data() + j * nq,
@@ -236,6 +259,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         dump("l_out", il, st.x.data(), n, d);
     }
 
+    // KIVI: the aged-out pages are packed in every layer now; their twins take their place.
+    for (int32_t s : kivi_seqs) kv.kivi_commit(s);
     // H2O: every (layer, KV head) of each H2O sequence cuts back to its budget.
     for (size_t e = 0; e < ap.h2o_seqs.size(); ++e) KVS_TRY(h2o_cut_back(kv, ap.h2o_seqs[e], ap.h2o_filled[e]));
 

@@ -31,6 +31,7 @@
 #include "kv/kv_cache.h"
 #include "model/batch.h"
 #include "model/cascade_attention.h"
+#include "model/kivi_attention.h"
 #include "model/hparams.h"
 
 namespace kvs {
@@ -118,6 +119,9 @@ private:
     cascade_plan cascade_quest_;         // the same without Quest rows (their per-head layers)
     std::vector<uint8_t> quest_row_mask_;  // (n) 1 for Quest rows
     cascade_scratch cascade_scratch_;
+    kivi_plan kivi_, kivi_sink_;         // KIVI: packed and full-precision pages of the rows, and of the sink pass
+    std::vector<int32_t> kivi_sink_seq_, kivi_sink_slot_;
+    kivi_scratch kivi_scratch_;
     quest_layer_plan quest_;             // Quest's selection of the current layer
     int64_t quest_pages_read_ = 0, quest_pages_dense_ = 0;
     std::vector<quest_choice>* quest_trace_ = nullptr;

@@ -23,10 +23,22 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
     const int32_t n_pages = pol.slides() ? kv_cache::policy_page_bound(pol, s->n_batch_, p.page_size)
                             : h2o        ? kv_cache::pages_for(pol.heavy + pol.recent + s->n_batch_, p.page_size)
                                          : kv_cache::pages_for(span, p.page_size);
-    kv_config geom = model.kv_geometry(p.page_size, n_pages, p.kv_type.value_or(model.auto_kv_type()));
+    const int32_t ps = p.kivi.bits ? p.kivi.group : p.page_size;  // KIVI: a page is one group
+    if (ps <= 0 || ps > 4096) return status::error(strfmt("page size %d is out of range", ps));
+    kv_config geom = model.kv_geometry(ps, p.kivi.bits ? 1 : n_pages, p.kv_type.value_or(model.auto_kv_type()));
     if (p.kv_v_type && *p.kv_v_type != geom.type) geom.v_type = p.kv_v_type;
     geom.key_bounds = pol.kind == kv_policy_kind::quest;
     geom.token_scores = h2o;
+    if (p.kivi.bits) {
+        if (pol.kind == kv_policy_kind::quest || h2o || pol.kind == kv_policy_kind::recompute)
+            return status::error(strfmt("KIVI does not combine with the %s policy", pol.spec().c_str()));
+        geom.kivi_bits = p.kivi.bits;
+        geom.kivi_residual = p.kivi.residual;
+        // The sequence's residual and one chunk in full precision; every page packed.
+        const int64_t span_pages = pol.slides() ? kv_cache::policy_page_bound(pol, s->n_batch_, ps) : kv_cache::pages_for(span, ps);
+        geom.n_pages = int32_t(std::min<int64_t>(span_pages, (p.kivi.residual + ps - 1) / ps + 3 + kv_cache::pages_for(s->n_batch_, ps)));
+        geom.n_packed_pages = int32_t(span_pages);
+    }
     auto kv = kv_cache::create(geom);
     if (!kv) return kv.error();
     s->kv_ = std::move(kv.value());

@@ -29,6 +29,7 @@ struct session_params {
     int32_t page_size = 16;   // KV tokens per page
     std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (llama_model::auto_kv_type)
     std::optional<dtype> kv_v_type;  // V's format when it differs from K's (unset: kv_type's)
+    kivi_config kivi;  // KIVI pages (bits 0: off); its group is the page size, kv_type the residual's format
     int64_t max_logit_rows = 1;  // logit rows one forward pass may return (eval with all_logits)
     kv_policy policy;            // which tokens the cache keeps and reads (dense by default)
 };

@@ -7,20 +7,30 @@ namespace kvs {
 
 result<std::unique_ptr<engine>> engine::create(const llama_model& model, const tokenizer& tok, const engine_config& c) {
     std::unique_ptr<engine> e(new engine());
-    const int32_t ps = c.page_size;
+    const int32_t ps = c.kivi.bits ? c.kivi.group : c.page_size;  // KIVI: a page is one group
     if (ps <= 0 || ps > 4096) return status::error(strfmt("page size %d is out of range", ps));
     kv_config geom = model.kv_geometry(ps, 1, c.kv_type.value_or(model.auto_kv_type()));
     if (c.kv_v_type && *c.kv_v_type != geom.type) geom.v_type = c.kv_v_type;
     geom.key_bounds = c.key_bounds;
     geom.token_scores = c.token_scores;
+    geom.kivi_bits = c.kivi.bits;
+    geom.kivi_residual = c.kivi.residual;
     const int64_t bytes_per_page = int64_t(geom.page_bytes());
+    const int64_t n_ctx = c.sched.n_ctx > 0 ? c.sched.n_ctx : model.hparams().n_ctx_train;
     int64_t n_pages;
-    if (c.kv_tokens > 0) {
+    if (c.kivi.bits) {
+        // The budget in bytes (kv_tokens: that many tokens at the residual format's size).
+        const int64_t budget = c.kv_memory_bytes > 0 ? c.kv_memory_bytes
+                               : c.kv_tokens > 0     ? kv_cache::pages_for(c.kv_tokens, ps) * bytes_per_page
+                                                     : std::min<int64_t>(int64_t(c.sched.max_seqs) * kv_cache::pages_for(n_ctx, ps) * bytes_per_page,
+                                                                         int64_t(2) << 30);
+        KVS_TRY(kivi_size_pools(geom, budget, c.sched.max_seqs, n_ctx, c.sched.max_batch_tokens));
+        n_pages = geom.n_pages;
+    } else if (c.kv_tokens > 0) {
         n_pages = kv_cache::pages_for(c.kv_tokens, ps);
     } else if (c.kv_memory_bytes > 0) {
         n_pages = c.kv_memory_bytes / bytes_per_page;
     } else {
-        const int64_t n_ctx = c.sched.n_ctx > 0 ? c.sched.n_ctx : model.hparams().n_ctx_train;
         n_pages = std::min<int64_t>(int64_t(c.sched.max_seqs) * kv_cache::pages_for(n_ctx, ps), (int64_t(2) << 30) / bytes_per_page);
     }
     if (n_pages < 1) return status::error("the KV memory budget is smaller than one page");

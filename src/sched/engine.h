@@ -23,6 +23,7 @@ struct engine_config {
     int32_t page_size = 16;       // tokens per KV page
     std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (llama_model::auto_kv_type)
     std::optional<dtype> kv_v_type;  // V's format when it differs from K's (unset: kv_type's)
+    kivi_config kivi;             // KIVI pages (bits 0: off); its group is the page size, kv_type the residual's format
     int64_t kv_tokens = 0;        // pool capacity in tokens; 0 = from kv_memory_bytes
     int64_t kv_memory_bytes = 0;  // pool size in bytes; 0 with kv_tokens 0 = max_seqs full contexts, capped at 2 GiB
     int threads = 1;

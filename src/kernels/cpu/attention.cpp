@@ -31,6 +31,7 @@ dtype dtype_of(detail::kv_fmt f) {
 // float rows.
 void load_row(const kv_page_layout& l, bool is_v, const uint8_t* block, int64_t r, float* row) {
     const int64_t hd = l.head_dim;
+    if (l.is_kivi()) return is_v ? kivi_dequantize_v_row(l, block, r, row) : kivi_dequantize_k_row(l, block, r, row);
     if (l.is_quantized()) return kv_dequantize_row(l, block, r, row);
     if (l.type == dtype::f32) {
         std::memcpy(row, block + size_t(r * hd) * sizeof(float), size_t(hd) * sizeof(float));
@@ -51,8 +52,9 @@ void load_row(const kv_page_layout& l, bool is_v, const uint8_t* block, int64_t 
 // accumulator acc), in float32 from the stored values.
 void attend_portable(const detail::attn_work& w) {
     const int64_t hd = w.hd;
-    const kv_page_layout lay{dtype_of(w.fmt), 0, w.page_size, hd, std::nullopt};
-    const kv_page_layout lay_v{dtype_of(w.v_fmt), 0, w.page_size, hd, std::nullopt};
+    const int32_t kivi = w.fmt == detail::kv_fmt::kivi ? w.kivi_bits : 0;
+    const kv_page_layout lay{dtype_of(w.fmt), 0, w.page_size, hd, std::nullopt, kivi};
+    const kv_page_layout lay_v{dtype_of(w.v_fmt), 0, w.page_size, hd, std::nullopt, kivi};
     static thread_local std::vector<float> buf;
     buf.resize(size_t(3 * hd));
     float* acc = buf.data();  // (hd)
@@ -179,7 +181,8 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
     }
 
     const kv_page_layout lay = kv.layout(), lay_v = lay.for_v();
-    const detail::kv_fmt fmt = fmt_of(kv.type), v_fmt = fmt_of(lay.v());
+    const detail::kv_fmt fmt = lay.is_kivi() ? detail::kv_fmt::kivi : fmt_of(kv.type);
+    const detail::kv_fmt v_fmt = lay.is_kivi() ? detail::kv_fmt::kivi : fmt_of(lay.v());
     const detail::attn_fn kernel = active_attention_kernel(fmt);
     const int64_t per_block = kv.n_kv_head * n_hchunks * n_split;
     const row_block* block_list = blocks.data();
@@ -208,7 +211,13 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.pages = b.page_ids + b.page_indptr[b.seq_head_entry ? b.seq_head_entry[entry * kv.n_kv_head + kvh] : entry];
         w.page_size = ps;
         w.k_row_elems = lay.k_row_elems();
-        if (lay.is_quantized() || lay_v.is_quantized()) {
+        w.kivi_bits = lay.kivi_bits;
+        if (lay.is_kivi()) {
+            w.q_group = lay.kivi_v_group();
+            w.q_groups = lay.kivi_v_groups();
+            w.q_row_bytes = w.v_q_row_bytes = lay.kivi_row_bytes();
+            w.q_scale_off = w.v_q_scale_off = lay.kivi_param_offset();
+        } else if (lay.is_quantized() || lay_v.is_quantized()) {
             w.q_group = lay.q_group();
             w.q_groups = lay.q_groups();
         }
@@ -383,6 +392,7 @@ void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_
 
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
     const auto* kh = static_cast<const uint8_t*>(k_block);
+    if (l.is_kivi()) return kivi_dequantize_k(l, kh, row, d);
     if (l.is_quantized()) return kv_dequantize(l, kh, row, d);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(kh)[row * l.head_dim + d];
     return half_value(l.type, reinterpret_cast<const uint16_t*>(kh)[row * l.k_row_elems() + d]);
@@ -391,6 +401,7 @@ float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64
 float kv_load_v(const kv_page_layout& layout, const void* v_block, int64_t row, int64_t d) {
     const kv_page_layout l = layout.for_v();
     const auto* vh = static_cast<const uint8_t*>(v_block);
+    if (l.is_kivi()) return kivi_dequantize_v(l, vh, row, d);
     if (l.is_quantized()) return kv_dequantize(l, vh, row, d);
     if (l.type == dtype::f32) return reinterpret_cast<const float*>(vh)[row * l.head_dim + d];
     return half_value(l.type, reinterpret_cast<const uint16_t*>(vh)[(row / 2) * l.head_dim * 2 + d * 2 + (row & 1)]);

@@ -40,16 +40,41 @@ namespace kvs::cpu {
 //                         i + ceil(G / 2) (high nibble). Rows padded to 4 bytes (pad 0).
 //                scales (page_size, n_groups) f16 d, then for q4_1 (page_size, n_groups) f16 m.
 //              Bits per value: 8.5 (q8_0), 4.5 (q4_0), 5 (q4_1), as in llama.cpp.
+//   KIVI (kivi_bits = 2 or 4; Liu et al., 2024) packed pages: a page's page_size tokens are one
+//              quantization group G. Asymmetric b-bit codes u in [0, 2^b - 1], x ≈ a · u + m.
+//              Codes, K and V alike: (page_size, kivi_row_bytes) uint8, token-major; byte i of a
+//                         row holds elements i + j·Q (j < 8 / b) at bits [j·b, (j+1)·b), Q =
+//                         ceil(head_dim · b / 8). Rows padded to 4 bytes (pad 0).
+//              K block: codes, then per channel over the page's tokens (2, head_dim) f16: the
+//                         scales a_d, then the minimums m_d (KIVI's per-channel keys).
+//              V block: codes, then per token and group of kivi_v_group() = min(G, head_dim)
+//                         channels (page_size, kivi_v_groups()) f16 scales, then (page_size,
+//                         kivi_v_groups()) f16 minimums (KIVI's per-token values; head_dim a
+//                         multiple of the group).
+//              A KIVI cache keeps the newest tokens (its residual) in full-precision pages of
+//              `type` and packs a page once it has aged out (kv_cache.h).
 // K and V may be stored in different formats (v_type; llama.cpp's -ctk / -ctv): `type` is K's,
 // and V's block follows for_v(), the layout of V's format.
 struct kv_page_layout {
     dtype type = dtype::f32;
     int64_t n_kv_head = 0, page_size = 0, head_dim = 0;
     std::optional<dtype> v_type;  // V's format when it differs from K's
+    int32_t kivi_bits = 0;        // 2 or 4: KIVI packed pages (K and V); 0: pages of `type` / v_type
 
     dtype v() const { return v_type.value_or(type); }
     // The layout V's blocks follow (its `type` is V's format).
-    kv_page_layout for_v() const { return {v(), n_kv_head, page_size, head_dim, std::nullopt}; }
+    kv_page_layout for_v() const { return {v(), n_kv_head, page_size, head_dim, std::nullopt, kivi_bits}; }
+    bool is_kivi() const { return kivi_bits != 0; }
+    // KIVI: code bytes per token row, byte offsets of the K block's channel parameters and of the
+    // V block's token parameters.
+    int64_t kivi_row_bytes() const { return ((head_dim * kivi_bits + 7) / 8 + 3) / 4 * 4; }
+    int64_t kivi_codes_per_byte() const { return 8 / kivi_bits; }
+    int64_t kivi_q() const { return (head_dim + kivi_codes_per_byte() - 1) / kivi_codes_per_byte(); }
+    size_t kivi_param_offset() const { return size_t(page_size * kivi_row_bytes()); }  // block start → scales
+    size_t kivi_k_block_bytes() const { return kivi_param_offset() + size_t(4 * head_dim); }
+    int64_t kivi_v_group() const { return page_size < head_dim ? page_size : head_dim; }
+    int64_t kivi_v_groups() const { return head_dim / kivi_v_group(); }
+    size_t kivi_v_block_bytes() const { return kivi_param_offset() + size_t(4 * page_size * kivi_v_groups()); }
 
     static bool supported(dtype t) {
         return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16 || quantized(t);
@@ -58,6 +83,7 @@ struct kv_page_layout {
     bool is_quantized() const { return quantized(type); }
     // The head size this format can store ("" if it can), else why not.
     const char* head_dim_problem() const {
+        if (is_kivi()) return head_dim % kivi_v_group() ? "KIVI needs head_dim to be a multiple of its group (or smaller)" : "";
         return (is_quantized() || quantized(v())) && head_dim > 32 && head_dim % 32
                    ? "quantized KV formats need head_dim < 32 or a multiple of 32"
                    : "";
@@ -78,8 +104,12 @@ struct kv_page_layout {
     size_t elem_bytes() const { return type == dtype::f32 ? 4 : 2; }
     int64_t k_row_elems() const { return type == dtype::f32 ? head_dim : (head_dim + 1) / 2 * 2; }
     int64_t v_rows() const { return type == dtype::f32 ? page_size : (page_size + 1) / 2 * 2; }  // (of `type`)
-    size_t k_head_bytes() const { return is_quantized() ? q_block_bytes() : size_t(page_size * k_row_elems()) * elem_bytes(); }
+    size_t k_head_bytes() const {
+        if (is_kivi()) return kivi_k_block_bytes();
+        return is_quantized() ? q_block_bytes() : size_t(page_size * k_row_elems()) * elem_bytes();
+    }
     size_t v_head_bytes() const {
+        if (is_kivi()) return kivi_v_block_bytes();
         if (v_type) return for_v().v_head_bytes();
         return is_quantized() ? q_block_bytes() : size_t(v_rows() * head_dim) * elem_bytes();
     }
@@ -115,8 +145,9 @@ struct paged_kv_view {
     int64_t head_major_pages = 0;
 
     std::optional<dtype> v_type;  // V's format when it differs from K's
+    int32_t kivi_bits = 0;        // KIVI packed pages (kv_page_layout::kivi_bits)
 
-    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type}; }
+    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type, kivi_bits}; }
     size_t k_page_stride() const { return head_major_pages ? layout().k_head_bytes() : layout().k_page_bytes(); }
     size_t v_page_stride() const { return head_major_pages ? layout().v_head_bytes() : layout().v_page_bytes(); }
     size_t k_head_stride() const { return layout().k_head_bytes() * size_t(head_major_pages ? head_major_pages : 1); }

@@ -929,6 +929,7 @@ attn_fn attention_kernel_avx512(kv_fmt fmt) {
         case kv_fmt::q8_0: return attend_any<int(kv_fmt::q8_0)>;
         case kv_fmt::q4_0: return attend_any<int(kv_fmt::q4_0)>;
         case kv_fmt::q4_1: return attend_any<int(kv_fmt::q4_1)>;
+        case kv_fmt::kivi: return nullptr;  // the portable path reads KIVI pages
     }
     return nullptr;
 }

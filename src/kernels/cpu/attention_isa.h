@@ -9,7 +9,7 @@
 namespace kvs::cpu::detail {
 
 // KV storage formats the tile kernels read (kv_page_layout in attention.h describes them).
-enum class kv_fmt : int32_t { f32 = 0, f16 = 1, bf16 = 2, q8_0 = 3, q4_0 = 4, q4_1 = 5 };
+enum class kv_fmt : int32_t { f32 = 0, f16 = 1, bf16 = 2, q8_0 = 3, q4_0 = 4, q4_1 = 5, kivi = 6 };
 
 // One attention task: the query vectors of n_rows consecutive rows of one sequence × n_group
 // heads sharing one KV head, against the key slots [t0, t1) of that sequence (row r sees only
@@ -35,6 +35,7 @@ struct attn_work {
     size_t q_scale_off, q_min_off;
     int64_t v_q_row_bytes;           // the same for a quantized V in another format than K's
     size_t v_q_scale_off, v_q_min_off;
+    int32_t kivi_bits;               // kv_fmt::kivi (K and V): 2 or 4
     size_t k_page_bytes, v_page_bytes;
     size_t k_head_off, v_head_off;  // bytes from a page's start to this KV head's block
     int64_t t0, t1;           // key slot range
