@@ -161,6 +161,36 @@ TEST(Cli, KvTypeAutoAndExplicitFormats) {
     EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(model) + " -p x -n 1 --kv-type q5_k", &out), 0) << out;
 }
 
+// KIVI: bytes per packed token and what a sequence holds (its old pages packed, the residual in
+// the model's float format), and the flag errors.
+TEST(Cli, KiviBytesAndFlags) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    std::string out;
+    const std::string run = kvserve_binary() + " run -m " + q(model) + " -p 'Once upon a time' -n 200 --temp 0 ";
+    // Per (layer, KV head) and token, head_dim 8: 2-bit K codes (2 bytes, rows padded to 4),
+    // K's per-channel f16 scale and min over a group of 32 tokens (32 bytes / 32), V's codes (4)
+    // and its f16 scale and min per token (4): 13 bytes, x 20 (layer, head) pairs. 205 tokens:
+    // 7 pages of 32, the 2 older than the residual of 128 packed (2 x 32 x 260 bytes), 5 f32
+    // pages (5 x 32 x 1,280).
+    ASSERT_EQ(run_command(run + "--kv-type kivi2", &out), 0) << out;
+    EXPECT_NE(out.find("kivi2 (G 32, R 128, residual f32), 221440 bytes held at the end (7 pages)"), std::string::npos) << out;
+    EXPECT_NE(out.find("260 bytes per token"), std::string::npos) << out;
+    // G 16: K's parameters cost 32 / 16 bytes per token; R 32 packs 10 of 13 pages.
+    ASSERT_EQ(run_command(run + "-ctk kivi4 -ctv kivi4 --kivi-group 16 --kivi-residual 32", &out), 0) << out;
+    EXPECT_NE(out.find("kivi4 (G 16, R 32, residual f32), 106240 bytes held at the end (13 pages)"), std::string::npos) << out;
+    EXPECT_NE(out.find("280 bytes per token"), std::string::npos) << out;
+    ASSERT_EQ(run_command(run + "--kv-type kivi2 -ctk bf16", &out), 0) << out;
+    EXPECT_NE(out.find("residual bf16"), std::string::npos) << out;
+    for (auto [flags, message] : {std::pair<const char*, const char*>{"-ctk kivi2", "KIVI quantizes K and V together"},
+                                  {"--kv-type kivi2 -ctv q8_0", "V cannot take another format"},
+                                  {"--kv-type kivi2 -ctk q4_0", "residual pages take a float format"},
+                                  {"--kv-type kivi2 --kivi-group 3", "multiple of its group"},
+                                  {"--kv-type kivi2 --kv-policy h2o:heavy=8,recent=8", "does not combine"}}) {
+        EXPECT_NE(run_command(run + flags, &out), 0) << flags << "\n" << out;
+        EXPECT_NE(out.find(message), std::string::npos) << flags << "\n" << out;
+    }
+}
+
 TEST(Cli, StreamingRunPastTheContextAndBenchKvBytes) {
     KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
     std::string out;

@@ -52,9 +52,13 @@ struct run_result {
 
 run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler_config cfg, int32_t n_pages,
                    int32_t page_size = 16, std::function<void(int, std::vector<std::shared_ptr<request_stream>>&)> each_step = nullptr,
-                   dtype kv_type = kv_default_type, std::optional<dtype> kv_v_type = std::nullopt) {
+                   dtype kv_type = kv_default_type, std::optional<dtype> kv_v_type = std::nullopt, kivi_config kivi = {},
+                   int32_t n_packed_pages = 0) {
     kv_config geom = f->model->kv_geometry(page_size, n_pages, kv_type);
     geom.v_type = kv_v_type;
+    geom.kivi_bits = kivi.bits;
+    geom.kivi_residual = kivi.residual;
+    geom.n_packed_pages = n_packed_pages;
     for (auto& p : reqs) {
         geom.token_scores |= p.policy.kind == kv_policy_kind::h2o;  // H2O needs them
         geom.key_bounds |= p.policy.kind == kv_policy_kind::quest;  // and Quest these
@@ -86,7 +90,7 @@ run_result run_all(const fixture* f, std::vector<request_params> reqs, scheduler
     collect(streams, r.outs);
     EXPECT_TRUE(s.check_integrity()) << s.check_integrity().message();  // idle: only cached pages in use
     s.drop_prefix_cache();
-    EXPECT_EQ(kv->pool().n_free(), kv->pool().n_pages()) << "pages leaked";
+    EXPECT_EQ(kv->pool().n_free() + kv->pool().n_free_packed(), kv->pool().n_pages()) << "pages leaked";
     for (auto& st : streams) EXPECT_TRUE(st->done());
     r.metrics = s.metrics();
     return r;
@@ -226,6 +230,48 @@ TEST(Scheduler, QuantizedKvServesLikeAnyOtherFormat) {
             EXPECT_EQ(tight.outs[i][0].tokens, base.outs[i][0].tokens) << dtype_name(t) << " preempted: " << i;
         }
         for (int c = 0; c < 3; ++c) EXPECT_EQ(fork.outs[0][size_t(c)].tokens, base.outs[1][0].tokens) << dtype_name(t) << " fork " << c;
+    }
+}
+
+// KIVI: a query reads a page packed by its own position alone (kv_cache.h), so the prefix
+// cache on or off, chunked prefill down to 2-token chunks (pages aged out inside a chunk are
+// read through their twins by the chunk's later rows), preemption with recompute and n > 1
+// forks all give the plain run's tokens, with the integrity check after every step. Small
+// groups and residuals make pages age within these short prompts; R = 0 packs a page as soon
+// as it fills.
+TEST(Scheduler, KiviServesIdenticallyHoweverTheWorkIsCut) {
+    NEED_MODEL(f);
+    std::vector<request_params> reqs;
+    for (auto& p : k_prompts) reqs.push_back(greedy(f, p, 40));
+    reqs.push_back(greedy(f, k_prompts[0], 40));  // a prefix-cache hit on the whole prompt
+    for (kivi_config kivi : {kivi_config{2, 4, 8}, kivi_config{4, 4, 8}, kivi_config{2, 8, 0}}) {
+        const std::string where = "kivi" + std::to_string(kivi.bits) + " G " + std::to_string(kivi.group) + " R " + std::to_string(kivi.residual);
+        const int32_t g = kivi.group;
+        scheduler_config plain;
+        plain.prefix_cache = false;
+        plain.cascade = false;
+        auto base = run_all(f, reqs, plain, 256, g, nullptr, dtype::f32, std::nullopt, kivi, 256);
+        EXPECT_GT(base.metrics.generated_tokens, 0) << where;
+        auto cached = run_all(f, reqs, scheduler_config{}, 256, g, nullptr, dtype::f32, std::nullopt, kivi, 256);
+        if (g == 4) {  // (the prompts are shorter than 8 tokens)
+            EXPECT_GT(cached.metrics.prefix_hit_tokens, 0) << where;
+        }
+        scheduler_config tiny;
+        tiny.max_batch_tokens = 5;
+        tiny.prefill_chunk = 2;
+        tiny.max_seqs = 3;
+        auto chunked = run_all(f, reqs, tiny, 256, g, nullptr, dtype::f32, std::nullopt, kivi, 256);
+        auto tight = run_all(f, reqs, scheduler_config{}, 256, g, nullptr, dtype::f32, std::nullopt, kivi, 24);
+        EXPECT_GT(tight.metrics.preemptions, 0) << where;
+        request_params forked = reqs[1];
+        forked.n = 3;
+        auto fork = run_all(f, {forked}, scheduler_config{}, 256, g, nullptr, dtype::f32, std::nullopt, kivi, 256);
+        for (size_t i = 0; i < reqs.size(); ++i) {
+            EXPECT_EQ(cached.outs[i][0].tokens, base.outs[i][0].tokens) << where << " prefix cache: " << i;
+            EXPECT_EQ(chunked.outs[i][0].tokens, base.outs[i][0].tokens) << where << " chunked: " << i;
+            EXPECT_EQ(tight.outs[i][0].tokens, base.outs[i][0].tokens) << where << " preempted: " << i;
+        }
+        for (int c = 0; c < 3; ++c) EXPECT_EQ(fork.outs[0][size_t(c)].tokens, base.outs[1][0].tokens) << where << " fork " << c;
     }
 }
 

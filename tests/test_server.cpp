@@ -102,6 +102,32 @@ TEST(server, quantized_kv_cache) {
     EXPECT_EQ(body["usage"]["completion_tokens"], 24);
 }
 
+// A server on a KIVI cache (groups of 8 tokens, residual 16, so these short requests age pages):
+// /metrics reports the packed bytes per token and the packed pages, greedy completions are
+// deterministic across requests and through the prefix cache, and every page comes back.
+TEST(server, kivi_cache) {
+    NEED_MODEL(f);
+    engine_config ec = small_engine();
+    ec.kivi = kivi_config{2, 8, 16};
+    served s(f, ec);
+    auto [xs, xb] = s.get("/metrics");
+    ASSERT_EQ(xs, 200);
+    // Per (layer, head) and token: 4 bytes of K codes, 32 / 8 of K parameters, 4 of V codes, 4 of V's.
+    EXPECT_EQ(metric(xb, "kvserve_kv_bytes_per_token"), 16 * 20);
+    EXPECT_GT(metric(xb, "kvserve_kv_packed_pages_total"), 0);
+    const json req = {{"prompt", "Once upon a time"}, {"temperature", 0}, {"max_tokens", 48}};
+    auto [st, body] = s.post("/v1/completions", req);
+    ASSERT_EQ(st, 200) << body.dump();
+    auto [st2, body2] = s.post("/v1/completions", req);  // the prompt now comes from the prefix cache
+    ASSERT_EQ(st2, 200) << body2.dump();
+    EXPECT_EQ(body2["choices"][0]["text"], body["choices"][0]["text"]);
+    EXPECT_EQ(body["usage"]["completion_tokens"], 48);
+    EXPECT_TRUE(s.eng->check_integrity()) << s.eng->check_integrity().message();
+    auto [ys, yb] = s.get("/metrics");
+    ASSERT_EQ(ys, 200);
+    EXPECT_EQ(metric(yb, "kvserve_kv_pages_used"), 0);  // nothing runs
+}
+
 TEST(server, completion_greedy_golden_and_usage) {
     NEED_MODEL(f);
     served s(f);

@@ -159,10 +159,9 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "generate:  %lld tokens in %.2f ms (%.2f tokens/s)\n", (long long)n_gen, gen_s * 1e3,
                  double(n_gen) / std::max(gen_s, 1e-9));
     const session& ss = *s.value();
-    const size_t page_bytes = ss.kv().config().page_bytes();
-    std::fprintf(stderr, "kv:        %s, %zu bytes held at the end (%zu pages), peak %zu bytes (%d pages), %zu bytes per token\n",
-                 ss.policy().spec().c_str(), ss.kv_bytes(), ss.kv_bytes() / page_bytes, size_t(ss.peak_pages()) * page_bytes,
-                 ss.peak_pages(), ss.kv().bytes_per_token());
+    std::fprintf(stderr, "kv:        %s, %s, %zu bytes held at the end (%zu pages), peak %zu bytes (%d pages), %zu bytes per token\n",
+                 ss.policy().spec().c_str(), kv_format_name(ss.kv().type(), ss.kv().config().v_type, sess.kivi).c_str(), ss.kv_bytes(),
+                 ss.kv().seq_pages(ss.kv_seq()).size(), ss.peak_bytes(), ss.peak_pages(), ss.kv().bytes_per_token());
     return 0;
 }
 

@@ -132,6 +132,13 @@ public:
     // packed page's: what every token past the residual costs).
     size_t bytes_per_token() const { return (cfg_.kivi_bits ? cfg_.packed_page_bytes() : cfg_.page_bytes()) / size_t(cfg_.page_size); }
     bool kivi() const { return cfg_.kivi_bits != 0; }
+    // Bytes of one page (all layers) by its class, and of a sequence's table.
+    size_t page_bytes_of(int32_t page) const { return pool_.is_packed(page) ? cfg_.packed_page_bytes() : cfg_.page_bytes(); }
+    size_t seq_bytes(int32_t seq) const {
+        size_t n = 0;
+        for (int32_t p : seq_pages(seq)) n += page_bytes_of(p);
+        return n;
+    }
     static int32_t pages_for(int64_t n_slots, int32_t page_size) { return int32_t((n_slots + page_size - 1) / page_size); }
 
     // Sequences. Ids are small integers, reused after seq_remove.

@@ -64,6 +64,7 @@ status session::forward_chunk(const int32_t* tokens, int64_t m, const uint8_t* w
     const int64_t first_slot = policy_.kind == kv_policy_kind::h2o ? h2o_kept_slots(policy_, n_past_) : n_past_;
     if (!kv_->seq_reserve(seq_, first_slot + m)) return status::error("kv cache: out of pages");
     peak_pages_ = std::max(peak_pages_, int32_t(kv_->seq_pages(seq_).size()));
+    peak_bytes_ = std::max(peak_bytes_, kv_->seq_bytes(seq_));
     batch_.clear();
     for (int64_t i = 0; i < m; ++i) batch_.add(tokens[i], int32_t(n_past_ + i), seq_, want_logits[i] != 0, int32_t(first_slot + i));
     KVS_TRY(model_.forward(batch_, *kv_, *st_, pool_));

@@ -44,9 +44,10 @@ public:
     int64_t n_past() const { return n_past_; }
     const kv_policy& policy() const { return policy_; }
     // KV bytes the sequence holds now (its pages).
-    size_t kv_bytes() const { return kv_->seq_pages(seq_).size() * kv_->config().page_bytes(); }
-    // Most pages the sequence has held at once.
+    size_t kv_bytes() const { return kv_->seq_bytes(seq_); }
+    // Most pages the sequence has held at once, and most bytes (KIVI: packed pages are smaller).
     int32_t peak_pages() const { return peak_pages_; }
+    size_t peak_bytes() const { return peak_bytes_; }
     const llama_model& model() const { return model_; }
     const kv_cache& kv() const { return *kv_; }
     int32_t kv_seq() const { return seq_; }  // the sequence in kv()
@@ -78,6 +79,7 @@ private:
     bool bounded_ = true;
     kv_policy policy_;
     int32_t peak_pages_ = 0;
+    size_t peak_bytes_ = 0;
     std::vector<int32_t> history_;  // recompute: every token so far
     std::vector<uint8_t> want_;     // (n_batch) rows of a pass whose logits are returned
     int32_t seq_ = -1;

@@ -1,5 +1,6 @@
 #include "sched/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -45,6 +46,8 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     e->stats_.kv_pages_total = e->kv_->pool().n_pages();
     e->stats_.kv_page_bytes = int64_t(e->kv_->config().page_bytes());
     e->stats_.kv_bytes_per_token = int64_t(e->kv_->bytes_per_token());
+    e->stats_.kv_packed_pages_total = e->kv_->pool().n_packed();
+    e->stats_.kv_packed_page_bytes = int64_t(e->kv_->config().packed_page_bytes());
     e->thread_ = std::thread([p = e.get()] { p->loop(); });
     return e;
 }
@@ -121,6 +124,9 @@ void engine::loop() {
             stats_.waiting = sched_->n_waiting();
             stats_.kv_pages_cached = int32_t(sched_->n_cached_only_pages());
             stats_.kv_pages_used = kv_->pool().n_used() - stats_.kv_pages_cached;
+            stats_.kv_packed_pages_used = kv_->pool().n_packed() - kv_->pool().n_free_packed();
+            stats_.kv_bytes_used = int64_t(std::max(0, stats_.kv_pages_used - stats_.kv_packed_pages_used)) * stats_.kv_page_bytes +
+                                   int64_t(stats_.kv_packed_pages_used) * stats_.kv_packed_page_bytes;
             stats_.sched = sched_->metrics();
             stats_.busy_seconds += dt;
         }

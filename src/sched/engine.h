@@ -39,6 +39,9 @@ struct engine_stats {
     int64_t kv_bytes_per_token = 0;   // kv_page_bytes / page size (depends on --kv-type)
     int32_t kv_pages_used = 0;    // held by sequences
     int32_t kv_pages_cached = 0;  // held only by the prefix cache (evictable)
+    int32_t kv_packed_pages_total = 0, kv_packed_pages_used = 0;  // KIVI's packed pages (in kv_pages_total / _used)
+    int64_t kv_packed_page_bytes = 0;
+    int64_t kv_bytes_used = 0;    // bytes of the pages held by sequences (cached pages at the full-precision size)
     scheduler_metrics sched;
     double busy_seconds = 0;      // time spent in steps
 };

@@ -98,6 +98,8 @@ status scheduler::validate(const request_params& p) const {
         return status::error("kv_policy h2o needs the KV cache's per-token scores (start the server with --token-scores)");
     if (pol.kind == kv_policy_kind::quest && !kv_.config().key_bounds)
         return status::error("kv_policy quest needs the KV cache's per-page key bounds (start the server with --key-bounds)");
+    if (kv_.kivi() && (pol.kind == kv_policy_kind::quest || pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::recompute))
+        return status::error(strfmt("kv_policy %s does not combine with the server's KIVI cache", pol.spec().c_str()));
     if (unbounded_by_ctx(pol)) {
         // Positions and slots are 32-bit: a stream may run to 2^31 tokens.
         const int64_t limit = (int64_t(1) << 31) - 1;
@@ -123,6 +125,15 @@ status scheduler::validate(const request_params& p) const {
                                     (long long)n_prompt, (long long)p.max_tokens, (long long)n_ctx_));
     const int64_t longest = p.max_tokens > 0 ? n_prompt + p.max_tokens : n_prompt + 1;
     const int32_t pages = kv_cache::pages_for(longest, ps);
+    if (kv_.kivi()) {
+        // Packed pages for what ages out, full pages for the residual and one prompt chunk.
+        const int32_t packed = int32_t(kv_.kivi_packed_pages(longest));
+        const int32_t full = std::min<int32_t>(pages, kv_cache::pages_for(kv_.config().kivi_residual + cfg_.prefill_chunk, ps) + 2);
+        if (packed > kv_.pool().n_packed() || full > kv_.pool().n_full())
+            return status::error(strfmt("the request needs %d packed and %d full-precision KV pages, but the pool has %d and %d (raise --kv-memory)",
+                                        packed, full, kv_.pool().n_packed(), kv_.pool().n_full()));
+        return status::ok();
+    }
     if (pages > kv_.pool().n_pages())
         return status::error(strfmt("the request needs %d KV pages, but the whole pool has %d (raise --kv-memory)", pages, kv_.pool().n_pages()));
     return status::ok();
@@ -226,8 +237,8 @@ bool scheduler::make_room(sequence* s, int64_t n_tokens) {
         if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end)) return true;
         // Cached pages nobody uses go before any running sequence is preempted (+1: a
         // copy-on-write of the first written page).
-        const int32_t need = kv_.pages_to_reserve(s->kv_seq, end) + 1;
-        if (ensure_free_pages(need) && kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end))
+        const int32_t need = kv_.pages_to_reserve(s->kv_seq, end) + 1, need_packed = kv_.packed_to_reserve(s->kv_seq, end);
+        if (ensure_free_pages(need, need_packed) && kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end))
             return true;
         // Out of pages: preempt the newest running sequence (running_ is ordered oldest first).
         sequence* victim = running_.back();
@@ -302,10 +313,11 @@ void scheduler::schedule_running(int64_t& budget, bool prefills) {
     }
 }
 
-bool scheduler::ensure_free_pages(int32_t n) {
-    if (kv_.pool().n_free() >= n) return true;
-    if (cache_) metrics_.prefix_evicted_pages += cache_->evict_until_free(n);
-    return kv_.pool().n_free() >= n;
+bool scheduler::ensure_free_pages(int32_t n, int32_t n_packed) {
+    auto enough = [&] { return kv_.pool().n_free() >= n && kv_.pool().n_free_packed() >= n_packed; };
+    if (enough()) return true;
+    if (cache_) metrics_.prefix_evicted_pages += cache_->evict_until_free(n, n_packed);
+    return enough();
 }
 
 // Starts a sequence (no pages yet) from the longest cached prefix of its tokens.
@@ -315,6 +327,9 @@ void scheduler::attach_cached_prefix(sequence* s) {
     const int64_t ps = kv_.config().page_size;
     const int64_t n = int64_t(s->tokens.size());
     std::vector<int32_t> pages = cache_->match(r->params.cache_salt, s->tokens.data(), n, shareable_pages(s));
+    // KIVI: only a prefix whose last pages (what the next query reads in full precision) are
+    // still full pages.
+    pages.resize(size_t(kv_.kivi_usable_prefix(pages.data(), int64_t(pages.size()))));
     kv_.seq_attach(s->kv_seq, pages);
     s->n_computed = int64_t(pages.size()) * ps;
     s->n_registered_pages = int64_t(pages.size());
@@ -429,7 +444,8 @@ void scheduler::admit_waiting(int64_t& budget) {
                                           : std::min({need, budget, cfg_.prefill_chunk});
         if (take > budget) break;  // an H2O chunk that does not fit: wait for the next step
         const int32_t pages = kv_.pages_to_reserve(s->kv_seq, s->slots_after(take));
-        if (!ensure_free_pages(pages + watermark) || !kv_.seq_reserve(s->kv_seq, s->slots_after(take))) {
+        const int32_t packed = kv_.packed_to_reserve(s->kv_seq, s->slots_after(take));
+        if (!ensure_free_pages(pages + watermark, packed) || !kv_.seq_reserve(s->kv_seq, s->slots_after(take))) {
             // Not now: give the cached pages back (they stay in the tree) and wait.
             kv_.seq_remove(s->kv_seq);
             s->kv_seq = -1;

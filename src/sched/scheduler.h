@@ -144,7 +144,7 @@ private:
     void schedule_running(int64_t& budget, bool prefills);
     void admit_waiting(int64_t& budget);
     bool make_room(sequence* s, int64_t n_tokens);
-    bool ensure_free_pages(int32_t n);
+    bool ensure_free_pages(int32_t n, int32_t n_packed = 0);  // full and packed (KIVI) pages
     void attach_cached_prefix(sequence* s);
     int64_t shareable_pages(const sequence* s) const;
     void start_kv_sequence(sequence* s);

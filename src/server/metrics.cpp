@@ -47,8 +47,10 @@ std::string server_metrics::render(const engine_stats& s, int64_t read_timeouts)
     add(out, "kvserve_kv_pages_total", "gauge", "KV cache pages in the pool.", s.kv_pages_total);
     add(out, "kvserve_kv_bytes_per_token", "gauge", "KV cache bytes per token (K and V of all layers, in the cache's format).",
         double(s.kv_bytes_per_token));
-    add(out, "kvserve_kv_bytes_used", "gauge", "KV cache bytes in pages held by sequences.",
-        double(s.kv_page_bytes) * double(s.kv_pages_used));
+    add(out, "kvserve_kv_bytes_used", "gauge", "KV cache bytes in pages held by sequences.", double(s.kv_bytes_used));
+    add(out, "kvserve_kv_packed_pages_used", "gauge", "KIVI packed KV pages in use (of kvserve_kv_pages_used).", s.kv_packed_pages_used);
+    add(out, "kvserve_kv_packed_pages_total", "gauge", "KIVI packed KV pages in the pool (of kvserve_kv_pages_total).",
+        s.kv_packed_pages_total);
     out += "# HELP kvserve_kv_pages_by_policy KV pages in the tables of running sequences, by KV policy.\n"
            "# TYPE kvserve_kv_pages_by_policy gauge\n";
     for (int k = 0; k < n_kv_policy_kinds; ++k)
