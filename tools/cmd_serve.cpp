@@ -192,8 +192,13 @@ int cmd_serve(int argc, char** argv) {
         }
     });
     const auto& st = eng.value()->stats();
-    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %d KV pages of %d tokens (%s), KV policy %s\n",
-                 srv.model_name().c_str(), (long long)eng.value()->n_ctx(), st.kv_pages_total, ec.page_size, kv_format_name(ec.kv_type.value_or(model.value()->auto_kv_type()), ec.kv_v_type, ec.kivi).c_str(),
+    const std::string pages = ec.kivi.bits ? strfmt("%d KV pages of %d tokens (%d full-precision for the residuals, %d packed)",
+                                                    st.kv_pages_total, ec.kivi.group, st.kv_pages_total - st.kv_packed_pages_total,
+                                                    st.kv_packed_pages_total)
+                                           : strfmt("%d KV pages of %d tokens", st.kv_pages_total, ec.page_size);
+    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %s (%s), KV policy %s\n", srv.model_name().c_str(),
+                 (long long)eng.value()->n_ctx(), pages.c_str(),
+                 kv_format_name(ec.kv_type.value_or(model.value()->auto_kv_type()), ec.kv_v_type, ec.kivi).c_str(),
                  sc.default_policy.spec().c_str());
     std::fprintf(stderr, "kvserve serve: queue %d, request timeout %s, read timeout %gs, body %lld bytes at most, %zu API key(s)%s\n",
                  eng.value()->max_queued(), sc.request_timeout > 0 ? strfmt("%gs", sc.request_timeout).c_str() : "none", sc.read_timeout,
