@@ -75,6 +75,10 @@ struct attention_pattern {
     std::function<std::vector<size_t>(int64_t t, int64_t layer, int64_t kv_head, const std::vector<double>& q,
                                       const std::vector<std::vector<double>>& keys)>
         head_select;
+    // An optional rule for the values row t reads (KIVI): rewrites the kept tokens' rotated keys
+    // and values, (kept, n_kv_head · head_dim) each, in place.
+    std::function<void(int64_t t, int64_t layer, std::vector<std::vector<double>>& keys, std::vector<std::vector<double>>& values)>
+        transform_kv;
 };
 
 std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std::vector<int32_t>& tokens,
@@ -110,11 +114,13 @@ std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std:
             const std::vector<int64_t> kept = pat.kept(int64_t(t));
             std::vector<double> q = Q[t];
             rope(q, hp.n_head, hd, hp.n_rot, pat.qpos(int64_t(t), kept), hp.rope_freq_base, hp.rope_freq_scale, neox);
-            std::vector<std::vector<double>> ks(kept.size());
+            std::vector<std::vector<double>> ks(kept.size()), vs(kept.size());
             for (size_t c = 0; c < kept.size(); ++c) {
                 ks[c] = K[size_t(kept[c])];
                 rope(ks[c], hp.n_head_kv, hd, hp.n_rot, pat.kpos(int64_t(t), kept, c), hp.rope_freq_base, hp.rope_freq_scale, neox);
+                vs[c] = V[size_t(kept[c])];
             }
+            if (pat.transform_kv) pat.transform_kv(int64_t(t), il, ks, vs);
             std::vector<double> att(size_t(hp.n_head * hd), 0.0);
             std::vector<std::vector<size_t>> sel(size_t(hp.n_head_kv));  // per KV head: indices into kept
             for (int64_t kh = 0; kh < hp.n_head_kv; ++kh) {
@@ -138,7 +144,7 @@ std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std:
                 double sum = 0;
                 for (auto& v : sc) sum += (v = std::exp(v - mx));
                 for (size_t c = 0; c < cs.size(); ++c)
-                    for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += sc[c] / sum * V[size_t(kept[cs[c]])][size_t(kh * hd + i)];
+                    for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += sc[c] / sum * vs[cs[c]][size_t(kh * hd + i)];
             }
             auto o = matvec(wo, att, d);
             for (int64_t i = 0; i < d; ++i) xs[t][size_t(i)] += o[size_t(i)];
@@ -157,6 +163,56 @@ std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std:
 }
 
 }  // namespace
+
+namespace {
+
+// KIVI's asymmetric b-bit quantizer over n values x[i · stride] (as an f32 cache stores them):
+// m = min, a = (max - m) / (2^b - 1), both kept in f16 as stored; each value becomes
+// a · clamp(round((x - m) / a), 0, 2^b - 1) + m (round half to even; a = 0: every value m).
+void kivi_quantize(double* x, size_t n, size_t stride, int bits) {
+    double mn = double(float(x[0])), mx = mn;
+    for (size_t i = 1; i < n; ++i) mn = std::min(mn, double(float(x[i * stride]))), mx = std::max(mx, double(float(x[i * stride])));
+    const double levels = double((1 << bits) - 1);
+    const double m = double(f16_to_f32(f32_to_f16(float(std::clamp(mn, -65504.0, 65504.0)))));
+    const double a = double(f16_to_f32(f32_to_f16(float(std::min((mx - m) / levels, 65504.0)))));
+    for (size_t i = 0; i < n; ++i) {
+        const double u = a > 0 ? std::clamp(std::nearbyint((double(float(x[i * stride])) - m) / a), 0.0, levels) : 0.0;
+        x[i * stride] = a * u + m;
+    }
+}
+
+}  // namespace
+
+std::vector<std::vector<double>> reference_kivi_logits(const llama_model& m, const std::vector<int32_t>& tokens, int bits,
+                                                       int64_t group, int64_t residual) {
+    const llama_hparams& hp = m.hparams();
+    const int64_t hd = hp.head_dim, v_group = std::min(group, hd);
+    attention_pattern pat;
+    pat.kept = [](int64_t t) {
+        std::vector<int64_t> k(size_t(t + 1));
+        for (int64_t j = 0; j <= t; ++j) k[size_t(j)] = j;
+        return k;
+    };
+    pat.qpos = [](int64_t t, const std::vector<int64_t>&) { return t; };
+    pat.kpos = [](int64_t, const std::vector<int64_t>& kept, size_t c) { return kept[c]; };
+    pat.transform_kv = [&](int64_t t, int64_t, std::vector<std::vector<double>>& ks, std::vector<std::vector<double>>& vs) {
+        // Group g (tokens gG .. gG + G - 1) is read quantized once it lies R tokens behind t.
+        for (int64_t g = 0; (g + 1) * group + residual <= t; ++g) {
+            for (int64_t h = 0; h < hp.n_head_kv; ++h) {
+                for (int64_t d = 0; d < hd; ++d) {  // keys: per channel over the group's tokens
+                    std::vector<double> col(static_cast<size_t>(group));
+                    for (int64_t i = 0; i < group; ++i) col[size_t(i)] = ks[size_t(g * group + i)][size_t(h * hd + d)];
+                    kivi_quantize(col.data(), size_t(group), 1, bits);
+                    for (int64_t i = 0; i < group; ++i) ks[size_t(g * group + i)][size_t(h * hd + d)] = col[size_t(i)];
+                }
+                for (int64_t i = 0; i < group; ++i)  // values: per token, per v_group channels
+                    for (int64_t c = 0; c < hd; c += v_group)
+                        kivi_quantize(vs[size_t(g * group + i)].data() + h * hd + c, size_t(v_group), 1, bits);
+            }
+        }
+    };
+    return pattern_logits(m, tokens, pat);
+}
 
 std::vector<std::vector<double>> reference_logits(const llama_model& m, const std::vector<int32_t>& tokens) {
     return reference_policy_logits(m, tokens, kv_policy{});

@@ -63,6 +63,14 @@ std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, cons
                                                       int64_t recent, const std::vector<int64_t>& chunk_ends,
                                                       std::vector<reference_h2o_kept>* kept = nullptr);
 
+// KIVI (Liu et al., 2024) from its definition, un-paged: every token attends all before it, and
+// row t reads the keys and values of group g (tokens gG .. gG + G - 1) quantized once
+// (g + 1) · G + R <= t — keys per channel over the group's G tokens, values per token over
+// groups of min(G, head_dim) channels, asymmetric `bits`-bit with f16 scale and minimum — and
+// every other token's in full precision.
+std::vector<std::vector<double>> reference_kivi_logits(const llama_model& m, const std::vector<int32_t>& tokens, int bits,
+                                                       int64_t group, int64_t residual);
+
 struct synth_spec {
     std::string arch = "llama";
     int64_t n_vocab = 96, n_embd = 64, n_layer = 2, n_head = 4, n_head_kv = 2, n_ff = 96, n_rot = 16;
