@@ -1,5 +1,6 @@
 // Paged attention: the online-softmax kernel against the float64 reference over random page
-// tables (GQA, MQA, MHA, several sequences, causal lengths), and the (O, LSE) merge.
+// tables (GQA, MQA, MHA, several sequences, causal lengths), the (O, LSE) merge, and KIVI
+// packed pages against float64 attention over the reference-dequantized K and V.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +9,9 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/kv_quant.h"
 #include "kernels/cpu/ops.h"
+#include "reference_kv_quant.h"
 #include "test_util.h"
 
 using namespace kvs;
@@ -109,13 +112,16 @@ struct isa_scope {
 // Normalized error bound of the kernel against the float64 reference over the same stored
 // values. Every path computes in float32 except AVX-512 over bf16, which also rounds the
 // scaled query and the probabilities to bf16 for vdpbf16ps (8-bit mantissas), and AVX-512 over
-// quantized K, which quantizes the scaled query to int8 per group of 32 for vpdpbusd.
-bool rounds_query(dtype type, cpu::isa i) {
-    return (type == dtype::bf16 || cpu::kv_page_layout::quantized(type)) && i == cpu::isa::avx512;
+// quantized K, which quantizes the scaled query to int8 per group of 32 for vpdpbusd — and may
+// over KIVI pages (`kivi`: a view with kivi_bits set; `type` is then irrelevant).
+bool rounds_query(dtype type, cpu::isa i, bool kivi = false) {
+    return (kivi || type == dtype::bf16 || cpu::kv_page_layout::quantized(type)) && i == cpu::isa::avx512;
 }
-double output_tolerance(dtype type, cpu::isa i, double tol) { return rounds_query(type, i) ? std::max(tol, 8e-3) : tol; }
-float lse_tolerance(dtype type, cpu::isa i, float ref) {
-    const float rel = rounds_query(type, i) ? 1e-2f : 1e-4f;
+double output_tolerance(dtype type, cpu::isa i, double tol, bool kivi = false) {
+    return rounds_query(type, i, kivi) ? std::max(tol, 8e-3) : tol;
+}
+float lse_tolerance(dtype type, cpu::isa i, float ref, bool kivi = false) {
+    const float rel = rounds_query(type, i, kivi) ? 1e-2f : 1e-4f;
     return rel * std::max(1.0f, std::fabs(ref));
 }
 
@@ -323,4 +329,235 @@ TEST(AttentionMerge, SplitKvMergedEqualsWhole) {
     cpu::attention_merge(o_a.data(), lse_a.data(), o_b.data(), lse_b.data(), 4, hd);
     EXPECT_LT(test::nmse_norm(o_a.data(), o_all.data(), n), 1e-6);
     for (int h = 0; h < 4; ++h) EXPECT_NEAR(lse_a[size_t(h)], lse_all[size_t(h)], 1e-5f);
+}
+
+// ---- KIVI packed pages ----------------------------------------------------------------------
+
+namespace {
+
+// A paged_setup's K and V pages (all full: each page's page_size tokens are one group) packed
+// into KIVI blocks by the engine's quantizers, and the same pages decoded by the float64
+// reference quantizer (tests/reference_kv_quant.h) in the f32 layout (n_pages, n_kv_head,
+// page_size, head_dim) — what the attention over the packed view is compared against. `type`:
+// the view's full-precision format (the cache's, which its packed view carries too), which a
+// KIVI view must ignore.
+struct kivi_kv {
+    std::vector<uint8_t> k, v;
+    cpu::paged_kv_view view;
+    std::vector<double> kd, vd;
+};
+
+kivi_kv pack_kivi(const paged_setup& s, int bits, bool head_major, dtype type) {
+    const int64_t nkv = s.n_kv_head, ps = s.page_size, hd = s.head_dim;
+    const cpu::kv_page_layout lay{dtype::f32, nkv, ps, hd, std::nullopt, bits};
+    kivi_kv r;
+    r.k.assign(size_t(s.n_pages) * lay.k_page_bytes(), 0xFF);
+    r.v.assign(size_t(s.n_pages) * lay.v_page_bytes(), 0xFF);
+    r.view = {r.k.data(), r.v.data(), nkv, ps, hd, type, head_major ? s.n_pages : 0, std::nullopt, bits};
+    r.kd.resize(s.k.size());
+    r.vd.resize(s.v.size());
+    for (int64_t p = 0; p < s.n_pages; ++p)
+        for (int64_t h = 0; h < nkv; ++h) {
+            const size_t off = size_t((p * nkv + h) * ps * hd);
+            uint8_t* kb = r.k.data() + (r.view.k_block(p, h) - r.k.data());
+            uint8_t* vb = r.v.data() + (r.view.v_block(p, h) - r.v.data());
+            cpu::kivi_quantize_k(lay, s.k.data() + off, kb);
+            cpu::kivi_quantize_v(lay, s.v.data() + off, vb);
+            const test::kivi_reference rk = test::reference_kivi_keys(bits, s.k.data() + off, ps, hd);
+            const test::kivi_reference rv = test::reference_kivi_values(bits, s.v.data() + off, ps, hd, std::min(ps, hd));
+            std::copy(rk.decoded.begin(), rk.decoded.end(), r.kd.begin() + std::ptrdiff_t(off));
+            std::copy(rv.decoded.begin(), rv.decoded.end(), r.vd.begin() + std::ptrdiff_t(off));
+        }
+    return r;
+}
+
+// Float64 attention of a batch straight from K and V rows: kv_row(row, slot, kv_head, is_v)
+// gives the head_dim values of a slot the row attends to. o (n_q, n_head, hd), lse (n_q, n_head);
+// a row with no slot gets 0 and -inf.
+template <class Rows>
+void attention_f64(const cpu::attention_batch& b, int64_t n_kv_head, int64_t hd, const Rows& kv_row, std::vector<double>& o,
+                   std::vector<double>& lse) {
+    const int64_t n_group = b.n_head / n_kv_head;
+    o.assign(size_t(b.n_q * b.n_head * hd), 0.0);
+    lse.assign(size_t(b.n_q * b.n_head), -std::numeric_limits<double>::infinity());
+    for (int64_t r = 0; r < b.n_q; ++r) {
+        const int64_t len = b.q_kv_len[r], begin = b.q_kv_begin ? std::min<int64_t>(b.q_kv_begin[r], len) : 0;
+        if (begin >= len) continue;
+        for (int64_t h = 0; h < b.n_head; ++h) {
+            const int64_t kvh = h / n_group;
+            const float* q = b.q + (r * b.n_head + h) * hd;
+            std::vector<double> sc(size_t(len - begin));
+            double mx = -std::numeric_limits<double>::infinity();
+            for (int64_t t = begin; t < len; ++t) {
+                const double* k = kv_row(r, t, kvh, false);
+                double acc = 0;
+                for (int64_t d = 0; d < hd; ++d) acc += double(q[d]) * k[d];
+                mx = std::max(mx, sc[size_t(t - begin)] = acc * double(b.scale));
+            }
+            double sum = 0;
+            for (double& x : sc) sum += (x = std::exp(x - mx));
+            double* out = o.data() + (r * b.n_head + h) * hd;
+            for (int64_t t = begin; t < len; ++t) {
+                const double* v = kv_row(r, t, kvh, true);
+                for (int64_t d = 0; d < hd; ++d) out[d] += sc[size_t(t - begin)] / sum * v[d];
+            }
+            lse[size_t(r * b.n_head + h)] = mx + std::log(sum);
+        }
+    }
+}
+
+// The kernel's (o, lse) against float64 ones, at the tolerance of `i` over KIVI pages.
+void expect_close(const std::vector<float>& o, const std::vector<float>& lse, const std::vector<double>& o_ref,
+                  const std::vector<double>& lse_ref, cpu::isa i, double tol, const std::string& where) {
+    EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(o.size())), output_tolerance(dtype::f32, i, tol, true)) << where;
+    for (size_t j = 0; j < lse.size(); ++j) {
+        if (std::isinf(lse_ref[j])) {
+            EXPECT_TRUE(std::isinf(lse[j]) && lse[j] < 0) << where << " index " << j;
+            for (int64_t d = 0; d < int64_t(o.size() / lse.size()); ++d) EXPECT_EQ(o[j * (o.size() / lse.size()) + size_t(d)], 0.0f) << where;
+        } else {
+            EXPECT_NEAR(lse[j], lse_ref[j], lse_tolerance(dtype::f32, i, float(lse_ref[j]), true)) << where << " index " << j;
+        }
+    }
+}
+
+// Attention over KIVI views of s (2 and 4 bits, head- and page-major) on every ISA path and
+// with 1-3 threads, against float64 attention over the reference-dequantized K and V.
+void expect_kivi_matches_reference(const paged_setup& s, double tol) {
+    const auto b = batch_of(s);
+    const int64_t nkv = s.n_kv_head, ps = s.page_size, hd = s.head_dim;
+    for (int bits : {2, 4}) {
+        kivi_kv packed[2] = {pack_kivi(s, bits, true, dtype::bf16), pack_kivi(s, bits, false, dtype::f32)};
+        const kivi_kv& kk = packed[0];
+        const auto row = [&](int64_t r, int64_t t, int64_t kvh, bool is_v) {
+            const int32_t page = s.ids[size_t(s.indptr[size_t(s.q_seq[size_t(r)])] + t / ps)];
+            return (is_v ? kk.vd : kk.kd).data() + ((page * nkv + kvh) * ps + t % ps) * hd;
+        };
+        std::vector<double> o_ref, lse_ref;
+        attention_f64(b, nkv, hd, row, o_ref, lse_ref);
+        for (const kivi_kv& p : packed)
+            for (cpu::isa i : supported_isas()) {
+                isa_scope scope(i);
+                for (int threads : {1, 2, 3}) {
+                    thread_pool pool(threads);
+                    std::vector<float> o(o_ref.size(), 7.0f), lse(lse_ref.size(), 7.0f);
+                    cpu::attention_paged(b, p.view, o.data(), lse.data(), pool);
+                    expect_close(o, lse, o_ref, lse_ref, i, tol,
+                                 "kivi" + std::to_string(bits) + (p.view.head_major_pages ? " head-major " : " page-major ") + dtype_name(p.view.type) + " " + cpu::isa_name(i) +
+                                     " threads " + std::to_string(threads));
+                }
+            }
+    }
+}
+
+}  // namespace
+
+class AttentionKivi : public ::testing::TestWithParam<attn_case> {};
+
+// Several sequences with causal rows (the last rows of a sequence end inside its last page), and
+// a decode-like row over 1300 slots (the KV range split over tasks and merged).
+TEST_P(AttentionKivi, MatchesFloat64OverReferenceDequantized) {
+    const attn_case c = GetParam();
+    expect_kivi_matches_reference(make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {1, 17, 40, 100}, 5, 81), 1e-5);
+    expect_kivi_matches_reference(make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, {1300}, 1, 82), 1e-5);
+}
+
+// Windows: rows see [q_kv_begin, q_kv_len), begins anywhere in a page (odd rows of a page too),
+// one row that sees nothing, and decode rows over 1300 slots whose windows start far in.
+TEST_P(AttentionKivi, WindowRowsMatchFloat64OverReferenceDequantized) {
+    const attn_case c = GetParam();
+    for (const auto& [lens, rows, seed] : {std::tuple<std::vector<int64_t>, int64_t, uint64_t>{{17, 40, 100}, 5, 83}, {{1300}, 2, 84}}) {
+        paged_setup s = make_setup(c.n_head, c.n_kv_head, c.head_dim, c.page_size, lens, rows, seed);
+        std::mt19937 rng{unsigned(seed)};
+        for (int32_t len : s.q_len) s.q_begin.push_back(int32_t(rng() % uint32_t(len + 1)));
+        s.q_begin[0] = 0;
+        s.q_begin[1] = s.q_len[1];  // sees nothing
+        expect_kivi_matches_reference(s, 1e-5);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Heads, AttentionKivi,
+                         ::testing::Values(attn_case{8, 8, 8, 16},     // MHA, head_dim 8 < G: V groups of 8
+                                           attn_case{8, 2, 64, 32},    // GQA
+                                           attn_case{8, 1, 128, 16},   // MQA
+                                           attn_case{6, 3, 32, 32},    // GQA, head_dim 32
+                                           attn_case{4, 4, 128, 32},   // MHA
+                                           attn_case{4, 1, 64, 16}));  // MQA
+
+// What the engine does for a KIVI cache (src/model/kivi_attention.cpp): a sequence's oldest pages
+// are read packed through the KIVI view, the rest in full precision through the f32 view, by two
+// attention_paged calls over disjoint slot ranges, merged by LSE. Row r reads its first k_r pages
+// packed: the packed call sees slots [begin, min(len, k_r · G)) of a table of the sequence's
+// first max_r k_r packed pages; the full call sees a table from page min_r k_r on, its slots
+// shifted down by that base: [max(begin, k_r · G) - base, max(len, k_r · G) - base). Rows of one
+// sequence with different k_r read the pages in between packed or not. Every ISA, 1-3 threads,
+// head- and page-major packed pages, against float64 attention over the concatenation
+// (reference-dequantized pages, then the f32 ones).
+TEST(AttentionKivi, PackedThenFullMergedEqualsWhole) {
+    const int64_t n_head = 8, nkv = 2, hd = 64, ps = 32;
+    // Two sequences: 300 slots (rows with 7 and 6 packed pages; a window inside the packed pages'
+    // reach, one past it), 1300 slots (a long row with 36 packed pages, a window row that starts
+    // past the packed pages, and a row that ends inside them: it reads no full page).
+    paged_setup s = make_setup(n_head, nkv, hd, ps, {300, 1300}, 3, 91);
+    s.q_len = {290, 299, 300, 1290, 1299, 1100};
+    s.q_begin = {0, 100, 250, 0, 1200, 37};
+    const std::vector<int64_t> k_pages = {7, 6, 7, 36, 36, 35};  // the last row reads no full page
+    const int64_t n_q = int64_t(s.q_seq.size()), n_seq = int64_t(s.indptr.size()) - 1;
+    std::vector<int64_t> k_min(size_t(n_seq), 1 << 30), k_max(size_t(n_seq), 0);
+    for (int64_t r = 0; r < n_q; ++r) {
+        k_min[size_t(s.q_seq[size_t(r)])] = std::min(k_min[size_t(s.q_seq[size_t(r)])], k_pages[size_t(r)]);
+        k_max[size_t(s.q_seq[size_t(r)])] = std::max(k_max[size_t(s.q_seq[size_t(r)])], k_pages[size_t(r)]);
+    }
+    // Page tables and slot ranges of the two calls.
+    std::vector<int32_t> p_indptr{0}, p_ids, f_indptr{0}, f_ids, p_len, f_begin, f_len;
+    for (int64_t e = 0; e < n_seq; ++e) {
+        for (int64_t i = 0; i < k_max[size_t(e)]; ++i) p_ids.push_back(s.ids[size_t(s.indptr[size_t(e)] + i)]);
+        for (int64_t i = k_min[size_t(e)]; i < s.indptr[size_t(e) + 1] - s.indptr[size_t(e)]; ++i)
+            f_ids.push_back(s.ids[size_t(s.indptr[size_t(e)] + i)]);
+        p_indptr.push_back(int32_t(p_ids.size()));
+        f_indptr.push_back(int32_t(f_ids.size()));
+    }
+    for (int64_t r = 0; r < n_q; ++r) {
+        const int64_t len = s.q_len[size_t(r)], begin = s.q_begin[size_t(r)], split = k_pages[size_t(r)] * ps,
+                      base = k_min[size_t(s.q_seq[size_t(r)])] * ps;
+        p_len.push_back(int32_t(std::min(len, split)));
+        f_begin.push_back(int32_t(std::max(begin, split) - base));
+        f_len.push_back(int32_t(std::max(len, split) - base));
+    }
+    const cpu::attention_batch whole = batch_of(s);
+    cpu::attention_batch pb = whole, fb = whole;
+    pb.page_indptr = p_indptr.data();
+    pb.page_ids = p_ids.data();
+    pb.q_kv_len = p_len.data();
+    fb.page_indptr = f_indptr.data();
+    fb.page_ids = f_ids.data();
+    fb.q_kv_begin = f_begin.data();
+    fb.q_kv_len = f_len.data();
+    const cpu::paged_kv_view full = view_of(s);
+    for (int bits : {2, 4}) {
+        kivi_kv packed[2] = {pack_kivi(s, bits, true, dtype::bf16), pack_kivi(s, bits, false, dtype::f32)};
+        const kivi_kv& kk = packed[0];
+        std::vector<double> kf(s.k.begin(), s.k.end()), vf(s.v.begin(), s.v.end());
+        const auto row = [&](int64_t r, int64_t t, int64_t kvh, bool is_v) {
+            const int32_t page = s.ids[size_t(s.indptr[size_t(s.q_seq[size_t(r)])] + t / ps)];
+            const bool is_packed = t / ps < k_pages[size_t(r)];
+            const std::vector<double>& src = is_v ? (is_packed ? kk.vd : vf) : (is_packed ? kk.kd : kf);
+            return src.data() + ((page * nkv + kvh) * ps + t % ps) * hd;
+        };
+        std::vector<double> o_ref, lse_ref;
+        attention_f64(whole, nkv, hd, row, o_ref, lse_ref);
+        for (const kivi_kv& p : packed)
+            for (cpu::isa i : supported_isas()) {
+                isa_scope scope(i);
+                for (int threads : {1, 2, 3}) {
+                    thread_pool pool(threads);
+                    std::vector<float> o(o_ref.size(), 7.0f), lse(lse_ref.size(), 7.0f), o_p(o.size(), 7.0f), lse_p(lse.size(), 7.0f);
+                    cpu::attention_paged(fb, full, o.data(), lse.data(), pool);
+                    cpu::attention_paged(pb, p.view, o_p.data(), lse_p.data(), pool);
+                    cpu::attention_merge(o.data(), lse.data(), o_p.data(), lse_p.data(), n_q * n_head, hd);
+                    expect_close(o, lse, o_ref, lse_ref, i, 1e-5,
+                                 "kivi" + std::to_string(bits) + (p.view.head_major_pages ? " head-major " : " page-major ") + dtype_name(p.view.type) + " " + cpu::isa_name(i) +
+                                     " threads " + std::to_string(threads));
+                }
+            }
+    }
 }
