@@ -10,7 +10,10 @@
 // pairs for P·V — half the instructions of float32 FMAs and half the bytes. Quantized
 // formats (q8_0, q4_0, q4_1) decode each tile's codes and f16 scales into float32 scratch
 // (d · (u - 128), d · (u - 8), d · u + m, 16 lanes per instruction) and run the float32 tile:
-// the pages are read once, in place, at 4.5-8.5 bits per value.
+// the pages are read once, in place, at 4.5-8.5 bits per value. KIVI pages (2- and 4-bit codes
+// with per-channel key and per-token value parameters) are never decoded to values: the key
+// scales fold into the query and the value scales into the probabilities, both as int16 for
+// vpdpwssd against the codes (attend_kivi).
 // Compiled with KVSERVE_AVX512_FLAGS (file name); see the ODR rule in isa.h.
 #include "kernels/cpu/attention_isa.h"
 
@@ -106,6 +109,8 @@ struct vec16 {
     static breg bload(const breg* p) { return _mm512_load_si512(p); }
     // VNNI: acc[l] += Σ_i u8(a[4l + i]) · s8(b[4l + i]).
     static ireg dpbusd(ireg acc, ireg a, ireg b) { return _mm512_dpbusd_epi32(acc, a, b); }
+    // VNNI: acc[l] += Σ_i s16(a[2l + i]) · s16(b[2l + i]).
+    static ireg dpwssd(ireg acc, ireg a, ireg b) { return _mm512_dpwssd_epi32(acc, a, b); }
     static ireg zero_i() { return _mm512_setzero_si512(); }
     static ireg bcast_u32(const uint8_t* p) {
         int32_t x;
@@ -113,6 +118,12 @@ struct vec16 {
         return _mm512_set1_epi32(x);
     }
     static reg cvt_i32(ireg x) { return _mm512_cvtepi32_ps(x); }
+    static reg abs(reg x) { return _mm512_abs_ps(x); }
+    static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+    static ireg cvt_round(reg x) { return _mm512_cvtps_epi32(x); }  // nearest even
+    static ireg and_i(ireg a, ireg b) { return _mm512_and_si512(a, b); }
+    static ireg or_i(ireg a, ireg b) { return _mm512_or_si512(a, b); }
+    static ireg sll_i(ireg a, int n) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n)); }
 };
 
 // e^x for 8 lanes, as exp512.
@@ -172,6 +183,7 @@ struct vec8 {
     }
     static breg bload(const breg* p) { return _mm256_load_si256(p); }
     static ireg dpbusd(ireg acc, ireg a, ireg b) { return _mm256_dpbusd_epi32(acc, a, b); }
+    static ireg dpwssd(ireg acc, ireg a, ireg b) { return _mm256_dpwssd_epi32(acc, a, b); }
     static ireg zero_i() { return _mm256_setzero_si256(); }
     static ireg bcast_u32(const uint8_t* p) {
         int32_t x;
@@ -179,6 +191,12 @@ struct vec8 {
         return _mm256_set1_epi32(x);
     }
     static reg cvt_i32(ireg x) { return _mm256_cvtepi32_ps(x); }
+    static reg abs(reg x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+    static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+    static ireg cvt_round(reg x) { return _mm256_cvtps_epi32(x); }  // nearest even
+    static ireg and_i(ireg a, ireg b) { return _mm256_and_si256(a, b); }
+    static ireg or_i(ireg a, ireg b) { return _mm256_or_si256(a, b); }
+    static ireg sll_i(ireg a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
 };
 
 // Per-thread scratch of 64-byte vectors, grown on first use: qt (hd, NV) scaled queries,
@@ -890,12 +908,379 @@ void attend_bf16(const attn_work& w) {
     write_out<VT, NV>(w, ot, m, lsum);
 }
 
+// ---- KIVI: integer Q·Kᵀ with the per-channel key scale folded into the query ----------------
+//
+// A KIVI page is one group of G tokens (attention.h): keys K[t][d] = a_d · u + m_d with a scale
+// and minimum per channel over the page, values V[t][d] = b_{t,g} · u + n_{t,g} per token and
+// group g of channels. Neither is decoded to float32 key by key:
+//   q · k_t = Σ_d (q_d · a_d) · u_td + Σ_d q_d · m_d
+// — the channel scales fold into the query once per page (q' = q ∘ a, quantized per lane and
+// group of 32 dimensions to int16, its scale sq), the minimums into one constant per lane, and
+// the rest is vpdpwssd over the codes (0 .. 2^b - 1) widened to 16 bits, 2 dimensions per
+// instruction;
+//   Σ_t p_t · v_td = Σ_t (p_t · b_{t,g}) · u_td + Σ_t p_t · n_{t,g}
+// — the token scales fold into the probabilities (one product per token and group), the
+// minimums into one running sum per lane and group, and P·V runs over the codes as float32.
+// The query's int16 rounding (2^-16 of a group's largest |q_d · a_d|) is the error beyond
+// float32 arithmetic. (An int8 query, as for q8_0 keys, halves the Q·Kᵀ instructions, but
+// the channel scales give q' KIVI's outlier channels: the rounding of the other channels then
+// moved the logits of the test models by a fifth of what the codes themselves do.)
+
+// Codes of rows [r0, r0 + n_t) of a KIVI block widened to uint16 (n_t, hd2), dimensions in
+// order (hd2 = head_dim rounded up to 2; the padding dimension is 0). Byte i of a row holds
+// dimensions i + j·Q at bits [j·b, (j+1)·b): with Q a multiple of 16, 16 bytes give 16
+// consecutive dimensions per shift.
+void kivi_unpack_codes(const uint8_t* block, int64_t row_bytes, int bits, int64_t hd, int64_t hd2, int64_t r0, int64_t n_t,
+                       uint16_t* out) {
+    const int64_t per_byte = 8 / bits, q = (hd + per_byte - 1) / per_byte;
+    const int mask = (1 << bits) - 1;
+    for (int64_t t = 0; t < n_t; ++t) {
+        const uint8_t* src = block + (r0 + t) * row_bytes;
+        uint16_t* dst = out + t * hd2;
+        if (q % 16 == 0 && q * per_byte == hd) {
+            const __m256i m = _mm256_set1_epi16(short(mask));
+            for (int64_t c = 0; c < q; c += 16) {
+                const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c)));
+                for (int64_t j = 0; j < per_byte; ++j)
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * q + c),
+                                        _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(int(j) * bits)), m));
+            }
+            continue;
+        }
+        for (int64_t d = 0; d < hd2; ++d) dst[d] = d < hd ? uint16_t((src[d % q] >> (bits * (d / q))) & mask) : 0;
+    }
+}
+
+// n f16 values to float32.
+// Full chunks are stored unmasked (a masked store does not forward to the scalar loads that read
+// the values next); only a tail is masked.
+inline void f16_to_float(const uint16_t* src, int64_t n, float* dst) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+    if (i < n) {
+        const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+    }
+}
+
+// The query for one KIVI page: q' = qt ∘ a (a: the page's channel scales, (hd)) quantized per
+// lane and group of qg dimensions into q16t ((hd2 / 2, NV) dwords of 2 int16 codes), the group
+// scales into qsc ((hd2 / qg, NV)), and Σ_d qt_d · m_d (m: the channel minimums) into cq (NV).
+template <class VT, int NV>
+void kivi_page_query(const typename VT::reg* qt, const float* a, const float* m, int64_t hd, int64_t hd2, int64_t qg,
+                     typename VT::reg* qp, typename VT::ireg* q16t, typename VT::reg* qsc, typename VT::reg* cq) {
+    typename VT::reg c[NV];  // in registers: cq may alias nothing, but the compiler cannot know
+    for (int v = 0; v < NV; ++v) c[v] = VT::zero();
+    for (int64_t d = 0; d < hd; ++d) {
+        const typename VT::reg ad = VT::set1(a[d]), md = VT::set1(m[d]);
+        for (int v = 0; v < NV; ++v) {
+            qp[d * NV + v] = VT::mul(qt[d * NV + v], ad);
+            c[v] = VT::fmadd(qt[d * NV + v], md, c[v]);
+        }
+    }
+    for (int64_t d = hd; d < hd2; ++d)
+        for (int v = 0; v < NV; ++v) qp[d * NV + v] = VT::zero();
+    for (int v = 0; v < NV; ++v) cq[v] = c[v];
+    const typename VT::ireg low16 = VT::set1_i(0xFFFF);
+    for (int64_t g = 0; g < hd2 / qg; ++g)
+        for (int v = 0; v < NV; ++v) {
+            typename VT::reg amax = VT::zero();
+            for (int64_t d = g * qg; d < (g + 1) * qg; ++d) amax = VT::max(amax, VT::abs(qp[d * NV + v]));
+            const typename VT::mask live = VT::cmp_neq(amax, VT::zero());
+            qsc[g * NV + v] = VT::mul(amax, VT::set1(1.0f / 32767.0f));
+            const typename VT::reg inv = VT::maskz_mov(live, VT::div(VT::set1(32767.0f), amax));
+            for (int64_t p = g * qg / 2; p < (g + 1) * qg / 2; ++p) {
+                const typename VT::ireg lo = VT::and_i(VT::cvt_round(VT::mul(qp[(2 * p) * NV + v], inv)), low16);
+                const typename VT::ireg hi = VT::sll_i(VT::cvt_round(VT::mul(qp[(2 * p + 1) * NV + v], inv)), 16);
+                q16t[p * NV + v] = VT::or_i(lo, hi);
+            }
+        }
+}
+
+// S[j][v] for KG consecutive keys: cq[v] + Σ_g qsc[g][v] · Σ_p dot2(codes[j], q16t[g, p][v]).
+template <class VT, int NV, int KG>
+inline void scores_kivi(const uint16_t* codes, int64_t stride, int64_t n_qg, int64_t gp, const typename VT::ireg* q16t,
+                        const typename VT::reg* qsc, const typename VT::reg* cq, typename VT::reg* s_out) {
+    typename VT::reg sacc[KG][NV];
+#pragma GCC unroll 16
+    for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) sacc[j][v] = cq[v];
+    for (int64_t g = 0; g < n_qg; ++g) {
+        typename VT::ireg acc[KG][NV];
+#pragma GCC unroll 16
+        for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[j][v] = VT::zero_i();
+        for (int64_t p = 0; p < gp; ++p) {
+            typename VT::ireg qd[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) qd[v] = q16t[(g * gp + p) * NV + v];
+#pragma GCC unroll 16
+            for (int j = 0; j < KG; ++j) {
+                const typename VT::ireg kd = VT::bcast_u32(reinterpret_cast<const uint8_t*>(codes + j * stride + (g * gp + p) * 2));
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) acc[j][v] = VT::dpwssd(acc[j][v], kd, qd[v]);
+            }
+        }
+#pragma GCC unroll 16
+        for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) sacc[j][v] = VT::fmadd(qsc[g * NV + v], VT::cvt_i32(acc[j][v]), sacc[j][v]);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < KG; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) s_out[j * NV + v] = sacc[j][v];
+}
+
+// Codes of rows [r0, r0 + n_t) of a KIVI block as int16 token pairs: out[tp · hd + d] holds the
+// codes of dimension d of rows 2tp (low half) and 2tp + 1 (high half; 0 past n_t), the layout
+// vpdpwssd multiplies against pairs of probabilities. Interleaving the two rows' code bytes
+// first gives every shift 8 such pairs per 16 bytes.
+void kivi_unpack_pairs(const uint8_t* block, int64_t row_bytes, int bits, int64_t hd, int64_t r0, int64_t n_t, uint32_t* out) {
+    const int64_t per_byte = 8 / bits, q = (hd + per_byte - 1) / per_byte;
+    const int mask = (1 << bits) - 1;
+    const bool fast = q % 16 == 0 && q * per_byte == hd;
+    for (int64_t tp = 0; tp < (n_t + 1) / 2; ++tp) {
+        const uint8_t* a = block + (r0 + 2 * tp) * row_bytes;
+        const uint8_t* b = 2 * tp + 1 < n_t ? a + row_bytes : nullptr;
+        uint32_t* dst = out + tp * hd;
+        if (fast) {
+            const __m256i m = _mm256_set1_epi16(short(mask));
+            for (int64_t c = 0; c < q; c += 16) {
+                const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + c));
+                const __m128i y = b ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + c)) : _mm_setzero_si128();
+                const __m256i lo = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y)), hi = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+                for (int64_t j = 0; j < per_byte; ++j) {
+                    const __m128i sh = _mm_cvtsi32_si128(int(j) * bits);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * q + c), _mm256_and_si256(_mm256_srl_epi16(lo, sh), m));
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * q + c + 8), _mm256_and_si256(_mm256_srl_epi16(hi, sh), m));
+                }
+            }
+            continue;
+        }
+        for (int64_t d = 0; d < hd; ++d) {
+            const uint32_t ua = (a[d % q] >> (bits * (d / q))) & mask, ub = b ? (b[d % q] >> (bits * (d / q))) & mask : 0;
+            dst[d] = ua | ub << 16;
+        }
+    }
+}
+
+// Probabilities of one tile times the V scales of group g, quantized per lane to int16 in token
+// pairs: p16[tp · NV + v] holds (p'_{2tp}, p'_{2tp+1}) (0 past n_t), psc[v] the scale. p' >= 0.
+template <class VT, int NV>
+void kivi_tile_probs(const typename VT::reg* s, const float* vsc, int64_t ng, int64_t g, int64_t n_t, typename VT::reg* pp,
+                     typename VT::ireg* p16, typename VT::reg* psc) {
+    for (int v = 0; v < NV; ++v) {
+        typename VT::reg pmax = VT::zero();
+        for (int64_t j = 0; j < n_t; ++j) {
+            pp[j * NV + v] = VT::mul(s[j * NV + v], VT::set1(vsc[j * ng + g]));
+            pmax = VT::max(pmax, pp[j * NV + v]);
+        }
+        pp[n_t * NV + v] = VT::zero();  // partner of an odd last key
+        const typename VT::mask live = VT::cmp_neq(pmax, VT::zero());
+        psc[v] = VT::mul(pmax, VT::set1(1.0f / 32767.0f));
+        const typename VT::reg inv = VT::maskz_mov(live, VT::div(VT::set1(32767.0f), pmax));
+        for (int64_t tp = 0; tp < (n_t + 1) / 2; ++tp) {
+            const typename VT::ireg lo = VT::cvt_round(VT::mul(pp[(2 * tp) * NV + v], inv));
+            const typename VT::ireg hi = VT::sll_i(VT::cvt_round(VT::mul(pp[(2 * tp + 1) * NV + v], inv)), 16);
+            p16[tp * NV + v] = VT::or_i(lo, hi);  // lo in [0, 32767]: no sign bits to mask
+        }
+    }
+}
+
+// Oᵀ[d0 + i][v] += psc[v] · Σ_tp dot2(vpair[tp][d0 + i], p16[tp][v]) for i < DG.
+template <class VT, int NV, int DG>
+inline void accumulate_kivi(const uint32_t* vpair, int64_t hd, int64_t n_pairs, const typename VT::ireg* p16,
+                            const typename VT::reg* psc, typename VT::reg* ot, int64_t d0) {
+    typename VT::ireg acc[DG][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < DG; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = VT::zero_i();
+    const uint32_t* vr = vpair + d0;
+    for (int64_t tp = 0; tp < n_pairs; ++tp, vr += hd) {
+        typename VT::ireg pt[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) pt[v] = p16[tp * NV + v];
+#pragma GCC unroll 16
+        for (int i = 0; i < DG; ++i) {
+            const typename VT::ireg vb = VT::bcast_u32(reinterpret_cast<const uint8_t*>(vr + i));
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][v] = VT::dpwssd(acc[i][v], vb, pt[v]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < DG; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) ot[(d0 + i) * NV + v] = VT::fmadd(psc[v], VT::cvt_i32(acc[i][v]), ot[(d0 + i) * NV + v]);
+}
+
+// Prefetches the codes of rows [r0, r0 + n) of a KIVI block and the parameters they use.
+inline void prefetch_kivi_rows(const uint8_t* block, int64_t row_bytes, size_t param_off, size_t param_bytes, int64_t r0, int64_t n) {
+    const char* c = reinterpret_cast<const char*>(block + r0 * row_bytes);
+    for (int64_t b = 0; b < n * row_bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+    const char* p = reinterpret_cast<const char*>(block + param_off);
+    for (size_t b = 0; b < param_bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
+#define KVS_KG 16
+#define KVS_DG 8
+
+
+
+
+
+
+template <class VT, int NV, int HD>
+void attend_kivi(const attn_work& w) {
+    constexpr int KG = KVS_KG / NV;
+    constexpr int DG = KVS_DG / NV;
+    using reg = typename VT::reg;
+    using ireg = typename VT::ireg;
+    const int64_t hd = HD ? HD : w.hd, hd2 = (hd + 1) / 2 * 2;
+    const int64_t qg = hd2 % 32 == 0 ? 32 : hd2, n_qg = hd2 / qg;  // int16 query groups
+    const int64_t gs = w.q_group, ng = w.q_groups;                  // V: channel groups per token
+    const int64_t ps = w.page_size, rb = w.q_row_bytes;
+    const size_t poff = w.q_scale_off;
+    const int bits = w.kivi_bits;
+    // Scratch, in vectors: qt, qp (hd2, NV) query and q' = q ∘ a; ot (hd, NV); s (tile_keys + 1,
+    // NV); pp (tile_keys + 1, NV) probabilities times one group's V scales; p16 (tile_keys / 2,
+    // NV) those as int16 pairs, psc (NV) their scale; mo (ng, NV) Σ p · V minimum; q16t (hd2 / 2,
+    // NV); qsc (n_qg, NV); cq (NV); then uint32 vf (tile_keys / 2, hd) V code pairs, floats ka,
+    // km (hd2) K channel parameters, vsc, vmn (tile_keys, ng) V token parameters, and uint16 kc
+    // (tile_keys, hd2) K codes.
+    const int64_t n_reg = 2 * hd2 * NV + hd * NV + (tile_keys + 1) * NV + (tile_keys + 1) * NV + (tile_keys / 2 + 1) * NV + NV + ng * NV + hd2 / 2 * NV + n_qg * NV + NV;
+    const int64_t n_float = tile_keys * hd + 2 * (hd2 + 16) + 2 * (tile_keys * ng + 16) + (tile_keys * hd2 + 1) / 2;
+    auto* qt = reinterpret_cast<reg*>(scratch_vectors(n_reg * VT::lanes / 16 + n_float / 16 + 8));
+    reg* qp = qt + hd2 * NV;
+    reg* ot = qp + hd2 * NV;
+    reg* s = ot + hd * NV;
+    reg* pp = s + (tile_keys + 1) * NV;
+    auto* p16 = reinterpret_cast<ireg*>(pp + (tile_keys + 1) * NV);
+    auto* psc = reinterpret_cast<reg*>(p16 + (tile_keys / 2 + 1) * NV);
+    reg* mo = psc + NV;
+    auto* q16t = reinterpret_cast<ireg*>(mo + ng * NV);
+    auto* qsc = reinterpret_cast<reg*>(q16t + hd2 / 2 * NV);
+    reg* cq = qsc + n_qg * NV;
+    auto* vf = reinterpret_cast<uint32_t*>(cq + NV);
+    float* ka = reinterpret_cast<float*>(vf + tile_keys / 2 * hd);
+    float* km = ka + hd2 + 16;
+    float* vsc = km + hd2 + 16;
+    float* vmn = vsc + tile_keys * ng + 16;
+    auto* kc = reinterpret_cast<uint16_t*>(vmn + tile_keys * ng + 16);
+
+    ireg lenv[NV], beginv[NV];
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
+    const float* lane_q[attn_max_qv];
+    lane_queries(w, lane_q);
+    for (int64_t d = 0; d < hd2; ++d)
+        for (int v = 0; v < NV; ++v) qt[d * NV + v] = query_lanes<VT>(w, lane_q, v, d);
+    for (int64_t i = 0; i < hd * NV; ++i) ot[i] = VT::zero();
+    for (int64_t i = 0; i < ng * NV; ++i) mo[i] = VT::zero();
+    reg m[NV], lsum[NV];
+    for (int v = 0; v < NV; ++v) {
+        m[v] = VT::set1(neg_inf);
+        lsum[v] = VT::zero();
+    }
+    const size_t k_param_bytes = size_t(4 * hd), v_param_bytes = size_t(4 * ps * ng);
+    const int64_t t_end = std::min(w.t1, max_len);
+    int64_t query_page = -1;  // the page q16t, qsc and cq were prepared for
+    for (int64_t t0 = w.t0, n_t = 0; t0 < t_end; t0 += n_t) {
+        const int64_t in_page = t0 % ps;
+        n_t = std::min({tile_keys, t_end - t0, ps - in_page});
+        const uint8_t* kblock = k_block_of(w, t0);
+        const uint8_t* vblock = v_block_of(w, t0);
+        if (t0 / ps != query_page) {
+            query_page = t0 / ps;
+            const auto* kp = reinterpret_cast<const uint16_t*>(kblock + poff);
+            f16_to_float(kp, hd, ka);
+            f16_to_float(kp + hd, hd, km);
+            kivi_page_query<VT, NV>(qt, ka, km, hd, hd2, qg, qp, q16t, qsc, cq);
+        }
+        kivi_unpack_codes(kblock, rb, bits, hd, hd2, in_page, n_t, kc);
+        kivi_unpack_pairs(vblock, rb, bits, hd, in_page, n_t, vf);
+        const auto* vp = reinterpret_cast<const uint16_t*>(vblock + poff);
+        f16_to_float(vp + in_page * ng, n_t * ng, vsc);
+        f16_to_float(vp + ps * ng + in_page * ng, n_t * ng, vmn);
+        const int64_t t_next = t0 + n_t;
+        if (t_next < t_end) {
+            const int64_t r_next = t_next % ps, n_next = std::min({tile_keys, t_end - t_next, ps - r_next});
+            prefetch_kivi_rows(k_block_of(w, t_next), rb, poff, r_next == 0 ? k_param_bytes : 0, r_next, n_next);
+            prefetch_kivi_rows(v_block_of(w, t_next), rb, poff, r_next == 0 ? v_param_bytes : 0, r_next, n_next);
+        }
+        const int64_t gp = qg / 2;
+        int64_t jk = 0;
+        for (; jk + KG <= n_t; jk += KG) scores_kivi<VT, NV, KG>(kc + jk * hd2, hd2, n_qg, gp, q16t, qsc, cq, s + jk * NV);
+        for (; jk < n_t; ++jk) scores_kivi<VT, NV, 1>(kc + jk * hd2, hd2, n_qg, gp, q16t, qsc, cq, s + jk * NV);
+        reg mx[NV];
+        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
+        bool rescale = false;
+        reg corr[NV];
+        for (int v = 0; v < NV; ++v) {
+            const reg m_new = VT::max(m[v], mx[v]);
+            const typename VT::mask live = VT::cmp_neq(m_new, VT::set1(neg_inf));
+            const reg m_ref = VT::maskz_mov(live, m_new);
+            corr[v] = VT::exp(VT::sub(m[v], m_ref));
+            rescale = rescale || VT::cmp_neq(m_new, m[v]) != 0;
+            reg psum = VT::zero();
+            for (int64_t j = 0; j < n_t; ++j) {
+                const reg p = VT::exp(VT::sub(s[j * NV + v], m_ref));
+                s[j * NV + v] = p;
+                psum = VT::add(psum, p);
+            }
+            lsum[v] = VT::fmadd(lsum[v], corr[v], psum);
+            m[v] = m_new;
+        }
+        if (rescale) {
+            for (int64_t d = 0; d < hd; ++d)
+                for (int v = 0; v < NV; ++v) ot[d * NV + v] = VT::mul(ot[d * NV + v], corr[v]);
+            for (int64_t g = 0; g < ng; ++g)
+                for (int v = 0; v < NV; ++v) mo[g * NV + v] = VT::mul(mo[g * NV + v], corr[v]);
+        }
+        // Per group: Σ_t P · n_{t,g}, P' = P · b_{t,g} as int16 pairs, Oᵀ += Σ_t P' · u.
+        const int64_t n_pairs = (n_t + 1) / 2;
+        for (int64_t g = 0; g < ng; ++g) {
+            reg mg[4][NV];  // four partial sums: one FMA chain would wait on its latency every token
+            for (int v = 0; v < NV; ++v) {
+                mg[0][v] = mo[g * NV + v];
+                mg[1][v] = mg[2][v] = mg[3][v] = VT::zero();
+            }
+            int64_t j = 0;
+            for (; j + 4 <= n_t; j += 4)
+                for (int i = 0; i < 4; ++i) {
+                    const reg n = VT::set1(vmn[(j + i) * ng + g]);
+                    for (int v = 0; v < NV; ++v) mg[i][v] = VT::fmadd(s[(j + i) * NV + v], n, mg[i][v]);
+                }
+            for (; j < n_t; ++j) {
+                const reg n = VT::set1(vmn[j * ng + g]);
+                for (int v = 0; v < NV; ++v) mg[0][v] = VT::fmadd(s[j * NV + v], n, mg[0][v]);
+            }
+            for (int v = 0; v < NV; ++v) mo[g * NV + v] = VT::add(VT::add(mg[0][v], mg[1][v]), VT::add(mg[2][v], mg[3][v]));
+            kivi_tile_probs<VT, NV>(s, vsc, ng, g, n_t, pp, p16, psc);
+            int64_t d = g * gs;
+            for (; d + DG <= (g + 1) * gs; d += DG) accumulate_kivi<VT, NV, DG>(vf, hd, n_pairs, p16, psc, ot, d);
+            for (; d < (g + 1) * gs; ++d) accumulate_kivi<VT, NV, 1>(vf, hd, n_pairs, p16, psc, ot, d);
+        }
+    }
+    for (int64_t d = 0; d < hd; ++d)
+        for (int v = 0; v < NV; ++v) ot[d * NV + v] = VT::add(ot[d * NV + v], mo[(d / gs) * NV + v]);
+    write_out<VT, NV>(w, ot, m, lsum);
+}
+
 // Up to 8 query vectors (decode with a GQA group of <= 8): 8-lane ymm, which Zen 4 issues at
 // twice the zmm rate, so no FMA is spent on empty lanes.
 template <int HD, int FMT>
 void attend_hd(const attn_work& w) {
     const int64_t n_qv = w.n_rows * w.n_group;
-    if (FMT == int(kv_fmt::bf16) && w.v_fmt == kv_fmt::bf16) {
+    if constexpr (FMT == int(kv_fmt::kivi)) {
+        if (n_qv <= 8) return attend_kivi<vec8, 1, HD>(w);
+        if (n_qv <= 16) return attend_kivi<vec16, 1, HD>(w);
+        if (n_qv <= 32) return attend_kivi<vec16, 2, HD>(w);
+        if (n_qv <= 48) return attend_kivi<vec16, 3, HD>(w);
+        return attend_kivi<vec16, 4, HD>(w);
+    } else if (FMT == int(kv_fmt::bf16) && w.v_fmt == kv_fmt::bf16) {
         if (n_qv <= 8) return attend_bf16<vec8, 1, HD>(w);
         if (n_qv <= 16) return attend_bf16<vec16, 1, HD>(w);
         if (n_qv <= 32) return attend_bf16<vec16, 2, HD>(w);
@@ -929,7 +1314,7 @@ attn_fn attention_kernel_avx512(kv_fmt fmt) {
         case kv_fmt::q8_0: return attend_any<int(kv_fmt::q8_0)>;
         case kv_fmt::q4_0: return attend_any<int(kv_fmt::q4_0)>;
         case kv_fmt::q4_1: return attend_any<int(kv_fmt::q4_1)>;
-        case kv_fmt::kivi: return nullptr;  // the portable path reads KIVI pages
+        case kv_fmt::kivi: return attend_any<int(kv_fmt::kivi)>;
     }
     return nullptr;
 }
