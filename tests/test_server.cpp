@@ -910,7 +910,9 @@ TEST(server, kv_policy_default_and_metrics) {
     server_config sc;
     sc.default_policy = kv_policy::parse("window:size=32").value();
     served s(f, ec, sc);
-    json req = greedy_completion("Once upon a time", 120);
+    // Long enough (far past n_ctx, which only a window allows) that the poller samples the
+    // gauge while the request runs, however fast the machine.
+    json req = greedy_completion("Once upon a time", 1500);
     req["ignore_eos"] = true;
     std::atomic<bool> done{false};
     double window_pages = -1;
@@ -919,14 +921,14 @@ TEST(server, kv_policy_default_and_metrics) {
             auto [mst, text] = s.get("/metrics");
             const double v = metric(text, "kvserve_kv_pages_by_policy{policy=\"window\"}");
             window_pages = std::max(window_pages, v);
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
     });
     auto [st, b] = s.post("/v1/completions", req);
     done = true;
     poller.join();
     ASSERT_EQ(st, 200) << b.dump();
-    EXPECT_EQ(b["usage"]["completion_tokens"], 120);
+    EXPECT_EQ(b["usage"]["completion_tokens"], 1500);
     EXPECT_GT(window_pages, 0);
     EXPECT_LE(window_pages, kv_cache::policy_page_bound(sc.default_policy, 1, ec.page_size));
     req["kv_policy"] = "dense";  // the request's field wins
