@@ -124,6 +124,8 @@ struct vec16 {
     static ireg and_i(ireg a, ireg b) { return _mm512_and_si512(a, b); }
     static ireg or_i(ireg a, ireg b) { return _mm512_or_si512(a, b); }
     static ireg sll_i(ireg a, int n) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+    // Lane l = low 16 bits of lo[l] | low 16 bits of hi[l] << 16.
+    static ireg pack_lo16(ireg lo, ireg hi) { return _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), lo, _mm512_slli_epi32(hi, 16)); }
 };
 
 // e^x for 8 lanes, as exp512.
@@ -197,6 +199,7 @@ struct vec8 {
     static ireg and_i(ireg a, ireg b) { return _mm256_and_si256(a, b); }
     static ireg or_i(ireg a, ireg b) { return _mm256_or_si256(a, b); }
     static ireg sll_i(ireg a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+    static ireg pack_lo16(ireg lo, ireg hi) { return _mm256_blend_epi16(lo, _mm256_slli_epi32(hi, 16), 0xAA); }
 };
 
 // Per-thread scratch of 64-byte vectors, grown on first use: qt (hd, NV) scaled queries,
@@ -378,21 +381,30 @@ void widen_quant_rows(const attn_work& w, const qblock& qb, const uint8_t* block
 // Lane layout shared by the kernels: query vector qv = v * lanes + l; lanes past n_qv are
 // zero and see no key (length 0). lenv: each lane's kv_len; beginv: each lane's first visible
 // slot minus one (so that visibility is two greater-than compares).
+// all_visible: the slots [from, to) that every lane with a query vector sees (to <= from: none),
+// where tiles need no mask.
 template <class VT, int NV>
-int64_t lane_lengths(const attn_work& w, typename VT::ireg* lenv, typename VT::ireg* beginv) {
+int64_t lane_lengths(const attn_work& w, typename VT::ireg* lenv, typename VT::ireg* beginv, int64_t* all_from = nullptr,
+                     int64_t* all_to = nullptr) {
     alignas(64) int32_t lane_len[NV][16], lane_begin[NV][16];
     const int64_t n_qv = w.n_rows * w.n_group;
-    int64_t max_len = 0;
+    int64_t max_len = 0, from = 0, to = std::numeric_limits<int64_t>::max();
     for (int v = 0; v < NV; ++v) {
         for (int l = 0; l < VT::lanes; ++l) {
             const int64_t qv = v * VT::lanes + l;
             lane_len[v][l] = qv < n_qv ? w.kv_len[qv / w.n_group] : 0;
             lane_begin[v][l] = (qv < n_qv && w.kv_begin ? w.kv_begin[qv / w.n_group] : 0) - 1;
             max_len = std::max<int64_t>(max_len, lane_len[v][l]);
+            if (qv < n_qv) {
+                from = std::max<int64_t>(from, lane_begin[v][l] + 1);
+                to = std::min<int64_t>(to, lane_len[v][l]);
+            }
         }
         lenv[v] = VT::loadu_i(lane_len[v]);
         beginv[v] = VT::loadu_i(lane_begin[v]);
     }
+    if (all_from) *all_from = from;
+    if (all_to) *all_to = to;
     return max_len;
 }
 
@@ -416,11 +428,17 @@ typename VT::reg query_lanes(const attn_work& w, const float* const* lane_q, int
 }
 
 // Masks slots a lane may not see (slot >= its kv_len or before its kv_begin) to -inf and
-// returns the tile max.
+// returns the tile max. all_visible: every lane with a query vector sees the whole tile, so only
+// the max is taken (lanes without one hold finite scores of a zero query, never written out).
 template <class VT, int NV>
 inline void mask_tile(typename VT::reg* s, int64_t t0, int64_t n_t, const typename VT::ireg* lenv,
-                      const typename VT::ireg* beginv, typename VT::reg* mx) {
+                      const typename VT::ireg* beginv, typename VT::reg* mx, bool all_visible = false) {
     for (int v = 0; v < NV; ++v) mx[v] = VT::set1(neg_inf);
+    if (all_visible) {
+        for (int64_t j = 0; j < n_t; ++j)
+            for (int v = 0; v < NV; ++v) mx[v] = VT::max(mx[v], s[j * NV + v]);
+        return;
+    }
     for (int64_t j = 0; j < n_t; ++j) {
         const typename VT::ireg slot = VT::set1_i(int32_t(t0 + j));
         for (int v = 0; v < NV; ++v) {
@@ -661,7 +679,8 @@ void attend(const attn_work& w) {
     auto* kc = reinterpret_cast<uint8_t*>(kbf + tile_keys * ng);             // (tile_keys, hd)
 
     typename VT::ireg lenv[NV], beginv[NV];
-    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
+    int64_t vis_from, vis_to;
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv, &vis_from, &vis_to);
     const float* lane_q[attn_max_qv];
     lane_queries(w, lane_q);
     for (int64_t d = 0; d < hd; ++d)
@@ -739,7 +758,7 @@ void attend(const attn_work& w) {
             for (; jk < n_t; ++jk) scores<VT, NV, 1, HD>(kb + jk * hd, qt, hd, s + jk * NV);
         }
         typename VT::reg mx[NV];
-        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
+        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx, t0 >= vis_from && t0 + n_t <= vis_to);
         // Online softmax: rescale the running state to the new max (lanes that have seen no
         // key keep max -inf; they use 0 as the reference so exp gives 0, never NaN).
         bool rescale = false;
@@ -850,7 +869,8 @@ void attend_bf16(const attn_work& w) {
     auto* p2 = reinterpret_cast<breg*>(s + (tile_keys + 1) * NV);
 
     typename VT::ireg lenv[NV], beginv[NV];
-    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
+    int64_t vis_from, vis_to;
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv, &vis_from, &vis_to);
     const float* lane_q[attn_max_qv];
     lane_queries(w, lane_q);
     for (int64_t p = 0; p < hp; ++p)
@@ -874,7 +894,7 @@ void attend_bf16(const attn_work& w) {
         for (; jk + KG <= n_t; jk += KG) scores_bf16<VT, NV, KG, HD>(kb + jk * 2 * hp, q2, hd, s + jk * NV);
         for (; jk < n_t; ++jk) scores_bf16<VT, NV, 1, HD>(kb + jk * 2 * hp, q2, hd, s + jk * NV);
         typename VT::reg mx[NV];
-        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
+        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx, t0 >= vis_from && t0 + n_t <= vis_to);
         bool rescale = false;
         typename VT::reg corr[NV];
         const int64_t n_pairs = n_t / 2;
@@ -963,36 +983,38 @@ inline void f16_to_float(const uint16_t* src, int64_t n, float* dst) {
     }
 }
 
-// The query for one KIVI page: q' = qt ∘ a (a: the page's channel scales, (hd)) quantized per
-// lane and group of qg dimensions into q16t ((hd2 / 2, NV) dwords of 2 int16 codes), the group
-// scales into qsc ((hd2 / qg, NV)), and Σ_d qt_d · m_d (m: the channel minimums) into cq (NV).
+// The query for one KIVI page: q' = qt ∘ a (a: the page's channel scales, (hd2), 0 past hd)
+// quantized per lane and group of qg dimensions into q16t ((hd2 / 2, NV) dwords of 2 int16
+// codes), the group scales into qsc ((hd2 / qg, NV)), and Σ_d qt_d · m_d (m: the channel
+// minimums) into cq (NV). qa holds |qt| (computed once per call): a group's largest |q'_d| is
+// then one product and one max per dimension.
 template <class VT, int NV>
-void kivi_page_query(const typename VT::reg* qt, const float* a, const float* m, int64_t hd, int64_t hd2, int64_t qg,
-                     typename VT::reg* qp, typename VT::ireg* q16t, typename VT::reg* qsc, typename VT::reg* cq) {
-    typename VT::reg c[NV];  // in registers: cq may alias nothing, but the compiler cannot know
-    for (int v = 0; v < NV; ++v) c[v] = VT::zero();
-    for (int64_t d = 0; d < hd; ++d) {
-        const typename VT::reg ad = VT::set1(a[d]), md = VT::set1(m[d]);
-        for (int v = 0; v < NV; ++v) {
-            qp[d * NV + v] = VT::mul(qt[d * NV + v], ad);
-            c[v] = VT::fmadd(qt[d * NV + v], md, c[v]);
-        }
+void kivi_page_query(const typename VT::reg* qt, const typename VT::reg* qa, const float* a, const float* m, int64_t hd,
+                     int64_t hd2, int64_t qg, typename VT::ireg* q16t, typename VT::reg* qsc, typename VT::reg* cq) {
+    using reg = typename VT::reg;
+    for (int v = 0; v < NV; ++v) {
+        reg c[4] = {VT::zero(), VT::zero(), VT::zero(), VT::zero()};  // four chains: FMA latency
+        int64_t d = 0;
+        for (; d + 4 <= hd; d += 4)
+            for (int i = 0; i < 4; ++i) c[i] = VT::fmadd(qt[(d + i) * NV + v], VT::set1(m[d + i]), c[i]);
+        for (; d < hd; ++d) c[0] = VT::fmadd(qt[d * NV + v], VT::set1(m[d]), c[0]);
+        cq[v] = VT::add(VT::add(c[0], c[1]), VT::add(c[2], c[3]));
     }
-    for (int64_t d = hd; d < hd2; ++d)
-        for (int v = 0; v < NV; ++v) qp[d * NV + v] = VT::zero();
-    for (int v = 0; v < NV; ++v) cq[v] = c[v];
-    const typename VT::ireg low16 = VT::set1_i(0xFFFF);
     for (int64_t g = 0; g < hd2 / qg; ++g)
         for (int v = 0; v < NV; ++v) {
-            typename VT::reg amax = VT::zero();
-            for (int64_t d = g * qg; d < (g + 1) * qg; ++d) amax = VT::max(amax, VT::abs(qp[d * NV + v]));
-            const typename VT::mask live = VT::cmp_neq(amax, VT::zero());
-            qsc[g * NV + v] = VT::mul(amax, VT::set1(1.0f / 32767.0f));
-            const typename VT::reg inv = VT::maskz_mov(live, VT::div(VT::set1(32767.0f), amax));
+            reg amax[2] = {VT::zero(), VT::zero()};
+            for (int64_t d = g * qg; d < (g + 1) * qg; d += 2) {
+                amax[0] = VT::max(amax[0], VT::mul(qa[d * NV + v], VT::set1(a[d])));
+                amax[1] = VT::max(amax[1], VT::mul(qa[(d + 1) * NV + v], VT::set1(a[d + 1])));
+            }
+            const reg mx = VT::max(amax[0], amax[1]);
+            const typename VT::mask live = VT::cmp_neq(mx, VT::zero());
+            qsc[g * NV + v] = VT::mul(mx, VT::set1(1.0f / 32767.0f));
+            const reg inv = VT::maskz_mov(live, VT::div(VT::set1(32767.0f), mx));
             for (int64_t p = g * qg / 2; p < (g + 1) * qg / 2; ++p) {
-                const typename VT::ireg lo = VT::and_i(VT::cvt_round(VT::mul(qp[(2 * p) * NV + v], inv)), low16);
-                const typename VT::ireg hi = VT::sll_i(VT::cvt_round(VT::mul(qp[(2 * p + 1) * NV + v], inv)), 16);
-                q16t[p * NV + v] = VT::or_i(lo, hi);
+                const typename VT::ireg lo = VT::cvt_round(VT::mul(VT::mul(qt[(2 * p) * NV + v], VT::set1(a[2 * p])), inv));
+                const typename VT::ireg hi = VT::cvt_round(VT::mul(VT::mul(qt[(2 * p + 1) * NV + v], VT::set1(a[2 * p + 1])), inv));
+                q16t[p * NV + v] = VT::pack_lo16(lo, hi);
             }
         }
 }
@@ -1145,7 +1167,7 @@ void attend_kivi(const attn_work& w) {
     const int64_t ps = w.page_size, rb = w.q_row_bytes;
     const size_t poff = w.q_scale_off;
     const int bits = w.kivi_bits;
-    // Scratch, in vectors: qt, qp (hd2, NV) query and q' = q ∘ a; ot (hd, NV); s (tile_keys + 1,
+    // Scratch, in vectors: qt, qa (hd2, NV) query and |query|; ot (hd, NV); s (tile_keys + 1,
     // NV); pp (tile_keys + 1, NV) probabilities times one group's V scales; p16 (tile_keys / 2,
     // NV) those as int16 pairs, psc (NV) their scale; mo (ng, NV) Σ p · V minimum; q16t (hd2 / 2,
     // NV); qsc (n_qg, NV); cq (NV); then uint32 vf (tile_keys / 2, hd) V code pairs, floats ka,
@@ -1154,8 +1176,8 @@ void attend_kivi(const attn_work& w) {
     const int64_t n_reg = 2 * hd2 * NV + hd * NV + (tile_keys + 1) * NV + (tile_keys + 1) * NV + (tile_keys / 2 + 1) * NV + NV + ng * NV + hd2 / 2 * NV + n_qg * NV + NV;
     const int64_t n_float = tile_keys * hd + 2 * (hd2 + 16) + 2 * (tile_keys * ng + 16) + (tile_keys * hd2 + 1) / 2;
     auto* qt = reinterpret_cast<reg*>(scratch_vectors(n_reg * VT::lanes / 16 + n_float / 16 + 8));
-    reg* qp = qt + hd2 * NV;
-    reg* ot = qp + hd2 * NV;
+    reg* qa = qt + hd2 * NV;
+    reg* ot = qa + hd2 * NV;
     reg* s = ot + hd * NV;
     reg* pp = s + (tile_keys + 1) * NV;
     auto* p16 = reinterpret_cast<ireg*>(pp + (tile_keys + 1) * NV);
@@ -1172,11 +1194,16 @@ void attend_kivi(const attn_work& w) {
     auto* kc = reinterpret_cast<uint16_t*>(vmn + tile_keys * ng + 16);
 
     ireg lenv[NV], beginv[NV];
-    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv);
+    int64_t vis_from, vis_to;
+    const int64_t max_len = lane_lengths<VT, NV>(w, lenv, beginv, &vis_from, &vis_to);
     const float* lane_q[attn_max_qv];
     lane_queries(w, lane_q);
     for (int64_t d = 0; d < hd2; ++d)
-        for (int v = 0; v < NV; ++v) qt[d * NV + v] = query_lanes<VT>(w, lane_q, v, d);
+        for (int v = 0; v < NV; ++v) {
+            qt[d * NV + v] = query_lanes<VT>(w, lane_q, v, d);
+            qa[d * NV + v] = VT::abs(qt[d * NV + v]);
+        }
+    for (int64_t d = hd; d < hd2; ++d) ka[d] = km[d] = 0.0f;  // padding: f16_to_float writes hd
     for (int64_t i = 0; i < hd * NV; ++i) ot[i] = VT::zero();
     for (int64_t i = 0; i < ng * NV; ++i) mo[i] = VT::zero();
     reg m[NV], lsum[NV];
@@ -1197,7 +1224,7 @@ void attend_kivi(const attn_work& w) {
             const auto* kp = reinterpret_cast<const uint16_t*>(kblock + poff);
             f16_to_float(kp, hd, ka);
             f16_to_float(kp + hd, hd, km);
-            kivi_page_query<VT, NV>(qt, ka, km, hd, hd2, qg, qp, q16t, qsc, cq);
+            kivi_page_query<VT, NV>(qt, qa, ka, km, hd, hd2, qg, q16t, qsc, cq);
         }
         kivi_unpack_codes(kblock, rb, bits, hd, hd2, in_page, n_t, kc);
         kivi_unpack_pairs(vblock, rb, bits, hd, in_page, n_t, vf);
@@ -1215,7 +1242,7 @@ void attend_kivi(const attn_work& w) {
         for (; jk + KG <= n_t; jk += KG) scores_kivi<VT, NV, KG>(kc + jk * hd2, hd2, n_qg, gp, q16t, qsc, cq, s + jk * NV);
         for (; jk < n_t; ++jk) scores_kivi<VT, NV, 1>(kc + jk * hd2, hd2, n_qg, gp, q16t, qsc, cq, s + jk * NV);
         reg mx[NV];
-        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx);
+        mask_tile<VT, NV>(s, t0, n_t, lenv, beginv, mx, t0 >= vis_from && t0 + n_t <= vis_to);
         bool rescale = false;
         reg corr[NV];
         for (int v = 0; v < NV; ++v) {
