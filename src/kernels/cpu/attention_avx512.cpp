@@ -1147,18 +1147,12 @@ inline void prefetch_kivi_rows(const uint8_t* block, int64_t row_bytes, size_t p
     for (size_t b = 0; b < param_bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
 }
 
-#define KVS_KG 16
-#define KVS_DG 8
-
-
-
-
-
-
+// KIVI tile kernel: one page (or part of one) per tile; Q·Kᵀ and P·V as above, the online softmax
+// as in attend.
 template <class VT, int NV, int HD>
 void attend_kivi(const attn_work& w) {
-    constexpr int KG = KVS_KG / NV;
-    constexpr int DG = KVS_DG / NV;
+    constexpr int KG = NV > 8 ? 1 : 8 / NV;  // keys per score group: KG × NV int32 accumulators
+    constexpr int DG = 16 / NV;             // output dimensions per accumulation group
     using reg = typename VT::reg;
     using ireg = typename VT::ireg;
     const int64_t hd = HD ? HD : w.hd, hd2 = (hd + 1) / 2 * 2;
