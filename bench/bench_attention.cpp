@@ -53,8 +53,8 @@ void bm_attention_kv(benchmark::State& state) {
         std::vector<float> kp(size_t(ps * hd)), vp(size_t(ps * hd));  // KIVI: one head's page, (ps, hd)
         for (int64_t p = 0; p < n_pages; ++p)
             for (int64_t r = 0; r < ps; ++r) {
+                for (auto& x : kr) x = x * 0.999f + 0.001f * float(r);
                 if (kivi) {
-                    for (auto& x : kr) x = x * 0.999f + 0.001f * float(r);
                     for (int64_t h = 0; h < n_kv_head; ++h) {
                         std::copy_n(kr.data() + h * hd, hd, kp.data() + r * hd);
                         std::copy_n(vr.data() + h * hd, hd, vp.data() + r * hd);
@@ -64,7 +64,6 @@ void bm_attention_kv(benchmark::State& state) {
                     }
                     continue;
                 }
-                for (auto& x : kr) x = x * 0.999f + 0.001f * float(r);
                 kvs::cpu::kv_store_row(lay, k[size_t(l)].data() + size_t(p) * kv.k_page_stride(), v[size_t(l)].data() + size_t(p) * kv.v_page_stride(),
                                        kv.k_head_stride(), kv.v_head_stride(), r, kr.data(), vr.data());
             }

@@ -59,7 +59,7 @@ constexpr double kivi_tolerance = 1e-3;
 constexpr double kivi_avx512_tolerance = 2e-2;
 
 // The attention paths a test runs the engine on: float32 (AVX2 where the CPU has it, else
-// scalar) and AVX-512 with its int8 query.
+// scalar) and AVX-512 with its int16 query and probabilities.
 std::vector<cpu::isa> kivi_paths() {
     std::vector<cpu::isa> out{cpu::isa_supported(cpu::isa::avx2) ? cpu::isa::avx2 : cpu::isa::scalar};
     if (cpu::isa_supported(cpu::isa::avx512)) out.push_back(cpu::isa::avx512);
