@@ -300,6 +300,18 @@ int32_t kv_cache::seq_truncate(int32_t seq, int64_t n_slots) {
     return n;
 }
 
+int32_t kv_cache::seq_rollback(int32_t seq, int64_t n_slots) {
+    seq_state& s = seqs_[size_t(seq)];
+    const int64_t keep = pages_for(std::max<int64_t>(n_slots, 0), cfg_.page_size);  // logical pages kept
+    int32_t n = 0;
+    while (int64_t(s.pages.size()) > s.n_pinned && int64_t(s.pages.size()) + s.n_dropped > keep) {
+        pool_.unref(s.pages.back());
+        s.pages.pop_back();
+        ++n;
+    }
+    return n;
+}
+
 bool kv_cache::seq_prepare_write(int32_t seq, int64_t begin, int64_t end) {
     seq_state& s = seqs_[size_t(seq)];
     if (end <= begin) return true;

@@ -182,6 +182,12 @@ public:
     // sequence after cutting its slots back. Not for sequences that dropped pages. Returns
     // pages freed.
     int32_t seq_truncate(int32_t seq, int64_t n_slots);
+    // Speculative decoding's rollback (kv-design.md, "Rollback"): the sequence keeps logical
+    // slots [0, n_slots); the table pages wholly past them go back to the pool, tail first
+    // (sliding tables included; pinned pages stay). Rows past n_slots in the kept last page are
+    // unread until rewritten. Not for KIVI tables with pending twins, nor H2O or Quest metadata
+    // (their scores and bounds would keep the rejected tokens). Returns pages freed.
+    int32_t seq_rollback(int32_t seq, int64_t n_slots);
     // Appends already-filled pages (e.g. from the prefix cache) to a sequence, taking a
     // reference on each. The sequence's table must end on a page boundary (normally empty)
     // and must not have dropped pages.

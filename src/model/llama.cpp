@@ -40,7 +40,8 @@ void add_bias(float* y, const float* bias, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook) const {
+status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook,
+                            const layer_span& span) const {
     const llama_hparams& hp = hp_;
     const int64_t n = b.size();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;
@@ -52,6 +53,12 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         b.want_logits.size() != size_t(n))
         return status::error("batch: tokens, positions, seq_ids, slots and want_logits differ in length");
     if (!b.prompt.empty() && b.prompt.size() != size_t(n)) return status::error("batch: prompt flags are neither empty nor one per token");
+    const int64_t l_begin = span.begin, l_end = span.end < 0 ? hp.n_layer : span.end;
+    if (l_begin < 0 || l_begin >= l_end || l_end > hp.n_layer)
+        return status::error(strfmt("layer span [%lld, %lld) is not within the model's %lld layers", (long long)l_begin,
+                                    (long long)l_end, (long long)hp.n_layer));
+    if (l_begin > 0 && !span.hidden_in) return status::error("a layer span starting past layer 0 needs the hidden states entering it");
+    const bool partial = l_begin > 0 || l_end < hp.n_layer;
     if (n > st.max_tokens()) return status::error(strfmt("batch of %lld tokens exceeds the forward state's %lld", (long long)n, (long long)st.max_tokens()));
     if (n_out > st.max_logits()) return status::error(strfmt("batch asks for %lld logit rows, more than the forward state's %lld", (long long)n_out, (long long)st.max_logits()));
     for (int64_t i = 0; i < n; ++i) {
@@ -62,7 +69,10 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         if (!kv.seq_holds(s, b.slots[size_t(i)]))
             return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
         if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
+        if (partial && kv.seq_policy(s).kind == kv_policy_kind::h2o)
+            return status::error("a layer span cannot run H2O sequences (they cut back after the last layer)");
     }
+    if (partial && kv.kivi()) return status::error("a layer span cannot run over a KIVI cache (pages are packed after the last layer)");
     // Copy-on-write for every page this batch writes (per sequence, its slot range).
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
@@ -98,10 +108,14 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         if (hook) hook(name, layer, data, rows, cols);
     };
 
-    // Embeddings: dequantize each token's row.
-    const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
-    for (int64_t i = 0; i < n; ++i)
-        dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, st.x.data() + i * d, d);
+    // Embeddings: dequantize each token's row (or take the residual stream entering the span).
+    if (l_begin > 0) {
+        std::copy_n(span.hidden_in, size_t(n * d), st.x.data());
+    } else {
+        const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
+        for (int64_t i = 0; i < n; ++i)
+            dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, st.x.data() + i * d, d);
+    }
 
     // RoPE angles of every row's position, shared by q and k of all layers.
     const int64_t n_rot = std::min(hp.n_rot, hd), n_pairs = std::max<int64_t>(1, n_rot / 2);
@@ -159,11 +173,11 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             if (kv.kivi_pending(s) && std::find(kivi_seqs.begin(), kivi_seqs.end(), s) == kivi_seqs.end()) kivi_seqs.push_back(s);
     }
 
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
+    for (int64_t il = l_begin; il < l_end; ++il) {
         const llama_layer& L = w_.layers[size_t(il)];
-        // Attention block. (From layer 1 on, the previous layer's residual add already wrote
-        // this norm: add_rmsnorm below.)
-        if (il == 0)
+        // Attention block. (After the span's first layer, the previous layer's residual add
+        // already wrote this norm: add_rmsnorm below.)
+        if (il == l_begin)
             for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.attn_norm, st.xb.data() + i * d, d, hp.rms_eps);
         dump("attn_norm", il, st.xb.data(), n, d);
         {
@@ -249,7 +263,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb.data(), n, st.gate.data(), st.up.data(), st.gate.data(), pool);
         cpu::matmul(L.w_down, st.gate.data(), n, st.xb2.data(), pool);
         dump("ffn_out", il, st.xb2.data(), n, d);
-        if (il + 1 < hp.n_layer) {  // residual add fused with the next layer's attention norm
+        if (il + 1 < l_end) {  // residual add fused with the next layer's attention norm
             const float* next_norm = w_.layers[size_t(il + 1)].attn_norm;
             for (int64_t i = 0; i < n; ++i)
                 cpu::add_rmsnorm(st.x.data() + i * d, st.xb2.data() + i * d, next_norm, st.xb.data() + i * d, d, hp.rms_eps);
@@ -263,6 +277,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     for (int32_t s : kivi_seqs) kv.kivi_commit(s);
     // H2O: every (layer, KV head) of each H2O sequence cuts back to its budget.
     for (size_t e = 0; e < ap.h2o_seqs.size(); ++e) KVS_TRY(h2o_cut_back(kv, ap.h2o_seqs[e], ap.h2o_filled[e]));
+
+    if (span.hidden_out) std::copy_n(st.x.data(), size_t(n * d), span.hidden_out);
 
     // LM head on the rows that want logits only.
     int64_t r = 0;

@@ -60,6 +60,17 @@ using tensor_hook = std::function<void(const char* name, int64_t layer, const fl
 
 class llama_model;
 
+// A slice of the layer stack for one forward pass: self-speculative decoding (LayerSkip) drafts
+// with layers [0, E) and the LM head, then verifies with layers [E, L) from the saved exit
+// hidden states, so the layer-[0, E) KV the drafts wrote is the verifier's too.
+struct layer_span {
+    int64_t begin = 0;                 // first layer computed; > 0: rows enter from hidden_in
+    int64_t end = -1;                  // one past the last layer (-1: every layer). Logit rows get the
+                                       // final norm and LM head after layer end - 1 (early exit)
+    const float* hidden_in = nullptr;  // (n, n_embd) residual stream entering layer `begin` (begin > 0)
+    float* hidden_out = nullptr;       // (n, n_embd) residual stream after layer end - 1, when not null
+};
+
 // Scratch for one forward pass, sized once for at most `max_tokens` tokens per batch and
 // `max_logits` logit rows: no allocation on the decode path.
 class forward_state {
@@ -174,9 +185,10 @@ public:
 
     // See the contract above. Fails (changing nothing) if the batch is invalid: token id out
     // of range, unknown sequence, slot not reserved, too many tokens for `st`, or no page
-    // for copy-on-write.
+    // for copy-on-write. `span` computes a slice of the layers (layer_span); a partial span
+    // refuses H2O sequences and KIVI caches (both finish their bookkeeping after the last layer).
     status forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool,
-                   const tensor_hook& hook = nullptr) const;
+                   const tensor_hook& hook = nullptr, const layer_span& span = {}) const;
 
 private:
     llama_model() = default;

@@ -167,6 +167,37 @@ int32_t sampler::sample(const float* logits, int64_t n_vocab) {
     return sample_from_candidates(n_cand);
 }
 
+void sampler::distribution(const float* logits, int64_t n_vocab, float* probs) {
+    if (!logits || !probs || n_vocab <= 0) return;
+    ensure_capacity(n_vocab);
+    std::fill(probs, probs + n_vocab, 0.0f);
+    float* x = logits_.data();
+    std::memcpy(x, logits, size_t(n_vocab) * sizeof(float));
+    apply_penalties(x, n_vocab);
+    if (params_.temperature <= k_greedy_temperature) {
+        int32_t best = 0;
+        float best_x = k_neg_inf;
+        for (int64_t i = 0; i < n_vocab; ++i)
+            if (x[i] > best_x) best_x = x[i], best = int32_t(i);
+        probs[best] = 1.0f;
+        return;
+    }
+    int64_t n_cand = gather_candidates(x, n_vocab);
+    if (n_cand == 0) {  // everything masked: sample() returns token 0
+        probs[0] = 1.0f;
+        return;
+    }
+    const float inv_t = 1.0f / params_.temperature;
+    if (params_.temperature != 1.0f)
+        for (int64_t i = 0; i < n_cand; ++i) cand_[size_t(i)].logit *= inv_t;
+    softmax(n_cand);
+    n_cand = apply_top_p(n_cand);
+    n_cand = apply_min_p(n_cand);
+    double total = 0.0;
+    for (int64_t i = 0; i < n_cand; ++i) total += cand_[size_t(i)].prob;
+    for (int64_t i = 0; i < n_cand; ++i) probs[cand_[size_t(i)].id] = float(double(cand_[size_t(i)].prob) / total);
+}
+
 int64_t sampler::gather_candidates(const float* x, int64_t n_vocab) {
     // Top-k threshold: the k-th largest unmasked logit, selected over plain floats (cheaper
     // than selecting structs). NaN and -inf are not candidates ('>' is false for both).

@@ -102,6 +102,17 @@ public:
     // n_vocab <= 0 (or exceeds INT32_MAX).
     int32_t sample(const float* logits, int64_t n_vocab);
 
+    // The distribution sample() draws from for these logits, over the whole vocabulary:
+    // probs[t] = 0 for every token the pipeline drops, the rest sum to 1 (penalties, top-k,
+    // temperature, top-p, min-p; greedy: 1 on the argmax). Consumes no random number.
+    // Speculative sampling compares a draft's and its target's (sched/speculative.h).
+    void distribution(const float* logits, int64_t n_vocab, float* probs);
+    // One uniform in [0, 1) from the sampler's stream (speculative sampling's draws).
+    double uniform() { return next_uniform(); }
+    // Restarts the random stream from `seed`, keeping the history (a draft sampler copied from
+    // its target's must draw independently of it).
+    void reseed(uint64_t seed) { rng_.seed(seed); }
+
     // OpenAI logprobs / top_logprobs for `token` given the raw logits of the same step.
     // Computed from the model distribution AFTER penalties (those in effect now, so call it
     // before accept(token)) and BEFORE temperature, top-k/top-p/min-p truncation: this is

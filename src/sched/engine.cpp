@@ -16,7 +16,14 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     geom.token_scores = c.token_scores;
     geom.kivi_bits = c.kivi.bits;
     geom.kivi_residual = c.kivi.residual;
-    const int64_t bytes_per_page = int64_t(geom.page_bytes());
+    if (c.draft_model && c.kivi.bits) return status::error("a draft model does not combine with a KIVI cache");
+    if (c.draft_model && c.draft_model->hparams().n_vocab != model.hparams().n_vocab)
+        return status::error(strfmt("the draft model's vocabulary has %lld tokens, the model's %lld: speculation needs the same vocabulary",
+                                    (long long)c.draft_model->hparams().n_vocab, (long long)model.hparams().n_vocab));
+    kv_config draft_geom;
+    if (c.draft_model) draft_geom = c.draft_model->kv_geometry(ps, 1, c.kv_type.value_or(c.draft_model->auto_kv_type()));
+    // With a draft model, a page of the budget is a target page and a draft page.
+    const int64_t bytes_per_page = int64_t(geom.page_bytes()) + (c.draft_model ? int64_t(draft_geom.page_bytes()) : 0);
     const int64_t n_ctx = c.sched.n_ctx > 0 ? c.sched.n_ctx : model.hparams().n_ctx_train;
     int64_t n_pages;
     if (c.kivi.bits) {
@@ -40,8 +47,18 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     auto kv = kv_cache::create(geom);
     if (!kv) return kv.error();
     e->kv_ = std::move(kv.value());
+    draft_model_ref draft;
+    if (c.draft_model) {
+        draft_geom.n_pages = int32_t(n_pages);
+        auto dkv = kv_cache::create(draft_geom);
+        if (!dkv) return dkv.error().with_context("draft model KV cache");
+        e->draft_kv_ = std::move(dkv.value());
+        draft = {c.draft_model, e->draft_kv_.get()};
+        e->stats_.draft_kv_pages_total = int32_t(n_pages);
+        e->stats_.draft_kv_page_bytes = int64_t(draft_geom.page_bytes());
+    }
     e->pool_ = std::make_unique<thread_pool>(std::max(1, c.threads));
-    e->sched_ = std::make_unique<scheduler>(model, tok, *e->kv_, *e->pool_, c.sched);
+    e->sched_ = std::make_unique<scheduler>(model, tok, *e->kv_, *e->pool_, c.sched, draft);
     e->max_queued_ = std::max<int32_t>(1, c.max_queued);
     e->stats_.kv_pages_total = e->kv_->pool().n_pages();
     e->stats_.kv_page_bytes = int64_t(e->kv_->config().page_bytes());
@@ -128,6 +145,7 @@ void engine::loop() {
             stats_.kv_bytes_used = int64_t(std::max(0, stats_.kv_pages_used - stats_.kv_packed_pages_used)) * stats_.kv_page_bytes +
                                    int64_t(stats_.kv_packed_pages_used) * stats_.kv_packed_page_bytes;
             stats_.sched = sched_->metrics();
+            if (draft_kv_) stats_.draft_kv_pages_used = draft_kv_->pool().n_used();
             stats_.busy_seconds += dt;
         }
         step_lock.unlock();

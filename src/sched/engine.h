@@ -30,6 +30,10 @@ struct engine_config {
     int32_t max_queued = 256;     // waiting requests beyond this are refused (503)
     bool key_bounds = false;      // keep Quest's per-page key bounds (requests may use quest)
     bool token_scores = false;    // keep H2O's per-token scores and positions (requests may use h2o)
+    // Speculative decoding's draft model (the target's vocabulary; must outlive the engine), or
+    // null. Its KV pool has as many pages as the target's, both from the one KV budget.
+    const llama_model* draft_model = nullptr;
+    speculative_params speculative;  // the speculation of requests that name none (the server's default)
 };
 
 struct engine_stats {
@@ -42,6 +46,8 @@ struct engine_stats {
     int32_t kv_packed_pages_total = 0, kv_packed_pages_used = 0;  // KIVI's packed pages (in kv_pages_total / _used)
     int64_t kv_packed_page_bytes = 0;
     int64_t kv_bytes_used = 0;    // bytes of the pages held by sequences (cached pages at the full-precision size)
+    int32_t draft_kv_pages_total = 0, draft_kv_pages_used = 0;  // the draft model's pool (speculative decoding)
+    int64_t draft_kv_page_bytes = 0;
     scheduler_metrics sched;
     double busy_seconds = 0;      // time spent in steps
 };
@@ -70,6 +76,7 @@ private:
     void loop();
 
     std::unique_ptr<kv_cache> kv_;
+    std::unique_ptr<kv_cache> draft_kv_;  // the draft model's pages, or null
     std::unique_ptr<thread_pool> pool_;
     std::unique_ptr<scheduler> sched_;
     int32_t max_queued_ = 256;

@@ -15,6 +15,7 @@
 #include "kv/kv_policy.h"
 #include "sampling/logprobs.h"
 #include "sampling/sampler.h"
+#include "sched/speculative.h"
 
 namespace kvs {
 
@@ -36,6 +37,7 @@ struct request_params {
     kv_policy policy;                   // which tokens the sequence keeps and reads (kv/kv_policy.h).
                                         // Window, streaming and recompute are not bounded by the
                                         // context length: prompt and max_tokens may exceed it
+    speculative_params speculative;     // speculative decoding (off by default; sched/speculative.h)
 };
 
 // One piece of output for one completion.

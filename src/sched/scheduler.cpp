@@ -1,8 +1,10 @@
 #include "sched/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 namespace kvs {
 
@@ -34,6 +36,14 @@ struct scheduler::sequence {
     bool scheduled = false;       // in running_ or waiting_
     int64_t n_registered_pages = 0;  // leading full pages already in the prefix cache
     int32_t skipped = 0;          // times passed over by longest-prefix-match admission
+    // speculative decoding
+    int32_t draft_kv_seq = -1;    // the draft model's KV sequence, -1 when it holds no pages
+    int64_t draft_computed = 0;   // tokens whose K/V are in the draft model's cache
+    std::optional<sampler> draft_smp;  // this cycle's draft sampler (the history plus the drafts)
+    std::vector<int32_t> drafts;  // this cycle's draft tokens
+    int32_t n_draft = 0;          // drafts this cycle may still make (adaptive length shortens it)
+    int32_t spec_slot = 0;        // index among the cycle's sequences (rows of spec_hidden_ / spec_q_)
+    uint64_t n_cycles = 0;
 
     sequence(request_state* r, int32_t i, uint64_t ord, const tokenizer& tok)
         : req(r), index(i), order(ord), tokens(r->params.prompt), smp(seeded(r->params.sampling, i)), detok(tok),
@@ -51,6 +61,7 @@ struct scheduler::sequence {
     bool recomputes() const { return policy().kind == kv_policy_kind::recompute; }
     bool h2o() const { return policy().kind == kv_policy_kind::h2o; }
     bool quest() const { return policy().kind == kv_policy_kind::quest; }
+    const speculative_params& spec() const { return req->params.speculative; }
     // KV slots in use after `n` more tokens are computed (H2O: after its kept region).
     int64_t slots_after(int64_t n) const { return (h2o() ? h2o_kept_slots(policy(), n_computed) : n_computed - base) + n; }
 };
@@ -60,8 +71,9 @@ namespace {
 bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_policy_kind::recompute || p.kind == kv_policy_kind::h2o; }
 }  // namespace
 
-scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config)
-    : model_(model), tok_(tok), kv_(kv), pool_(pool), cfg_(config) {
+scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
+                     draft_model_ref draft)
+    : model_(model), tok_(tok), kv_(kv), pool_(pool), cfg_(config), draft_(draft) {
     n_ctx_ = cfg_.n_ctx > 0 ? cfg_.n_ctx : model.hparams().n_ctx_train;
     cfg_.max_batch_tokens = std::max<int64_t>(1, cfg_.max_batch_tokens);
     cfg_.prefill_chunk = std::clamp<int64_t>(cfg_.prefill_chunk, 1, cfg_.max_batch_tokens);
@@ -72,6 +84,23 @@ scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& k
     state_ = std::make_unique<forward_state>(model, cfg_.max_batch_tokens, std::min<int64_t>(cfg_.max_batch_tokens, cfg_.max_seqs));
     if (cfg_.prefix_cache) cache_ = std::make_unique<prefix_cache>(kv_.pool(), kv_.config().page_size);
     state_->set_cascade(cfg_.cascade);
+    cfg_.spec_max_running = std::clamp<int32_t>(cfg_.spec_max_running, 0, cfg_.max_seqs);
+    if (!draft_.model || !draft_.kv) draft_ = {};
+    if (cfg_.spec_max_running > 0) {
+        // Sized once: every speculating sequence's D + 1 rows in one pass.
+        const int64_t rows = int64_t(cfg_.spec_max_running) * (k_max_draft_tokens + 1);
+        const auto& hp = model.hparams();
+        spec_state_ = std::make_unique<forward_state>(model, rows, rows);
+        spec_state_->set_cascade(false);
+        spec_hidden_.resize(size_t(rows * hp.n_embd));
+        spec_hidden_rows_.resize(size_t(rows * hp.n_embd));
+        spec_q_.resize(size_t(int64_t(cfg_.spec_max_running) * k_max_draft_tokens * hp.n_vocab));
+        spec_p_.resize(size_t(hp.n_vocab));
+        if (draft_.model) {
+            draft_state_ = std::make_unique<forward_state>(*draft_.model, std::max(rows, cfg_.max_batch_tokens), cfg_.spec_max_running);
+            draft_state_->set_cascade(false);
+        }
+    }
 }
 
 scheduler::~scheduler() = default;
@@ -94,6 +123,21 @@ status scheduler::validate(const request_params& p) const {
     KVS_TRY(sp.validate());
     const kv_policy& pol = p.policy;
     const int32_t ps = kv_.config().page_size;
+    if (const speculative_params& sp = p.speculative; sp.on() || sp.exit_layer != 0) {
+        if (sp.draft_tokens < 1 || sp.draft_tokens > k_max_draft_tokens)
+            return status::error(strfmt("speculative draft_tokens must be in [1, %d], got %d", k_max_draft_tokens, sp.draft_tokens));
+        if (sp.exit_layer < 0 || sp.exit_layer >= model_.hparams().n_layer)
+            return status::error(strfmt("speculative exit_layer must be in [1, %lld] (the model has %lld layers), got %d",
+                                        (long long)model_.hparams().n_layer - 1, (long long)model_.hparams().n_layer, sp.exit_layer));
+        if (sp.exit_layer == 0 && !draft_.model)
+            return status::error("speculative decoding without exit_layer needs a draft model (start the server with --model-draft)");
+        if (!(sp.min_draft_p >= 0.0f && sp.min_draft_p < 1.0f))
+            return status::error(strfmt("speculative min_draft_p must be in [0, 1), got %g", double(sp.min_draft_p)));
+        if (pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::quest || pol.kind == kv_policy_kind::recompute)
+            return status::error(strfmt("speculative decoding does not combine with kv_policy %s (its scores, bounds or windows "
+                                        "would keep the rejected drafts)", pol.spec().c_str()));
+        if (kv_.kivi()) return status::error("speculative decoding does not combine with the server's KIVI cache");
+    }
     if (pol.kind == kv_policy_kind::h2o && !kv_.config().token_scores)
         return status::error("kv_policy h2o needs the KV cache's per-token scores (start the server with --token-scores)");
     if (pol.kind == kv_policy_kind::quest && !kv_.config().key_bounds)
@@ -170,6 +214,11 @@ void scheduler::release(sequence* s) {
         kv_.seq_remove(s->kv_seq);
         s->kv_seq = -1;
     }
+    if (s->draft_kv_seq >= 0) {
+        draft_.kv->seq_remove(s->draft_kv_seq);
+        s->draft_kv_seq = -1;
+    }
+    s->draft_computed = 0;
     if (s->scheduled) {
         auto r = std::find(running_.begin(), running_.end(), s);
         if (r != running_.end()) running_.erase(r);
@@ -494,24 +543,30 @@ void scheduler::fork_siblings(sequence* parent) {
     }
 }
 
+const float* scheduler::masked_logits(const sequence* s, const float* logits) {
+    const request_params& p = s->req->params;
+    if (s->n_generated >= p.min_tokens || p.ignore_eos) return logits;
+    // min_tokens: end-of-generation and stop tokens cannot be drawn yet.
+    const int64_t n_vocab = model_.hparams().n_vocab;
+    thread_local std::vector<float> masked;
+    masked.assign(logits, logits + n_vocab);
+    for (int64_t t = 0; t < n_vocab; ++t)
+        if (tok_.is_eog(int32_t(t))) masked[size_t(t)] = -std::numeric_limits<float>::infinity();
+    for (int32_t t : p.stop_token_ids)
+        if (t >= 0 && t < n_vocab) masked[size_t(t)] = -std::numeric_limits<float>::infinity();
+    return masked.data();
+}
+
 void scheduler::sample_and_emit(sequence* s, const float* logits) {
+    const int32_t tok = s->smp.sample(masked_logits(s, logits), model_.hparams().n_vocab);
+    emit_token(s, tok, logits);
+}
+
+bool scheduler::emit_token(sequence* s, int32_t tok, const float* logits) {
     const request_params& p = s->req->params;
     const int64_t n_vocab = model_.hparams().n_vocab;
     request_event ev;
     ev.index = s->index;
-    int32_t tok;
-    if (s->n_generated < p.min_tokens && !p.ignore_eos) {
-        // min_tokens: end-of-generation and stop tokens cannot be drawn yet.
-        thread_local std::vector<float> masked;
-        masked.assign(logits, logits + n_vocab);
-        for (int64_t t = 0; t < n_vocab; ++t)
-            if (tok_.is_eog(int32_t(t))) masked[size_t(t)] = -std::numeric_limits<float>::infinity();
-        for (int32_t t : p.stop_token_ids)
-            if (t >= 0 && t < n_vocab) masked[size_t(t)] = -std::numeric_limits<float>::infinity();
-        tok = s->smp.sample(masked.data(), n_vocab);
-    } else {
-        tok = s->smp.sample(logits, n_vocab);
-    }
     if (p.n_logprobs >= 0) {
         token_logprobs lp;
         if (s->smp.logprobs(logits, n_vocab, tok, p.n_logprobs, &lp)) ev.logprobs.push_back(std::move(lp));
@@ -544,6 +599,7 @@ void scheduler::sample_and_emit(sequence* s, const float* logits) {
     if (reason != finish_reason::none) finish(s, reason, ev);
     else if (s->recomputes()) restart_window(s);  // the next token is computed afresh
     s->req->out->push(std::move(ev));
+    return reason == finish_reason::none;
 }
 
 bool scheduler::reached_context(const sequence* s) const {
@@ -577,6 +633,45 @@ result<bool> scheduler::step() {
     if (plan_.empty()) {
         forget_finished_requests();
         return false;
+    }
+    // Speculation: decode rows of speculating sequences become draft-and-verify cycles, grouped
+    // by drafter (an exit layer, or the draft model), while the load is light.
+    status spec_status = status::ok();
+    if (spec_state_ && int32_t(running_.size()) <= cfg_.spec_max_running) {
+        std::vector<sequence*> cycling;
+        for (auto it = plan_.begin(); it != plan_.end();) {
+            if (it->n_tokens == 1 && it->wants_logits && prepare_speculation(it->seq)) {
+                it->seq->spec_slot = int32_t(cycling.size());
+                cycling.push_back(it->seq);
+                it = plan_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        while (!cycling.empty()) {
+            const int32_t exit_layer = cycling.front()->spec().exit_layer;
+            std::vector<sequence*> group;
+            for (auto it = cycling.begin(); it != cycling.end();)
+                if ((*it)->spec().exit_layer == exit_layer) group.push_back(*it), it = cycling.erase(it);
+                else ++it;
+            if (status st = speculate(group); !st) {
+                for (sequence* g : group) {
+                    if (g->finished) continue;
+                    request_event ev;
+                    ev.index = g->index;
+                    ev.error = st.message();
+                    finish(g, finish_reason::error, ev);
+                    g->req->out->push(std::move(ev));
+                }
+                spec_status = st;
+            }
+        }
+        if (plan_.empty()) {
+            ++metrics_.steps;
+            forget_finished_requests();
+            if (!spec_status) return spec_status;
+            return true;
+        }
     }
     batch_.clear();
     for (const planned& pl : plan_) {
@@ -627,11 +722,226 @@ result<bool> scheduler::step() {
         sample_and_emit(s, logits);
     }
     forget_finished_requests();
+    if (!spec_status) return spec_status;
     if (cache_) metrics_.prefix_cached_pages = cache_->n_pages();
     metrics_.kv_pages_by_policy.fill(0);
     for (const sequence* s : running_)
         if (s->kv_seq >= 0) metrics_.kv_pages_by_policy[size_t(s->policy().kind)] += int64_t(kv_.seq_pages(s->kv_seq).size());
     return true;
+}
+
+bool scheduler::prepare_speculation(sequence* s) {
+    const speculative_params& sp = s->spec();
+    if (!sp.on() || s->finished || s->recomputes() || s->h2o() || s->quest() || kv_.kivi()) return false;
+    if (sp.exit_layer == 0 && !draft_.model) return false;
+    if (s->n_computed < s->req->n_prompt || s->n_computed + 1 != int64_t(s->tokens.size())) return false;  // not decoding
+    const request_params& p = s->req->params;
+    // Drafts past the end are wasted: a cycle emits at most n_draft + 1 tokens.
+    int64_t n_draft = sp.draft_tokens;
+    if (p.max_tokens > 0) n_draft = std::min<int64_t>(n_draft, p.max_tokens - s->n_generated - 1);
+    if (!unbounded_by_ctx(s->policy())) n_draft = std::min<int64_t>(n_draft, n_ctx_ - int64_t(s->tokens.size()));
+    if (n_draft < 1) return false;
+    // Pages for the drafts' rows, without preempting anyone (speculation only where it is free).
+    const int64_t begin = s->slots_after(0), end = s->slots_after(n_draft + 1);
+    if (!kv_.seq_reserve(s->kv_seq, end) || !kv_.seq_prepare_write(s->kv_seq, begin, end)) {
+        kv_.seq_rollback(s->kv_seq, s->slots_after(1));
+        return false;
+    }
+    if (sp.exit_layer == 0) {
+        // The draft model's rows: its catch-up to the pending token, then the drafts but the last.
+        kv_cache& dkv = *draft_.kv;
+        if (s->draft_kv_seq < 0) {
+            s->draft_kv_seq = dkv.seq_add();
+            dkv.seq_set_policy(s->draft_kv_seq, s->policy());
+            s->draft_computed = 0;
+        }
+        const int64_t dend = s->n_computed - s->base + n_draft;
+        const int64_t dbegin = s->draft_computed - s->base;
+        if (!dkv.seq_reserve(s->draft_kv_seq, dend) || !dkv.seq_prepare_write(s->draft_kv_seq, dbegin, dend)) {
+            dkv.seq_rollback(s->draft_kv_seq, dbegin);
+            kv_.seq_rollback(s->kv_seq, s->slots_after(1));
+            return false;
+        }
+    }
+    s->n_draft = int32_t(n_draft);
+    return true;
+}
+
+namespace {
+// The largest softmax probability of a logit row (the draft's confidence, temperature 1).
+float top_probability(const float* logits, int64_t n) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < n; ++t) mx = std::max(mx, logits[t]);
+    if (!std::isfinite(mx)) return 1.0f;
+    double sum = 0.0;
+    for (int64_t t = 0; t < n; ++t) sum += std::exp(double(logits[t]) - double(mx));
+    return float(1.0 / sum);
+}
+}  // namespace
+
+status scheduler::draft_catch_up(const std::vector<sequence*>& group) {
+    // The draft model computes the tokens the target accepted since its last cycle (the whole
+    // prompt at the first), in passes of at most its state's rows, up to the pending token.
+    for (;;) {
+        spec_batch_.clear();
+        const int64_t cap = draft_state_->max_tokens();
+        for (sequence* s : group) {
+            const int64_t pending = s->n_computed;  // the pending token's index
+            while (s->draft_computed + 0 < pending && spec_batch_.size() < cap) {
+                const int64_t t = s->draft_computed;
+                spec_batch_.add(s->tokens[size_t(t)], int32_t(t - s->base), s->draft_kv_seq, false, int32_t(t - s->base));
+                ++s->draft_computed;
+            }
+        }
+        if (spec_batch_.size() == 0) return status::ok();
+        KVS_TRY(draft_.model->forward(spec_batch_, *draft_.kv, *draft_state_, pool_));
+    }
+}
+
+status scheduler::speculate(const std::vector<sequence*>& group) {
+    using clock = std::chrono::steady_clock;
+    const auto& hp = model_.hparams();
+    const int64_t d = hp.n_embd, n_vocab = hp.n_vocab;
+    const int32_t exit_layer = group.front()->spec().exit_layer;
+    const bool self = exit_layer > 0;
+    const int64_t rows_per_seq = k_max_draft_tokens + 1;
+    auto t0 = clock::now();
+    for (sequence* s : group) {
+        s->drafts.clear();
+        if (s->draft_smp) *s->draft_smp = s->smp;  // copy-assign: reuses its tables
+        else s->draft_smp.emplace(s->smp);
+        // The draft draws independently of the target's stream.
+        s->draft_smp->reseed(s->smp.params().seed ^ (0x9e3779b97f4a7c15ull * (++s->n_cycles)));
+    }
+    if (!self) KVS_TRY(draft_catch_up(group));
+
+    // Draft passes: pass j computes row j of every sequence (the pending token, then draft j)
+    // and, while drafts remain, drafts token j + 1 from its logits.
+    for (int32_t j = 0;; ++j) {
+        spec_batch_.clear();
+        std::vector<sequence*> rows;
+        for (sequence* s : group) {
+            if (j > s->n_draft || (!self && j == s->n_draft)) continue;  // the draft model needs its last draft's KV only later
+            const int64_t t = s->n_computed + j;
+            const int32_t tok = j == 0 ? s->tokens[size_t(t)] : s->drafts[size_t(j - 1)];
+            const int32_t kv_seq = self ? s->kv_seq : s->draft_kv_seq;
+            spec_batch_.add(tok, int32_t(t - s->base), kv_seq, j < s->n_draft, int32_t(s->slots_after(j)));
+            rows.push_back(s);
+        }
+        if (rows.empty()) break;
+        if (self) {
+            layer_span span;
+            span.end = exit_layer;
+            span.hidden_out = spec_hidden_rows_.data();
+            KVS_TRY(model_.forward(spec_batch_, kv_, *spec_state_, pool_, nullptr, span));
+        } else {
+            KVS_TRY(draft_.model->forward(spec_batch_, *draft_.kv, *draft_state_, pool_));
+            for (sequence* s : rows) s->draft_computed = s->n_computed + j + 1;
+        }
+        const float* logits = self ? spec_state_->logits() : draft_state_->logits();
+        int64_t lrow = 0;
+        for (size_t r = 0; r < rows.size(); ++r) {
+            sequence* s = rows[r];
+            if (self)
+                std::copy_n(spec_hidden_rows_.data() + int64_t(r) * d, d,
+                            spec_hidden_.data() + (int64_t(s->spec_slot) * rows_per_seq + j) * d);
+            if (!spec_batch_.want_logits[r]) continue;
+            const float* lg = logits + (lrow++) * n_vocab;
+            sampler& ds = *s->draft_smp;
+            int32_t tok;
+            if (ds.params().temperature <= k_greedy_temperature) {
+                tok = ds.sample(lg, n_vocab);
+            } else {
+                float* q = spec_q_.data() + (int64_t(s->spec_slot) * k_max_draft_tokens + j) * n_vocab;
+                ds.distribution(lg, n_vocab, q);
+                tok = sample_from_probs(q, n_vocab, ds.uniform());
+            }
+            (void)ds.accept(tok);
+            s->drafts.push_back(tok);
+            if (s->spec().min_draft_p > 0.0f && int32_t(s->drafts.size()) < s->n_draft &&
+                top_probability(lg, n_vocab) < s->spec().min_draft_p)
+                s->n_draft = int32_t(s->drafts.size());  // unsure: this draft is the cycle's last
+        }
+    }
+    auto t1 = clock::now();
+    metrics_.spec_draft_seconds += std::chrono::duration<double>(t1 - t0).count();
+
+    // Verification: rows 0..n_draft of every sequence in one pass of the target (self: layers
+    // [E, L) from the exit hidden states), logits on every row.
+    spec_batch_.clear();
+    for (sequence* s : group) {
+        for (int32_t j = 0; j <= s->n_draft; ++j) {
+            const int64_t t = s->n_computed + j;
+            const int32_t tok = j == 0 ? s->tokens[size_t(t)] : s->drafts[size_t(j - 1)];
+            if (self)
+                std::copy_n(spec_hidden_.data() + (int64_t(s->spec_slot) * rows_per_seq + j) * d, d,
+                            spec_hidden_rows_.data() + spec_batch_.size() * d);
+            spec_batch_.add(tok, int32_t(t - s->base), s->kv_seq, true, int32_t(s->slots_after(j)));
+        }
+    }
+    if (self) {
+        layer_span span;
+        span.begin = exit_layer;
+        span.hidden_in = spec_hidden_rows_.data();
+        KVS_TRY(model_.forward(spec_batch_, kv_, *spec_state_, pool_, nullptr, span));
+    } else {
+        KVS_TRY(model_.forward(spec_batch_, kv_, *spec_state_, pool_));
+    }
+    metrics_.spec_verify_seconds += std::chrono::duration<double>(clock::now() - t1).count();
+    int64_t row = 0;
+    for (sequence* s : group) {
+        accept_drafts(s, spec_state_->logits() + row * n_vocab, n_vocab);
+        row += 1 + int64_t(s->drafts.size());
+    }
+    return status::ok();
+}
+
+// Emits the target's verdict on one sequence's drafts and rolls back the rejected rows.
+// `logits`: (n_draft + 1, n_vocab), row j the target's distribution after row j's token.
+void scheduler::accept_drafts(sequence* s, const float* logits, int64_t n_vocab) {
+    const int64_t n0 = s->n_computed;  // the pending token's index (row 0)
+    const int32_t n_draft = int32_t(s->drafts.size());
+    const bool greedy = s->smp.params().temperature <= k_greedy_temperature;
+    int32_t emitted = 0, accepted = 0;
+    bool running = true;
+    for (int32_t j = 0; j <= n_draft && running; ++j) {
+        const float* lg = logits + int64_t(j) * n_vocab;
+        const float* target = masked_logits(s, lg);
+        int32_t tok;
+        bool keep;
+        if (greedy || j == n_draft) {
+            // Greedy: the target's own choice, and a draft survives iff it is that choice. After
+            // the last draft, the target's next token (greedy or drawn) comes free.
+            tok = s->smp.sample(target, n_vocab);
+            keep = j < n_draft && tok == s->drafts[size_t(j)];
+        } else {
+            s->smp.distribution(target, n_vocab, spec_p_.data());
+            const float* q = spec_q_.data() + (int64_t(s->spec_slot) * k_max_draft_tokens + j) * n_vocab;
+            const double u_accept = s->smp.uniform(), u_resample = s->smp.uniform();
+            const spec_verdict v = speculative_accept(spec_p_.data(), q, n_vocab, s->drafts[size_t(j)], u_accept, u_resample);
+            tok = v.token;
+            keep = v.accepted;
+        }
+        ++emitted;
+        accepted += keep ? 1 : 0;
+        running = emit_token(s, tok, lg);
+        if (!keep) break;
+    }
+    ++metrics_.spec_cycles;
+    metrics_.spec_drafted += n_draft;
+    metrics_.spec_accepted += accepted;
+    metrics_.spec_emitted += emitted;
+    if (!running) return;  // finished: its pages are gone
+    // Rows 0..emitted-1 hold the pending token and the accepted drafts; the rest roll back.
+    s->n_computed = n0 + emitted;
+    kv_.seq_rollback(s->kv_seq, s->slots_after(0));
+    if (s->draft_kv_seq >= 0) {
+        s->draft_computed = std::min(s->draft_computed, s->n_computed);
+        draft_.kv->seq_rollback(s->draft_kv_seq, s->draft_computed - s->base);
+        draft_.kv->seq_trim(s->draft_kv_seq, s->draft_computed - s->base);
+    }
+    register_full_pages(s);
+    kv_.seq_trim(s->kv_seq, s->slots_after(0));
 }
 
 void scheduler::drop_prefix_cache() {
@@ -666,6 +976,18 @@ status scheduler::check_integrity() const {
     for (const sequence* s : waiting_) {
         if (s->kv_seq >= 0 && !kv_.seq_pages(s->kv_seq).empty()) return status::error("a waiting sequence holds pages");
         if (s->n_computed != 0) return status::error("a waiting sequence has computed tokens");
+    }
+    if (draft_.kv) {
+        KVS_TRY(draft_.kv->check_integrity());
+        for (const sequence* s : running_)
+            if (s->draft_kv_seq >= 0 && draft_.kv->seq_capacity(s->draft_kv_seq) < s->draft_computed - s->base)
+                return status::error("a running sequence's draft cache holds fewer pages than its drafted tokens need");
+        for (const sequence* s : waiting_)
+            if (s->draft_kv_seq >= 0) return status::error("a waiting sequence holds draft-model pages");
+        int32_t draft_seqs = 0;
+        for (const sequence* s : running_) draft_seqs += s->draft_kv_seq >= 0;
+        if (draft_seqs == 0 && draft_.kv->pool().n_used() != 0)
+            return status::error(strfmt("no sequence holds draft-model pages, but %d are in use (leak)", draft_.kv->pool().n_used()));
     }
     const int64_t cached_only = cache_ ? cache_->n_cached_only() : 0;
     if (running_.empty() && kv_.pool().n_used() != cached_only)

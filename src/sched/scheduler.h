@@ -32,6 +32,17 @@
 // recompute windows never do. Preemption frees everything; the recomputed sequence goes
 // through the same policy again, so its output is unchanged.
 //
+// Speculative decoding (request_params::speculative, sched/speculative.h): while at most
+// spec_max_running sequences run, a decode row of a speculating sequence becomes a cycle — the
+// drafter (the target's first E layers with early exit, or a draft model) proposes up to D
+// tokens one pass at a time, one verification pass scores them all as D + 1 rows of the
+// sequence, the accepted prefix and the target's own next token are emitted (stop strings and
+// EOS cut inside them), and the rejected rows are rolled back (kv_cache::seq_rollback): pages
+// only they used return to the pool, nothing of theirs reaches the prefix cache (pages are
+// registered only up to the accepted tokens), so the cache is as if they never existed. The
+// draft model's cache follows the target's accepted tokens (caught up at each cycle). Greedy
+// output is the target's token for token; sampled output has the target's distribution.
+//
 // Contract: not thread-safe; one thread calls submit/step (the engine's loop). validate() is
 // const and safe from any thread. Events reach clients through each request's request_stream.
 #pragma once
@@ -48,6 +59,7 @@
 #include "kv/prefix_cache.h"
 #include "model/llama.h"
 #include "sched/request.h"
+#include "sched/speculative.h"
 #include "sched/stop_matcher.h"
 #include "tokenizer/tokenizer.h"
 
@@ -70,6 +82,17 @@ struct scheduler_config {
     int32_t lpm_max_skips = 8;        // a request passed over this often is admitted next
     int64_t admission_reserve = 128;  // budget held back from running prompt chunks while requests
                                       // wait (at most half of max_batch_tokens)
+    // Speculation runs only while at most this many sequences run (0: never): batched decode
+    // already reads each weight once for many tokens, where verifying drafts costs more than it
+    // saves (docs/speculative.md has the measurements).
+    int32_t spec_max_running = 2;
+};
+
+// A draft model for speculative decoding: the target's vocabulary, its own KV cache (a pool
+// with as many pages as the target's, so a sequence the target holds fits it too).
+struct draft_model_ref {
+    const llama_model* model = nullptr;
+    kv_cache* kv = nullptr;
 };
 
 struct scheduler_metrics {
@@ -90,11 +113,19 @@ struct scheduler_metrics {
     // KV policies: pages in the tables of running sequences, by policy kind (a page shared by
     // several tables counts once per table).
     std::array<int64_t, n_kv_policy_kinds> kv_pages_by_policy{};
+    // speculative decoding
+    int64_t spec_cycles = 0;          // draft-and-verify cycles
+    int64_t spec_drafted = 0;         // draft tokens proposed
+    int64_t spec_accepted = 0;        // of which the target accepted
+    int64_t spec_emitted = 0;         // tokens the cycles emitted (accepted drafts and the target's own)
+    double spec_draft_seconds = 0;    // time in draft passes (and the draft model's catch-up)
+    double spec_verify_seconds = 0;   // time in verification passes
 };
 
 class scheduler {
 public:
-    scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config);
+    scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
+              draft_model_ref draft = {});
     ~scheduler();
     scheduler(const scheduler&) = delete;
     scheduler& operator=(const scheduler&) = delete;
@@ -119,6 +150,7 @@ public:
     int32_t n_waiting() const { return int32_t(waiting_.size()); }
     const scheduler_metrics& metrics() const { return metrics_; }
     const kv_cache& kv() const { return kv_; }
+    bool has_draft_model() const { return draft_.model != nullptr; }
     // KV integrity plus: every running sequence holds exactly the pages its computed tokens need.
     status check_integrity() const;
 
@@ -159,6 +191,16 @@ private:
     void release(sequence* s);
     void fork_siblings(sequence* parent);
     void sample_and_emit(sequence* s, const float* logits);
+    // The token sample_and_emit draws (min_tokens masks end-of-generation tokens), and its
+    // emission: logprobs, stop strings, finish. emit_token returns false once the sequence ended.
+    const float* masked_logits(const sequence* s, const float* logits);
+    bool emit_token(sequence* s, int32_t tok, const float* logits);
+    // Speculation: whether the sequence's planned decode row becomes a cycle (pages for its
+    // drafts reserved; false: it decodes plainly), and the cycles of sequences sharing a drafter.
+    bool prepare_speculation(sequence* s);
+    status speculate(const std::vector<sequence*>& group);
+    status draft_catch_up(const std::vector<sequence*>& group);
+    void accept_drafts(sequence* s, const float* logits, int64_t n_vocab);
     void handle_cancellations();
     void forget_finished_requests();
 
@@ -169,6 +211,14 @@ private:
     scheduler_config cfg_;
     int64_t n_ctx_;
     std::unique_ptr<forward_state> state_;
+    draft_model_ref draft_;
+    std::unique_ptr<forward_state> spec_state_;   // the target's speculation passes (early-exit drafts, verification)
+    std::unique_ptr<forward_state> draft_state_;  // the draft model's passes
+    batch spec_batch_;
+    std::vector<float> spec_hidden_;              // (spec_max_running, k_max_draft_tokens + 1, n_embd) exit hidden states
+    std::vector<float> spec_hidden_rows_;         // (rows, n_embd) a pass's hidden states in batch order
+    std::vector<float> spec_q_;                   // (spec_max_running, k_max_draft_tokens, n_vocab) draft distributions
+    std::vector<float> spec_p_;                   // (n_vocab) a target distribution
     std::unique_ptr<prefix_cache> cache_;  // null with config.prefix_cache off
     batch batch_;
     std::vector<planned> plan_;

@@ -233,6 +233,7 @@ void http_server::impl::handle_generate(const httplib::Request& req, httplib::Re
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
     openai_request r;
     r.params.policy = cfg.default_policy;  // the request's "kv_policy" overrides it
+    r.params.speculative = cfg.default_speculative;  // and its "speculative" this
     if (auto e = build_request(body, ep, &r)) return send_error(res, *e);
     if (is_stopping()) {
         metrics.count_rejected("draining");

@@ -43,6 +43,7 @@
 
 #include "core/status.h"
 #include "kv/kv_policy.h"
+#include "sched/speculative.h"
 
 namespace kvs {
 
@@ -64,6 +65,7 @@ struct server_config {
     double read_timeout = 10;    // seconds for a whole request to arrive; 0 = no limit
     int retry_after = 1;         // seconds, the Retry-After of a 503
     kv_policy default_policy;    // KV policy of requests that name none (their "kv_policy" field)
+    speculative_params default_speculative;  // speculation of requests that name none (their "speculative" field)
 };
 
 // The model id to serve: the GGUF's general.name, else the file name without ".gguf".

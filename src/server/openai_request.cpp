@@ -166,6 +166,35 @@ std::optional<api_error> parse_common(const json& body, openai_request* out) {
         if (!parsed) return api_error::invalid("kv_policy: " + parsed.message(), "kv_policy");
         p.policy = parsed.value();
     }
+    if (const json* sp = field(body, "speculative")) {
+        // kvserve's extension: speculative decoding (sched/speculative.h); absent = the server's.
+        if (sp->is_boolean() && !sp->get<bool>()) {
+            p.speculative = speculative_params{};
+        } else if (!sp->is_object()) {
+            return api_error::invalid("speculative must be an object such as {\"exit_layer\": 4, \"draft_tokens\": 4} or false, got " + brief(*sp),
+                                      "speculative");
+        } else {
+            speculative_params s;
+            auto sub = [&](std::optional<api_error> e) {
+                if (e) e->param = "speculative";
+                return e;
+            };
+            KVS_API_TRY(sub(get_int(*sp, "draft_tokens", 0, k_max_draft_tokens, &v)));
+            s.draft_tokens = field(*sp, "draft_tokens") ? int32_t(v) : 0;
+            if (!field(*sp, "draft_tokens")) return api_error::invalid("speculative needs draft_tokens", "speculative");
+            if (field(*sp, "exit_layer")) {
+                KVS_API_TRY(sub(get_int(*sp, "exit_layer", 0, std::numeric_limits<int32_t>::max(), &v)));
+                s.exit_layer = int32_t(v);
+            }
+            if (const json* mp = field(*sp, "min_draft_p")) {
+                if (!mp->is_number() || !(mp->get<double>() >= 0.0 && mp->get<double>() < 1.0))
+                    return api_error::invalid("speculative.min_draft_p must be a number in [0, 1), got " + brief(*mp), "speculative");
+                s.min_draft_p = float(mp->get<double>());
+            }
+            if (s.draft_tokens == 0) s = speculative_params{};
+            p.speculative = s;
+        }
+    }
     KVS_API_TRY(get_bool(body, "stream", &out->stream));
     if (const json* so = field(body, "stream_options")) {
         if (!so->is_object()) return api_error::invalid("stream_options must be an object, got " + brief(*so), "stream_options");
