@@ -10,6 +10,7 @@
 #include "model/llama.h"
 #include "model/session.h"
 #include "sampling/sampler.h"
+#include "sched/scheduler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvs::tools {
@@ -19,6 +20,107 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) {
     return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// Generation with speculative decoding: one sequence through the scheduler, which runs the
+// draft-and-verify cycles. Prints the text as it comes and the same speed lines as plain
+// generation, plus the drafts' acceptance and where the time went.
+int run_speculative(const llama_model& m, const tokenizer& tk, const llama_model* draft, thread_pool& pool,
+                    const std::vector<int32_t>& tokens, const session_params& sess, const sampling_params& sp, int64_t n_predict,
+                    bool ignore_eos, const speculative_params& spec, double load_s) {
+    const int32_t ps = sess.page_size;
+    const int64_t n_ctx = sess.n_ctx > 0 ? sess.n_ctx : m.hparams().n_ctx_train;
+    const bool bounded = !sess.policy.slides();
+    if (bounded && int64_t(tokens.size()) >= n_ctx) {
+        std::fprintf(stderr, "kvserve run: the prompt has %zu tokens, the context only %lld\n", tokens.size(), (long long)n_ctx);
+        return 2;
+    }
+    const int64_t want = n_predict >= 0 ? n_predict : (bounded ? n_ctx - int64_t(tokens.size()) : n_ctx);
+    const int64_t span = bounded ? n_ctx + k_max_draft_tokens + 1
+                                 : std::min<int64_t>(int64_t(tokens.size()) + want, sess.policy.size + sess.policy.sinks + sess.n_batch) +
+                                       k_max_draft_tokens + 1;
+    const int32_t n_pages = kv_cache::pages_for(span, ps) + 4;
+    kv_config geom = m.kv_geometry(ps, n_pages, sess.kv_type.value_or(m.auto_kv_type()));
+    auto kv = kv_cache::create(geom);
+    if (!kv) {
+        std::fprintf(stderr, "kvserve run: %s\n", kv.message().c_str());
+        return 1;
+    }
+    std::unique_ptr<kv_cache> dkv;
+    if (draft) {
+        auto d = kv_cache::create(draft->kv_geometry(ps, n_pages, sess.kv_type.value_or(draft->auto_kv_type())));
+        if (!d) {
+            std::fprintf(stderr, "kvserve run: draft model: %s\n", d.message().c_str());
+            return 1;
+        }
+        dkv = std::move(d.value());
+    }
+    scheduler_config cfg;
+    cfg.max_seqs = 1;
+    cfg.spec_max_running = 1;
+    cfg.prefix_cache = false;
+    cfg.n_ctx = n_ctx;
+    cfg.max_batch_tokens = sess.n_batch;
+    cfg.prefill_chunk = sess.n_batch;
+    scheduler sch(m, tk, *kv.value(), pool, cfg, {draft, dkv.get()});
+    request_params p;
+    p.prompt = tokens;
+    p.sampling = sp;
+    p.max_tokens = n_predict >= 0 ? std::max<int64_t>(n_predict, 1) : -1;
+    p.ignore_eos = ignore_eos;
+    p.policy = sess.policy;
+    p.speculative = spec;
+    auto stream = std::make_shared<request_stream>();
+    if (status st = sch.submit(p, stream); !st) {
+        std::fprintf(stderr, "kvserve run: %s\n", st.message().c_str());
+        return 2;
+    }
+    auto t_prompt = clock_type::now();
+    clock_type::time_point t_first{};
+    double prompt_s = 0;
+    int64_t n_gen = 0;
+    while (!sch.idle()) {
+        auto ok = sch.step();
+        if (!ok) {
+            std::fprintf(stderr, "\nkvserve run: %s\n", ok.message().c_str());
+            return 1;
+        }
+        while (auto ev = stream->pop(0)) {
+            if (!ev->error.empty()) {
+                std::fprintf(stderr, "\nkvserve run: %s\n", ev->error.c_str());
+                return 1;
+            }
+            if (n_gen == 0 && !ev->tokens.empty()) {
+                t_first = clock_type::now();
+                prompt_s = std::chrono::duration<double>(t_first - t_prompt).count();
+            }
+            n_gen += int64_t(ev->tokens.size());
+            std::fwrite(ev->text.data(), 1, ev->text.size(), stdout);
+            std::fflush(stdout);
+        }
+    }
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    const double gen_s = n_gen > 0 ? seconds_since(t_first) : 0.0;
+    const scheduler_metrics& mt = sch.metrics();
+    std::fprintf(stderr, "\nload time: %.2f ms\n", load_s * 1e3);
+    std::fprintf(stderr, "prompt:    %zu tokens in %.2f ms (%.2f tokens/s, with the first token)\n", tokens.size(), prompt_s * 1e3,
+                 double(tokens.size()) / std::max(prompt_s, 1e-9));
+    std::fprintf(stderr, "generate:  %lld tokens in %.2f ms (%.2f tokens/s after the first)\n", (long long)n_gen, gen_s * 1e3,
+                 double(std::max<int64_t>(0, n_gen - 1)) / std::max(gen_s, 1e-9));
+    const double emitted = double(std::max<int64_t>(1, mt.spec_emitted));
+    std::fprintf(stderr,
+                 "speculate: %s, %lld cycles, %lld of %lld drafts accepted (%.1f%%), %.2f tokens per cycle, draft %.2f ms and "
+                 "verify %.2f ms per token\n",
+                 spec.exit_layer > 0 ? strfmt("self exit=%d draft=%d", spec.exit_layer, spec.draft_tokens).c_str()
+                                     : strfmt("draft model, draft=%d", spec.draft_tokens).c_str(),
+                 (long long)mt.spec_cycles, (long long)mt.spec_accepted, (long long)mt.spec_drafted,
+                 mt.spec_drafted > 0 ? 100.0 * double(mt.spec_accepted) / double(mt.spec_drafted) : 0.0,
+                 mt.spec_cycles > 0 ? double(mt.spec_emitted) / double(mt.spec_cycles) : 0.0, 1e3 * mt.spec_draft_seconds / emitted,
+                 1e3 * mt.spec_verify_seconds / emitted);
+    std::fprintf(stderr, "kv:        %s, %s, %zu bytes per token\n", sess.policy.spec().c_str(),
+                 kv_format_name(geom.type, std::nullopt).c_str(), kv.value()->bytes_per_token());
+    return 0;
 }
 
 int cmd_run(int argc, char** argv) {
@@ -57,10 +159,14 @@ int cmd_run(int argc, char** argv) {
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-text tokens");
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
+    speculative_option spec_opt;
+    add_speculative_options(app, spec_opt);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     kv_policy policy;
     if (!resolve_kv_policy(policy_spec, "run", &policy)) return 2;
+    speculative_params spec;
+    if (!resolve_speculative(spec_opt, "run", &spec)) return 2;
     if (!std::filesystem::exists(model_path)) {
         std::fprintf(stderr, "kvserve run: %s\n", missing_model_help(model_path).c_str());
         return 2;
@@ -96,6 +202,28 @@ int cmd_run(int argc, char** argv) {
     sess.n_ctx = n_ctx;
     sess.n_batch = n_batch;
     sess.policy = policy;
+    if (spec.on()) {
+        if (spec.exit_layer >= m.hparams().n_layer) {
+            std::fprintf(stderr, "kvserve run: --self-spec exit=%d: the model has %lld layers (exit in [1, %lld])\n", spec.exit_layer,
+                         (long long)m.hparams().n_layer, (long long)m.hparams().n_layer - 1);
+            return 2;
+        }
+        std::unique_ptr<llama_model> draft;
+        if (!load_draft_model(spec_opt, "run", m, no_repack, &draft)) return 2;
+        if (sess.kivi.bits || sess.kv_v_type) {
+            std::fprintf(stderr, "kvserve run: speculative decoding runs over one KV format for K and V, not KIVI\n");
+            return 2;
+        }
+        std::vector<int32_t> toks = tk.encode(prompt, !no_bos && tk.add_bos(), false);
+        if (toks.empty()) {
+            std::fprintf(stderr, "kvserve run: the prompt is empty (and the model has no BOS token)\n");
+            return 2;
+        }
+        std::fputs(prompt.c_str(), stdout);
+        std::fflush(stdout);
+        return run_speculative(m, tk, draft.get(), pool, toks, sess, smp.value().params(), n_predict, ignore_eos, spec,
+                               seconds_since(t_load));
+    }
     auto s = session::create(m, pool, sess);
     if (!s) {
         std::fprintf(stderr, "kvserve run: %s\n", s.message().c_str());

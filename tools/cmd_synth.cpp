@@ -53,9 +53,14 @@ struct tensor_plan {
     std::string name;
     std::vector<int64_t> ne;  // GGUF order: ne[0] is the row length
     enum { random, ones } init;
+    float scale = 1.0f;  // multiplies the random values (--agree-after damps layers' outputs)
 };
 
-std::vector<tensor_plan> plan_tensors(const model_shape& s) {
+// Layers from `agree_after` on (-1: none) write their attention and FFN outputs scaled by this,
+// so they change the residual stream negligibly: early exit there agrees with the full model.
+constexpr float k_agree_scale = 1e-3f;
+
+std::vector<tensor_plan> plan_tensors(const model_shape& s, int64_t agree_after) {
     std::vector<tensor_plan> t;
     const int64_t E = s.n_embd, KV = s.n_embd_kv();
     t.push_back({"token_embd.weight", {E, s.n_vocab}, tensor_plan::random});
@@ -68,11 +73,12 @@ std::vector<tensor_plan> plan_tensors(const model_shape& s) {
         if (s.qkv_bias) t.push_back({p + "attn_k.bias", {KV}, tensor_plan::random});
         t.push_back({p + "attn_v.weight", {E, KV}, tensor_plan::random});
         if (s.qkv_bias) t.push_back({p + "attn_v.bias", {KV}, tensor_plan::random});
-        t.push_back({p + "attn_output.weight", {E, E}, tensor_plan::random});
+        const float damp = agree_after >= 0 && l >= agree_after ? k_agree_scale : 1.0f;
+        t.push_back({p + "attn_output.weight", {E, E}, tensor_plan::random, damp});
         t.push_back({p + "ffn_norm.weight", {E}, tensor_plan::ones});
         t.push_back({p + "ffn_gate.weight", {E, s.n_ff}, tensor_plan::random});
         t.push_back({p + "ffn_up.weight", {E, s.n_ff}, tensor_plan::random});
-        t.push_back({p + "ffn_down.weight", {s.n_ff, E}, tensor_plan::random});
+        t.push_back({p + "ffn_down.weight", {s.n_ff, E}, tensor_plan::random, damp});
     }
     t.push_back({"output_norm.weight", {E}, tensor_plan::ones});
     if (!s.tied_output) t.push_back({"output.weight", {E, s.n_vocab}, tensor_plan::random});
@@ -148,7 +154,7 @@ status fill_tensor(uint8_t* dst, const tensor_plan& p, dtype type, uint64_t key,
         std::vector<float> row(static_cast<size_t>(ne0));  // (ne0) f32 scratch
         for (int64_t r = w; r < rows; r += n_workers) {
             for (int64_t i = 0; i < ne0; ++i)
-                row[size_t(i)] = p.init == tensor_plan::ones ? 1.0f : 0.02f * synth_normal(key, uint64_t(r * ne0 + i));
+                row[size_t(i)] = p.init == tensor_plan::ones ? 1.0f : 0.02f * p.scale * synth_normal(key, uint64_t(r * ne0 + i));
             if (!quantize_row(type, row.data(), dst + size_t(r) * row_bytes, ne0)) ok[size_t(w)] = 0;
         }
     };
@@ -164,6 +170,7 @@ int cmd_synth(int argc, char** argv) {
     CLI::App app("Write a model with random weights in a real model's geometry", "kvserve synth");
     std::string shape_name, dtype_name_str, out, vocab_path;
     uint64_t seed = 1;
+    int64_t agree_after = -1;
     int n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
     app.add_option("--shape", shape_name, "model geometry: " + model_shape_names())->required();
     app.add_option("--dtype", dtype_name_str,
@@ -173,6 +180,10 @@ int cmd_synth(int argc, char** argv) {
     app.add_option("-o,--output", out, "GGUF file to write")->required();
     app.add_option("--vocab", vocab_path, "vocabulary GGUF to copy tokenizer.* keys from (default: the shape's, under $KVSERVE_SHARED or ../shared)");
     app.add_option("--seed", seed, "random seed")->capture_default_str();
+    app.add_option("--agree-after", agree_after,
+                   "layers from E on change the residual stream negligibly (outputs scaled by 1e-3), so early exit at E "
+                   "agrees with the full model: the best case of self-speculative decoding")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     app.add_option("-t,--threads", n_threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     const model_shape* shape = find_model_shape(shape_name);
@@ -201,14 +212,20 @@ int cmd_synth(int argc, char** argv) {
         return 1;
     }
 
+    if (agree_after >= shape->n_layer) {
+        std::fprintf(stderr, "kvserve synth: --agree-after %lld: the shape has %lld layers\n", (long long)agree_after,
+                     (long long)shape->n_layer);
+        return 2;
+    }
     gguf_writer w;
     set_hparams(w, *shape, format, seed);
+    if (agree_after >= 0) w.set_u32("kvserve.synth.agree_after", uint32_t(agree_after));
     if (status s = copy_vocab(w, *vocab.value(), shape->n_vocab); !s) {
         std::fprintf(stderr, "kvserve synth: %s: %s\n", vocab_path.c_str(), s.message().c_str());
         return 1;
     }
     uint64_t n_bytes = 0;
-    for (const tensor_plan& p : plan_tensors(*shape)) {
+    for (const tensor_plan& p : plan_tensors(*shape, agree_after)) {
         dtype t = weight_dtype_for(p.name, int(p.ne.size()), p.ne[0], format, shape->n_layer, !shape->tied_output);
         uint64_t key = mix64(seed ^ hash_name(p.name));
         status s = w.add_tensor(p.name, t, p.ne, [p, t, key, n_threads](uint8_t* dst) { return fill_tensor(dst, p, t, key, n_threads); });

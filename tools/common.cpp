@@ -137,6 +137,67 @@ bool resolve_kv_policy(const std::string& spec, const char* cmd, kv_policy* out)
     return true;
 }
 
+void add_speculative_options(CLI::App& app, speculative_option& o) {
+    app.add_option("--self-spec", o.self_spec,
+                   "self-speculative decoding (LayerSkip): exit=E,draft=D[,min_p=P] drafts D tokens with the first E layers and the "
+                   "LM head, verified by the remaining layers in one pass (greedy output unchanged)");
+    app.add_option("--model-draft", o.model_draft, "speculative decoding with a draft model of the same vocabulary (GGUF)");
+    app.add_option("--draft-tokens", o.draft_tokens, "tokens the draft model proposes per cycle")
+        ->check(CLI::Range(1, k_max_draft_tokens))
+        ->capture_default_str();
+    app.add_option("--draft-min-p", o.draft_min_p, "stop drafting once the draft's top probability is below this (0 = never)")
+        ->check(CLI::Range(0.0f, 0.999f));
+}
+
+bool resolve_speculative(const speculative_option& o, const char* cmd, speculative_params* out) {
+    *out = speculative_params{};
+    if (!o.self_spec.empty() && !o.model_draft.empty()) {
+        std::fprintf(stderr, "kvserve %s: --self-spec and --model-draft exclude each other\n", cmd);
+        return false;
+    }
+    if (!o.self_spec.empty()) {
+        auto p = parse_speculative(o.self_spec.c_str());
+        if (!p) {
+            std::fprintf(stderr, "kvserve %s: --self-spec: %s\n", cmd, p.message().c_str());
+            return false;
+        }
+        if (p.value().on() && p.value().exit_layer == 0) {
+            std::fprintf(stderr, "kvserve %s: --self-spec needs exit=E (the layer the drafts exit after)\n", cmd);
+            return false;
+        }
+        *out = p.value();
+        return true;
+    }
+    if (!o.model_draft.empty()) {
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(o.model_draft, ec)) {
+            std::fprintf(stderr, "kvserve %s: --model-draft: %s not found\n", cmd, o.model_draft.c_str());
+            return false;
+        }
+        out->draft_tokens = o.draft_tokens;
+        out->min_draft_p = o.draft_min_p;
+    }
+    return true;
+}
+
+bool load_draft_model(const speculative_option& o, const char* cmd, const llama_model& target, bool no_repack,
+                      std::unique_ptr<llama_model>* out) {
+    out->reset();
+    if (o.model_draft.empty()) return true;
+    auto m = llama_model::load(o.model_draft, repack_options(no_repack));
+    if (!m) {
+        std::fprintf(stderr, "kvserve %s: --model-draft %s: %s\n", cmd, o.model_draft.c_str(), m.message().c_str());
+        return false;
+    }
+    if (m.value()->hparams().n_vocab != target.hparams().n_vocab) {
+        std::fprintf(stderr, "kvserve %s: the draft model has %lld tokens in its vocabulary, the model %lld: they must share one\n", cmd,
+                     (long long)m.value()->hparams().n_vocab, (long long)target.hparams().n_vocab);
+        return false;
+    }
+    *out = std::move(m.value());
+    return true;
+}
+
 int parse_cli(CLI::App& app, int argc, char** argv) {
     // llama.cpp's short spellings of the KV format options (CLI11 takes one-letter short names).
     std::vector<char*> args(argv, argv + argc);

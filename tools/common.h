@@ -10,6 +10,7 @@
 #include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
+#include "sched/speculative.h"
 
 namespace kvs::tools {
 
@@ -35,6 +36,23 @@ std::string kv_format_name(dtype k, std::optional<dtype> v, const kivi_config& k
 void add_kv_policy_option(CLI::App& app, std::string& spec);
 // The parsed policy (dense when spec is empty); false after printing why, prefixed with `cmd`.
 bool resolve_kv_policy(const std::string& spec, const char* cmd, kv_policy* out);
+
+// Speculative decoding (sched/speculative.h): --self-spec exit=E,draft=D[,min_p=P] drafts with the
+// model's first E layers; --model-draft PATH drafts with a second model of the same vocabulary,
+// --draft-tokens D at a time (--draft-min-p P: stop drafting below that confidence).
+struct speculative_option {
+    std::string self_spec, model_draft;
+    int32_t draft_tokens = 4;
+    float draft_min_p = 0.0f;
+};
+void add_speculative_options(CLI::App& app, speculative_option& o);
+// The speculation asked for (off when neither --self-spec nor --model-draft is given); false
+// after printing why, prefixed with `cmd` (both given, a bad spec, a missing draft file).
+bool resolve_speculative(const speculative_option& o, const char* cmd, speculative_params* out);
+// Loads --model-draft (null when none is named) and checks it shares `target`'s vocabulary;
+// false after printing why.
+bool load_draft_model(const speculative_option& o, const char* cmd, const llama_model& target, bool no_repack,
+                      std::unique_ptr<llama_model>* out);
 
 // The shared fixture folder: $KVSERVE_SHARED, else ../shared from the working directory.
 std::string shared_dir();
