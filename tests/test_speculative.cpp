@@ -498,6 +498,26 @@ TEST(SelfSpeculation, PoliciesStopsAndLimits) {
     }
 }
 
+// Adaptive length: drafting stops at the first draft the early exit is unsure of — fewer drafts,
+// the same output.
+TEST(SelfSpeculation, AdaptiveLengthDraftsLessAndChangesNothing) {
+    NEED_MODEL(f);
+    scheduler_config cfg;
+    cfg.spec_max_running = 8;
+    const auto reqs = greedy_requests(f, 40);
+    std::vector<request_params> fixed, adaptive;
+    for (const auto& p : reqs) {
+        fixed.push_back(speculating(p, 3, 6));
+        adaptive.push_back(speculating(p, 3, 6));
+        adaptive.back().speculative.min_draft_p = 0.6f;
+    }
+    const auto a = run_all(f, fixed, cfg, 256, 4), b = run_all(f, adaptive, cfg, 256, 4);
+    for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(a.outs[i][0].tokens, b.outs[i][0].tokens);
+    EXPECT_LT(double(b.metrics.spec_drafted) / double(b.metrics.spec_cycles), double(a.metrics.spec_drafted) / double(a.metrics.spec_cycles));
+    EXPECT_GT(double(b.metrics.spec_accepted) / double(b.metrics.spec_drafted), double(a.metrics.spec_accepted) / double(a.metrics.spec_drafted))
+        << "the drafts it keeps are the likelier ones";
+}
+
 // Cancelling sequences in the middle of speculation frees everything at once.
 TEST(SelfSpeculation, CancellationFreesPages) {
     NEED_MODEL(f);

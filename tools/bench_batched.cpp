@@ -6,7 +6,8 @@
 // With --long-prompt L, once the B sequences are decoding a request with an L-token prompt
 // arrives; the longest scheduler step while it is prefilled is reported next to the decode-only
 // step time, showing whether decodes stall behind the long prompt (chunked prefill keeps each
-// step to at most one prefill chunk plus the decodes).
+// step to at most one prefill chunk plus the decodes). With --self-spec every sequence speculates
+// while at most --spec-max-running run (the throughput of speculation under load).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -60,7 +61,17 @@ int bench_batched(int argc, char** argv) {
     app.add_option("--long-prompt", long_prompt, "tokens of a prompt that arrives while the batch decodes (0 = none)")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
+    std::string self_spec;
+    int32_t spec_max_running = scheduler_config{}.spec_max_running;
+    app.add_option("--self-spec", self_spec, "every sequence speculates with exit=E,draft=D (self-speculative decoding)");
+    app.add_option("--spec-max-running", spec_max_running, "speculation runs only while at most this many sequences run")
+        ->check(CLI::Range(0, 65536))
+        ->capture_default_str();
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
+    speculative_option so;
+    so.self_spec = self_spec;
+    speculative_params spec;
+    if (!resolve_speculative(so, "bench batched", &spec)) return 2;
     std::optional<dtype> kv_choice, kv_v_choice;
     kivi_config kivi;
     if (!resolve_kv_type(kvt, "bench batched", &kv_choice, &kv_v_choice, &kivi)) return 2;
@@ -96,7 +107,7 @@ int bench_batched(int argc, char** argv) {
     std::printf("|-------|--------|------|--------|----------|----------|----------|----------|----------|----------|\n");
     for (int64_t B : batches) {
         const int64_t n_kv = B * (n_prompt + n_gen);
-        kv_config geom = m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen, page_size) * int32_t(B) +
+        kv_config geom = m.kv_geometry(page_size, kv_cache::pages_for(n_prompt + n_gen + spec.draft_tokens + 1, page_size) * int32_t(B) +
                                                       kv_cache::pages_for(long_prompt + 2, page_size) + 1,
                                        kv_type);
         if (kv_v_choice && *kv_v_choice != kv_type) geom.v_type = kv_v_choice;
@@ -110,6 +121,7 @@ int bench_batched(int argc, char** argv) {
         sc.prefill_chunk = prefill_chunk;
         sc.max_seqs = int32_t(B) + (long_prompt > 0 ? 1 : 0);
         sc.n_ctx = std::max(n_prompt + n_gen, long_prompt + 2);
+        sc.spec_max_running = spec_max_running;
         scheduler sched(m, *tok.value(), *kv.value(), pool, sc);
         std::vector<std::shared_ptr<request_stream>> streams;
         for (int64_t b = 0; b < B; ++b) {
@@ -119,6 +131,7 @@ int bench_batched(int argc, char** argv) {
             p.max_tokens = n_gen;
             p.ignore_eos = true;
             p.sampling.temperature = 0;
+            p.speculative = spec;
             streams.push_back(std::make_shared<request_stream>());
             if (status s = sched.submit(std::move(p), streams.back()); !s) {
                 std::fprintf(stderr, "kvserve bench batched: %s\n", s.message().c_str());
@@ -178,6 +191,10 @@ int bench_batched(int argc, char** argv) {
                         "decode-only step %.3f s (prefill chunk %lld)\n",
                         (long long)long_prompt, (long long)B, max_step_long, (long long)long_prefill_steps,
                         sum_step_decode / double(std::max<int64_t>(1, n_step_decode)), (long long)prefill_chunk);
+        if (spec.on())
+            std::printf("|       | speculation %s: %lld cycles, %lld of %lld drafts accepted\n", self_spec.c_str(),
+                        (long long)sched.metrics().spec_cycles, (long long)sched.metrics().spec_accepted,
+                        (long long)sched.metrics().spec_drafted);
         std::fflush(stdout);
     }
     return 0;
