@@ -170,7 +170,7 @@ int cmd_synth(int argc, char** argv) {
     CLI::App app("Write a model with random weights in a real model's geometry", "kvserve synth");
     std::string shape_name, dtype_name_str, out, vocab_path;
     uint64_t seed = 1;
-    int64_t agree_after = -1;
+    int64_t agree_after = -1, n_layers = 0;
     int n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
     app.add_option("--shape", shape_name, "model geometry: " + model_shape_names())->required();
     app.add_option("--dtype", dtype_name_str,
@@ -185,12 +185,25 @@ int cmd_synth(int argc, char** argv) {
                    "agrees with the full model: the best case of self-speculative decoding")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     app.add_option("-t,--threads", n_threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+    app.add_option("--layers", n_layers,
+                   "keep only the first N layers of the shape: with the same --seed every shared tensor is identical, so this "
+                   "is the full model's first N layers and its head (a draft model that agrees with an --agree-after N model)")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
-    const model_shape* shape = find_model_shape(shape_name);
-    if (!shape) {
+    const model_shape* found = find_model_shape(shape_name);
+    if (!found) {
         std::fprintf(stderr, "kvserve synth: unknown shape '%s' (known: %s)\n", shape_name.c_str(), model_shape_names().c_str());
         return 2;
     }
+    model_shape shape_copy = *found;
+    if (n_layers > 0) {
+        if (n_layers > found->n_layer) {
+            std::fprintf(stderr, "kvserve synth: --layers %lld: the shape has %lld layers\n", (long long)n_layers, (long long)found->n_layer);
+            return 2;
+        }
+        shape_copy.n_layer = n_layers;
+    }
+    const model_shape* shape = &shape_copy;
     weight_format format;
     if (!weight_format_from_name(dtype_name_str, &format)) {
         std::fprintf(stderr,
