@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <string>
 #include <thread>
 
 #include "command.h"
@@ -96,6 +98,10 @@ int cmd_serve(int argc, char** argv) {
         ->check(CLI::ExistingFile);
     std::string kv_policy_spec = "dense";
     add_kv_policy_option(app, kv_policy_spec);
+    speculative_option spec_opt;
+    add_speculative_options(app, spec_opt);
+    app.add_option("--spec-max-running", ec.sched.spec_max_running, "speculation runs only while at most N sequences run (0 = never)")
+        ->check(CLI::Range(0, 65536))->capture_default_str();
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
@@ -133,6 +139,7 @@ int cmd_serve(int argc, char** argv) {
         }
         for (auto& k : keys.value()) sc.api_keys.push_back(std::move(k));
     }
+    if (!resolve_speculative(spec_opt, "serve", &sc.default_speculative)) return 2;
     if (!std::filesystem::exists(model_path)) {
         std::fprintf(stderr, "kvserve serve: %s\n", missing_model_help(model_path).c_str());
         return 2;
@@ -157,6 +164,29 @@ int cmd_serve(int argc, char** argv) {
     }
     if (!resolve_kv_type(kvt, "serve", &ec.kv_type, &ec.kv_v_type, &ec.kivi)) return 2;
     if (!resolve_kv_policy(kv_policy_spec, "serve", &sc.default_policy)) return 2;
+    // The default speculation must suit the server's default policy and cache, else every
+    // request naming neither would be refused.
+    if (const speculative_params& sp = sc.default_speculative; sp.on()) {
+        if (sp.exit_layer >= model.value()->hparams().n_layer) {
+            std::fprintf(stderr, "kvserve serve: --self-spec: exit=%d is not below the model's %lld layers\n", sp.exit_layer,
+                         (long long)model.value()->hparams().n_layer);
+            return 2;
+        }
+        const kv_policy_kind k = sc.default_policy.kind;
+        if (k == kv_policy_kind::h2o || k == kv_policy_kind::quest || k == kv_policy_kind::recompute) {
+            std::fprintf(stderr, "kvserve serve: speculative decoding does not combine with --kv-policy %s\n",
+                         sc.default_policy.spec().c_str());
+            return 2;
+        }
+        if (ec.kivi.bits) {
+            std::fprintf(stderr, "kvserve serve: speculative decoding does not combine with a KIVI cache\n");
+            return 2;
+        }
+    }
+    std::unique_ptr<llama_model> draft_model;  // outlives the engine and the server
+    if (!load_draft_model(spec_opt, "serve", *model.value(), no_repack, &draft_model)) return 1;
+    ec.draft_model = draft_model.get();
+    ec.speculative = sc.default_speculative;
     ec.key_bounds = key_bounds || sc.default_policy.kind == kv_policy_kind::quest;
     ec.token_scores = token_scores || sc.default_policy.kind == kv_policy_kind::h2o;
     ec.threads = threads;
@@ -196,10 +226,20 @@ int cmd_serve(int argc, char** argv) {
                                                     st.kv_pages_total, ec.kivi.group, st.kv_pages_total - st.kv_packed_pages_total,
                                                     st.kv_packed_pages_total)
                                            : strfmt("%d KV pages of %d tokens", st.kv_pages_total, ec.page_size);
-    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %s (%s), KV policy %s\n", srv.model_name().c_str(),
+    std::string spec;
+    if (const speculative_params& sp = sc.default_speculative; sp.on()) {
+        const std::string min_p = sp.min_draft_p > 0 ? strfmt(",min_p=%g", double(sp.min_draft_p)) : "";
+        spec = draft_model ? strfmt(", speculation draft=%d%s with the draft model %s", sp.draft_tokens, min_p.c_str(),
+                                    spec_opt.model_draft.c_str())
+                           : strfmt(", speculation exit=%d,draft=%d%s", sp.exit_layer, sp.draft_tokens, min_p.c_str());
+        const int32_t most = eng.value()->config().spec_max_running;
+        spec += most > 0 ? strfmt(" while at most %d %s", most, most == 1 ? "sequence runs" : "sequences run")
+                         : " (never runs: --spec-max-running 0)";
+    }
+    std::fprintf(stderr, "kvserve serve: model '%s', context %lld, %s (%s), KV policy %s%s\n", srv.model_name().c_str(),
                  (long long)eng.value()->n_ctx(), pages.c_str(),
                  kv_format_name(ec.kv_type.value_or(model.value()->auto_kv_type()), ec.kv_v_type, ec.kivi).c_str(),
-                 sc.default_policy.spec().c_str());
+                 sc.default_policy.spec().c_str(), spec.c_str());
     std::fprintf(stderr, "kvserve serve: queue %d, request timeout %s, read timeout %gs, body %lld bytes at most, %zu API key(s)%s\n",
                  eng.value()->max_queued(), sc.request_timeout > 0 ? strfmt("%gs", sc.request_timeout).c_str() : "none", sc.read_timeout,
                  (long long)sc.max_body_bytes, sc.api_keys.size(), sc.api_keys.empty() || !sc.public_metrics ? "" : ", /metrics public");

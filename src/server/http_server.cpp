@@ -68,6 +68,7 @@ std::string param_of_engine_message(const std::string& msg, api_endpoint ep) {
         if (first == n) return n;
     if (first == "repeat_penalty") return "repetition_penalty";
     if (first == "kv_policy") return "kv_policy";
+    if (first == "speculative") return "speculative";
     return "";
 }
 

@@ -79,6 +79,21 @@ std::string server_metrics::render(const engine_stats& s, int64_t read_timeouts)
         double(s.sched.cascade_steps));
     add(out, "kvserve_cascade_rows_total", "counter", "Decode rows whose shared prefix was attended once for their group.",
         double(s.sched.cascade_rows));
+    add(out, "kvserve_spec_cycles_total", "counter", "Speculative decoding cycles (draft, then one verification pass).",
+        double(s.sched.spec_cycles));
+    add(out, "kvserve_spec_draft_tokens_total", "counter", "Draft tokens proposed by speculative decoding.", double(s.sched.spec_drafted));
+    add(out, "kvserve_spec_accepted_tokens_total", "counter", "Draft tokens the model accepted.", double(s.sched.spec_accepted));
+    add(out, "kvserve_spec_emitted_tokens_total", "counter", "Tokens emitted by speculative cycles (accepted drafts and the model's own).",
+        double(s.sched.spec_emitted));
+    add(out, "kvserve_spec_acceptance_ratio", "gauge", "Share of draft tokens accepted.",
+        s.sched.spec_drafted > 0 ? double(s.sched.spec_accepted) / double(s.sched.spec_drafted) : 0.0);
+    add(out, "kvserve_spec_draft_seconds_total", "counter", "Seconds in draft passes (and the draft model's catch-up).",
+        s.sched.spec_draft_seconds);
+    add(out, "kvserve_spec_verify_seconds_total", "counter", "Seconds in speculative verification passes.", s.sched.spec_verify_seconds);
+    if (s.draft_kv_pages_total > 0) {
+        add(out, "kvserve_draft_kv_pages_used", "gauge", "Draft model KV cache pages in use.", s.draft_kv_pages_used);
+        add(out, "kvserve_draft_kv_pages_total", "gauge", "Draft model KV cache pages in the pool.", s.draft_kv_pages_total);
+    }
     add(out, "kvserve_engine_steps_total", "counter", "Scheduler steps (forward passes).", double(s.sched.steps));
     add(out, "kvserve_engine_busy_seconds_total", "counter", "Seconds the engine spent in steps.", s.busy_seconds);
     std::lock_guard<std::mutex> l(mu_);

@@ -11,6 +11,12 @@
 //   kvserve_generation_tokens_per_second           gauge    generated tokens / seconds the engine was busy
 //   kvserve_preemptions_total                      counter  sequences preempted by recompute
 //   kvserve_requests_finished_total / _cancelled_total  counter
+//   kvserve_spec_cycles_total, _draft_tokens_total, _accepted_tokens_total, _emitted_tokens_total  counter
+//                                                  speculative decoding: cycles, drafts proposed / accepted,
+//                                                  tokens the cycles emitted
+//   kvserve_spec_acceptance_ratio                  gauge    accepted / drafted (0 before any draft)
+//   kvserve_spec_draft_seconds_total, _verify_seconds_total  counter  time in draft / verification passes
+//   kvserve_draft_kv_pages_used / _total           gauge    the draft model's KV pool (only with a draft model)
 //   kvserve_engine_steps_total, kvserve_engine_busy_seconds_total  counter
 //   kvserve_http_requests_total{code="200"}        counter  HTTP responses by status code
 //   kvserve_http_rejected_total{reason="..."}      counter  requests refused before they ran:
