@@ -186,7 +186,6 @@ int cmd_serve(int argc, char** argv) {
     std::unique_ptr<llama_model> draft_model;  // outlives the engine and the server
     if (!load_draft_model(spec_opt, "serve", *model.value(), no_repack, &draft_model)) return 1;
     ec.draft_model = draft_model.get();
-    ec.speculative = sc.default_speculative;
     ec.key_bounds = key_bounds || sc.default_policy.kind == kv_policy_kind::quest;
     ec.token_scores = token_scores || sc.default_policy.kind == kv_policy_kind::h2o;
     ec.threads = threads;

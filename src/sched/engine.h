@@ -33,7 +33,6 @@ struct engine_config {
     // Speculative decoding's draft model (the target's vocabulary; must outlive the engine), or
     // null. Its KV pool has as many pages as the target's, both from the one KV budget.
     const llama_model* draft_model = nullptr;
-    speculative_params speculative;  // the speculation of requests that name none (the server's default)
 };
 
 struct engine_stats {
