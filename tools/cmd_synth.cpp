@@ -58,7 +58,7 @@ struct tensor_plan {
 
 // Layers from `agree_after` on (-1: none) write their attention and FFN outputs scaled by this,
 // so they change the residual stream negligibly: early exit there agrees with the full model.
-constexpr float k_agree_scale = 1e-3f;
+constexpr float k_agree_scale = 1e-5f;
 
 std::vector<tensor_plan> plan_tensors(const model_shape& s, int64_t agree_after) {
     std::vector<tensor_plan> t;
@@ -181,7 +181,7 @@ int cmd_synth(int argc, char** argv) {
     app.add_option("--vocab", vocab_path, "vocabulary GGUF to copy tokenizer.* keys from (default: the shape's, under $KVSERVE_SHARED or ../shared)");
     app.add_option("--seed", seed, "random seed")->capture_default_str();
     app.add_option("--agree-after", agree_after,
-                   "layers from E on change the residual stream negligibly (outputs scaled by 1e-3), so early exit at E "
+                   "layers from E on change the residual stream negligibly (outputs scaled by 1e-5), so early exit at E "
                    "agrees with the full model: the best case of self-speculative decoding")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     app.add_option("-t,--threads", n_threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
