@@ -1,6 +1,6 @@
 // libFuzzer target for the command-line and API spec parsers: KV policy specs (`--kv-policy`,
 // "kv_policy"), dtype names (`--kv-type`, GGUF type names), weight formats (`quantize TYPE`,
-// `synth --dtype`), model shape names (`synth --shape`) and API key files and variables
+// `synth --dtype`), speculation specs (`--self-spec`), model shape names (`synth --shape`) and API key files and variables
 // (`serve --api-key-file`, KVSERVE_API_KEY). Checked: a parsed spec prints back
 // to a canonical spec that parses to the same value; every error names the problem in valid
 // UTF-8 (messages reach terminals and JSON error bodies).
@@ -13,6 +13,7 @@
 #include "core/utf8.h"
 #include "kv/kv_policy.h"
 #include "model/shapes.h"
+#include "sched/speculative.h"
 #include "server/api_keys.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -25,6 +26,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!again.is_ok() || !(again.value() == p.value()) || again.value().spec() != canon) __builtin_trap();
         if (p.value().kept_tokens() < 0 || p.value().dense_prefix_tokens() < 0) __builtin_trap();
     } else if (p.message().empty() || !kvs::utf8_is_valid(p.message())) {
+        __builtin_trap();
+    }
+
+    auto sp = kvs::parse_speculative(spec);
+    if (sp.is_ok()) {
+        const kvs::speculative_params& v = sp.value();
+        if (v.on() && (v.draft_tokens > kvs::k_max_draft_tokens || v.exit_layer < 0 || !(v.min_draft_p >= 0 && v.min_draft_p < 1)))
+            __builtin_trap();
+    } else if (sp.message().empty() || !kvs::utf8_is_valid(sp.message())) {
         __builtin_trap();
     }
 

@@ -18,6 +18,7 @@
 #include "sched/speculative.h"
 #include "stories_fixture.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace kvs;
 
@@ -570,6 +571,21 @@ TEST(DraftModel, GreedyOutputIsThePlainOutput) {
             else { EXPECT_LT(r.metrics.spec_accepted, r.metrics.spec_drafted / 2) << "random drafts"; }
         }
     }
+    // The random-weight model (GQA, f32 weights, untrained) as the target of
+    // self-speculation: its early exits rarely agree, and its output is still its own.
+    fixture synthetic;
+    synthetic.model = std::move(random_draft.value());
+    synthetic.tok = std::move(tokenizer::from_gguf(synthetic.model->file()).value());
+    auto sreqs = greedy_requests(&synthetic, 32);
+    const auto splain = run_all(&synthetic, sreqs, cfg, 256, 4);
+    for (int32_t e : {1, 3})
+        for (int32_t dn : {2, 5}) {
+            std::vector<request_params> spec;
+            for (const auto& p : sreqs) spec.push_back(speculating(p, e, dn));
+            const auto r = run_all(&synthetic, spec, cfg, 256, 4);
+            for (size_t i = 0; i < sreqs.size(); ++i) EXPECT_EQ(r.outs[i][0].tokens, splain.outs[i][0].tokens) << "synthetic exit " << e;
+            EXPECT_GT(r.metrics.spec_cycles, 0);
+        }
     std::filesystem::remove(random_path);
 }
 

@@ -42,4 +42,26 @@ size_t utf8_prefix_length(std::string_view s, size_t max_bytes) {
     return n;
 }
 
+std::string utf8_shown(std::string_view s, size_t limit) {
+    std::string out;
+    size_t pos = 0;
+    while (pos < s.size() && pos < limit) {
+        const auto u = static_cast<unsigned char>(s[pos]);
+        const size_t n = utf8_sequence_length(s, pos);
+        if (n == 0 || u < 0x20 || u == 0x7f) {
+            static const char hex[] = "0123456789abcdef";
+            out += "\\x";
+            out += hex[u >> 4];
+            out += hex[u & 15];
+            ++pos;
+            continue;
+        }
+        if (pos + n > limit) break;  // the cut would split this character
+        out.append(s.substr(pos, n));
+        pos += n;
+    }
+    if (pos < s.size()) out += "...";
+    return out;
+}
+
 }  // namespace kvs

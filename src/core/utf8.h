@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <string_view>
 
 namespace kvs {
@@ -20,5 +21,10 @@ bool utf8_is_valid(std::string_view s);
 // `s` (cutting s to n bytes never splits a character). For valid UTF-8 input the prefix is
 // valid UTF-8.
 size_t utf8_prefix_length(std::string_view s, size_t max_bytes);
+
+// Printable form of user text in messages: control bytes and bytes that are not well-formed
+// UTF-8 escaped as \xNN, text cut after `limit` input bytes (never inside a character, "..."
+// appended), so a message quoting it stays valid UTF-8 wherever it goes.
+std::string utf8_shown(std::string_view s, size_t limit = 64);
 
 }  // namespace kvs

@@ -30,28 +30,7 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-// Printable form of user text in messages: control bytes and bytes that are not well-formed
-// UTF-8 escaped as \xNN, long text cut after 64 input bytes, never inside a character (the
-// message stays valid UTF-8 wherever it goes: a terminal, a JSON error body).
-std::string shown(std::string_view s) {
-    constexpr size_t limit = 64;  // input bytes shown
-    std::string out;
-    size_t pos = 0;
-    while (pos < s.size() && pos < limit) {
-        const auto u = static_cast<unsigned char>(s[pos]);
-        const size_t n = utf8_sequence_length(s, pos);
-        if (n == 0 || u < 0x20 || u == 0x7f) {
-            out += strfmt("\\x%02x", u);
-            ++pos;
-            continue;
-        }
-        if (pos + n > limit) break;  // the cut would split this character
-        out.append(s.substr(pos, n));
-        pos += n;
-    }
-    if (pos < s.size()) out += "...";
-    return out;
-}
+std::string shown(std::string_view s) { return utf8_shown(s); }
 
 }  // namespace
 

@@ -1,9 +1,12 @@
 #include "sched/speculative.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include "core/utf8.h"
 
 namespace kvs {
 
@@ -42,39 +45,43 @@ int32_t sample_from_probs(const float* probs, int64_t n, double u) {
     return last;
 }
 
-result<speculative_params> parse_speculative(const char* spec) {
+result<speculative_params> parse_speculative(std::string_view s) {
     speculative_params sp;
-    const std::string s = spec ? spec : "";
     if (s.empty() || s == "off") return sp;
+    const std::string whole = utf8_shown(s);
     bool have_draft = false;
     size_t pos = 0;
-    while (pos <= s.size()) {
+    for (;;) {
         const size_t comma = s.find(',', pos);
-        const std::string part = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+        const std::string_view part = s.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos);
         const size_t eq = part.find('=');
-        if (eq == std::string::npos || eq == 0 || eq + 1 == part.size())
-            return status::error("speculation '" + s + "': expected key=value, got '" + part + "'");
-        const std::string key = part.substr(0, eq), val = part.substr(eq + 1);
+        if (eq == std::string_view::npos || eq == 0 || eq + 1 == part.size())
+            return status::error("speculation '" + whole + "': expected key=value, got '" + utf8_shown(part) + "'");
+        const std::string_view key = part.substr(0, eq);
+        const std::string val(part.substr(eq + 1));
         char* end = nullptr;
         if (key == "exit" || key == "draft") {
-            const long v = std::strtol(val.c_str(), &end, 10);
-            if (*end != '\0' || v < 1 || v > (key == "draft" ? k_max_draft_tokens : 1 << 20))
-                return status::error("speculation '" + s + "': " + key + " must be an integer in [1, " +
-                                     std::to_string(key == "draft" ? k_max_draft_tokens : 1 << 20) + "], got '" + val + "'");
+            const long long limit = key == "draft" ? k_max_draft_tokens : 1 << 20;
+            errno = 0;
+            const long long v = std::strtoll(val.c_str(), &end, 10);
+            if (end == val.c_str() || *end != '\0' || errno != 0 || v < 1 || v > limit || val.size() != std::strlen(val.c_str()))
+                return status::error("speculation '" + whole + "': " + std::string(key) + " must be an integer in [1, " +
+                                     std::to_string(limit) + "], got '" + utf8_shown(val) + "'");
             if (key == "exit") sp.exit_layer = int32_t(v);
             else sp.draft_tokens = int32_t(v), have_draft = true;
         } else if (key == "min_p") {
+            errno = 0;
             const float v = std::strtof(val.c_str(), &end);
-            if (*end != '\0' || !(v >= 0.0f && v < 1.0f))
-                return status::error("speculation '" + s + "': min_p must be in [0, 1), got '" + val + "'");
+            if (end == val.c_str() || *end != '\0' || !(v >= 0.0f && v < 1.0f) || val.size() != std::strlen(val.c_str()))
+                return status::error("speculation '" + whole + "': min_p must be in [0, 1), got '" + utf8_shown(val) + "'");
             sp.min_draft_p = v;
         } else {
-            return status::error("speculation '" + s + "': unknown key '" + key + "' (exit, draft, min_p)");
+            return status::error("speculation '" + whole + "': unknown key '" + utf8_shown(key) + "' (exit, draft, min_p)");
         }
-        if (comma == std::string::npos) break;
+        if (comma == std::string_view::npos) break;
         pos = comma + 1;
     }
-    if (!have_draft) return status::error("speculation '" + s + "': draft=D is required");
+    if (!have_draft) return status::error("speculation '" + whole + "': draft=D is required");
     return sp;
 }
 

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "core/status.h"
 
@@ -32,7 +33,7 @@ struct speculative_params {
 
 // Parses "exit=E,draft=D[,min_p=P]" (self-speculation) or "draft=D[,min_p=P]" (draft model);
 // "off" or "" gives D = 0. The message names the bad part.
-result<speculative_params> parse_speculative(const char* spec);
+result<speculative_params> parse_speculative(std::string_view spec);
 
 // The verdict at one draft position.
 struct spec_verdict {
