@@ -7,7 +7,7 @@
 #       suite, in build-asan/.
 #   scripts/sanitize.sh tsan [ctest args...]
 #       ThreadSanitizer over the tests that run threads, in build-tsan/: all of the scheduler /
-#       engine (test_sched) and HTTP server (test_server, test_server_limits) suites, plus the tests of other suites
+#       engine (test_sched) and HTTP server (test_server, test_server_limits, test_server_speculative) suites, plus the tests of other suites
 #       that run a thread pool or several threads (tsan_tests below). Only the test binaries
 #       those need are built.
 #
@@ -25,7 +25,7 @@ shift
 # Test binaries whose threaded tests the tsan stage runs, and the regex picking those tests
 # (thread pool, split-KV attention and cascade over a pool, generation with threads,
 # concurrent tokenization and template rendering).
-tsan_suites='^test_(sched|server|server_limits)$'
+tsan_suites='^test_(sched|server|server_limits|server_speculative)$'
 tsan_more_bins=(test_kernels test_attention test_cascade test_generate test_tokenizer test_chat_template)
 tsan_more_regex='^(ThreadPool\.|AttentionMerge\.SplitKv|AttentionPaged\.|.*CascadeAttention\.|Generate\.|all/tok_vocab\.ConcurrentEncode|chat_template\.concurrent)'
 

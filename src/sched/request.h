@@ -38,6 +38,9 @@ struct request_params {
                                         // Window, streaming and recompute are not bounded by the
                                         // context length: prompt and max_tokens may exceed it
     speculative_params speculative;     // speculative decoding (off by default; sched/speculative.h)
+    int32_t beam_width = 0;             // > 0: beam search with this many beams (sched/beam_search.h); the n
+                                        // best hypotheses are the completions (sampling settings unused)
+    float length_penalty = 1.0f;        // beam search: hypotheses rank by cum_logprob / length^length_penalty
 };
 
 // One piece of output for one completion.

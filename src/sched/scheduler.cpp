@@ -66,6 +66,15 @@ struct scheduler::sequence {
     int64_t slots_after(int64_t n) const { return (h2o() ? h2o_kept_slots(policy(), n_computed) : n_computed - base) + n; }
 };
 
+struct scheduler::beam_group {
+    request_state* req;
+    std::vector<int32_t> prompt;  // the prompt's tokens
+    beam_search search;
+    std::vector<int32_t> kv_seqs;  // (live beams) the KV sequence of each live beam, in search.live() order
+    beam_group(request_state* r, std::vector<int32_t> p, beam_search bs) : req(r), prompt(std::move(p)), search(std::move(bs)) {}
+    int32_t width() const { return search.width(); }
+};
+
 namespace {
 // True when the policy lets a sequence run past the context length.
 bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_policy_kind::recompute || p.kind == kv_policy_kind::h2o; }
@@ -123,6 +132,26 @@ status scheduler::validate(const request_params& p) const {
     KVS_TRY(sp.validate());
     const kv_policy& pol = p.policy;
     const int32_t ps = kv_.config().page_size;
+    if (p.beam_width != 0) {
+        if (p.beam_width < 1 || p.beam_width > max_n)
+            return status::error(strfmt("the beam width (best_of) must be in [1, %d], got %d", max_n, p.beam_width));
+        if (p.n > p.beam_width) return status::error(strfmt("n (%d) must not exceed the beam width (best_of, %d)", p.n, p.beam_width));
+        if (p.beam_width > cfg_.max_batch_tokens)
+            return status::error(strfmt("the beam width (%d) exceeds the tokens of one step (%lld)", p.beam_width, (long long)cfg_.max_batch_tokens));
+        if (p.policy.kind != kv_policy_kind::dense)
+            return status::error(strfmt("beam search does not combine with kv_policy %s", p.policy.spec().c_str()));
+        if (p.speculative.on()) return status::error("beam search does not combine with speculative decoding");
+        if (p.n_logprobs >= 0) return status::error("beam search does not return logprobs");
+        if (!std::isfinite(p.length_penalty)) return status::error("length_penalty must be finite");
+        if (p.max_tokens > 0) {
+            // The beams' pages at worst: the prompt's once, each beam's generated tokens apart.
+            const int64_t pages = kv_cache::pages_for(n_prompt, kv_.config().page_size) +
+                                  int64_t(p.beam_width) * (kv_cache::pages_for(p.max_tokens, kv_.config().page_size) + 1);
+            if (pages > kv_.pool().n_pages())
+                return status::error(strfmt("beam search of width %d needs up to %lld KV pages, but the whole pool has %d (raise --kv-memory)",
+                                            p.beam_width, (long long)pages, kv_.pool().n_pages()));
+        }
+    }
     if (const speculative_params& sp = p.speculative; sp.on() || sp.exit_layer != 0) {
         if (sp.draft_tokens < 1 || sp.draft_tokens > k_max_draft_tokens)
             return status::error(strfmt("speculative draft_tokens must be in [1, %d], got %d", k_max_draft_tokens, sp.draft_tokens));
@@ -192,7 +221,8 @@ status scheduler::submit(request_params params, std::shared_ptr<request_stream> 
     r->n_prompt = int64_t(r->params.prompt.size());
     r->out->set_expected(r->params.n);
     const uint64_t base = next_arrival_++ * 64;
-    for (int32_t i = 0; i < r->params.n; ++i)
+    const int32_t n_seqs = r->params.beam_width > 0 ? 1 : r->params.n;  // beams start from one prompt sequence
+    for (int32_t i = 0; i < n_seqs; ++i)
         r->seqs.push_back(std::make_unique<sequence>(r.get(), i, base + uint64_t(i), tok_));
     sequence* first = r->seqs[0].get();
     first->scheduled = true;
@@ -247,6 +277,17 @@ void scheduler::finish(sequence* s, finish_reason reason, request_event& ev) {
     s->finished = true;
     release(s);
     request_state* r = s->req;
+    if (r->params.beam_width > 0 && r->n_finished < r->params.n - 1) {
+        // A beam search whose prompt ended before its beams started: every completion ends so.
+        for (int32_t i = 1; i < r->params.n; ++i) {
+            request_event e;
+            e.index = i;
+            e.finish = reason;
+            e.error = ev.error;
+            r->out->push(std::move(e));
+        }
+        r->n_finished = r->params.n - 1;
+    }
     if (++r->n_finished == r->params.n) {
         // Completions that never started (siblings of a cancelled parent) finish with it.
         request_usage u;
@@ -266,6 +307,10 @@ void scheduler::cancel_all() {
 }
 
 void scheduler::handle_cancellations() {
+    for (auto& g : beams_)
+        if (g->req->out->cancelled()) finish_beams(*g, true);
+    beams_.erase(std::remove_if(beams_.begin(), beams_.end(), [](const std::unique_ptr<beam_group>& g) { return g->kv_seqs.empty(); }),
+                 beams_.end());
     for (auto& r : requests_) {
         if (!r->out->cancelled() || r->n_finished == r->params.n) continue;
         for (auto& s : r->seqs) {
@@ -467,7 +512,8 @@ bool scheduler::waits_for_inflight_prefix(sequence* s) {
 int32_t scheduler::slots_in_use() const {
     int32_t n = int32_t(running_.size());
     for (const sequence* s : running_)
-        if (s->index == 0 && !s->req->forked) n += s->req->params.n - 1;
+        if (s->index == 0 && !s->req->forked) n += std::max(s->req->params.n, s->req->params.beam_width) - 1;
+    for (const auto& g : beams_) n += g->width();
     return n;
 }
 
@@ -483,7 +529,9 @@ void scheduler::admit_waiting(int64_t& budget) {
             continue;
         }
         // A request with n > 1 completions keeps room for the siblings it will fork.
-        const int32_t slots = (s->index == 0 && !s->req->forked) ? s->req->params.n - s->req->n_finished : 1;
+        const int32_t slots = s->req->params.beam_width > 0                ? s->req->params.beam_width
+                              : (s->index == 0 && !s->req->forked) ? s->req->params.n - s->req->n_finished
+                                                                   : 1;
         if (slots_in_use() + slots > cfg_.max_seqs) break;
         if (s->kv_seq < 0) start_kv_sequence(s);
         attach_cached_prefix(s);
@@ -623,6 +671,22 @@ result<bool> scheduler::step() {
     // served from the prefix cache) starts within a step instead of queueing behind every
     // long prompt in progress. Whatever admission leaves goes back to the running chunks.
     int64_t budget = cfg_.max_batch_tokens;
+    // Beam groups first: each live beam computes its last token (a group that gets no pages
+    // for them ends with what it has).
+    int64_t beam_rows = 0;
+    std::vector<beam_group*> stepping;  // groups with rows in this pass (a group waits while its rows do not fit)
+    for (auto& g : beams_) {
+        if (beam_rows + int64_t(g->kv_seqs.size()) > cfg_.max_batch_tokens) continue;
+        if (!beam_room(*g)) {
+            finish_beams(*g, false);
+            continue;
+        }
+        beam_rows += int64_t(g->kv_seqs.size());
+        stepping.push_back(g.get());
+    }
+    beams_.erase(std::remove_if(beams_.begin(), beams_.end(), [](const std::unique_ptr<beam_group>& g) { return g->kv_seqs.empty(); }),
+                 beams_.end());
+    budget = std::max<int64_t>(0, budget - beam_rows);
     schedule_running(budget, false);
     const int64_t reserve = waiting_.empty() ? 0 : std::min(budget, cfg_.admission_reserve);
     int64_t prefill_budget = budget - reserve;
@@ -630,9 +694,9 @@ result<bool> scheduler::step() {
     budget = prefill_budget + reserve;
     admit_waiting(budget);
     schedule_running(budget, true);
-    if (plan_.empty()) {
+    if (plan_.empty() && stepping.empty()) {
         forget_finished_requests();
-        return false;
+        return !beams_.empty();
     }
     // Speculation: decode rows of speculating sequences become draft-and-verify cycles, grouped
     // by drafter (an exit layer, or the draft model), while the load is light.
@@ -666,7 +730,7 @@ result<bool> scheduler::step() {
                 spec_status = st;
             }
         }
-        if (plan_.empty()) {
+        if (plan_.empty() && stepping.empty()) {
             ++metrics_.steps;
             forget_finished_requests();
             if (!spec_status) return spec_status;
@@ -683,6 +747,14 @@ result<bool> scheduler::step() {
             batch_.prompt.push_back(t < s->req->n_prompt ? 1 : 0);
         }
     }
+    for (const beam_group* g : stepping) {
+        const auto& live = g->search.live();
+        for (size_t i = 0; i < live.size(); ++i) {
+            const int32_t t = int32_t(g->prompt.size() + live[i].tokens.size()) - 1;  // the beam's last token
+            batch_.add(live[i].tokens.back(), t, g->kv_seqs[i], true, t);
+            batch_.prompt.push_back(0);
+        }
+    }
     status st = model_.forward(batch_, kv_, *state_, pool_);
     if (!st) {
         // An internal failure: fail the requests of this step, keep serving the others.
@@ -694,6 +766,8 @@ result<bool> scheduler::step() {
             finish(pl.seq, finish_reason::error, ev);
             pl.seq->req->out->push(std::move(ev));
         }
+        for (auto& g : beams_) finish_beams(*g, true);
+        beams_.clear();
         forget_finished_requests();
         return st;
     }
@@ -714,6 +788,10 @@ result<bool> scheduler::step() {
         if (!pl.wants_logits) continue;
         const float* logits = state_->logits() + row * n_vocab;
         ++row;
+        if (s->req->params.beam_width > 0) {  // the prompt's logits start the beams
+            start_beams(s, logits);
+            continue;
+        }
         if (s->index == 0 && s->req->params.n > 1 && !s->req->forked) {
             fork_siblings(s);
             for (auto& sib : s->req->seqs)
@@ -721,6 +799,15 @@ result<bool> scheduler::step() {
         }
         sample_and_emit(s, logits);
     }
+    // The groups that had rows in this pass (groups started above come after them) advance from
+    // their rows' logits, which follow the plan's.
+    for (beam_group* g : stepping) {
+        const int64_t rows = int64_t(g->kv_seqs.size());
+        advance_beams(*g, state_->logits() + row * n_vocab, n_vocab);
+        row += rows;
+    }
+    beams_.erase(std::remove_if(beams_.begin(), beams_.end(), [](const std::unique_ptr<beam_group>& g) { return g->kv_seqs.empty(); }),
+                 beams_.end());
     forget_finished_requests();
     if (!spec_status) return spec_status;
     if (cache_) metrics_.prefix_cached_pages = cache_->n_pages();
@@ -944,6 +1031,116 @@ void scheduler::accept_drafts(sequence* s, const float* logits, int64_t n_vocab)
     kv_.seq_trim(s->kv_seq, s->slots_after(0));
 }
 
+void scheduler::start_beams(sequence* s, const float* logits) {
+    request_state* r = s->req;
+    const request_params& p = r->params;
+    auto is_end = [this, &p](int32_t t) {
+        return tok_.is_eog(t) || std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), t) != p.stop_token_ids.end();
+    };
+    // max_tokens < 0: until the context is full.
+    const int64_t max_new = p.max_tokens > 0 ? p.max_tokens : n_ctx_ - int64_t(s->tokens.size());
+    auto g = std::make_unique<beam_group>(r, s->tokens, beam_search(p.beam_width, p.length_penalty, max_new, p.min_tokens, p.ignore_eos, is_end));
+    const auto ext = g->search.step({logits}, model_.hparams().n_vocab);
+    for (size_t i = 0; i < ext.size(); ++i) g->kv_seqs.push_back(kv_.seq_fork(s->kv_seq));
+    // The prompt sequence hands its pages to the beams and leaves the running set.
+    s->finished = true;
+    release(s);
+    metrics_.generated_tokens += int64_t(ext.size());
+    if (g->search.done()) {
+        finish_beams(*g, false);
+        return;
+    }
+    beams_.push_back(std::move(g));
+}
+
+bool scheduler::beam_room(beam_group& g) {
+    const auto& live = g.search.live();
+    for (size_t i = 0; i < live.size(); ++i) {
+        const int64_t slot = int64_t(g.prompt.size() + live[i].tokens.size()) - 1;
+        for (;;) {
+            if (kv_.seq_reserve(g.kv_seqs[i], slot + 1) && kv_.seq_prepare_write(g.kv_seqs[i], slot, slot + 1)) break;
+            // Cached pages nobody uses first, then the newest running sequence (beams are never
+            // preempted); with neither, the group cannot continue.
+            if (ensure_free_pages(kv_.pages_to_reserve(g.kv_seqs[i], slot + 1) + 1) && kv_.seq_reserve(g.kv_seqs[i], slot + 1) &&
+                kv_.seq_prepare_write(g.kv_seqs[i], slot, slot + 1))
+                break;
+            if (running_.empty()) return false;
+            preempt(running_.back());
+        }
+    }
+    return true;
+}
+
+void scheduler::advance_beams(beam_group& g, const float* logits, int64_t n_vocab) {
+    std::vector<const float*> rows;
+    for (size_t i = 0; i < g.kv_seqs.size(); ++i) rows.push_back(logits + int64_t(i) * n_vocab);
+    const auto ext = g.search.step(rows, n_vocab);
+    metrics_.generated_tokens += int64_t(ext.size());
+    // Each new beam continues its parent's KV: a fork shares every page (the partial last page
+    // is copied when the beam writes it); the old sequences then go, freeing what only dropped
+    // beams held.
+    std::vector<int32_t> next;
+    for (const auto& e : ext) next.push_back(kv_.seq_fork(g.kv_seqs[size_t(e.parent)]));
+    for (int32_t k : g.kv_seqs) kv_.seq_remove(k);
+    g.kv_seqs = std::move(next);
+    if (g.search.done()) finish_beams(g, false);
+}
+
+void scheduler::finish_beams(beam_group& g, bool cancelled) {
+    for (int32_t k : g.kv_seqs) kv_.seq_remove(k);
+    g.kv_seqs.clear();
+    request_state* r = g.req;
+    if (r->n_finished == r->params.n) return;
+    const request_params& p = r->params;
+    // A group cut short (no pages for its next step) ends its live beams as they are.
+    std::vector<beam_hypothesis> best = g.search.best(p.n);
+    if (!cancelled && int32_t(best.size()) < p.n) {
+        for (const auto& b : g.search.live()) {
+            if (int32_t(best.size()) >= p.n) break;
+            best.push_back({b.tokens, b.cum_logprob, b.cum_logprob, false});
+        }
+    }
+    int64_t completion_tokens = 0;
+    for (int32_t i = 0; i < p.n; ++i) {
+        request_event ev;
+        ev.index = i;
+        if (cancelled || size_t(i) >= best.size()) {
+            ev.finish = cancelled ? finish_reason::cancelled : finish_reason::length;
+            r->out->push(std::move(ev));
+            continue;
+        }
+        const beam_hypothesis& h = best[size_t(i)];
+        std::vector<int32_t> shown = h.tokens;
+        if (h.ended) shown.pop_back();  // the ending token is not part of the text
+        detok_stream d(tok_);
+        d.push(g.prompt.back());  // the text continues the prompt (keeps a leading space)
+        d.flush();
+        for (int32_t t : shown) ev.text += d.push(t);
+        ev.text += d.flush();
+        ev.finish = h.ended ? finish_reason::stop : finish_reason::length;
+        // Stop strings cut the finished text at their first occurrence.
+        size_t cut = std::string::npos;
+        for (const std::string& stop : p.stop)
+            if (!stop.empty()) cut = std::min(cut, ev.text.find(stop));
+        if (cut != std::string::npos) {
+            ev.text.resize(cut);
+            ev.finish = finish_reason::stop;
+        }
+        ev.tokens = h.tokens;
+        completion_tokens += int64_t(h.tokens.size());
+        r->out->push(std::move(ev));
+    }
+    r->completion_tokens = completion_tokens;
+    r->n_finished = p.n;
+    request_usage u;
+    u.prompt_tokens = r->n_prompt;
+    u.completion_tokens = completion_tokens;
+    u.cached_tokens = r->cached_tokens;
+    r->out->set_usage(u);
+    if (cancelled) ++metrics_.requests_cancelled;
+    else ++metrics_.requests_finished;
+}
+
 void scheduler::drop_prefix_cache() {
     if (!cache_) return;
     cache_->clear();
@@ -989,8 +1186,16 @@ status scheduler::check_integrity() const {
         if (draft_seqs == 0 && draft_.kv->pool().n_used() != 0)
             return status::error(strfmt("no sequence holds draft-model pages, but %d are in use (leak)", draft_.kv->pool().n_used()));
     }
+    for (const auto& g : beams_) {
+        if (g->kv_seqs.size() != g->search.live().size()) return status::error("a beam group's KV sequences and live beams differ in number");
+        for (size_t i = 0; i < g->kv_seqs.size(); ++i) {
+            if (!kv_.seq_exists(g->kv_seqs[i])) return status::error("a live beam has no KV sequence");
+            const int64_t computed = int64_t(g->prompt.size() + g->search.live()[i].tokens.size()) - 1;
+            if (kv_.seq_capacity(g->kv_seqs[i]) < computed) return status::error("a live beam holds fewer pages than its tokens need");
+        }
+    }
     const int64_t cached_only = cache_ ? cache_->n_cached_only() : 0;
-    if (running_.empty() && kv_.pool().n_used() != cached_only)
+    if (running_.empty() && beams_.empty() && kv_.pool().n_used() != cached_only)
         return status::error(strfmt("no sequence runs, but %d pages are in use and only %lld are cached (leak)", kv_.pool().n_used(),
                                     (long long)cached_only));
     return status::ok();

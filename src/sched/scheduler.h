@@ -43,6 +43,17 @@
 // draft model's cache follows the target's accepted tokens (caught up at each cycle). Greedy
 // output is the target's token for token; sampled output has the target's distribution.
 //
+// Beam search (request_params::beam_width = K, sched/beam_search.h): the prompt is computed as one
+// sequence; from its logits on, a beam group holds one KV sequence per live beam. Each step
+// every live beam computes its last token (the group's rows come first in the step's budget,
+// and a group counts K against max_seqs); the search picks the next K beams and each new beam's
+// KV sequence is a fork of its parent's — beams share every page of their common history by
+// reference, a partially filled last page is copied only when written (copy-on-write), and a
+// dropped beam frees only what it alone held. Beams are not preempted (other sequences are, for
+// their pages); a group that cannot get a page for its next step ends with the hypotheses it
+// has. The completions arrive when the search is done, the n best, as whole texts (stop strings
+// cut them afterwards).
+//
 // Contract: not thread-safe; one thread calls submit/step (the engine's loop). validate() is
 // const and safe from any thread. Events reach clients through each request's request_stream.
 #pragma once
@@ -58,6 +69,7 @@
 #include "kv/kv_cache.h"
 #include "kv/prefix_cache.h"
 #include "model/llama.h"
+#include "sched/beam_search.h"
 #include "sched/request.h"
 #include "sched/speculative.h"
 #include "sched/stop_matcher.h"
@@ -145,7 +157,7 @@ public:
     void drop_prefix_cache();
     // Ends every unfinished completion with finish_reason::cancelled and frees its pages.
     void cancel_all();
-    bool idle() const { return running_.empty() && waiting_.empty(); }
+    bool idle() const { return running_.empty() && waiting_.empty() && beams_.empty(); }
     int32_t n_running() const { return int32_t(running_.size()); }
     int32_t n_waiting() const { return int32_t(waiting_.size()); }
     const scheduler_metrics& metrics() const { return metrics_; }
@@ -157,6 +169,7 @@ public:
 private:
     struct request_state;
     struct sequence;
+    struct beam_group;
     struct planned {
         sequence* seq;
         int64_t n_tokens;   // tokens computed this step
@@ -201,6 +214,13 @@ private:
     status speculate(const std::vector<sequence*>& group);
     status draft_catch_up(const std::vector<sequence*>& group);
     void accept_drafts(sequence* s, const float* logits, int64_t n_vocab);
+    // Beam search: starts a group from the prompt's logits; makes room for a group's next rows
+    // (false: none to be had); advances a group from its rows' logits; ends it with its best
+    // hypotheses (or cancelled).
+    void start_beams(sequence* s, const float* logits);
+    bool beam_room(beam_group& g);
+    void advance_beams(beam_group& g, const float* logits, int64_t n_vocab);
+    void finish_beams(beam_group& g, bool cancelled);
     void handle_cancellations();
     void forget_finished_requests();
 
@@ -225,6 +245,7 @@ private:
     std::vector<int32_t> page_scratch_;
     std::vector<std::unique_ptr<request_state>> requests_;
     std::vector<sequence*> running_;   // admission order (oldest first)
+    std::vector<std::unique_ptr<beam_group>> beams_;  // running beam searches
     std::deque<sequence*> waiting_;    // FIFO; preempted sequences return to the front
     uint64_t next_arrival_ = 0;
     scheduler_metrics metrics_;
