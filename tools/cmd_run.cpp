@@ -1,4 +1,5 @@
 // kvserve run: generate text from a prompt, streaming it as it is produced.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -123,6 +124,68 @@ int run_speculative(const llama_model& m, const tokenizer& tk, const llama_model
     return 0;
 }
 
+// Beam search: one request of beam_width beams through the scheduler; prints the best
+// hypothesis (the others' texts to stderr) once the search is done.
+int run_beam_search(const llama_model& m, const tokenizer& tk, thread_pool& pool, const std::vector<int32_t>& tokens,
+                    const session_params& sess, int64_t n_predict, bool ignore_eos, int32_t width, float length_penalty, int32_t n_best,
+                    double load_s) {
+    const int32_t ps = sess.page_size;
+    const int64_t n_ctx = sess.n_ctx > 0 ? sess.n_ctx : m.hparams().n_ctx_train;
+    if (int64_t(tokens.size()) >= n_ctx) {
+        std::fprintf(stderr, "kvserve run: the prompt has %zu tokens, the context only %lld\n", tokens.size(), (long long)n_ctx);
+        return 2;
+    }
+    const int64_t gen = n_predict > 0 ? std::min<int64_t>(n_predict, n_ctx - int64_t(tokens.size())) : n_ctx - int64_t(tokens.size());
+    const int32_t n_pages = kv_cache::pages_for(int64_t(tokens.size()), ps) + width * (kv_cache::pages_for(gen, ps) + 2);
+    auto kv = kv_cache::create(m.kv_geometry(ps, n_pages, sess.kv_type.value_or(m.auto_kv_type())));
+    if (!kv) {
+        std::fprintf(stderr, "kvserve run: %s\n", kv.message().c_str());
+        return 1;
+    }
+    scheduler_config cfg;
+    cfg.max_seqs = std::max(width, 1);
+    cfg.max_n = std::max(width, 1);
+    cfg.prefix_cache = false;
+    cfg.n_ctx = n_ctx;
+    cfg.max_batch_tokens = std::max<int64_t>(sess.n_batch, width);
+    cfg.prefill_chunk = sess.n_batch;
+    scheduler sch(m, tk, *kv.value(), pool, cfg);
+    request_params p;
+    p.prompt = tokens;
+    p.max_tokens = gen;
+    p.ignore_eos = ignore_eos;
+    p.beam_width = width;
+    p.length_penalty = length_penalty;
+    p.n = std::min(n_best, width);
+    auto stream = std::make_shared<request_stream>();
+    if (status st = sch.submit(p, stream); !st) {
+        std::fprintf(stderr, "kvserve run: %s\n", st.message().c_str());
+        return 2;
+    }
+    auto t0 = clock_type::now();
+    std::vector<request_event> done;
+    while (!sch.idle()) {
+        auto ok = sch.step();
+        if (!ok) {
+            std::fprintf(stderr, "\nkvserve run: %s\n", ok.message().c_str());
+            return 1;
+        }
+        while (auto ev = stream->pop(0)) done.push_back(std::move(*ev));
+    }
+    const double secs = seconds_since(t0);
+    std::sort(done.begin(), done.end(), [](const request_event& a, const request_event& b) { return a.index < b.index; });
+    if (done.empty()) return 1;
+    std::fwrite(done[0].text.data(), 1, done[0].text.size(), stdout);
+    std::fputc('\n', stdout);
+    for (size_t i = 1; i < done.size(); ++i) std::fprintf(stderr, "\nhypothesis %zu: %s\n", i + 1, done[i].text.c_str());
+    const request_usage u = stream->usage();
+    std::fprintf(stderr, "\nload time: %.2f ms\n", load_s * 1e3);
+    std::fprintf(stderr, "beam search: width %d, length penalty %g, %zu tokens prompt, %lld tokens in the %d best, %.2f ms (%lld forward passes)\n",
+                 width, double(length_penalty), tokens.size(), (long long)u.completion_tokens, p.n, secs * 1e3,
+                 (long long)sch.metrics().steps);
+    return 0;
+}
+
 int cmd_run(int argc, char** argv) {
     CLI::App app("Generate text from a prompt with a GGUF model", "kvserve run");
     std::string model_path = default_model_path();
@@ -161,6 +224,14 @@ int cmd_run(int argc, char** argv) {
     app.add_flag("--no-repack", no_repack, no_repack_help);
     speculative_option spec_opt;
     add_speculative_options(app, spec_opt);
+    int32_t beam_width = 0, n_best = 1;
+    float length_penalty = 1.0f;
+    app.add_option("--beam-width", beam_width, "beam search with K beams (prints the best hypothesis once the search is done)")
+        ->check(CLI::Range(1, 64));
+    app.add_option("--length-penalty", length_penalty, "beam search: hypotheses rank by log-probability / length^A")
+        ->check(CLI::Range(-10.0f, 10.0f))
+        ->capture_default_str();
+    app.add_option("--n-best", n_best, "beam search: hypotheses to print (the others to stderr)")->check(CLI::Range(1, 64))->capture_default_str();
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     kv_policy policy;
@@ -202,6 +273,20 @@ int cmd_run(int argc, char** argv) {
     sess.n_ctx = n_ctx;
     sess.n_batch = n_batch;
     sess.policy = policy;
+    if (beam_width > 0) {
+        if (spec.on() || policy.kind != kv_policy_kind::dense || sess.kivi.bits) {
+            std::fprintf(stderr, "kvserve run: --beam-width runs over a dense cache without speculation or KIVI\n");
+            return 2;
+        }
+        std::vector<int32_t> toks = tk.encode(prompt, !no_bos && tk.add_bos(), false);
+        if (toks.empty()) {
+            std::fprintf(stderr, "kvserve run: the prompt is empty (and the model has no BOS token)\n");
+            return 2;
+        }
+        std::fputs(prompt.c_str(), stdout);
+        std::fflush(stdout);
+        return run_beam_search(m, tk, pool, toks, sess, n_predict, ignore_eos, beam_width, length_penalty, n_best, seconds_since(t_load));
+    }
     if (spec.on()) {
         if (spec.exit_layer >= m.hparams().n_layer) {
             std::fprintf(stderr, "kvserve run: --self-spec exit=%d: the model has %lld layers (exit in [1, %lld])\n", spec.exit_layer,

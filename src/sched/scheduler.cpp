@@ -1101,12 +1101,13 @@ void scheduler::finish_beams(beam_group& g, bool cancelled) {
         }
     }
     int64_t completion_tokens = 0;
+    std::vector<request_event> events;  // pushed once the usage is set (a client may read it on the last event)
     for (int32_t i = 0; i < p.n; ++i) {
         request_event ev;
         ev.index = i;
         if (cancelled || size_t(i) >= best.size()) {
             ev.finish = cancelled ? finish_reason::cancelled : finish_reason::length;
-            r->out->push(std::move(ev));
+            events.push_back(std::move(ev));
             continue;
         }
         const beam_hypothesis& h = best[size_t(i)];
@@ -1128,7 +1129,7 @@ void scheduler::finish_beams(beam_group& g, bool cancelled) {
         }
         ev.tokens = h.tokens;
         completion_tokens += int64_t(h.tokens.size());
-        r->out->push(std::move(ev));
+        events.push_back(std::move(ev));
     }
     r->completion_tokens = completion_tokens;
     r->n_finished = p.n;
@@ -1137,6 +1138,7 @@ void scheduler::finish_beams(beam_group& g, bool cancelled) {
     u.completion_tokens = completion_tokens;
     u.cached_tokens = r->cached_tokens;
     r->out->set_usage(u);
+    for (request_event& ev : events) r->out->push(std::move(ev));
     if (cancelled) ++metrics_.requests_cancelled;
     else ++metrics_.requests_finished;
 }

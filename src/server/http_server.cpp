@@ -69,6 +69,7 @@ std::string param_of_engine_message(const std::string& msg, api_endpoint ep) {
     if (first == "repeat_penalty") return "repetition_penalty";
     if (first == "kv_policy") return "kv_policy";
     if (first == "speculative") return "speculative";
+    if (msg.starts_with("beam search") || msg.starts_with("the beam width")) return "best_of";
     return "";
 }
 

@@ -312,6 +312,22 @@ std::optional<api_error> parse_completion_request(const json& body, const tokeni
         out->params.n_logprobs = int32_t(k);
     }
     KVS_API_TRY(get_bool(body, "echo", &out->echo));
+    // Beam search, with vLLM's spelling: best_of beams, the n best returned.
+    bool beam = false;
+    KVS_API_TRY(get_bool(body, "use_beam_search", &beam));
+    int64_t best_of = out->params.n;
+    KVS_API_TRY(get_int(body, "best_of", 1, 1024, &best_of));
+    if (best_of < out->params.n) return api_error::invalid(strfmt("best_of (%lld) must be at least n (%d)", (long long)best_of, out->params.n), "best_of");
+    if (!beam && best_of != out->params.n)
+        return api_error::invalid("best_of larger than n needs use_beam_search: true (sampled best_of is not supported)", "best_of");
+    if (field(body, "length_penalty")) {
+        if (!beam) return api_error::invalid("length_penalty applies to beam search only (use_beam_search: true)", "length_penalty");
+        KVS_API_TRY(get_float(body, "length_penalty", -10.0, 10.0, false, &out->params.length_penalty));
+    }
+    if (beam) {
+        if (out->stream) return api_error::invalid("beam search does not stream: its completions exist once the search is done", "stream");
+        out->params.beam_width = int32_t(best_of);
+    }
     return parse_prompt(body, tok, out);
 }
 

@@ -14,6 +14,8 @@
 //   min_tokens (int >= 0)   echo (completions: bool)   tools (chat: array, passed to the template)
 //   chat_template_kwargs (chat: object of extra template variables, as vLLM accepts)
 //   kv_policy (string: a KV policy spec, e.g. "streaming:sinks=4,size=508"; default: the server's)
+//   best_of (completions: int >= n), use_beam_search (completions: bool; best_of beams, the n
+//   best returned; not with stream), length_penalty (beam search: number in [-10, 10], default 1)
 //   speculative (object {"draft_tokens": D in [1, 16], "exit_layer": E >= 0 (0: the server's
 //   draft model), "min_draft_p": [0, 1)}, or false / {"draft_tokens": 0} for none; default: the server's)
 // A wrong type or range is an api_error (400) naming the field in `param`, e.g.
