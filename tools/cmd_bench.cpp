@@ -173,6 +173,7 @@ int cmd_bench(int argc, char** argv) {
 
     std::vector<bench_result> results;
     std::map<int, double> bandwidth;
+    bool activations_shown = false;
     const std::string name = std::filesystem::path(model_path).filename().string();
     const int64_t n_params = count_params(m);
     if (output == "md") {
@@ -199,6 +200,14 @@ int cmd_bench(int argc, char** argv) {
                 std::fprintf(stderr, "kvserve bench: the longest test needs %lld tokens, more than the context %lld (-c)\n",
                              (long long)max_tokens, (long long)s.value()->n_ctx());
                 return 2;
+            }
+            if (!activations_shown) {  // the same for every session: shown once
+                activations_shown = true;
+                const forward_state& st = s.value()->state();
+                std::fprintf(stderr, "activations: planned %.2f MiB for batch %lld (sum of buffers %.2f MiB, ratio %.3f)\n",
+                             double(st.planned_bytes()) / 1048576.0, (long long)st.max_tokens(),
+                             double(st.unplanned_bytes()) / 1048576.0,
+                             double(st.planned_bytes()) / double(std::max<size_t>(1, st.unplanned_bytes())));
             }
             // Warm-up: page in the weights, spin up the threads.
             (void)run_once(*s.value(), tokens, 0, std::min<int64_t>(32, max_tokens), 0);

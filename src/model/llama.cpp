@@ -3,31 +3,81 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 
 #include "kernels/cpu/attention.h"
 
 namespace kvs {
 
 
-forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits)
+namespace {
+
+// Program points of llama_model::forward, in order; the layer loop runs p_attn_norm ..
+// p_layer_add once per layer, so a buffer read in the next layer is live over the whole body.
+enum point : int32_t {
+    p_embed,        // x = token rows (or the span's hidden_in)
+    p_rope_angles,  // rope_cos, rope_sin of every row's position
+    p_attn_norm,    // xb = rmsnorm(x) (the span's first layer; later layers get it from p_layer_add)
+    p_qkv,          // q, k, v = xb · (Wq, Wk, Wv) (+ biases)
+    p_rope,         // q, k rotated
+    p_kv_write,     // k, v stored in the cache
+    p_attention,    // attn, lse from q and the cache. Also: Quest selects with q, H2O scores with q
+                    // (its probe reads k), the sink pass copies q and merges into attn, lse
+    p_wo,           // xb2 = attn · Wo
+    p_ffn_norm,     // x += xb2; xb = rmsnorm(x)
+    p_gate_up,      // gate, up = xb · (Wgate, Wup); gate = silu(gate) * up
+    p_down,         // xb2 = gate · Wdown
+    p_layer_add,    // x += xb2; xb = rmsnorm(x) with the next layer's attn norm
+    p_final_norm,   // hidden_out = x; out_rows = rmsnorm(x) of the logit rows
+    p_lm_head,      // logits = out_rows · Woutput
+    p_after,        // the caller reads the logits until the next pass
+};
+
+// The activation buffers, in arena order (forward_state::buffers_ and the pointers after it).
+enum buffer_id : int32_t { b_x, b_xb, b_xb2, b_q, b_attn, b_k, b_v, b_lse, b_gate, b_up, b_rope_cos, b_rope_sin, b_out_rows, b_logits, n_buffers };
+
+}  // namespace
+
+std::vector<activation_buffer> forward_state::activation_buffers(const llama_hparams& hp, int64_t max_tokens, int64_t max_logits) {
+    const size_t n = size_t(std::max<int64_t>(1, max_tokens)), n_logit_rows = size_t(std::max<int64_t>(1, max_logits));
+    const size_t d = size_t(hp.n_embd), nq = size_t(hp.n_head * hp.head_dim), nkv = size_t(hp.n_head_kv * hp.head_dim);
+    const size_t n_pairs = size_t(std::max<int64_t>(1, std::min(hp.n_rot, hp.head_dim) / 2));
+    std::vector<activation_buffer> b(n_buffers);
+    auto set = [&](buffer_id id, const char* name, size_t floats, std::vector<live_range> live) {
+        b[size_t(id)] = activation_buffer{name, floats * sizeof(float), std::move(live)};
+    };
+    set(b_x, "x", n * d, {{p_embed, p_final_norm}});
+    // Dead from the QKV matmul to the FFN norm, and from the FFN matmuls to the layer's end.
+    set(b_xb, "xb", n * d, {{p_attn_norm, p_qkv}, {p_ffn_norm, p_gate_up}, {p_layer_add, p_layer_add}});
+    set(b_xb2, "xb2", n * d, {{p_wo, p_ffn_norm}, {p_down, p_layer_add}});
+    set(b_q, "q", n * nq, {{p_qkv, p_attention}});
+    set(b_attn, "attn", n * nq, {{p_attention, p_wo}});
+    set(b_k, "k", n * nkv, {{p_qkv, p_attention}});
+    set(b_v, "v", n * nkv, {{p_qkv, p_kv_write}});
+    set(b_lse, "lse", n * size_t(hp.n_head), {{p_attention, p_attention}});
+    set(b_gate, "gate", n * size_t(hp.n_ff), {{p_gate_up, p_down}});
+    set(b_up, "up", n * size_t(hp.n_ff), {{p_gate_up, p_gate_up}});
+    set(b_rope_cos, "rope_cos", n * n_pairs, {{p_rope_angles, p_layer_add}});
+    set(b_rope_sin, "rope_sin", n * n_pairs, {{p_rope_angles, p_layer_add}});
+    set(b_out_rows, "out_rows", n_logit_rows * d, {{p_final_norm, p_lm_head}});
+    set(b_logits, "logits", n_logit_rows * size_t(hp.n_vocab), {{p_lm_head, p_after}});
+    return b;
+}
+
+void forward_state::arena_free::operator()(uint8_t* p) const { std::free(p); }
+
+forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits, layout arena)
     : max_tokens_(std::max<int64_t>(1, max_tokens)), max_logits_(std::max<int64_t>(1, max_logits)) {
-    const llama_hparams& hp = model.hparams();
-    const size_t n = size_t(max_tokens_);
-    x.resize(n * size_t(hp.n_embd));
-    xb.resize(n * size_t(hp.n_embd));
-    xb2.resize(n * size_t(hp.n_embd));
-    q.resize(n * size_t(hp.n_head * hp.head_dim));
-    attn.resize(n * size_t(hp.n_head * hp.head_dim));
-    k.resize(n * size_t(hp.n_head_kv * hp.head_dim));
-    v.resize(n * size_t(hp.n_head_kv * hp.head_dim));
-    lse.resize(n * size_t(hp.n_head));
-    gate.resize(n * size_t(hp.n_ff));
-    up.resize(n * size_t(hp.n_ff));
-    const int64_t n_pairs = std::max<int64_t>(1, std::min(hp.n_rot, hp.head_dim) / 2);
-    rope_cos.resize(n * size_t(n_pairs));
-    rope_sin.resize(n * size_t(n_pairs));
-    out_rows.resize(size_t(max_logits_ * hp.n_embd));
-    logits_.resize(size_t(max_logits_ * hp.n_vocab));
+    buffers_ = activation_buffers(model.hparams(), max_tokens_, max_logits_);
+    arena_plan_ = arena == layout::planned ? plan_activations(buffers_) : plan_disjoint(buffers_);
+    const size_t bytes = std::max(arena_plan_.arena_bytes, activation_alignment);
+    arena_.reset(static_cast<uint8_t*>(std::aligned_alloc(activation_alignment, bytes)));
+    if (!arena_) throw std::bad_alloc();
+    std::memset(arena_.get(), 0, bytes);
+    float** const ptr[n_buffers] = {&x, &xb, &xb2, &q, &attn, &k, &v, &lse, &gate, &up, &rope_cos, &rope_sin, &out_rows, &logits_};
+    for (size_t i = 0; i < size_t(n_buffers); ++i) *ptr[i] = reinterpret_cast<float*>(arena_.get() + arena_plan_.offsets[i]);
 }
 
 namespace {
@@ -110,23 +160,23 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
 
     // Embeddings: dequantize each token's row (or take the residual stream entering the span).
     if (l_begin > 0) {
-        std::copy_n(span.hidden_in, size_t(n * d), st.x.data());
+        std::copy_n(span.hidden_in, size_t(n * d), st.x);
     } else {
         const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
         for (int64_t i = 0; i < n; ++i)
-            dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, st.x.data() + i * d, d);
+            dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, st.x + i * d, d);
     }
 
     // RoPE angles of every row's position, shared by q and k of all layers.
     const int64_t n_rot = std::min(hp.n_rot, hd), n_pairs = std::max<int64_t>(1, n_rot / 2);
     for (int64_t i = 0; i < n; ++i)
         cpu::rope_angles(n_rot, b.positions[size_t(i)], hp.rope_freq_base, hp.rope_freq_scale,
-                         st.rope_cos.data() + i * n_pairs, st.rope_sin.data() + i * n_pairs);
+                         st.rope_cos + i * n_pairs, st.rope_sin + i * n_pairs);
 
     cpu::attention_batch ab;
     ab.n_q = n;
     ab.n_head = hp.n_head;
-    ab.q = st.q.data();
+    ab.q = st.q;
     ab.q_seq = ap.q_seq.data();
     ab.q_kv_len = ap.q_kv_len.data();
     ab.q_kv_begin = ap.any_begin ? ap.q_kv_begin.data() : nullptr;
@@ -178,37 +228,37 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         // Attention block. (After the span's first layer, the previous layer's residual add
         // already wrote this norm: add_rmsnorm below.)
         if (il == l_begin)
-            for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x.data() + i * d, L.attn_norm, st.xb.data() + i * d, d, hp.rms_eps);
-        dump("attn_norm", il, st.xb.data(), n, d);
+            for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(st.x + i * d, L.attn_norm, st.xb + i * d, d, hp.rms_eps);
+        dump("attn_norm", il, st.xb, n, d);
         {
             // Q, K and V in one pass over the activations (one fork/join, x quantized once).
             const cpu::weight_view wqkv[3] = {L.wq, L.wk, L.wv};
-            float* const yqkv[3] = {st.q.data(), st.k.data(), st.v.data()};
-            cpu::matmul_multi(wqkv, 3, st.xb.data(), n, yqkv, pool);
+            float* const yqkv[3] = {st.q, st.k, st.v};
+            cpu::matmul_multi(wqkv, 3, st.xb, n, yqkv, pool);
         }
-        add_bias(st.q.data(), L.bq, n, nq);
-        add_bias(st.k.data(), L.bk, n, nkv);
-        add_bias(st.v.data(), L.bv, n, nkv);
+        add_bias(st.q, L.bq, n, nq);
+        add_bias(st.k, L.bk, n, nkv);
+        add_bias(st.v, L.bv, n, nkv);
         for (int64_t i = 0; i < n; ++i) {
-            const float* rc = st.rope_cos.data() + i * n_pairs;
-            const float* rs = st.rope_sin.data() + i * n_pairs;
-            cpu::rope_apply(st.q.data() + i * nq, hp.n_head, hd, n_rot, rc, rs, hp.rope);
-            cpu::rope_apply(st.k.data() + i * nkv, hp.n_head_kv, hd, n_rot, rc, rs, hp.rope);
+            const float* rc = st.rope_cos + i * n_pairs;
+            const float* rs = st.rope_sin + i * n_pairs;
+            cpu::rope_apply(st.q + i * nq, hp.n_head, hd, n_rot, rc, rs, hp.rope);
+            cpu::rope_apply(st.k + i * nkv, hp.n_head_kv, hd, n_rot, rc, rs, hp.rope);
         }
-        dump("Qcur", il, st.q.data(), n, nq);
-        dump("Kcur", il, st.k.data(), n, nkv);
-        dump("Vcur", il, st.v.data(), n, nkv);
+        dump("Qcur", il, st.q, n, nq);
+        dump("Kcur", il, st.k, n, nkv);
+        dump("Vcur", il, st.v, n, nkv);
         for (int64_t i = 0; i < n; ++i)
-            kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k.data() + i * nkv, st.v.data() + i * nkv, b.positions[size_t(i)]);
+            kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], st.k + i * nkv, st.v + i * nkv, b.positions[size_t(i)]);
         for (int32_t s : kivi_seqs) kv.kivi_pack_layer(il, s);
         if (!ap.quest_rows.empty() && il >= 2) {  // Quest: the first two layers stay dense
-            KVS_TRY(quest_select(ap, kv, il, st.q.data(), hp.n_head, st.quest_, pool));
+            KVS_TRY(quest_select(ap, kv, il, st.q, hp.n_head, st.quest_, pool));
             cpu::attention_batch qb = ab;
             qb.page_indptr = st.quest_.page_indptr.data();
             qb.page_ids = st.quest_.page_ids.data();
             qb.seq_head_entry = st.quest_.seq_head_entry.data();
             qb.q_kv_len = st.quest_.q_kv_len.data();
-            attention_with_cascade(qb, kv.view(il), st.cascade_quest_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+            attention_with_cascade(qb, kv.view(il), st.cascade_quest_, st.attn, st.lse, st.cascade_scratch_, pool);
             if (st.quest_trace_) {
                 const int64_t nkvh = hp.n_head_kv;
                 size_t off = 0;
@@ -220,57 +270,57 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
                                                                          st.quest_.table_index.begin() + long(off) + k)});
                 }
             }
-            if (st.quest_mass_on_) quest_attention_mass(ap, st.quest_, kv, il, st.q.data(), hp.n_head, st.quest_mass_sum_, st.quest_mass_n_);
+            if (st.quest_mass_on_) quest_attention_mass(ap, st.quest_, kv, il, st.q, hp.n_head, st.quest_mass_sum_, st.quest_mass_n_);
             st.quest_pages_read_ += st.quest_.pages_read;
             st.quest_pages_dense_ += st.quest_.pages_dense;
         } else if (kv.kivi()) {
-            kivi_attention(ab, st.kivi_, kv, il, st.attn.data(), st.lse.data(), st.kivi_scratch_, pool);
+            kivi_attention(ab, st.kivi_, kv, il, st.attn, st.lse, st.kivi_scratch_, pool);
         } else {
-            attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn.data(), st.lse.data(), st.cascade_scratch_, pool);
+            attention_with_cascade(ab, kv.view(il), st.cascade_, st.attn, st.lse, st.cascade_scratch_, pool);
         }
         if (!ap.h2o_entries.empty()) {  // H2O: the probabilities each kept token received
-            KVS_TRY(h2o_accumulate(ap, kv, il, st.q.data(), hp.n_head, ab.scale, pool));
+            KVS_TRY(h2o_accumulate(ap, kv, il, st.q, hp.n_head, ab.scale, pool));
             if (st.h2o_mass_on_) {
-                st.h2o_mass_.record(ap, b.seq_ids.data(), b.positions.data(), il, st.k.data(), nkv);
-                st.h2o_mass_.measure(ap, kv, b.seq_ids.data(), b.positions.data(), il, st.q.data(), hp.n_head);
+                st.h2o_mass_.record(ap, b.seq_ids.data(), b.positions.data(), il, st.k, nkv);
+                st.h2o_mass_.measure(ap, kv, b.seq_ids.data(), b.positions.data(), il, st.q, hp.n_head);
             }
         }
         if (n_sink > 0) {
             for (int64_t j = 0; j < n_sink; ++j) {
                 float* qs = st.sink_q.data() + j * nq;
-                std::copy_n(st.q.data() + int64_t(ap.sink_rows[size_t(j)]) * nq, nq, qs);
+                std::copy_n(st.q + int64_t(ap.sink_rows[size_t(j)]) * nq, nq, qs);
                 cpu::rope_apply(qs, hp.n_head, hd, n_rot, st.sink_cos.data() + j * n_pairs, st.sink_sin.data() + j * n_pairs, hp.rope);
             }
             if (kv.kivi()) kivi_attention(sink_ab, st.kivi_sink_, kv, il, st.sink_o.data(), st.sink_lse.data(), st.kivi_scratch_, pool);
             else cpu::attention_paged(sink_ab, kv.view(il), st.sink_o.data(), st.sink_lse.data(), pool);
             for (int64_t j = 0; j < n_sink; ++j) {
                 const int64_t r = ap.sink_rows[size_t(j)];
-                cpu::attention_merge(st.attn.data() + r * nq, st.lse.data() + r * hp.n_head, st.sink_o.data() + j * nq,
+                cpu::attention_merge(st.attn + r * nq, st.lse + r * hp.n_head, st.sink_o.data() + j * nq,
                                      st.sink_lse.data() + j * hp.n_head, hp.n_head, hd);
             }
         }
-        dump("kqv_out", il, st.attn.data(), n, nq);
-        cpu::matmul(L.wo, st.attn.data(), n, st.xb2.data(), pool);
-        dump("attn_out", il, st.xb2.data(), n, d);
+        dump("kqv_out", il, st.attn, n, nq);
+        cpu::matmul(L.wo, st.attn, n, st.xb2, pool);
+        dump("attn_out", il, st.xb2, n, d);
         // Residual add fused with the feed-forward norm.
         for (int64_t i = 0; i < n; ++i)
-            cpu::add_rmsnorm(st.x.data() + i * d, st.xb2.data() + i * d, L.ffn_norm, st.xb.data() + i * d, d, hp.rms_eps);
-        dump("ffn_inp", il, st.x.data(), n, d);
+            cpu::add_rmsnorm(st.x + i * d, st.xb2 + i * d, L.ffn_norm, st.xb + i * d, d, hp.rms_eps);
+        dump("ffn_inp", il, st.x, n, d);
 
         // Feed-forward block (SwiGLU).
-        dump("ffn_norm", il, st.xb.data(), n, d);
+        dump("ffn_norm", il, st.xb, n, d);
         // gate and up in one pass, SwiGLU applied per chunk while it is in cache.
-        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb.data(), n, st.gate.data(), st.up.data(), st.gate.data(), pool);
-        cpu::matmul(L.w_down, st.gate.data(), n, st.xb2.data(), pool);
-        dump("ffn_out", il, st.xb2.data(), n, d);
+        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb, n, st.gate, st.up, st.gate, pool);
+        cpu::matmul(L.w_down, st.gate, n, st.xb2, pool);
+        dump("ffn_out", il, st.xb2, n, d);
         if (il + 1 < l_end) {  // residual add fused with the next layer's attention norm
             const float* next_norm = w_.layers[size_t(il + 1)].attn_norm;
             for (int64_t i = 0; i < n; ++i)
-                cpu::add_rmsnorm(st.x.data() + i * d, st.xb2.data() + i * d, next_norm, st.xb.data() + i * d, d, hp.rms_eps);
+                cpu::add_rmsnorm(st.x + i * d, st.xb2 + i * d, next_norm, st.xb + i * d, d, hp.rms_eps);
         } else {
             for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
         }
-        dump("l_out", il, st.x.data(), n, d);
+        dump("l_out", il, st.x, n, d);
     }
 
     // KIVI: the aged-out pages are packed in every layer now; their twins take their place.
@@ -278,19 +328,19 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
     // H2O: every (layer, KV head) of each H2O sequence cuts back to its budget.
     for (size_t e = 0; e < ap.h2o_seqs.size(); ++e) KVS_TRY(h2o_cut_back(kv, ap.h2o_seqs[e], ap.h2o_filled[e]));
 
-    if (span.hidden_out) std::copy_n(st.x.data(), size_t(n * d), span.hidden_out);
+    if (span.hidden_out) std::copy_n(st.x, size_t(n * d), span.hidden_out);
 
     // LM head on the rows that want logits only.
     int64_t r = 0;
     for (int64_t i = 0; i < n; ++i)
         if (b.want_logits[size_t(i)]) {
-            cpu::rmsnorm(st.x.data() + i * d, w_.output_norm, st.out_rows.data() + r * d, d, hp.rms_eps);
+            cpu::rmsnorm(st.x + i * d, w_.output_norm, st.out_rows + r * d, d, hp.rms_eps);
             ++r;
         }
     if (n_out > 0) {
-        dump("result_norm", -1, st.out_rows.data(), n_out, d);
-        cpu::matmul(w_.output, st.out_rows.data(), n_out, st.logits_.data(), pool);
-        dump("result_output", -1, st.logits_.data(), n_out, hp.n_vocab);
+        dump("result_norm", -1, st.out_rows, n_out, d);
+        cpu::matmul(w_.output, st.out_rows, n_out, st.logits_, pool);
+        dump("result_output", -1, st.logits_, n_out, hp.n_vocab);
     }
     return status::ok();
 }

@@ -29,6 +29,7 @@
 #include "kv/quest.h"
 #include "kv/cascade.h"
 #include "kv/kv_cache.h"
+#include "model/activation_plan.h"
 #include "model/batch.h"
 #include "model/cascade_attention.h"
 #include "model/kivi_attention.h"
@@ -72,15 +73,31 @@ struct layer_span {
 };
 
 // Scratch for one forward pass, sized once for at most `max_tokens` tokens per batch and
-// `max_logits` logit rows: no allocation on the decode path.
+// `max_logits` logit rows: no allocation on the decode path. The activation buffers lie in one
+// arena where buffers never live at the same point of the pass share bytes (activation_plan.h;
+// their live ranges are listed beside llama_model::forward).
 class forward_state {
 public:
-    forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits);
+    // How the activation buffers lie in the arena.
+    enum class layout {
+        planned,   // plan_activations: buffers dead at the same time share bytes
+        disjoint,  // every buffer apart, the arena as large as their sum (comparison, debugging)
+    };
+    forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits, layout arena = layout::planned);
     forward_state(const forward_state&) = delete;
     forward_state& operator=(const forward_state&) = delete;
     int64_t max_tokens() const { return max_tokens_; }
     int64_t max_logits() const { return max_logits_; }
-    const float* logits() const { return logits_.data(); }  // (n_logits, n_vocab) of the last forward
+    // (n_logits, n_vocab) of the last forward; the next forward overwrites them.
+    const float* logits() const { return logits_; }
+    // The activation buffers of a forward pass over a model of shape `hp`, with their live
+    // ranges over the pass's program points, in arena order (what the constructor plans).
+    static std::vector<activation_buffer> activation_buffers(const llama_hparams& hp, int64_t max_tokens, int64_t max_logits);
+    const std::vector<activation_buffer>& buffers() const { return buffers_; }
+    const activation_plan& arena_plan() const { return arena_plan_; }
+    // Bytes of the arena, and of the buffers one by one (the arena of layout::disjoint).
+    size_t planned_bytes() const { return arena_plan_.arena_bytes; }
+    size_t unplanned_bytes() const { return arena_plan_.sum_bytes; }
     // Cascade attention for decode rows sharing leading pages (on by default).
     void set_cascade(bool on) { cascade_on_ = on; }
     // Shared-prefix groups of the last forward (for metrics and tests): of layers 0 and 1, and
@@ -112,16 +129,30 @@ public:
 private:
     friend class llama_model;
     int64_t max_tokens_, max_logits_;
-    std::vector<float> x, xb, xb2;       // (max_tokens, n_embd)
-    std::vector<float> q, attn;          // (max_tokens, n_head*hd)
-    std::vector<float> k, v;             // (max_tokens, n_kv*hd)
-    std::vector<float> lse;              // (max_tokens, n_head)
-    std::vector<float> gate, up;         // (max_tokens, n_ff)
-    std::vector<float> rope_cos, rope_sin;  // (max_tokens, n_rot / 2) angles of each row's position
-    std::vector<float> out_rows;         // (max_logits, n_embd)
-    std::vector<float> logits_;          // (max_logits, n_vocab)
+    struct arena_free {
+        void operator()(uint8_t* p) const;
+    };
+    std::vector<activation_buffer> buffers_;  // x .. logits_ below, in this order
+    activation_plan arena_plan_;
+    std::unique_ptr<uint8_t, arena_free> arena_;  // (arena_plan_.arena_bytes) 64-byte aligned
+    // The activation buffers, pointers into arena_.
+    float* x = nullptr;                  // (max_tokens, n_embd) residual stream
+    float* xb = nullptr;                 // (max_tokens, n_embd) normed rows: attention and FFN input
+    float* xb2 = nullptr;                // (max_tokens, n_embd) attention and FFN output
+    float* q = nullptr;                  // (max_tokens, n_head*hd)
+    float* attn = nullptr;               // (max_tokens, n_head*hd)
+    float* k = nullptr;                  // (max_tokens, n_kv*hd)
+    float* v = nullptr;                  // (max_tokens, n_kv*hd)
+    float* lse = nullptr;                // (max_tokens, n_head)
+    float* gate = nullptr;               // (max_tokens, n_ff)
+    float* up = nullptr;                 // (max_tokens, n_ff)
+    float* rope_cos = nullptr;           // (max_tokens, n_rot / 2) angles of each row's position
+    float* rope_sin = nullptr;           // (max_tokens, n_rot / 2)
+    float* out_rows = nullptr;           // (max_logits, n_embd)
+    float* logits_ = nullptr;            // (max_logits, n_vocab)
     attention_plan plan_;                // page tables and slot ranges of the batch's rows
     // StreamingLLM sink pass (plan_.sink_rows): queries re-rotated to their in-cache position.
+    // Sized per pass to its sink rows (usually a few), outside the arena.
     std::vector<float> sink_q, sink_o;   // (n_sink, n_head*hd)
     std::vector<float> sink_lse;         // (n_sink, n_head)
     std::vector<float> sink_cos, sink_sin;  // (n_sink, n_rot / 2) angles of (sink_pos - position)
