@@ -15,6 +15,7 @@
 #include "kv/kv_policy.h"
 #include "sampling/logprobs.h"
 #include "sampling/sampler.h"
+#include "sched/pooling.h"
 #include "sched/speculative.h"
 
 namespace kvs {
@@ -41,6 +42,9 @@ struct request_params {
     int32_t beam_width = 0;             // > 0: beam search with this many beams (sched/beam_search.h); the n
                                         // best hypotheses are the completions (sampling settings unused)
     float length_penalty = 1.0f;        // beam search: hypotheses rank by cum_logprob / length^length_penalty
+    bool embed = false;                 // an embedding: the prompt is computed (never from the prefix
+                                        // cache), nothing generated; the one event carries the vector
+    pooling_type pooling = pooling_type::last;  // embeddings: how token states become the vector
 };
 
 // One piece of output for one completion.
@@ -51,6 +55,7 @@ struct request_event {
     std::vector<token_logprobs> logprobs;  // one per token when logprobs were asked for
     finish_reason finish = finish_reason::none;  // set on the last event of a completion
     std::string error;                  // with finish_reason::error
+    std::vector<float> embedding;       // embedding requests: (n_embd) the pooled, L2-normalized final-normed hidden state
 };
 
 struct request_usage {

@@ -44,6 +44,9 @@ struct scheduler::sequence {
     int32_t n_draft = 0;          // drafts this cycle may still make (adaptive length shortens it)
     int32_t spec_slot = 0;        // index among the cycle's sequences (rows of spec_hidden_ / spec_q_)
     uint64_t n_cycles = 0;
+    // embeddings
+    std::vector<double> pooled;   // (n_embd) sum (mean), or the chosen row (cls, last)
+    int64_t n_pooled = 0;
 
     sequence(request_state* r, int32_t i, uint64_t ord, const tokenizer& tok)
         : req(r), index(i), order(ord), tokens(r->params.prompt), smp(seeded(r->params.sampling, i)), detok(tok),
@@ -93,6 +96,7 @@ scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& k
     state_ = std::make_unique<forward_state>(model, cfg_.max_batch_tokens, std::min<int64_t>(cfg_.max_batch_tokens, cfg_.max_seqs));
     if (cfg_.prefix_cache) cache_ = std::make_unique<prefix_cache>(kv_.pool(), kv_.config().page_size);
     state_->set_cascade(cfg_.cascade);
+    hidden_.resize(size_t(cfg_.max_batch_tokens * model.hparams().n_embd));
     cfg_.spec_max_running = std::clamp<int32_t>(cfg_.spec_max_running, 0, cfg_.max_seqs);
     if (!draft_.model || !draft_.kv) draft_ = {};
     if (cfg_.spec_max_running > 0) {
@@ -132,6 +136,17 @@ status scheduler::validate(const request_params& p) const {
     KVS_TRY(sp.validate());
     const kv_policy& pol = p.policy;
     const int32_t ps = kv_.config().page_size;
+    if (p.embed) {
+        if (p.n != 1) return status::error("an embedding is one completion (n = 1)");
+        if (p.beam_width != 0 || p.speculative.on()) return status::error("an embedding generates nothing: no beam search or speculation");
+        if (p.policy.kind != kv_policy_kind::dense) return status::error("an embedding reads its whole input (kv_policy dense)");
+        if (n_prompt > n_ctx_)
+            return status::error(strfmt("the input has %lld tokens, more than the context length %lld", (long long)n_prompt, (long long)n_ctx_));
+        if (kv_cache::pages_for(n_prompt, ps) > kv_.pool().n_pages())
+            return status::error(strfmt("the input needs %d KV pages, but the whole pool has %d (raise --kv-memory)",
+                                        kv_cache::pages_for(n_prompt, ps), kv_.pool().n_pages()));
+        return status::ok();
+    }
     if (p.beam_width != 0) {
         if (p.beam_width < 1 || p.beam_width > max_n)
             return status::error(strfmt("the beam width (best_of) must be in [1, %d], got %d", max_n, p.beam_width));
@@ -417,7 +432,7 @@ bool scheduler::ensure_free_pages(int32_t n, int32_t n_packed) {
 // Starts a sequence (no pages yet) from the longest cached prefix of its tokens.
 void scheduler::attach_cached_prefix(sequence* s) {
     request_state* r = s->req;
-    if (!cache_ || s->n_computed != 0 || s->recomputes()) return;
+    if (!cache_ || s->n_computed != 0 || s->recomputes() || r->params.embed) return;
     const int64_t ps = kv_.config().page_size;
     const int64_t n = int64_t(s->tokens.size());
     std::vector<int32_t> pages = cache_->match(r->params.cache_salt, s->tokens.data(), n, shareable_pages(s));
@@ -491,7 +506,7 @@ size_t scheduler::pick_waiting() {
 // True if a running sequence is about to compute full pages of this sequence's prefix that are
 // not cached yet: admitting it now would compute them twice, waiting a step or two reuses them.
 bool scheduler::waits_for_inflight_prefix(sequence* s) {
-    if (!cache_ || s->n_generated > 0) return false;
+    if (!cache_ || s->n_generated > 0 || s->req->params.embed) return false;
     const int64_t ps = kv_.config().page_size;
     const int64_t n = int64_t(s->tokens.size());
     const int64_t max_pages = shareable_pages(s);
@@ -755,7 +770,11 @@ result<bool> scheduler::step() {
             batch_.prompt.push_back(0);
         }
     }
-    status st = model_.forward(batch_, kv_, *state_, pool_);
+    bool any_embed = false;
+    for (const planned& pl : plan_) any_embed |= pl.seq->req->params.embed;
+    layer_span full;
+    if (any_embed) full.hidden_out = hidden_.data();
+    status st = model_.forward(batch_, kv_, *state_, pool_, nullptr, full);
     if (!st) {
         // An internal failure: fail the requests of this step, keep serving the others.
         for (const planned& pl : plan_) {
@@ -777,11 +796,19 @@ result<bool> scheduler::step() {
         for (const auto& g : state_->last_cascade_plan().groups) metrics_.cascade_rows += int64_t(g.rows.size());
     }
     const int64_t n_vocab = model_.hparams().n_vocab;
-    int64_t row = 0;
+    int64_t row = 0, batch_row = 0;
     for (const planned& pl : plan_) {
         sequence* s = pl.seq;
         const bool prompt_part = s->n_computed < s->req->n_prompt;
         s->n_computed += pl.n_tokens;
+        batch_row += pl.n_tokens;
+        if (s->req->params.embed) {
+            register_full_pages(s);
+            metrics_.prompt_tokens += pl.n_tokens;
+            if (pl.wants_logits) ++row;
+            pool_embedding(s, batch_row - pl.n_tokens, pl.n_tokens);
+            continue;
+        }
         register_full_pages(s);
         kv_.seq_trim(s->kv_seq, s->slots_after(0));  // sliding policies: pages no later row reads
         if (prompt_part) metrics_.prompt_tokens += std::min(pl.n_tokens, s->req->n_prompt - (s->n_computed - pl.n_tokens));
@@ -1141,6 +1168,37 @@ void scheduler::finish_beams(beam_group& g, bool cancelled) {
     for (request_event& ev : events) r->out->push(std::move(ev));
     if (cancelled) ++metrics_.requests_cancelled;
     else ++metrics_.requests_finished;
+}
+
+void scheduler::pool_embedding(sequence* s, int64_t row, int64_t n) {
+    const auto& hp = model_.hparams();
+    const int64_t d = hp.n_embd;
+    const pooling_type pooling = s->req->params.pooling;
+    if (s->pooled.empty()) s->pooled.assign(size_t(d), 0.0);
+    std::vector<float> normed(static_cast<size_t>(d));
+    const int64_t first = s->n_computed - n;  // token index of the first row
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t t = first + i;
+        const bool take = pooling == pooling_type::mean || (pooling == pooling_type::cls && t == 0) ||
+                          (pooling == pooling_type::last && t + 1 == int64_t(s->tokens.size()));
+        if (!take) continue;
+        cpu::rmsnorm(hidden_.data() + (row + i) * d, model_.weights().output_norm, normed.data(), d, hp.rms_eps);
+        for (int64_t j = 0; j < d; ++j) s->pooled[size_t(j)] += normed[size_t(j)];
+        ++s->n_pooled;
+    }
+    if (s->n_computed < int64_t(s->tokens.size())) return;
+    request_event ev;
+    ev.index = s->index;
+    double norm = 0;
+    for (double& v : s->pooled) {
+        v /= double(std::max<int64_t>(1, s->n_pooled));
+        norm += v * v;
+    }
+    norm = std::sqrt(norm);
+    ev.embedding.resize(size_t(d));
+    for (int64_t j = 0; j < d; ++j) ev.embedding[size_t(j)] = float(norm > 0 ? s->pooled[size_t(j)] / norm : 0.0);
+    finish(s, finish_reason::stop, ev);
+    s->req->out->push(std::move(ev));
 }
 
 void scheduler::drop_prefix_cache() {

@@ -54,6 +54,11 @@
 // has. The completions arrive when the search is done, the n best, as whole texts (stop strings
 // cut them afterwards).
 //
+// Embeddings (request_params::embed): a sequence that computes its prompt — in chunks like any
+// other, never from the prefix cache (every token's hidden state is needed), its pages
+// registered for others — and pools the final-normed hidden states of its rows as they are
+// computed (sched/pooling.h); the last chunk ends it with the L2-normalized vector.
+//
 // Contract: not thread-safe; one thread calls submit/step (the engine's loop). validate() is
 // const and safe from any thread. Events reach clients through each request's request_stream.
 #pragma once
@@ -221,6 +226,9 @@ private:
     bool beam_room(beam_group& g);
     void advance_beams(beam_group& g, const float* logits, int64_t n_vocab);
     void finish_beams(beam_group& g, bool cancelled);
+    // Embeddings: pools the rows [row, row + n) of the pass's hidden states into the sequence;
+    // ends it once its prompt is computed.
+    void pool_embedding(sequence* s, int64_t row, int64_t n);
     void handle_cancellations();
     void forget_finished_requests();
 
@@ -239,6 +247,7 @@ private:
     std::vector<float> spec_hidden_rows_;         // (rows, n_embd) a pass's hidden states in batch order
     std::vector<float> spec_q_;                   // (spec_max_running, k_max_draft_tokens, n_vocab) draft distributions
     std::vector<float> spec_p_;                   // (n_vocab) a target distribution
+    std::vector<float> hidden_;                   // (max_batch_tokens, n_embd) the pass's last hidden states (embeddings)
     std::unique_ptr<prefix_cache> cache_;  // null with config.prefix_cache off
     batch batch_;
     std::vector<planned> plan_;
