@@ -11,7 +11,6 @@
 
 namespace kvs {
 
-
 namespace {
 
 // Program points of llama_model::forward, in order; the layer loop runs p_attn_norm ..
