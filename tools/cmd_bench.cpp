@@ -3,6 +3,7 @@
 // as a table or as llama-bench-compatible JSON. Comma lists sweep a parameter.
 //   kvserve bench -m MODEL -p 512 -n 128 -d 0,4096 -r 5 -t 2 [-o json] [-c CTX] [--kv-policy SPEC ...]
 // Decode figures are also shown as a fraction of the measured memory bandwidth.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "bench_commands.h"
 #include "command.h"
 #include "common.h"
+#include "kernels/cpu/autotune.h"
 #include "kernels/cpu/bandwidth.h"
 #include "model/llama.h"
 #include "model/session.h"
@@ -96,6 +98,26 @@ int64_t count_params(const llama_model& m) {
     return n;
 }
 
+// The matmul tuning the model's weights run with: a line per weight dtype and m class.
+void print_tuning(const llama_model& m) {
+    std::vector<dtype> types;
+    auto add = [&](const cpu::weight_view& w) {
+        if (std::find(types.begin(), types.end(), w.type) == types.end()) types.push_back(w.type);
+    };
+    for (const llama_layer& L : m.weights().layers)
+        for (const cpu::weight_view* w : {&L.wq, &L.wo, &L.w_gate, &L.w_down}) add(*w);  // the first weight of each call
+    add(m.weights().output);
+    const cpu::matmul_tuning_table& t = cpu::matmul_tuning_active();
+    for (dtype type : types)
+        for (int c = 0; c < cpu::matmul_n_m_classes; ++c) {
+            const cpu::matmul_tuning& e = t.at(type, cpu::matmul_m_class(c));
+            std::fprintf(stderr, "matmul tuning: %-5s %-5s (m = %lld): %s%s%s\n", dtype_name(type),
+                         cpu::matmul_m_class_name(cpu::matmul_m_class(c)), (long long)cpu::tune_m_of[c],
+                         cpu::tune_describe(e).c_str(), e == cpu::matmul_tuning{} ? " (default)" : "",
+                         c == 0 ? (t.repack_of(type) ? "; repack allowed" : "; kept row-major") : "");
+        }
+}
+
 int cmd_bench(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "batched") return bench_batched(argc - 1, argv + 1);
     if (argc > 1 && std::string(argv[1]) == "serve") return bench_serve(argc - 1, argv + 1);
@@ -122,6 +144,8 @@ int cmd_bench(int argc, char** argv) {
     app.add_flag("--no-bandwidth-probe", no_probe, "skip the memory-bandwidth probe");
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
+    std::string tune = "off";
+    app.add_option("--tune", tune, tune_help)->check(CLI::IsMember({"off", "fast", "full"}))->capture_default_str();
     kv_type_option kvt;
     add_kv_type_options(app, kvt);
     int64_t n_ctx = 0;
@@ -156,12 +180,16 @@ int cmd_bench(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    load_options lo = repack_options(no_repack);
+    cpu::tune_level_from_name(tune, &lo.tune);
+    lo.tune_threads = int(*std::max_element(ts.begin(), ts.end()));
+    auto model = llama_model::load(model_path, lo);
     if (!model) {
         std::fprintf(stderr, "kvserve bench: %s\n", model.message().c_str());
         return 1;
     }
     const llama_model& m = *model.value();
+    if (lo.tune != cpu::tune_level::off) print_tuning(m);
     int64_t max_tokens = 0;
     for (int64_t d : ds)
         for (int64_t p : ps) max_tokens = std::max(max_tokens, d + p);

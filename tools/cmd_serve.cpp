@@ -100,10 +100,15 @@ int cmd_serve(int argc, char** argv) {
     add_kv_policy_option(app, kv_policy_spec);
     speculative_option spec_opt;
     add_speculative_options(app, spec_opt);
+    std::string pooling_spec;
+    app.add_option("--pooling", pooling_spec, "/v1/embeddings pooling: mean, cls or last (default: the model's, else last)")
+        ->check(CLI::IsMember({"mean", "cls", "last"}));
     app.add_option("--spec-max-running", ec.sched.spec_max_running, "speculation runs only while at most N sequences run (0 = never)")
         ->check(CLI::Range(0, 65536))->capture_default_str();
     bool no_repack = false;
     app.add_flag("--no-repack", no_repack, no_repack_help);
+    std::string tune = "off";
+    app.add_option("--tune", tune, tune_help)->check(CLI::IsMember({"off", "fast", "full"}))->capture_default_str();
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
 
     if (!sc.chat_template.empty()) {
@@ -147,7 +152,10 @@ int cmd_serve(int argc, char** argv) {
     // Before any thread starts: every thread inherits the mask, the watch below receives the signals.
     termination_watch::block_signals();
 
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    load_options load_opts = repack_options(no_repack);
+    cpu::tune_level_from_name(tune, &load_opts.tune);
+    load_opts.tune_threads = threads;
+    auto model = llama_model::load(model_path, load_opts);
     if (!model) {
         std::fprintf(stderr, "kvserve serve: %s\n", model.message().c_str());
         return 1;
@@ -164,6 +172,8 @@ int cmd_serve(int argc, char** argv) {
     }
     if (!resolve_kv_type(kvt, "serve", &ec.kv_type, &ec.kv_v_type, &ec.kivi)) return 2;
     if (!resolve_kv_policy(kv_policy_spec, "serve", &sc.default_policy)) return 2;
+    sc.pooling = pooling_of_model(model.value()->file(), model.value()->hparams().arch);
+    if (!pooling_spec.empty()) (void)pooling_from_name(pooling_spec, &sc.pooling);
     // The default speculation must suit the server's default policy and cache, else every
     // request naming neither would be refused.
     if (const speculative_params& sp = sc.default_speculative; sp.on()) {

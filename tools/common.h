@@ -70,6 +70,10 @@ inline load_options repack_options(bool no_repack) {
     if (no_repack) o.repack = weight_repack::never;
     return o;
 }
+// Help text of the --tune option (bench, serve).
+inline constexpr const char* tune_help =
+    "matmul autotuning at load: off, fast (a few seconds) or full (longer; also picks the weight layout); "
+    "results are cached per CPU, build and model shape ($KVSERVE_TUNE_CACHE, else ~/.cache/kvserve)";
 // Runs CLI11 parsing; returns -1 to continue or the exit code (0 for --help, 2 for errors).
 int parse_cli(CLI::App& app, int argc, char** argv);
 

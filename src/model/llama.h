@@ -186,6 +186,11 @@ enum class weight_repack {
 
 struct load_options {
     weight_repack repack = weight_repack::automatic;
+    // Matmul autotuning at load (kernels/cpu/autotune.h): off, or fast / full, which time the
+    // model's matmul shapes on this CPU (or read the cached result) and set the process's
+    // matmul tuning; full also picks the weight layout per dtype (with repack automatic).
+    cpu::tune_level tune = cpu::tune_level::off;
+    int tune_threads = 0;  // threads the model will run with (0: the hardware's)
 };
 
 // The KV format for models with quantized weights (see llama_model::auto_kv_type), chosen

@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
+#include "kernels/cpu/autotune.h"
 #include "kernels/cpu/interleave.h"
 
 namespace kvs {
@@ -41,6 +43,31 @@ cpu::weight_view view_of(const gguf_tensor_info* t) {
     return w;
 }
 
+// The matmul calls of one forward pass (llama.cpp's forward): per layer Q/K/V in one
+// matmul_multi, the output projection, gate/up in one matmul_swiglu, the down projection;
+// then the LM head.
+cpu::tune_workload workload_of(const llama_weights& w) {
+    cpu::tune_workload calls;
+    using kind = cpu::tune_call::kind;
+    for (const llama_layer& L : w.layers) {
+        calls.push_back({kind::multi, {L.wq, L.wk, L.wv}, false});
+        calls.push_back({kind::single, {L.wo}, false});
+        calls.push_back({kind::swiglu, {L.w_gate, L.w_up}, false});
+        calls.push_back({kind::single, {L.w_down}, false});
+    }
+    calls.push_back({kind::single, {w.output}, true});
+    return calls;
+}
+
+const char* repack_name(weight_repack r) {
+    switch (r) {
+        case weight_repack::automatic: return "automatic";
+        case weight_repack::never: return "never";
+        case weight_repack::always: return "always";
+    }
+    return "?";
+}
+
 }  // namespace
 
 result<std::unique_ptr<llama_model>> llama_model::load(const std::string& path, const load_options& opts) {
@@ -59,7 +86,48 @@ result<std::unique_ptr<llama_model>> llama_model::from_gguf(std::unique_ptr<gguf
     if (!hp) return hp.error();
     m->hp_ = hp.value();
     KVS_TRY(m->bind_weights());
+    if (opts.tune == cpu::tune_level::off) {
+        m->repack_weights(opts.repack);
+        return m;
+    }
+    // Tuning: the cached result for this CPU, build and workload, else measured now (the
+    // layouts first at level full, then the work splits on the weights as they will be read).
+    const int n_threads = opts.tune_threads > 0 ? opts.tune_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+    thread_pool pool(n_threads);
+    const cpu::tune_workload file_layout = workload_of(m->w_);
+    const cpu::tune_key key =
+        cpu::tune_key_for(file_layout, n_threads, opts.tune, std::string("repack ") + repack_name(opts.repack));
+    const std::string dir = cpu::tune_cache_dir();
+    const std::string path = dir.empty() ? std::string() : cpu::tune_cache_path(dir, key);
+    const char* level = cpu::tune_level_name(opts.tune);
+    cpu::matmul_tuning_table table = cpu::matmul_tuning_active();
+    if (!path.empty() && cpu::tune_cache_read(path, key, &table)) {
+        cpu::matmul_tuning_set(table);
+        m->repack_weights(opts.repack);
+        std::fprintf(stderr, "matmul tuning (%s): read %s\n", level, path.c_str());
+        return m;
+    }
+    cpu::tune_budget budget = cpu::tune_budget_for(opts.tune);
+    const std::vector<dtype> dtypes = cpu::tune_dtypes(file_layout);
+    for (dtype t : dtypes) table.set_repack(t, true);
+    // KVSERVE_TUNE_TRACE=1 prints every timed run.
+    cpu::tune_trace trace;
+    if (const char* e = std::getenv("KVSERVE_TUNE_TRACE"); e && *e && std::string(e) != "0")
+        trace = [](const cpu::tune_trial& t) {
+            std::fprintf(stderr, "matmul tuning: %-5s %-5s %-13s %s: %.3f ms\n", dtype_name(t.type),
+                         cpu::matmul_m_class_name(t.m_class),
+                         t.layout == cpu::weight_layout::interleaved16 ? "interleaved16" : "",
+                         cpu::tune_describe(t.tuning).c_str(), t.seconds * 1e3);
+        };
+    if (opts.tune == cpu::tune_level::full && opts.repack == weight_repack::automatic && cpu::interleave_preferred())
+        cpu::autotune_layouts(file_layout, pool, &table, budget, trace);
+    cpu::matmul_tuning_set(table);
     m->repack_weights(opts.repack);
+    const cpu::tune_result tuned = cpu::autotune(workload_of(m->w_), pool, opts.tune, table, budget, trace);
+    cpu::matmul_tuning_set(tuned.table);
+    const bool saved = !path.empty() && cpu::tune_cache_write(path, key, tuned.table, dtypes);
+    std::fprintf(stderr, "matmul tuning (%s): %d runs in %.1f s%s%s\n", level, budget.evaluations, budget.seconds,
+                 saved ? ", saved to " : "", saved ? path.c_str() : "");
     return m;
 }
 
@@ -67,6 +135,11 @@ void llama_model::free_deleter::operator()(void* p) const { std::free(p); }
 
 void llama_model::repack_weights(weight_repack mode) {
     if (mode == weight_repack::never || (mode == weight_repack::automatic && !cpu::interleave_preferred())) return;
+    // automatic: only the dtypes the matmul tuning leaves repacked (all unless tuned otherwise).
+    const cpu::matmul_tuning_table& tuning = cpu::matmul_tuning_active();
+    auto wanted = [&](const cpu::weight_view& v) {
+        return cpu::can_interleave(v) && (mode == weight_repack::always || tuning.repack_of(v.type));
+    };
     std::vector<cpu::weight_view*> views;
     for (llama_layer& L : w_.layers)
         for (cpu::weight_view* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) views.push_back(v);
@@ -78,7 +151,7 @@ void llama_model::repack_weights(weight_repack mode) {
     std::vector<size_t> offsets;
     for (cpu::weight_view* v : views) {
         offsets.push_back(total);
-        if (cpu::can_interleave(*v)) total += (cpu::interleaved_bytes(*v) + 63) / 64 * 64;
+        if (wanted(*v)) total += (cpu::interleaved_bytes(*v) + 63) / 64 * 64;
     }
     if (total == 0) return;
     total = (total + align - 1) / align * align;
@@ -96,7 +169,7 @@ void llama_model::repack_weights(weight_repack mode) {
     };
     std::vector<job> jobs;
     for (size_t i = 0; i < views.size(); ++i) {
-        if (!cpu::can_interleave(*views[i])) continue;
+        if (!wanted(*views[i])) continue;
         for (int64_t r = 0; r < views[i]->n_out; r += 256) jobs.push_back({i, r, std::min(views[i]->n_out, r + 256)});
     }
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
@@ -117,7 +190,7 @@ void llama_model::repack_weights(weight_repack mode) {
     });
     for (size_t i = 0; i < views.size(); ++i) {
         cpu::weight_view& v = *views[i];
-        if (!cpu::can_interleave(v)) continue;
+        if (!wanted(v)) continue;
         v.data = repacked_.get() + offsets[i];
         v.layout = cpu::weight_layout::interleaved16;
     }

@@ -17,6 +17,7 @@
 #include "server/api_keys.h"
 #include "server/chat_prompt.h"
 #include "server/connection_watchdog.h"
+#include "server/embeddings.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/openai_request.h"
@@ -151,6 +152,7 @@ struct http_server::impl {
                         std::chrono::steady_clock::time_point deadline);
     bool write_stream(stream_job& job, httplib::DataSink& sink);
     void handle_tokenize(const httplib::Request& req, httplib::Response& res);
+    void handle_embeddings(const httplib::Request& req, httplib::Response& res);
     void handle_detokenize(const httplib::Request& req, httplib::Response& res);
     json model_card() const;
 
@@ -382,6 +384,78 @@ void http_server::impl::respond_stream(const httplib::Request& req, httplib::Res
         });
 }
 
+void http_server::impl::handle_embeddings(const httplib::Request& req, httplib::Response& res) {
+    const auto deadline = deadline_from_now();
+    nlohmann::ordered_json body;
+    if (auto e = parse_body(req, &body)) return send_error(res, *e);
+    embedding_request er;
+    if (auto e = parse_embedding_request(body, tok, model.hparams().n_embd, &er)) return send_error(res, *e);
+    if (is_stopping()) {
+        metrics.count_rejected("draining");
+        return send_error(res, shutting_down_error());
+    }
+    // One engine request per input: the scheduler batches them with everything else.
+    std::vector<std::shared_ptr<request_stream>> streams;
+    auto cancel_all = [&] {
+        for (auto& st : streams) {
+            st->cancel();
+            while (st->pop()) {
+            }
+            end(st);
+        }
+    };
+    int64_t prompt_tokens = 0;
+    for (auto& ids : er.inputs) {
+        request_params p;
+        prompt_tokens += int64_t(ids.size());
+        p.prompt = std::move(ids);
+        p.embed = true;
+        p.pooling = cfg.pooling;
+        auto sub = eng.submit(std::move(p));
+        if (!sub) {
+            cancel_all();
+            const status err = sub.error();
+            if (err.code() == 503) return send_overloaded(res, err.message());
+            return send_error(res, api_error::invalid(err.message(), "input"));
+        }
+        begin(sub.value());
+        streams.push_back(std::move(sub.value()));
+    }
+    std::vector<std::vector<float>> vectors(streams.size());
+    const std::string peer = peer_of(req);
+    for (size_t i = 0; i < streams.size(); ++i) {
+        for (;;) {
+            auto ev = streams[i]->pop(100);
+            if (ev) {
+                if (ev->finish == finish_reason::error) {
+                    cancel_all();
+                    return send_error(res, {500, "embedding failed: " + ev->error, "", "server_error", ""});
+                }
+                if (ev->finish == finish_reason::cancelled) {
+                    cancel_all();
+                    return send_error(res, shutting_down_error());
+                }
+                if (!ev->embedding.empty()) vectors[i] = std::move(ev->embedding);
+                continue;
+            }
+            if (streams[i]->done()) break;
+            if (watchdog.peer_gone(peer)) {
+                cancel_all();
+                metrics.count_client_disconnect();
+                res.status = 499;
+                return;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                cancel_all();
+                metrics.count_request_timeout();
+                return send_error(res, timeout_error(cfg.request_timeout));
+            }
+        }
+    }
+    for (auto& st : streams) end(st);
+    send_json(res, 200, embedding_response(vectors, er.base64, name, prompt_tokens));
+}
+
 void http_server::impl::handle_tokenize(const httplib::Request& req, httplib::Response& res) {
     nlohmann::ordered_json body;
     if (auto e = parse_body(req, &body)) return send_error(res, *e);
@@ -482,6 +556,7 @@ void http_server::impl::setup_routes() {
     svr.Get("/metrics", route([this](const httplib::Request&, httplib::Response& r) {
         r.set_content(metrics.render(eng.stats(), watchdog.read_timeouts()), "text/plain; version=0.0.4");
     }));
+    svr.Post("/v1/embeddings", route([this](const httplib::Request& q, httplib::Response& r) { handle_embeddings(q, r); }));
     svr.Post("/tokenize", route([this](const httplib::Request& q, httplib::Response& r) { handle_tokenize(q, r); }));
     svr.Post("/detokenize", route([this](const httplib::Request& q, httplib::Response& r) { handle_detokenize(q, r); }));
     if (cfg.debug_routes) svr.Get("/debug/kv", route([this](const httplib::Request&, httplib::Response& r) { send_json(r, 200, debug_kv()); }));

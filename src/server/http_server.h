@@ -43,6 +43,7 @@
 
 #include "core/status.h"
 #include "kv/kv_policy.h"
+#include "sched/pooling.h"
 #include "sched/speculative.h"
 
 namespace kvs {
@@ -66,6 +67,7 @@ struct server_config {
     int retry_after = 1;         // seconds, the Retry-After of a 503
     kv_policy default_policy;    // KV policy of requests that name none (their "kv_policy" field)
     speculative_params default_speculative;  // speculation of requests that name none (their "speculative" field)
+    pooling_type pooling = pooling_type::last;  // /v1/embeddings: how token states become a vector (serve --pooling)
 };
 
 // The model id to serve: the GGUF's general.name, else the file name without ".gguf".

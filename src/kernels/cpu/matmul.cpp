@@ -13,13 +13,20 @@
 // weights against m >= 2 rows use bf16 dot products where the CPU has AVX512-BF16 (x rounded
 // to bf16 once per call; matmul_bf16dot_avx512.cpp states the precision contract).
 //
+// The numbers above (64 rows, ~8 tasks per thread, 512 KiB, bf16 dot products) are the defaults
+// of matmul_tuning (ops.h); a call reads them from the tuning of its first weight's dtype and
+// its m class, so that autotune.h can pick others for the running CPU.
+//
 // Quantized weights (q8_0, q4_0, q4_1) are multiplied with x quantized on the fly to 8-bit
 // blocks of 32 (one f32 scale per block), so each block's dot is an integer dot product.
 // K-quant weights (q4_K, q5_K, q6_K) use x quantized per super-block of 256 (q8k_rows), so
 // a whole super-block's scaled sub-block dots are summed in integers.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <forward_list>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "kernels/cpu/interleave.h"
@@ -119,11 +126,64 @@ std::vector<uint16_t>& bf16_scratch() {
     return s;
 }
 
+// The active tuning table. Tables are immutable once published and never freed (a few KB
+// each, set once per model load), so a matmul may keep reading the one it started with.
+const matmul_tuning_table& default_tuning() {
+    static const matmul_tuning_table t;
+    return t;
+}
 
-
-constexpr int64_t max_m_block = 64;  // x rows per task (their q8 copy stays in L2)
+std::atomic<const matmul_tuning_table*>& active_tuning() {
+    static std::atomic<const matmul_tuning_table*> p{&default_tuning()};
+    return p;
+}
 
 }  // namespace
+
+matmul_tuning_table::matmul_tuning_table() {
+    for (auto& row : entry)
+        for (matmul_tuning& e : row) e = matmul_tuning{};
+    for (bool& r : repack) r = true;
+}
+
+const char* matmul_m_class_name(matmul_m_class c) {
+    switch (c) {
+        case matmul_m_class::gemv: return "gemv";
+        case matmul_m_class::small: return "small";
+        case matmul_m_class::large: return "large";
+    }
+    return "?";
+}
+
+const matmul_tuning_table& matmul_tuning_active() { return *active_tuning().load(std::memory_order_acquire); }
+
+void matmul_tuning_set(const matmul_tuning_table& t) {
+    static std::mutex mu;
+    static std::forward_list<matmul_tuning_table> published;
+    std::lock_guard<std::mutex> lock(mu);
+    published.push_front(t);
+    active_tuning().store(&published.front(), std::memory_order_release);
+}
+
+void matmul_tuning_reset() { active_tuning().store(&default_tuning(), std::memory_order_release); }
+
+const char* tune_level_name(tune_level l) {
+    switch (l) {
+        case tune_level::off: return "off";
+        case tune_level::fast: return "fast";
+        case tune_level::full: return "full";
+    }
+    return "?";
+}
+
+bool tune_level_from_name(const std::string& s, tune_level* out) {
+    for (tune_level l : {tune_level::off, tune_level::fast, tune_level::full})
+        if (s == tune_level_name(l)) {
+            *out = l;
+            return true;
+        }
+    return false;
+}
 
 bool matmul_supported(dtype t) { return gemm_for(*detail::kernels_scalar(), t) != nullptr; }
 
@@ -134,16 +194,18 @@ namespace {
 // `glu_out`, n_w is 2 (gate, up of equal n_out) and every task computes the same row chunk
 // of both, then writes glu_out = swiglu(gate, up) over that chunk while it is hot in cache.
 void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, float* const* ys,
-                 float* glu_out, thread_pool& pool) {
+                 float* glu_out, thread_pool& pool, const matmul_tuning* tuning) {
     constexpr int max_w = 8;
     if (m <= 0 || n_w <= 0) return;
+    const matmul_tuning& tn = tuning ? *tuning : matmul_tuning_active().at(ws[0].type, matmul_m_class_of(m));
     const detail::kernel_table& k = detail::active_kernels();
     const int64_t n_in = ws[0].n_in;
     detail::gemm_fn fns[max_w] = {};
     bool uses_bf16[max_w] = {};
     // Half-precision weights against several rows use bf16 dot products where the CPU has
-    // them (compute-bound there); a single row (decode, bandwidth-bound) keeps f32 math.
-    const detail::bf16dot_kernel_table* bk = m >= 2 ? detail::active_bf16dot_kernels() : nullptr;
+    // them (compute-bound there) unless the tuning says otherwise; a single row (decode,
+    // bandwidth-bound) keeps f32 math.
+    const detail::bf16dot_kernel_table* bk = m >= 2 && tn.bf16_dot ? detail::active_bf16dot_kernels() : nullptr;
     bool any_quantized = false, any_kquant = false, any_bf16 = false, ok = n_w <= max_w;
     for (int j = 0; ok && j < n_w; ++j) {
         const weight_view& w = ws[j];
@@ -218,16 +280,26 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     const int n_units = glu_out ? 1 : n_w;
     int64_t total_rows = 0;
     for (int j = 0; j < n_units; ++j) total_rows += ws[j].n_out;
+    // x rows per task: at most tn.m_block (default 64: their q8 copy stays in L2). Not for
+    // row-major k-quant weights: the AVX-512 kernel orders a row's sums differently in tiles of
+    // 16 rows or more (rows in lanes) than below, so the height would change values.
+    bool height_sensitive = false;
+    for (int j = 0; j < n_w; ++j)
+        height_sensitive = height_sensitive || (is_kquant(ws[j].type) && ws[j].layout == weight_layout::row_major);
+    const int64_t max_m_block = height_sensitive ? matmul_tuning{}.m_block : std::clamp<int64_t>(tn.m_block, 1, 1 << 16);
     const int64_t n_m_blocks = (m + max_m_block - 1) / max_m_block;
     const int64_t m_block = (m + n_m_blocks - 1) / n_m_blocks;  // balanced block height
-    // Aim for ~8 tasks per thread in total, weight-row chunks a multiple of 16 rows (whole
-    // groups of interleaved16 weights).
-    int64_t target_chunks = std::max<int64_t>(1, int64_t(n_threads) * 8 / n_m_blocks);
+    // Aim for ~tn.tasks_per_thread tasks per thread in total, weight-row chunks a multiple of
+    // 16 rows (whole groups of interleaved16 weights).
+    const int64_t tasks_per_thread = std::clamp<int64_t>(tn.tasks_per_thread, 1, 1024);
+    int64_t target_chunks = std::max<int64_t>(1, int64_t(n_threads) * tasks_per_thread / n_m_blocks);
     int64_t chunk = (total_rows + target_chunks - 1) / target_chunks;
-    // A task walks its weight rows once per 8 x rows: keep them within half of a 1 MiB L2.
-    if (m > 8) {
+    // A task walks its weight rows once per 8 x rows: keep them within tn.l2_kib (default half
+    // of a 1 MiB L2).
+    if (m > 8 && tn.l2_kib > 0) {
         const int64_t row_bytes = int64_t(dtype_row_bytes(ws[0].type, n_in));
-        chunk = std::min<int64_t>(chunk, std::max<int64_t>(16, (int64_t(512) << 10) / std::max<int64_t>(1, row_bytes)));
+        const int64_t budget = std::min<int64_t>(tn.l2_kib, int64_t(1) << 30) << 10;
+        chunk = std::min<int64_t>(chunk, std::max<int64_t>(16, budget / std::max<int64_t>(1, row_bytes)));
     }
     chunk = std::max<int64_t>(16, (chunk + 15) / 16 * 16);
     int64_t chunk_start[max_w + 1] = {0};  // prefix sums of chunks per unit
@@ -282,20 +354,21 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
 
 }  // namespace
 
-void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool) {
+void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool, const matmul_tuning* tuning) {
     if (w.n_out <= 0) return;
-    matmul_impl(&w, 1, x, m, &y, nullptr, pool);
+    matmul_impl(&w, 1, x, m, &y, nullptr, pool, tuning);
 }
 
-void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, float* const* y, thread_pool& pool) {
-    matmul_impl(w, n_w, x, m, y, nullptr, pool);
+void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, float* const* y, thread_pool& pool,
+                  const matmul_tuning* tuning) {
+    matmul_impl(w, n_w, x, m, y, nullptr, pool, tuning);
 }
 
 void matmul_swiglu(const weight_view& gate, const weight_view& up, const float* x, int64_t m, float* y_gate,
-                   float* y_up, float* out, thread_pool& pool) {
+                   float* y_up, float* out, thread_pool& pool, const matmul_tuning* tuning) {
     const weight_view ws[2] = {gate, up};
     float* const ys[2] = {y_gate, y_up};
-    matmul_impl(ws, 2, x, m, ys, out, pool);
+    matmul_impl(ws, 2, x, m, ys, out, pool, tuning);
 }
 
 }  // namespace kvs::cpu

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
@@ -37,19 +38,71 @@ struct weight_view {
     weight_layout layout = weight_layout::row_major;
 };
 
+// How the matmul front end (matmul.cpp) splits one call into tasks, and which kernel variant
+// it picks, for one weight dtype and one class of x row counts (matmul_m_class). The defaults
+// are the fixed choices the front end was tuned with on Zen 4; autotune.h measures others on
+// the running CPU. Work-split knobs (m_block, tasks_per_thread, l2_kib) only change which
+// thread computes which tile: results are bit-identical whatever their values. bf16_dot
+// changes the arithmetic (the bf16 dot-product contract, matmul_bf16dot_avx512.cpp).
+struct matmul_tuning {
+    int32_t m_block = 64;          // most x rows per task (m >= 2; fixed for row-major k-quant weights)
+    int32_t tasks_per_thread = 8;  // weight-row chunks per pool thread, over all x row blocks
+    int32_t l2_kib = 512;          // m > 8: a task's weight rows stay within this many KiB (0: no limit)
+    bool bf16_dot = true;          // f16/bf16 weights, m >= 2: bf16 dot products where the CPU has them
+    bool operator==(const matmul_tuning&) const = default;
+};
+
+// Classes of x row counts with their own tuning: decode (a GEMV, bandwidth-bound), small
+// batches (batched decode, short chunks) and prompt chunks.
+enum class matmul_m_class : uint8_t { gemv = 0, small = 1, large = 2 };
+inline constexpr int matmul_n_m_classes = 3;
+inline constexpr matmul_m_class matmul_m_class_of(int64_t m) {
+    return m <= 1 ? matmul_m_class::gemv : m <= 16 ? matmul_m_class::small : matmul_m_class::large;
+}
+const char* matmul_m_class_name(matmul_m_class c);  // "gemv", "small", "large"
+
+// The tuning of every (weight dtype, m class), and the load-time layout choice per dtype.
+struct matmul_tuning_table {
+    matmul_tuning entry[dtype_id_limit][matmul_n_m_classes];  // [dtype id][m class]
+    // Whether loaders may repack weights of this dtype to interleaved16 (where the CPU has
+    // kernels for the layout; model/llama.h, weight_repack::automatic).
+    bool repack[dtype_id_limit];
+    matmul_tuning_table();  // defaults everywhere
+    const matmul_tuning& at(dtype t, matmul_m_class c) const { return entry[uint32_t(t) % dtype_id_limit][int(c)]; }
+    matmul_tuning& at(dtype t, matmul_m_class c) { return entry[uint32_t(t) % dtype_id_limit][int(c)]; }
+    bool repack_of(dtype t) const { return repack[uint32_t(t) % dtype_id_limit]; }
+    void set_repack(dtype t, bool on) { repack[uint32_t(t) % dtype_id_limit] = on; }
+};
+
+// The table matmul calls use when none is passed: process-wide, defaults until set (model
+// loading sets it when asked to tune). Reading is always safe; set() while other threads run
+// matmuls is safe too (they finish with the table they started with).
+const matmul_tuning_table& matmul_tuning_active();
+void matmul_tuning_set(const matmul_tuning_table& t);
+void matmul_tuning_reset();  // back to the defaults
+
+// How much matmul tuning model loading does (autotune.h): none, a few seconds, or longer.
+enum class tune_level : uint8_t { off = 0, fast = 1, full = 2 };
+const char* tune_level_name(tune_level l);                // "off", "fast", "full"
+bool tune_level_from_name(const std::string& s, tune_level* out);
+
 // y (m, n_out) = x (m, n_in) · wᵀ.  x and y are row-major float, contiguous.
 // Quantized weights may quantize x to 8 bits on the fly (as ggml does for q4_0/q8_0 dots);
-// tolerance against the float64 reference is then per dtype. Work is split over the pool.
-void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool);
+// tolerance against the float64 reference is then per dtype. Work is split over the pool as
+// `tuning` says, or as matmul_tuning_active() says for w's dtype and m when it is null.
+void matmul(const weight_view& w, const float* x, int64_t m, float* y, thread_pool& pool,
+            const matmul_tuning* tuning = nullptr);
 // Several matmuls that share x, in one pass over the pool (one fork/join, x quantized once):
 // y[j] (m, w[j].n_out) = x · w[j]ᵀ for j in [0, n_w), n_w <= 8, every w[j].n_in equal
-// (otherwise every y[j] is NaN). Values are identical to n_w separate matmul calls.
-void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, float* const* y, thread_pool& pool);
+// (otherwise every y[j] is NaN). Values are identical to n_w separate matmul calls with the
+// same tuning. The active tuning is that of w[0]'s dtype.
+void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, float* const* y, thread_pool& pool,
+                  const matmul_tuning* tuning = nullptr);
 // The SwiGLU feed-forward input in one pass: y_gate = x · gateᵀ, y_up = x · upᵀ (both
 // (m, n_out), used as scratch) and out = swiglu(y_gate, y_up) (m, n_out), computed chunk by
 // chunk while the chunk is in cache. out may alias y_gate. gate.n_out must equal up.n_out.
 void matmul_swiglu(const weight_view& gate, const weight_view& up, const float* x, int64_t m, float* y_gate,
-                   float* y_up, float* out, thread_pool& pool);
+                   float* y_up, float* out, thread_pool& pool, const matmul_tuning* tuning = nullptr);
 // Whether matmul has kernels for weights of this dtype (f32, f16, bf16, q8_0, q4_0, q4_1,
 // q4_k, q5_k, q6_k).
 // matmul with an unsupported dtype, or n_in not a multiple of its block size, writes NaN.
