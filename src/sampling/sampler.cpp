@@ -187,12 +187,7 @@ void sampler::distribution(const float* logits, int64_t n_vocab, float* probs) {
         probs[0] = 1.0f;
         return;
     }
-    const float inv_t = 1.0f / params_.temperature;
-    if (params_.temperature != 1.0f)
-        for (int64_t i = 0; i < n_cand; ++i) cand_[size_t(i)].logit *= inv_t;
-    softmax(n_cand);
-    n_cand = apply_top_p(n_cand);
-    n_cand = apply_min_p(n_cand);
+    n_cand = truncate_candidates(n_cand);
     double total = 0.0;
     for (int64_t i = 0; i < n_cand; ++i) total += cand_[size_t(i)].prob;
     for (int64_t i = 0; i < n_cand; ++i) probs[cand_[size_t(i)].id] = float(double(cand_[size_t(i)].prob) / total);
@@ -244,13 +239,17 @@ int64_t sampler::gather_candidates(const float* x, int64_t n_vocab) {
     return n_cand;
 }
 
-int32_t sampler::sample_from_candidates(int64_t n_cand) {
+int64_t sampler::truncate_candidates(int64_t n_cand) {
     const float inv_t = 1.0f / params_.temperature;
     if (params_.temperature != 1.0f)
         for (int64_t i = 0; i < n_cand; ++i) cand_[size_t(i)].logit *= inv_t;
     softmax(n_cand);
     n_cand = apply_top_p(n_cand);
-    n_cand = apply_min_p(n_cand);
+    return apply_min_p(n_cand);
+}
+
+int32_t sampler::sample_from_candidates(int64_t n_cand) {
+    n_cand = truncate_candidates(n_cand);
 
     // Inverse CDF over the kept (unnormalised) probabilities.
     double total = 0.0;

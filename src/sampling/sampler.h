@@ -131,6 +131,9 @@ private:
     void ensure_capacity(int64_t n_vocab);
     int64_t gather_candidates(const float* logits, int64_t n_vocab);  // masking + top-k
     int32_t sample_from_candidates(int64_t n_cand);
+    // Steps 4-7 of the pipeline (temperature, softmax, top-p, min-p) over the gathered
+    // candidates; returns how many are kept (probabilities unnormalised once truncated).
+    int64_t truncate_candidates(int64_t n_cand);
     int64_t apply_top_p(int64_t n_cand);
     int64_t apply_min_p(int64_t n_cand);
     void softmax(int64_t n_cand);
