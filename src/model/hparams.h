@@ -28,13 +28,22 @@ struct llama_hparams {
     cpu::rope_layout rope = cpu::rope_layout::normal;
     bool qkv_bias = false;     // Qwen2: biases on Q, K and V projections
     bool tied_output = false;  // no output.weight: the LM head reuses token_embd
+    // YOCO (arch "yoco", docs/yoco.md): layers [0, n_layer_self) form the self-decoder
+    // (sliding-window attention over the sliding_window newest tokens, each layer its own K/V),
+    // layers [n_layer_self, n_layer) the cross-decoder (queries only, attending to the one
+    // global K/V projected from the self-decoder's output). 0 for every other architecture.
+    int64_t n_layer_self = 0;
+    int64_t sliding_window = 0;  // W (tokens, the current one included)
+
+    bool yoco() const { return n_layer_self > 0; }
 
     int64_t n_gqa() const { return n_head / n_head_kv; }
     // Errors name the offending key and value.
     static result<llama_hparams> from_gguf(const gguf_file& f);
 };
 
-// Architectures this file family runs: llama (and its relatives stored as "llama"), qwen2.
+// Architectures this file family runs: llama (and its relatives stored as "llama"), qwen2,
+// mistral, and yoco (Llama layers split into a self- and a cross-decoder).
 bool llama_family_arch(const std::string& arch);
 
 }  // namespace kvs

@@ -40,6 +40,7 @@ namespace kvs {
 struct llama_layer {
     const float* attn_norm = nullptr;  // (n_embd)
     cpu::weight_view wq, wk, wv, wo;   // (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd)
+                                       // (YOCO cross-decoder layers have no wk, wv: data null)
     const float* bq = nullptr;         // (n_head*hd) qwen2 only
     const float* bk = nullptr;         // (n_kv*hd)
     const float* bv = nullptr;         // (n_kv*hd)
@@ -52,6 +53,10 @@ struct llama_weights {
     std::vector<llama_layer> layers;
     const float* output_norm = nullptr;  // (n_embd)
     cpu::weight_view output;             // (n_vocab, n_embd); token_embd when tied
+    // YOCO: the global K/V made once per token from the self-decoder's output,
+    // k = rmsnorm(x, global_norm) · global_k (RoPE at the token's position), v likewise.
+    const float* global_norm = nullptr;  // (n_embd)
+    cpu::weight_view global_k, global_v; // (n_kv*hd, n_embd) each
 };
 
 // Called with every named intermediate tensor of a forward pass (rows = batch tokens),
