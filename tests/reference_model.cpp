@@ -409,13 +409,145 @@ std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, cons
     return logits;
 }
 
+// ---- YOCO ------------------------------------------------------------------------------------
+
+namespace {
+
+// One token's attention output (n_head · head_dim): query q (rotated) against the keys and
+// values of the tokens j with visible[j] (rotated keys, (n_kv_head · head_dim) each), query head
+// h reading KV head h / (n_head / n_head_kv), scores scaled by 1/√head_dim, softmax over the
+// visible tokens only.
+std::vector<double> masked_attention(const llama_hparams& hp, const std::vector<double>& q,
+                                     const std::vector<std::vector<double>>& K, const std::vector<std::vector<double>>& V,
+                                     const std::vector<bool>& visible) {
+    const int64_t hd = hp.head_dim;
+    std::vector<double> out(size_t(hp.n_head * hd), 0.0);
+    for (int64_t h = 0; h < hp.n_head; ++h) {
+        const int64_t kh = h / (hp.n_head / hp.n_head_kv);
+        std::vector<double> p(K.size(), 0.0);
+        double mx = -1e300;
+        for (size_t j = 0; j < K.size(); ++j) {
+            if (!visible[j]) continue;
+            double acc = 0;
+            for (int64_t i = 0; i < hd; ++i) acc += q[size_t(h * hd + i)] * K[j][size_t(kh * hd + i)];
+            p[j] = acc / std::sqrt(double(hd));
+            mx = std::max(mx, p[j]);
+        }
+        double sum = 0;
+        for (size_t j = 0; j < K.size(); ++j) sum += visible[j] ? (p[j] = std::exp(p[j] - mx)) : (p[j] = 0.0);
+        for (size_t j = 0; j < K.size(); ++j)
+            if (visible[j])
+                for (int64_t i = 0; i < hd; ++i) out[size_t(h * hd + i)] += p[j] / sum * V[j][size_t(kh * hd + i)];
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, const std::vector<int32_t>& tokens) {
+    const llama_hparams& hp = m.hparams();
+    EXPECT_TRUE(hp.yoco()) << "reference_yoco_logits on a " << hp.arch << " model";
+    const gguf_file& f = m.file();
+    const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;
+    const int64_t L = hp.n_layer, Ls = hp.n_layer_self, W = hp.sliding_window;
+    const bool neox = hp.rope == cpu::rope_layout::neox;
+    auto T = [&](const std::string& name) {
+        const gguf_tensor_info* t = f.find_tensor(name);
+        EXPECT_NE(t, nullptr) << name;
+        return t ? dequant(t) : std::vector<double>();
+    };
+    auto rot = [&](std::vector<double>& x, int64_t heads, int64_t pos) {
+        rope(x, heads, hd, hp.n_rot, pos, hp.rope_freq_base, hp.rope_freq_scale, neox);
+    };
+    const size_t n = tokens.size();
+    auto emb = T("token_embd.weight");
+    std::vector<std::vector<double>> X;  // the residual stream, one row per token
+    for (int32_t t : tokens) X.emplace_back(emb.begin() + int64_t(t) * d, emb.begin() + (int64_t(t) + 1) * d);
+
+    // The masks: mask_self[i][j] = (i - W < j <= i), mask_cross[i][j] = (j <= i).
+    std::vector<std::vector<bool>> mask_self(n, std::vector<bool>(n)), mask_cross(n, std::vector<bool>(n));
+    for (size_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < n; ++j) {
+            mask_cross[i][j] = j <= i;
+            mask_self[i][j] = j <= i && int64_t(j) > int64_t(i) - W;
+        }
+
+    // X += FFN(X): SwiGLU with pre-norm ffn_norm.
+    auto ffn = [&](const std::string& p) {
+        auto fn = T(p + "ffn_norm.weight"), wg = T(p + "ffn_gate.weight"), wu = T(p + "ffn_up.weight"),
+             wd = T(p + "ffn_down.weight");
+        for (size_t t = 0; t < n; ++t) {
+            auto h = rmsnorm(X[t], fn, hp.rms_eps);
+            auto g = matvec(wg, h, hp.n_ff), u = matvec(wu, h, hp.n_ff);
+            for (int64_t i = 0; i < hp.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
+            auto dn = matvec(wd, g, d);
+            for (int64_t i = 0; i < d; ++i) X[t][size_t(i)] += dn[size_t(i)];
+        }
+    };
+
+    // Self-decoder: Llama layers under the sliding-window mask, each with its own K/V.
+    for (int64_t il = 0; il < Ls; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        auto an = T(p + "attn_norm.weight"), wq = T(p + "attn_q.weight"), wk = T(p + "attn_k.weight"),
+             wv = T(p + "attn_v.weight"), wo = T(p + "attn_output.weight");
+        std::vector<std::vector<double>> Q(n), K(n), V(n);
+        for (size_t t = 0; t < n; ++t) {
+            auto y = rmsnorm(X[t], an, hp.rms_eps);
+            Q[t] = matvec(wq, y, nq);
+            K[t] = matvec(wk, y, nkv);
+            V[t] = matvec(wv, y, nkv);
+            rot(Q[t], hp.n_head, int64_t(t));
+            rot(K[t], hp.n_head_kv, int64_t(t));
+        }
+        for (size_t t = 0; t < n; ++t) {
+            auto o = matvec(wo, masked_attention(hp, Q[t], K, V, mask_self[t]), d);
+            for (int64_t i = 0; i < d; ++i) X[t][size_t(i)] += o[size_t(i)];
+        }
+        ffn(p);
+    }
+
+    // The global K/V, once per token from the self-decoder's output.
+    std::vector<std::vector<double>> Kg(n), Vg(n);
+    {
+        auto gn = T("global_norm.weight"), gk = T("global_k.weight"), gv = T("global_v.weight");
+        for (size_t t = 0; t < n; ++t) {
+            auto h = rmsnorm(X[t], gn, hp.rms_eps);
+            Kg[t] = matvec(gk, h, nkv);
+            Vg[t] = matvec(gv, h, nkv);
+            rot(Kg[t], hp.n_head_kv, int64_t(t));
+        }
+    }
+
+    // Cross-decoder: queries only, causal attention over the global K/V.
+    for (int64_t il = Ls; il < L; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        EXPECT_EQ(f.find_tensor(p + "attn_k.weight"), nullptr) << p;
+        auto an = T(p + "attn_norm.weight"), wq = T(p + "attn_q.weight"), wo = T(p + "attn_output.weight");
+        for (size_t t = 0; t < n; ++t) {
+            auto q = matvec(wq, rmsnorm(X[t], an, hp.rms_eps), nq);
+            rot(q, hp.n_head, int64_t(t));
+            auto o = matvec(wo, masked_attention(hp, q, Kg, Vg, mask_cross[t]), d);
+            for (int64_t i = 0; i < d; ++i) X[t][size_t(i)] += o[size_t(i)];
+        }
+        ffn(p);
+    }
+
+    auto on = T("output_norm.weight");
+    auto out = f.find_tensor("output.weight") ? T("output.weight") : emb;
+    std::vector<std::vector<double>> logits;
+    for (size_t t = 0; t < n; ++t) logits.push_back(matvec(out, rmsnorm(X[t], on, hp.rms_eps), hp.n_vocab));
+    return logits;
+}
+
 // ---- synthetic models ----------------------------------------------------------------------
 
 
 std::string write_synth(const synth_spec& s, const std::string& name) {
     gguf_writer w;
-    const std::string a = s.arch + ".";
-    w.set_string("general.architecture", s.arch);
+    const bool yoco = s.n_layer_self > 0;
+    const std::string arch = yoco ? "yoco" : s.arch;
+    const std::string a = arch + ".";
+    w.set_string("general.architecture", arch);
     w.set_u32(a + "context_length", 256);
     w.set_u32(a + "embedding_length", uint32_t(s.n_embd));
     w.set_u32(a + "block_count", uint32_t(s.n_layer));
@@ -425,6 +557,10 @@ std::string write_synth(const synth_spec& s, const std::string& name) {
     w.set_u32(a + "rope.dimension_count", uint32_t(s.n_rot));
     w.set_f32(a + "rope.freq_base", s.rope_base);
     w.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+    if (yoco) {
+        w.set_u32(a + "self_decoder_block_count", uint32_t(s.n_layer_self));
+        w.set_u32(a + "sliding_window", uint32_t(s.window));
+    }
     uint64_t seed = 1;
     const int64_t hd = s.n_embd / s.n_head;
     weight_format format{s.wtype, false};
@@ -451,9 +587,11 @@ std::string write_synth(const synth_spec& s, const std::string& name) {
         const std::string p = "blk." + std::to_string(l) + ".";
         add(p + "attn_norm.weight", {s.n_embd}, 0.2f, 1.0f, false);
         add(p + "attn_q.weight", {s.n_embd, s.n_head * hd}, 0.3f, 0, true);
-        add(p + "attn_k.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
-        add(p + "attn_v.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
-        if (s.arch == "qwen2") {
+        if (!yoco || l < s.n_layer_self) {  // YOCO's cross-decoder layers have no K/V projections
+            add(p + "attn_k.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
+            add(p + "attn_v.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
+        }
+        if (arch == "qwen2") {
             add(p + "attn_q.bias", {s.n_head * hd}, 0.2f, 0, false);
             add(p + "attn_k.bias", {s.n_head_kv * hd}, 0.2f, 0, false);
             add(p + "attn_v.bias", {s.n_head_kv * hd}, 0.2f, 0, false);
@@ -463,6 +601,11 @@ std::string write_synth(const synth_spec& s, const std::string& name) {
         add(p + "ffn_gate.weight", {s.n_embd, s.n_ff}, 0.3f, 0, true);
         add(p + "ffn_up.weight", {s.n_embd, s.n_ff}, 0.3f, 0, true);
         add(p + "ffn_down.weight", {s.n_ff, s.n_embd}, 0.2f, 0, true);
+    }
+    if (yoco) {
+        add("global_norm.weight", {s.n_embd}, 0.2f, 1.0f, false);
+        add("global_k.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
+        add("global_v.weight", {s.n_embd, s.n_head_kv * hd}, 0.3f, 0, true);
     }
     add("output_norm.weight", {s.n_embd}, 0.2f, 1.0f, false);
     if (!s.tied) add("output.weight", {s.n_embd, s.n_vocab}, 0.3f, 0, true);

@@ -71,6 +71,13 @@ std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, cons
 std::vector<std::vector<double>> reference_kivi_logits(const llama_model& m, const std::vector<int32_t>& tokens, int bits,
                                                        int64_t group, int64_t residual);
 
+// YOCO (Sun et al., 2024; docs/yoco.md) from its equations, over the whole sequence with explicit
+// masks: self-decoder layers [0, Ls) are Llama layers whose token i attends tokens j with
+// i - W < j <= i; then H = RMSNorm(X^Ls) · global_norm, K^ = H · global_kᵀ (RoPE at the token's
+// position), V^ = H · global_vᵀ; cross-decoder layers [Ls, L) project queries only (RoPE) and
+// attend causally (j <= i, no window) to K^, V^, then the Llama FFN block. Logits (n_tokens, n_vocab).
+std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, const std::vector<int32_t>& tokens);
+
 struct synth_spec {
     std::string arch = "llama";
     int64_t n_vocab = 96, n_embd = 64, n_layer = 2, n_head = 4, n_head_kv = 2, n_ff = 96, n_rot = 16;
@@ -78,6 +85,10 @@ struct synth_spec {
     std::string mix;  // a weight format name such as "q4_k_m" (overrides wtype), as `kvserve quantize` writes it
     bool tied = false;
     float rope_base = 10000.0f;
+    // YOCO: > 0 writes a yoco model (arch forced to "yoco") whose first n_layer_self layers are the
+    // self-decoder with a sliding window of `window` tokens; the other layers have no attn_k/attn_v,
+    // and global_norm, global_k and global_v are added.
+    int64_t n_layer_self = 0, window = 0;
 };
 
 // Writes a synthetic model to temp_dir()/NAME.gguf and returns its path.

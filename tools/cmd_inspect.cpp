@@ -1,7 +1,7 @@
 // kvserve inspect MODEL: everything a GGUF holds, without loading it as a model: version,
 // every metadata key with its type and value (arrays as type[count] with their first
 // elements), every tensor (name, dtype, shape, offset, bytes) and totals. Works on
-// vocabulary-only files.
+// vocabulary-only files. For YOCO models also the self-/cross-decoder split and the window.
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +14,7 @@
 #include "command.h"
 #include "common.h"
 #include "gguf/gguf.h"
+#include "model/hparams.h"
 
 namespace kvs::tools {
 
@@ -109,6 +110,19 @@ int cmd_inspect(int argc, char** argv) {
     const gguf_file& f = *opened.value();
     std::printf("%s: GGUF v%u, %s, alignment %u, data at byte %zu\n", path.c_str(), f.version(), human_bytes(f.file_size()).c_str(),
                 f.alignment(), f.data_offset());
+    if (auto arch = f.get_string_opt("general.architecture"); arch && arch.value() && *arch.value() == "yoco") {
+        // The decoder-decoder's layout, as the loader reads it (or why it would refuse).
+        auto hp = llama_hparams::from_gguf(f);
+        if (hp) {
+            const llama_hparams& h = hp.value();
+            std::printf("yoco: self-decoder layers 0-%lld (sliding window %lld tokens, own K/V), cross-decoder layers "
+                        "%lld-%lld (one global K/V)\n",
+                        (long long)(h.n_layer_self - 1), (long long)h.sliding_window, (long long)h.n_layer_self,
+                        (long long)(h.n_layer - 1));
+        } else {
+            std::printf("yoco: invalid hyper-parameters: %s\n", hp.message().c_str());
+        }
+    }
     std::printf("\nmetadata (%zu keys):\n", f.kvs().size());
     size_t width = 0;
     for (const auto& kv : f.kvs()) width = std::max(width, kv.key.size());

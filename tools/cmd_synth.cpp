@@ -69,16 +69,23 @@ std::vector<tensor_plan> plan_tensors(const model_shape& s, int64_t agree_after)
         t.push_back({p + "attn_norm.weight", {E}, tensor_plan::ones});
         t.push_back({p + "attn_q.weight", {E, E}, tensor_plan::random});
         if (s.qkv_bias) t.push_back({p + "attn_q.bias", {E}, tensor_plan::random});
-        t.push_back({p + "attn_k.weight", {E, KV}, tensor_plan::random});
-        if (s.qkv_bias) t.push_back({p + "attn_k.bias", {KV}, tensor_plan::random});
-        t.push_back({p + "attn_v.weight", {E, KV}, tensor_plan::random});
-        if (s.qkv_bias) t.push_back({p + "attn_v.bias", {KV}, tensor_plan::random});
+        if (!s.yoco() || l < s.n_layer_self) {  // YOCO's cross-decoder layers have no K/V projections
+            t.push_back({p + "attn_k.weight", {E, KV}, tensor_plan::random});
+            if (s.qkv_bias) t.push_back({p + "attn_k.bias", {KV}, tensor_plan::random});
+            t.push_back({p + "attn_v.weight", {E, KV}, tensor_plan::random});
+            if (s.qkv_bias) t.push_back({p + "attn_v.bias", {KV}, tensor_plan::random});
+        }
         const float damp = agree_after >= 0 && l >= agree_after ? k_agree_scale : 1.0f;
         t.push_back({p + "attn_output.weight", {E, E}, tensor_plan::random, damp});
         t.push_back({p + "ffn_norm.weight", {E}, tensor_plan::ones});
         t.push_back({p + "ffn_gate.weight", {E, s.n_ff}, tensor_plan::random});
         t.push_back({p + "ffn_up.weight", {E, s.n_ff}, tensor_plan::random});
         t.push_back({p + "ffn_down.weight", {s.n_ff, E}, tensor_plan::random, damp});
+    }
+    if (s.yoco()) {  // the one global K/V, projected from the self-decoder's output
+        t.push_back({"global_norm.weight", {E}, tensor_plan::ones});
+        t.push_back({"global_k.weight", {E, KV}, tensor_plan::random});
+        t.push_back({"global_v.weight", {E, KV}, tensor_plan::random});
     }
     t.push_back({"output_norm.weight", {E}, tensor_plan::ones});
     if (!s.tied_output) t.push_back({"output.weight", {E, s.n_vocab}, tensor_plan::random});
@@ -137,6 +144,10 @@ void set_hparams(gguf_writer& w, const model_shape& s, const weight_format& form
     w.set_u32(a + "rope.dimension_count", uint32_t(s.head_dim()));
     w.set_f32(a + "rope.freq_base", s.rope_freq_base);
     w.set_f32(a + "attention.layer_norm_rms_epsilon", s.rms_eps);
+    if (s.yoco()) {
+        w.set_u32(a + "self_decoder_block_count", uint32_t(s.n_layer_self));
+        w.set_u32(a + "sliding_window", uint32_t(s.sliding_window));
+    }
     w.set_string("kvserve.synth.shape", s.name);
     w.set_u64("kvserve.synth.seed", seed);
 }
@@ -182,12 +193,13 @@ int cmd_synth(int argc, char** argv) {
     app.add_option("--seed", seed, "random seed")->capture_default_str();
     app.add_option("--agree-after", agree_after,
                    "layers from E on change the residual stream negligibly (outputs scaled by 1e-5), so early exit at E "
-                   "agrees with the full model: the best case of self-speculative decoding")
+                   "agrees with the full model: the best case of self-speculative decoding (not for yoco shapes)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     app.add_option("-t,--threads", n_threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
     app.add_option("--layers", n_layers,
                    "keep only the first N layers of the shape: with the same --seed every shared tensor is identical, so this "
-                   "is the full model's first N layers and its head (a draft model that agrees with an --agree-after N model)")
+                   "is the full model's first N layers and its head (a draft model that agrees with an --agree-after N model); "
+                   "yoco shapes keep their self-decoder, so N must exceed its layer count")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     const model_shape* found = find_model_shape(shape_name);
@@ -201,7 +213,23 @@ int cmd_synth(int argc, char** argv) {
             std::fprintf(stderr, "kvserve synth: --layers %lld: the shape has %lld layers\n", (long long)n_layers, (long long)found->n_layer);
             return 2;
         }
+        // YOCO: the self-decoder stays whole and at least one cross-decoder layer remains, so
+        // the result is the full model's first N layers, global K/V and head.
+        if (found->yoco() && n_layers <= found->n_layer_self) {
+            std::fprintf(stderr,
+                         "kvserve synth: --layers %lld: the self-decoder of shape %s has %lld layers; keep more than that "
+                         "(at least one cross-decoder layer)\n",
+                         (long long)n_layers, found->name, (long long)found->n_layer_self);
+            return 2;
+        }
         shape_copy.n_layer = n_layers;
+    }
+    if (found->yoco() && agree_after >= 0) {
+        std::fprintf(stderr,
+                     "kvserve synth: --agree-after is not supported for yoco shapes (%s): early exit across the "
+                     "self-/cross-decoder split is not defined\n",
+                     found->name);
+        return 2;
     }
     const model_shape* shape = &shape_copy;
     weight_format format;

@@ -145,6 +145,8 @@ public:
     int32_t seq_add();
     void seq_remove(int32_t seq);  // frees its pages tail-first
     bool seq_exists(int32_t seq) const;
+    // Ids below this may be live (those ever handed out).
+    int32_t seq_id_limit() const { return int32_t(seqs_.size()); }
     // Grows the table so that logical slots [0, n_slots) exist (those not dropped). Never shrinks.
     bool seq_reserve(int32_t seq, int64_t n_slots);
     bool can_reserve(int32_t seq, int64_t n_slots) const;

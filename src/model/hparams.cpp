@@ -5,7 +5,7 @@
 namespace kvs {
 
 bool llama_family_arch(const std::string& arch) {
-    return arch == "llama" || arch == "qwen2" || arch == "mistral";
+    return arch == "llama" || arch == "qwen2" || arch == "mistral" || arch == "yoco";
 }
 
 result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
@@ -14,7 +14,7 @@ result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
     if (!arch) return arch.error();
     hp.arch = arch.value();
     if (!llama_family_arch(hp.arch))
-        return status::error("unsupported model architecture '" + hp.arch + "' (supported: llama, qwen2, mistral)");
+        return status::error("unsupported model architecture '" + hp.arch + "' (supported: llama, qwen2, mistral, yoco)");
     if (auto n = f.get_string_opt("general.name"); n && n.value()) hp.name = *n.value();
     const std::string a = hp.arch + ".";
 
@@ -83,6 +83,16 @@ result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
     if (!lin) return lin.error();
     if (lin.value() && *lin.value() > 0) hp.rope_freq_scale = float(1.0 / *lin.value());
 
+    if (hp.arch == "yoco") {
+        // The split: self-decoder layers [0, Ls), cross-decoder layers [Ls, L); both non-empty.
+        auto ls = f.get_int(a + "self_decoder_block_count");
+        if (!ls) return ls.error();
+        if (ls.value() < 1 || ls.value() >= hp.n_layer)
+            return status::error(strfmt("%sself_decoder_block_count %lld must be in [1, %lld] (block_count %lld)", a.c_str(),
+                                        (long long)ls.value(), (long long)(hp.n_layer - 1), (long long)hp.n_layer));
+        hp.n_layer_self = ls.value();
+        KVS_TRY(need("sliding_window", &hp.sliding_window, 1, int64_t(1) << 26));
+    }
     if (hp.arch == "qwen2") {
         hp.rope = cpu::rope_layout::neox;
         hp.qkv_bias = true;

@@ -89,8 +89,21 @@ void add_bias(float* y, const float* bias, int64_t rows, int64_t cols) {
 
 }  // namespace
 
+status llama_model::forward(const batch& b, kv_groups& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook,
+                            const layer_span& span) const {
+    if (hp_.yoco()) {
+        if (span.begin != 0 || (span.end >= 0 && span.end != hp_.n_layer) || span.hidden_out)
+            return status::error("a yoco model runs whole forward passes only (no layer spans)");
+        if (kv.size() != 2) return status::error("a yoco model needs its two KV groups (global, self)");
+        return forward_yoco(b, kv, st, pool, hook);
+    }
+    if (kv.size() != 1) return status::error("a Llama-family model has one KV group");
+    return forward(b, kv.primary(), st, pool, hook, span);
+}
+
 status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook,
                             const layer_span& span) const {
+    if (hp_.yoco()) return status::error("a yoco model's forward pass needs its KV groups (llama_model::kv_group_layout)");
     const llama_hparams& hp = hp_;
     const int64_t n = b.size();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;

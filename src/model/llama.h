@@ -29,6 +29,7 @@
 #include "kv/quest.h"
 #include "kv/cascade.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_groups.h"
 #include "model/activation_plan.h"
 #include "model/batch.h"
 #include "model/cascade_attention.h"
@@ -156,6 +157,11 @@ private:
     float* out_rows = nullptr;           // (max_logits, n_embd)
     float* logits_ = nullptr;            // (max_logits, n_vocab)
     attention_plan plan_;                // page tables and slot ranges of the batch's rows
+    // YOCO: the plan of the cross-decoder rows over the global group, those rows' sequences,
+    // slots and batch rows (the rows whose logits are asked for), and the cascade over them.
+    attention_plan plan_global_;
+    std::vector<int32_t> cross_seq_, cross_slot_, cross_row_;
+    cascade_plan cascade_global_;
     // StreamingLLM sink pass (plan_.sink_rows): queries re-rotated to their in-cache position.
     // Sized per pass to its sink rows (usually a few), outside the arena.
     std::vector<float> sink_q, sink_o;   // (n_sink, n_head*hd)
@@ -214,8 +220,12 @@ public:
     const llama_hparams& hparams() const { return hp_; }
     const llama_weights& weights() const { return w_; }
     const gguf_file& file() const { return *file_; }
-    // KV geometry for a kv_cache serving this model.
+    // KV geometry for a kv_cache serving this model (Llama family: its one group).
     kv_config kv_geometry(int32_t page_size, int32_t n_pages, dtype type = kv_default_type) const;
+    // The model's KV groups (kv_groups.h), each with n_pages pages (the caller sizes them):
+    // Llama family one group "all"; YOCO the growing "global" group (one layer, read by every
+    // cross-decoder layer) and the ring "self" group (the self-decoder's layers, window W).
+    std::vector<kv_group_desc> kv_group_layout(int32_t page_size, dtype type) const;
     // The KV format `auto` picks for this model (docs/design.md, "KV storage formats"): the
     // format of its float projection weights (f32, f16, bf16), so that a float model's cache
     // loses nothing its weights keep; for quantized weights quantized_weights_kv_type().
@@ -230,10 +240,18 @@ public:
     // refuses H2O sequences and KIVI caches (both finish their bookkeeping after the last layer).
     status forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool,
                    const tensor_hook& hook = nullptr, const layer_span& span = {}) const;
+    // The same over the model's KV groups (kv_group_layout): what the scheduler and sessions
+    // call. YOCO (yoco_forward.cpp): the self-decoder over the ring group, the global K/V of
+    // every row into the global group, then the cross-decoder only for the rows whose logits
+    // are asked for (their K/V is not needed by any later token). YOCO runs dense sequences
+    // only (the self-decoder's window is the model's own) and no partial spans.
+    status forward(const batch& b, kv_groups& kv, forward_state& st, thread_pool& pool,
+                   const tensor_hook& hook = nullptr, const layer_span& span = {}) const;
 
 private:
     llama_model() = default;
     status bind_weights();
+    status forward_yoco(const batch& b, kv_groups& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook) const;
     void repack_weights(weight_repack mode);
     struct free_deleter {
         void operator()(void* p) const;

@@ -50,11 +50,14 @@ cpu::tune_workload workload_of(const llama_weights& w) {
     cpu::tune_workload calls;
     using kind = cpu::tune_call::kind;
     for (const llama_layer& L : w.layers) {
-        calls.push_back({kind::multi, {L.wq, L.wk, L.wv}, false});
+        // YOCO's cross-decoder layers project queries only (their K/V views hold no data).
+        if (L.wk.data) calls.push_back({kind::multi, {L.wq, L.wk, L.wv}, false});
+        else calls.push_back({kind::single, {L.wq}, false});
         calls.push_back({kind::single, {L.wo}, false});
         calls.push_back({kind::swiglu, {L.w_gate, L.w_up}, false});
         calls.push_back({kind::single, {L.w_down}, false});
     }
+    if (w.global_k.data) calls.push_back({kind::multi, {w.global_k, w.global_v}, false});  // YOCO: once per token
     calls.push_back({kind::single, {w.output}, true});
     return calls;
 }
@@ -142,7 +145,9 @@ void llama_model::repack_weights(weight_repack mode) {
     };
     std::vector<cpu::weight_view*> views;
     for (llama_layer& L : w_.layers)
-        for (cpu::weight_view* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) views.push_back(v);
+        for (cpu::weight_view* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+            if (v->data) views.push_back(v);  // YOCO's cross-decoder layers have no wk, wv
+    if (w_.global_k.data) views.push_back(&w_.global_k), views.push_back(&w_.global_v);
     views.push_back(&w_.output);
     // One allocation, aligned to 2 MiB and advised for transparent huge pages: fewer page
     // faults while repacking and fewer TLB misses when decode streams the weights.
@@ -216,10 +221,17 @@ status llama_model::bind_weights() {
         auto get = [&](const char* name, std::vector<int64_t> ne, bool need_float) {
             return want(f, p + name, std::move(ne), need_float);
         };
+        // YOCO's cross-decoder layers (il >= n_layer_self) attend to the global K/V: no K/V
+        // projections of their own, and a file that has them is malformed.
+        const bool own_kv = !hp_.yoco() || il < hp_.n_layer_self;
+        if (!own_kv)
+            for (const char* name : {"attn_k.weight", "attn_v.weight", "attn_k.bias", "attn_v.bias"})
+                if (f.find_tensor(p + name))
+                    return status::error("tensor " + p + name + ": cross-decoder layers have no K/V projections");
         auto an = get("attn_norm.weight", {d}, true);
         auto q = get("attn_q.weight", {d, nq}, false);
-        auto k = get("attn_k.weight", {d, nkv}, false);
-        auto v = get("attn_v.weight", {d, nkv}, false);
+        auto k = own_kv ? get("attn_k.weight", {d, nkv}, false) : result<const gguf_tensor_info*>(nullptr);
+        auto v = own_kv ? get("attn_v.weight", {d, nkv}, false) : result<const gguf_tensor_info*>(nullptr);
         auto o = get("attn_output.weight", {nq, d}, false);
         auto fn = get("ffn_norm.weight", {d}, true);
         auto g = get("ffn_gate.weight", {d, ff}, false);
@@ -230,8 +242,10 @@ status llama_model::bind_weights() {
         L.attn_norm = reinterpret_cast<const float*>(an.value()->data);
         L.ffn_norm = reinterpret_cast<const float*>(fn.value()->data);
         L.wq = view_of(q.value());
-        L.wk = view_of(k.value());
-        L.wv = view_of(v.value());
+        if (own_kv) {
+            L.wk = view_of(k.value());
+            L.wv = view_of(v.value());
+        }
         L.wo = view_of(o.value());
         L.w_gate = view_of(g.value());
         L.w_up = view_of(u.value());
@@ -246,6 +260,17 @@ status llama_model::bind_weights() {
             L.bk = reinterpret_cast<const float*>(bk.value()->data);
             L.bv = reinterpret_cast<const float*>(bv.value()->data);
         }
+    }
+    if (hp_.yoco()) {
+        auto gn = want(f, "global_norm.weight", {d}, true);
+        if (!gn) return gn.error();
+        auto gk = want(f, "global_k.weight", {d, nkv}, false);
+        if (!gk) return gk.error();
+        auto gv = want(f, "global_v.weight", {d, nkv}, false);
+        if (!gv) return gv.error();
+        w_.global_norm = reinterpret_cast<const float*>(gn.value()->data);
+        w_.global_k = view_of(gk.value());
+        w_.global_v = view_of(gv.value());
     }
     auto on = want(f, "output_norm.weight", {d}, true);
     if (!on) return on.error();
@@ -292,6 +317,15 @@ kv_config llama_model::kv_geometry(int32_t page_size, int32_t n_pages, dtype typ
     c.page_size = page_size;
     c.n_pages = n_pages;
     return c;
+}
+
+std::vector<kv_group_desc> llama_model::kv_group_layout(int32_t page_size, dtype type) const {
+    kv_config c = kv_geometry(page_size, 0, type);
+    if (!hp_.yoco()) return {{"all", c, 0}};
+    kv_config global = c, self = c;
+    global.n_layer = 1;
+    self.n_layer = hp_.n_layer_self;
+    return {{"global", global, 0}, {"self", self, hp_.sliding_window}};
 }
 
 size_t llama_model::weight_bytes() const {

@@ -39,22 +39,37 @@ result<std::unique_ptr<session>> session::create(const llama_model& model, threa
         geom.n_pages = int32_t(std::min<int64_t>(span_pages, (p.kivi.residual + ps - 1) / ps + 3 + kv_cache::pages_for(s->n_batch_, ps)));
         geom.n_packed_pages = int32_t(span_pages);
     }
-    auto kv = kv_cache::create(geom);
-    if (!kv) return kv.error();
-    s->kv_ = std::move(kv.value());
+    if (model.hparams().yoco()) {
+        // YOCO: the global group holds the context, the self group the window of one chunk.
+        if (!pol.is_dense()) return status::error("a yoco model runs the dense policy only (its self-decoder's sliding window is the model's own)");
+        if (p.kivi.bits) return status::error("KIVI pages are not supported on yoco models");
+        std::vector<kv_group_desc> groups = model.kv_group_layout(ps, geom.type);
+        for (kv_group_desc& g : groups) {
+            g.config.v_type = geom.v_type;
+            g.config.n_pages = g.window ? kv_cache::policy_page_bound(kv_policy{kv_policy_kind::window, g.window}, s->n_batch_, ps)
+                                        : kv_cache::pages_for(span, ps);
+        }
+        auto kg = kv_groups::create(std::move(groups));
+        if (!kg) return kg.error();
+        s->groups_ = std::move(kg.value());
+    } else {
+        auto kv = kv_cache::create(geom);
+        if (!kv) return kv.error();
+        s->own_kv_ = std::move(kv.value());
+        s->groups_ = kv_groups::wrap(*s->own_kv_);
+    }
+    s->kv_ = &s->groups_->primary();
     const int64_t max_rows = std::clamp<int64_t>(p.max_logit_rows, 1, s->n_batch_);
     s->st_ = std::make_unique<forward_state>(model, s->n_batch_, max_rows);
-    s->seq_ = s->kv_->seq_add();
-    if (pol.slides() || pol.kind == kv_policy_kind::quest || h2o) s->kv_->seq_set_policy(s->seq_, pol);
+    s->seq_ = s->groups_->seq_add(pol);
     s->last_logits_.assign(size_t(model.hparams().n_vocab), 0.0f);
     s->want_.assign(size_t(s->n_batch_), 0);
     return s;
 }
 
 void session::reset() {
-    kv_->seq_remove(seq_);
-    seq_ = kv_->seq_add();
-    if (policy_.slides() || policy_.kind == kv_policy_kind::quest || policy_.kind == kv_policy_kind::h2o) kv_->seq_set_policy(seq_, policy_);
+    groups_->seq_remove(seq_);
+    seq_ = groups_->seq_add(policy_);
     n_past_ = 0;
     history_.clear();
 }
@@ -62,14 +77,14 @@ void session::reset() {
 status session::forward_chunk(const int32_t* tokens, int64_t m, const uint8_t* want_logits) {
     // H2O writes the chunk after the slots it keeps; every other policy at the token's index.
     const int64_t first_slot = policy_.kind == kv_policy_kind::h2o ? h2o_kept_slots(policy_, n_past_) : n_past_;
-    if (!kv_->seq_reserve(seq_, first_slot + m)) return status::error("kv cache: out of pages");
+    if (!groups_->seq_reserve(seq_, first_slot + m)) return status::error("kv cache: out of pages");
     peak_pages_ = std::max(peak_pages_, int32_t(kv_->seq_pages(seq_).size()));
-    peak_bytes_ = std::max(peak_bytes_, kv_->seq_bytes(seq_));
+    peak_bytes_ = std::max(peak_bytes_, kv_bytes());
     batch_.clear();
     for (int64_t i = 0; i < m; ++i) batch_.add(tokens[i], int32_t(n_past_ + i), seq_, want_logits[i] != 0, int32_t(first_slot + i));
-    KVS_TRY(model_.forward(batch_, *kv_, *st_, pool_));
+    KVS_TRY(model_.forward(batch_, *groups_, *st_, pool_));
     n_past_ += m;
-    kv_->seq_trim(seq_, n_past_);  // sliding policies: pages no later query reads
+    groups_->seq_trim(seq_, n_past_);  // sliding policies: pages no later query reads
     return status::ok();
 }
 
@@ -124,8 +139,8 @@ status session::eval_recompute(const int32_t* tokens, int64_t n, int64_t first_r
         const bool need = i == n - 1 || (all_logits && i >= first_row);
         if (!need) continue;  // only the rows whose logits are asked for are computed
         const int64_t len = std::min<int64_t>(w, int64_t(history_.size()));
-        kv_->seq_remove(seq_);
-        seq_ = kv_->seq_add();
+        groups_->seq_remove(seq_);
+        seq_ = groups_->seq_add(policy_);
         const int64_t past = int64_t(history_.size());
         n_past_ = 0;
         std::fill(want.begin(), want.begin() + len, 0);

@@ -43,13 +43,18 @@ public:
     bool bounded_by_ctx() const { return bounded_; }
     int64_t n_past() const { return n_past_; }
     const kv_policy& policy() const { return policy_; }
-    // KV bytes the sequence holds now (its pages).
-    size_t kv_bytes() const { return kv_->seq_bytes(seq_); }
+    // KV bytes the sequence holds now (its pages, every KV group).
+    size_t kv_bytes() const {
+        size_t n = 0;
+        for (size_t g = 0; g < groups_->size(); ++g) n += groups_->group(g).seq_bytes(seq_);
+        return n;
+    }
     // Most pages the sequence has held at once, and most bytes (KIVI: packed pages are smaller).
     int32_t peak_pages() const { return peak_pages_; }
     size_t peak_bytes() const { return peak_bytes_; }
     const llama_model& model() const { return model_; }
-    const kv_cache& kv() const { return *kv_; }
+    const kv_cache& kv() const { return *kv_; }  // the primary KV group
+    const kv_groups& kv_group_set() const { return *groups_; }
     int32_t kv_seq() const { return seq_; }  // the sequence in kv()
     const forward_state& state() const { return *st_; }
     // Tests: record every Quest selection of the following passes (forward_state::set_quest_trace).
@@ -83,7 +88,9 @@ private:
     std::vector<int32_t> history_;  // recompute: every token so far
     std::vector<uint8_t> want_;     // (n_batch) rows of a pass whose logits are returned
     int32_t seq_ = -1;
-    std::unique_ptr<kv_cache> kv_;
+    std::unique_ptr<kv_cache> own_kv_;  // Llama family: the one group's cache
+    std::unique_ptr<kv_groups> groups_;  // the model's KV groups
+    kv_cache* kv_ = nullptr;             // groups_->primary()
     std::unique_ptr<forward_state> st_;
     batch batch_;
     std::vector<float> last_logits_;  // (n_vocab)

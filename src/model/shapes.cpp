@@ -4,7 +4,7 @@ namespace kvs {
 
 const std::vector<model_shape>& model_shapes() {
     // name, arch, n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx_train, rope_freq_base,
-    // rope_neox, qkv_bias, tied_output, rms_eps, default_vocab
+    // rope_neox, qkv_bias, tied_output, rms_eps, default_vocab[, n_layer_self, sliding_window (yoco)]
     static const std::vector<model_shape> shapes = {
         {"stories260k", "llama", 512, 64, 5, 8, 4, 172, 512, 10000.0f, false, false, false, 1e-5f,
          "models/stories260K.gguf"},
@@ -18,6 +18,13 @@ const std::vector<model_shape>& model_shapes() {
          "vocab/ggml-vocab-gpt-2.gguf"},
         {"smollm-135m", "llama", 49152, 576, 30, 9, 3, 1536, 2048, 10000.0f, false, false, true, 1e-5f,
          "vocab/ggml-vocab-starcoder.gguf"},
+        // YOCO decoder-decoders: TinyLlama-1.1B's sizes split 11/11 (a 32K-token context: the
+        // self-decoder's cache is W tokens, the cross-decoder's one global K/V), and a test-size
+        // model in stories260K's sizes and vocabulary split 3/3.
+        {"yoco-1.1b", "yoco", 32000, 2048, 22, 32, 4, 5632, 32768, 10000.0f, false, false, false, 1e-5f,
+         "vocab/ggml-vocab-llama-spm.gguf", 11, 1024},
+        {"yoco-tiny", "yoco", 512, 64, 6, 8, 4, 172, 512, 10000.0f, false, false, false, 1e-5f, "models/stories260K.gguf",
+         3, 32},
     };
     return shapes;
 }
@@ -40,7 +47,13 @@ int64_t model_shape::n_params() const {
                         + 2 * n_embd * n_embd_kv()      // attn_k, attn_v
                         + 3 * n_embd * n_ff;            // ffn_gate, ffn_up, ffn_down
     if (qkv_bias) per_layer += n_embd + 2 * n_embd_kv();
-    return n_vocab * n_embd * (tied_output ? 1 : 2) + n_embd + n_layer * per_layer;
+    int64_t n = n_vocab * n_embd * (tied_output ? 1 : 2) + n_embd + n_layer * per_layer;
+    if (yoco()) {
+        const int64_t kv = 2 * n_embd * n_embd_kv() + (qkv_bias ? 2 * n_embd_kv() : 0);
+        n -= (n_layer - n_layer_self) * kv;  // cross-decoder layers: no attn_k, attn_v
+        n += n_embd + 2 * n_embd * n_embd_kv();  // global_norm, global_k, global_v
+    }
+    return n;
 }
 
 int32_t llama_ftype_of(dtype t) {

@@ -28,10 +28,17 @@ struct model_shape {
     bool tied_output;           // no output.weight: the LM head reuses token_embd
     float rms_eps;
     const char* default_vocab;  // vocabulary GGUF, relative to the shared fixture folder
+    // YOCO (arch "yoco", docs/yoco.md): layers [0, n_layer_self) are the self-decoder with
+    // sliding-window attention over `sliding_window` tokens, the rest the cross-decoder (no K/V
+    // projections; one global K/V). 0 for every other architecture.
+    int64_t n_layer_self = 0;
+    int64_t sliding_window = 0;
 
+    bool yoco() const { return n_layer_self > 0; }
     int64_t head_dim() const { return n_embd / n_head; }
     int64_t n_embd_kv() const { return head_dim() * n_head_kv; }
-    // Weight count (embeddings, layers, norms, biases, untied output).
+    // Weight count (embeddings, layers, norms, biases, untied output; for YOCO the cross-decoder
+    // layers without K/V projections, plus global_norm, global_k and global_v).
     int64_t n_params() const;
 };
 

@@ -17,6 +17,24 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     geom.kivi_bits = c.kivi.bits;
     geom.kivi_residual = c.kivi.residual;
     if (c.draft_model && c.kivi.bits) return status::error("a draft model does not combine with a KIVI cache");
+    // Ring groups (YOCO's self-decoder): every sequence's window of one prefill chunk, for
+    // max_seqs sequences, taken from the budget before the primary group's pages.
+    std::vector<kv_group_desc> groups = model.kv_group_layout(ps, geom.type);
+    int64_t ring_bytes = 0;
+    for (size_t g = 1; g < groups.size(); ++g) {
+        if (c.kivi.bits) return status::error(strfmt("KIVI pages are not supported on %s models", model.hparams().arch.c_str()));
+        if (c.draft_model) return status::error(strfmt("a draft model is not supported on %s models", model.hparams().arch.c_str()));
+        groups[g].config.v_type = geom.v_type;
+        const int64_t bound = kv_cache::policy_page_bound({kv_policy_kind::window, groups[g].window},
+                                                          std::clamp<int64_t>(c.sched.prefill_chunk, 1, std::max<int64_t>(1, c.sched.max_batch_tokens)), ps);
+        groups[g].config.n_pages = int32_t(std::max<int64_t>(1, c.sched.max_seqs) * bound + 1);
+        ring_bytes += int64_t(groups[g].config.n_pages) * int64_t(groups[g].config.page_bytes());
+    }
+    if (groups.size() > 1) {
+        geom.n_layer = groups[0].config.n_layer;  // the primary group's layers
+        if (c.key_bounds || c.token_scores)
+            return status::error(strfmt("Quest's key bounds and H2O's token scores are not supported on %s models", model.hparams().arch.c_str()));
+    }
     if (c.draft_model && c.draft_model->hparams().n_vocab != model.hparams().n_vocab)
         return status::error(strfmt("the draft model's vocabulary has %lld tokens, the model's %lld: speculation needs the same vocabulary",
                                     (long long)c.draft_model->hparams().n_vocab, (long long)model.hparams().n_vocab));
@@ -37,14 +55,18 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     } else if (c.kv_tokens > 0) {
         n_pages = kv_cache::pages_for(c.kv_tokens, ps);
     } else if (c.kv_memory_bytes > 0) {
-        n_pages = c.kv_memory_bytes / bytes_per_page;
+        if (ring_bytes >= c.kv_memory_bytes)
+            return status::error(strfmt("the KV memory budget (%.1f MiB) does not hold the ring groups' windows (%.1f MiB)",
+                                        double(c.kv_memory_bytes) / 1048576.0, double(ring_bytes) / 1048576.0));
+        n_pages = (c.kv_memory_bytes - ring_bytes) / bytes_per_page;
     } else {
         n_pages = std::min<int64_t>(int64_t(c.sched.max_seqs) * kv_cache::pages_for(n_ctx, ps), (int64_t(2) << 30) / bytes_per_page);
     }
     if (n_pages < 1) return status::error("the KV memory budget is smaller than one page");
     if (n_pages > (int64_t(1) << 30)) return status::error("the KV pool is too large");
     geom.n_pages = int32_t(n_pages);
-    auto kv = kv_cache::create(geom);
+    groups[0].config = geom;
+    auto kv = kv_groups::create(std::move(groups));
     if (!kv) return kv.error();
     e->kv_ = std::move(kv.value());
     draft_model_ref draft;
@@ -60,11 +82,17 @@ result<std::unique_ptr<engine>> engine::create(const llama_model& model, const t
     e->pool_ = std::make_unique<thread_pool>(std::max(1, c.threads));
     e->sched_ = std::make_unique<scheduler>(model, tok, *e->kv_, *e->pool_, c.sched, draft);
     e->max_queued_ = std::max<int32_t>(1, c.max_queued);
-    e->stats_.kv_pages_total = e->kv_->pool().n_pages();
-    e->stats_.kv_page_bytes = int64_t(e->kv_->config().page_bytes());
-    e->stats_.kv_bytes_per_token = int64_t(e->kv_->bytes_per_token());
-    e->stats_.kv_packed_pages_total = e->kv_->pool().n_packed();
-    e->stats_.kv_packed_page_bytes = int64_t(e->kv_->config().packed_page_bytes());
+    const kv_cache& primary = e->kv_->primary();
+    e->stats_.kv_pages_total = primary.pool().n_pages();
+    e->stats_.kv_page_bytes = int64_t(primary.config().page_bytes());
+    e->stats_.kv_bytes_per_token = int64_t(primary.bytes_per_token());
+    e->stats_.kv_packed_pages_total = primary.pool().n_packed();
+    e->stats_.kv_packed_page_bytes = int64_t(primary.config().packed_page_bytes());
+    for (size_t g = 0; g < e->kv_->size(); ++g) {
+        const kv_cache& kc = e->kv_->group(g);
+        e->stats_.kv_groups.push_back({e->kv_->desc(g).name, kc.pool().n_pages(), 0, int64_t(kc.config().page_bytes()),
+                                       e->kv_->desc(g).window, kc.config().n_layer});
+    }
     e->thread_ = std::thread([p = e.get()] { p->loop(); });
     return e;
 }
@@ -140,10 +168,16 @@ void engine::loop() {
             stats_.running = sched_->n_running();
             stats_.waiting = sched_->n_waiting();
             stats_.kv_pages_cached = int32_t(sched_->n_cached_only_pages());
-            stats_.kv_pages_used = kv_->pool().n_used() - stats_.kv_pages_cached;
-            stats_.kv_packed_pages_used = kv_->pool().n_packed() - kv_->pool().n_free_packed();
+            const kv_cache& primary = kv_->primary();
+            stats_.kv_pages_used = primary.pool().n_used() - stats_.kv_pages_cached;
+            stats_.kv_packed_pages_used = primary.pool().n_packed() - primary.pool().n_free_packed();
             stats_.kv_bytes_used = int64_t(std::max(0, stats_.kv_pages_used - stats_.kv_packed_pages_used)) * stats_.kv_page_bytes +
                                    int64_t(stats_.kv_packed_pages_used) * stats_.kv_packed_page_bytes;
+            for (size_t g = 0; g < kv_->size(); ++g) {
+                kv_group_stats& gs = stats_.kv_groups[g];
+                gs.pages_used = g == 0 ? stats_.kv_pages_used : kv_->group(g).pool().n_used();
+                if (g > 0) stats_.kv_bytes_used += int64_t(gs.pages_used) * gs.page_bytes;
+            }
             stats_.sched = sched_->metrics();
             if (draft_kv_) stats_.draft_kv_pages_used = draft_kv_->pool().n_used();
             stats_.busy_seconds += dt;

@@ -35,6 +35,15 @@ struct engine_config {
     const llama_model* draft_model = nullptr;
 };
 
+// One KV group's pool (kv_groups.h).
+struct kv_group_stats {
+    std::string name;
+    int32_t pages_total = 0, pages_used = 0;  // group 0: pages_used without the prefix cache's
+    int64_t page_bytes = 0;
+    int64_t window = 0;   // ring groups: W; 0 growing
+    int64_t n_layer = 0;  // layers the group serves
+};
+
 struct engine_stats {
     int32_t running = 0, waiting = 0;
     int32_t kv_pages_total = 0;
@@ -44,7 +53,8 @@ struct engine_stats {
     int32_t kv_pages_cached = 0;  // held only by the prefix cache (evictable)
     int32_t kv_packed_pages_total = 0, kv_packed_pages_used = 0;  // KIVI's packed pages (in kv_pages_total / _used)
     int64_t kv_packed_page_bytes = 0;
-    int64_t kv_bytes_used = 0;    // bytes of the pages held by sequences (cached pages at the full-precision size)
+    int64_t kv_bytes_used = 0;    // bytes of the pages held by sequences, every group (cached pages at the full-precision size)
+    std::vector<kv_group_stats> kv_groups;  // every KV group; group 0 is the one kv_pages_* describe
     int32_t draft_kv_pages_total = 0, draft_kv_pages_used = 0;  // the draft model's pool (speculative decoding)
     int64_t draft_kv_page_bytes = 0;
     scheduler_metrics sched;
@@ -74,7 +84,7 @@ private:
     engine() = default;
     void loop();
 
-    std::unique_ptr<kv_cache> kv_;
+    std::unique_ptr<kv_groups> kv_;
     std::unique_ptr<kv_cache> draft_kv_;  // the draft model's pages, or null
     std::unique_ptr<thread_pool> pool_;
     std::unique_ptr<scheduler> sched_;

@@ -85,7 +85,19 @@ bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_po
 
 scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
                      draft_model_ref draft)
-    : model_(model), tok_(tok), kv_(kv), pool_(pool), cfg_(config), draft_(draft) {
+    : scheduler(model, tok, kv_groups::wrap(kv), nullptr, pool, config, draft) {}
+
+scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_groups& kv, thread_pool& pool, const scheduler_config& config,
+                     draft_model_ref draft)
+    : scheduler(model, tok, nullptr, &kv, pool, config, draft) {}
+
+scheduler::scheduler(const llama_model& model, const tokenizer& tok, std::unique_ptr<kv_groups> owned, kv_groups* borrowed,
+                     thread_pool& pool, const scheduler_config& config, draft_model_ref draft)
+    : model_(model), tok_(tok), own_groups_(std::move(owned)), groups_(own_groups_ ? *own_groups_ : *borrowed),
+      kv_(groups_.primary()), pool_(pool), cfg_(config), draft_(draft) {
+    // Ring groups hold only their window: no page of theirs stands for a prefix, so the prefix
+    // cache is off for models with one (docs/yoco.md).
+    if (groups_.size() > 1) cfg_.prefix_cache = false;
     n_ctx_ = cfg_.n_ctx > 0 ? cfg_.n_ctx : model.hparams().n_ctx_train;
     cfg_.max_batch_tokens = std::max<int64_t>(1, cfg_.max_batch_tokens);
     cfg_.prefill_chunk = std::clamp<int64_t>(cfg_.prefill_chunk, 1, cfg_.max_batch_tokens);
@@ -166,6 +178,21 @@ status scheduler::validate(const request_params& p) const {
                 return status::error(strfmt("beam search of width %d needs up to %lld KV pages, but the whole pool has %d (raise --kv-memory)",
                                             p.beam_width, (long long)pages, kv_.pool().n_pages()));
         }
+    }
+    if (groups_.size() > 1) {  // a model with ring groups (YOCO)
+        const char* arch = model_.hparams().arch.c_str();
+        if (!pol.is_dense())
+            return status::error(strfmt("kv_policy %s: %s models run the dense policy only (their sliding window is the model's own)",
+                                        pol.spec().c_str(), arch));
+        if (p.speculative.on() || p.speculative.exit_layer != 0)
+            return status::error(strfmt("speculative decoding is not supported on %s models", arch));
+        if (p.beam_width > 0) return status::error(strfmt("beam search is not supported on %s models", arch));
+        if (p.embed) return status::error(strfmt("embeddings are not supported on %s models (the last layers run for the last token only)", arch));
+        for (size_t g = 1; g < groups_.size(); ++g)
+            if (groups_.ring_page_bound(g, cfg_.prefill_chunk) > groups_.group(g).pool().n_pages())
+                return status::error(strfmt("KV group '%s' needs %d pages per sequence, but its pool has %d (raise --kv-memory)",
+                                            groups_.desc(g).name.c_str(), groups_.ring_page_bound(g, cfg_.prefill_chunk),
+                                            groups_.group(g).pool().n_pages()));
     }
     if (const speculative_params& sp = p.speculative; sp.on() || sp.exit_layer != 0) {
         if (sp.draft_tokens < 1 || sp.draft_tokens > k_max_draft_tokens)
@@ -256,7 +283,7 @@ void insert_by_order(C& c, T* s) {
 
 void scheduler::release(sequence* s) {
     if (s->kv_seq >= 0) {
-        kv_.seq_remove(s->kv_seq);
+        groups_.seq_remove(s->kv_seq);
         s->kv_seq = -1;
     }
     if (s->draft_kv_seq >= 0) {
@@ -343,11 +370,13 @@ bool scheduler::make_room(sequence* s, int64_t n_tokens) {
     // tokens among, all the slots before them).
     const int64_t begin = s->h2o() ? 0 : s->slots_after(0), end = s->slots_after(n_tokens);
     for (;;) {
-        if (kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end)) return true;
+        if (groups_.seq_reserve(s->kv_seq, end) && groups_.seq_prepare_write(s->kv_seq, begin, end)) return true;
         // Cached pages nobody uses go before any running sequence is preempted (+1: a
         // copy-on-write of the first written page).
         const int32_t need = kv_.pages_to_reserve(s->kv_seq, end) + 1, need_packed = kv_.packed_to_reserve(s->kv_seq, end);
-        if (ensure_free_pages(need, need_packed) && kv_.seq_reserve(s->kv_seq, end) && kv_.seq_prepare_write(s->kv_seq, begin, end))
+        // (Ring groups' pages come back only with a preempted sequence's.)
+        if (groups_.ring_can_reserve(s->kv_seq, end) && ensure_free_pages(need, need_packed) && groups_.seq_reserve(s->kv_seq, end) &&
+            groups_.seq_prepare_write(s->kv_seq, begin, end))
             return true;
         // Out of pages: preempt the newest running sequence (running_ is ordered oldest first).
         sequence* victim = running_.back();
@@ -442,7 +471,7 @@ void scheduler::attach_cached_prefix(sequence* s) {
     kv_.seq_attach(s->kv_seq, pages);
     s->n_computed = int64_t(pages.size()) * ps;
     s->n_registered_pages = int64_t(pages.size());
-    kv_.seq_trim(s->kv_seq, s->n_computed);  // a sliding sequence keeps only what its next rows read
+    groups_.seq_trim(s->kv_seq, s->n_computed);  // a sliding sequence keeps only what its next rows read
     if (!r->admitted_once) {
         metrics_.prefix_queried_tokens += r->n_prompt;
         metrics_.prefix_hit_tokens += std::min(s->n_computed, r->n_prompt);
@@ -557,9 +586,9 @@ void scheduler::admit_waiting(int64_t& budget) {
         if (take > budget) break;  // an H2O chunk that does not fit: wait for the next step
         const int32_t pages = kv_.pages_to_reserve(s->kv_seq, s->slots_after(take));
         const int32_t packed = kv_.packed_to_reserve(s->kv_seq, s->slots_after(take));
-        if (!ensure_free_pages(pages + watermark, packed) || !kv_.seq_reserve(s->kv_seq, s->slots_after(take))) {
+        if (!ensure_free_pages(pages + watermark, packed) || !groups_.seq_reserve(s->kv_seq, s->slots_after(take))) {
             // Not now: give the cached pages back (they stay in the tree) and wait.
-            kv_.seq_remove(s->kv_seq);
+            groups_.seq_remove(s->kv_seq);
             s->kv_seq = -1;
             s->n_computed = 0;
             s->base = 0;
@@ -576,8 +605,7 @@ void scheduler::admit_waiting(int64_t& budget) {
 }
 
 void scheduler::start_kv_sequence(sequence* s) {
-    s->kv_seq = kv_.seq_add();
-    kv_.seq_set_policy(s->kv_seq, s->policy());
+    s->kv_seq = groups_.seq_add(s->policy());
     if (s->recomputes()) {
         // The next token's window: the last W tokens, at slots and positions 0..W-1.
         s->base = std::max<int64_t>(0, int64_t(s->tokens.size()) - s->policy().size);
@@ -586,7 +614,7 @@ void scheduler::start_kv_sequence(sequence* s) {
 }
 
 void scheduler::restart_window(sequence* s) {
-    kv_.seq_remove(s->kv_seq);
+    groups_.seq_remove(s->kv_seq);
     s->n_computed = 0;
     s->base = 0;
     start_kv_sequence(s);
@@ -597,7 +625,7 @@ void scheduler::fork_siblings(sequence* parent) {
     r->forked = true;
     for (auto& s : r->seqs) {
         if (s.get() == parent || s->finished) continue;
-        s->kv_seq = kv_.seq_fork(parent->kv_seq);
+        s->kv_seq = groups_.seq_fork(parent->kv_seq);
         s->n_computed = parent->n_computed;
         s->base = parent->base;
         s->n_registered_pages = parent->n_registered_pages;
@@ -774,7 +802,7 @@ result<bool> scheduler::step() {
     for (const planned& pl : plan_) any_embed |= pl.seq->req->params.embed;
     layer_span full;
     if (any_embed) full.hidden_out = hidden_.data();
-    status st = model_.forward(batch_, kv_, *state_, pool_, nullptr, full);
+    status st = model_.forward(batch_, groups_, *state_, pool_, nullptr, full);
     if (!st) {
         // An internal failure: fail the requests of this step, keep serving the others.
         for (const planned& pl : plan_) {
@@ -810,7 +838,7 @@ result<bool> scheduler::step() {
             continue;
         }
         register_full_pages(s);
-        kv_.seq_trim(s->kv_seq, s->slots_after(0));  // sliding policies: pages no later row reads
+        groups_.seq_trim(s->kv_seq, s->slots_after(0));  // sliding policies: pages no later row reads
         if (prompt_part) metrics_.prompt_tokens += std::min(pl.n_tokens, s->req->n_prompt - (s->n_computed - pl.n_tokens));
         if (!pl.wants_logits) continue;
         const float* logits = state_->logits() + row * n_vocab;
@@ -857,8 +885,8 @@ bool scheduler::prepare_speculation(sequence* s) {
     if (n_draft < 1) return false;
     // Pages for the drafts' rows, without preempting anyone (speculation only where it is free).
     const int64_t begin = s->slots_after(0), end = s->slots_after(n_draft + 1);
-    if (!kv_.seq_reserve(s->kv_seq, end) || !kv_.seq_prepare_write(s->kv_seq, begin, end)) {
-        kv_.seq_rollback(s->kv_seq, s->slots_after(1));
+    if (!groups_.seq_reserve(s->kv_seq, end) || !groups_.seq_prepare_write(s->kv_seq, begin, end)) {
+        groups_.seq_rollback(s->kv_seq, s->slots_after(1));
         return false;
     }
     if (sp.exit_layer == 0) {
@@ -873,7 +901,7 @@ bool scheduler::prepare_speculation(sequence* s) {
         const int64_t dbegin = s->draft_computed - s->base;
         if (!dkv.seq_reserve(s->draft_kv_seq, dend) || !dkv.seq_prepare_write(s->draft_kv_seq, dbegin, dend)) {
             dkv.seq_rollback(s->draft_kv_seq, dbegin);
-            kv_.seq_rollback(s->kv_seq, s->slots_after(1));
+            groups_.seq_rollback(s->kv_seq, s->slots_after(1));
             return false;
         }
     }
@@ -947,7 +975,7 @@ status scheduler::speculate(const std::vector<sequence*>& group) {
             layer_span span;
             span.end = exit_layer;
             span.hidden_out = spec_hidden_rows_.data();
-            KVS_TRY(model_.forward(spec_batch_, kv_, *spec_state_, pool_, nullptr, span));
+            KVS_TRY(model_.forward(spec_batch_, groups_, *spec_state_, pool_, nullptr, span));
         } else {
             KVS_TRY(draft_.model->forward(spec_batch_, *draft_.kv, *draft_state_, pool_));
             for (sequence* s : rows) s->draft_computed = s->n_computed + j + 1;
@@ -997,9 +1025,9 @@ status scheduler::speculate(const std::vector<sequence*>& group) {
         layer_span span;
         span.begin = exit_layer;
         span.hidden_in = spec_hidden_rows_.data();
-        KVS_TRY(model_.forward(spec_batch_, kv_, *spec_state_, pool_, nullptr, span));
+        KVS_TRY(model_.forward(spec_batch_, groups_, *spec_state_, pool_, nullptr, span));
     } else {
-        KVS_TRY(model_.forward(spec_batch_, kv_, *spec_state_, pool_));
+        KVS_TRY(model_.forward(spec_batch_, groups_, *spec_state_, pool_));
     }
     metrics_.spec_verify_seconds += std::chrono::duration<double>(clock::now() - t1).count();
     int64_t row = 0;
@@ -1048,14 +1076,14 @@ void scheduler::accept_drafts(sequence* s, const float* logits, int64_t n_vocab)
     if (!running) return;  // finished: its pages are gone
     // Rows 0..emitted-1 hold the pending token and the accepted drafts; the rest roll back.
     s->n_computed = n0 + emitted;
-    kv_.seq_rollback(s->kv_seq, s->slots_after(0));
+    groups_.seq_rollback(s->kv_seq, s->slots_after(0));
     if (s->draft_kv_seq >= 0) {
         s->draft_computed = std::min(s->draft_computed, s->n_computed);
         draft_.kv->seq_rollback(s->draft_kv_seq, s->draft_computed - s->base);
         draft_.kv->seq_trim(s->draft_kv_seq, s->draft_computed - s->base);
     }
     register_full_pages(s);
-    kv_.seq_trim(s->kv_seq, s->slots_after(0));
+    groups_.seq_trim(s->kv_seq, s->slots_after(0));
 }
 
 void scheduler::start_beams(sequence* s, const float* logits) {
@@ -1068,7 +1096,7 @@ void scheduler::start_beams(sequence* s, const float* logits) {
     const int64_t max_new = p.max_tokens > 0 ? p.max_tokens : n_ctx_ - int64_t(s->tokens.size());
     auto g = std::make_unique<beam_group>(r, s->tokens, beam_search(p.beam_width, p.length_penalty, max_new, p.min_tokens, p.ignore_eos, is_end));
     const auto ext = g->search.step({logits}, model_.hparams().n_vocab);
-    for (size_t i = 0; i < ext.size(); ++i) g->kv_seqs.push_back(kv_.seq_fork(s->kv_seq));
+    for (size_t i = 0; i < ext.size(); ++i) g->kv_seqs.push_back(groups_.seq_fork(s->kv_seq));
     // The prompt sequence hands its pages to the beams and leaves the running set.
     s->finished = true;
     release(s);
@@ -1085,11 +1113,11 @@ bool scheduler::beam_room(beam_group& g) {
     for (size_t i = 0; i < live.size(); ++i) {
         const int64_t slot = int64_t(g.prompt.size() + live[i].tokens.size()) - 1;
         for (;;) {
-            if (kv_.seq_reserve(g.kv_seqs[i], slot + 1) && kv_.seq_prepare_write(g.kv_seqs[i], slot, slot + 1)) break;
+            if (groups_.seq_reserve(g.kv_seqs[i], slot + 1) && groups_.seq_prepare_write(g.kv_seqs[i], slot, slot + 1)) break;
             // Cached pages nobody uses first, then the newest running sequence (beams are never
             // preempted); with neither, the group cannot continue.
-            if (ensure_free_pages(kv_.pages_to_reserve(g.kv_seqs[i], slot + 1) + 1) && kv_.seq_reserve(g.kv_seqs[i], slot + 1) &&
-                kv_.seq_prepare_write(g.kv_seqs[i], slot, slot + 1))
+            if (ensure_free_pages(kv_.pages_to_reserve(g.kv_seqs[i], slot + 1) + 1) && groups_.seq_reserve(g.kv_seqs[i], slot + 1) &&
+                groups_.seq_prepare_write(g.kv_seqs[i], slot, slot + 1))
                 break;
             if (running_.empty()) return false;
             preempt(running_.back());
@@ -1107,14 +1135,14 @@ void scheduler::advance_beams(beam_group& g, const float* logits, int64_t n_voca
     // is copied when the beam writes it); the old sequences then go, freeing what only dropped
     // beams held.
     std::vector<int32_t> next;
-    for (const auto& e : ext) next.push_back(kv_.seq_fork(g.kv_seqs[size_t(e.parent)]));
-    for (int32_t k : g.kv_seqs) kv_.seq_remove(k);
+    for (const auto& e : ext) next.push_back(groups_.seq_fork(g.kv_seqs[size_t(e.parent)]));
+    for (int32_t k : g.kv_seqs) groups_.seq_remove(k);
     g.kv_seqs = std::move(next);
     if (g.search.done()) finish_beams(g, false);
 }
 
 void scheduler::finish_beams(beam_group& g, bool cancelled) {
-    for (int32_t k : g.kv_seqs) kv_.seq_remove(k);
+    for (int32_t k : g.kv_seqs) groups_.seq_remove(k);
     g.kv_seqs.clear();
     request_state* r = g.req;
     if (r->n_finished == r->params.n) return;
@@ -1213,7 +1241,7 @@ status scheduler::check_integrity() const {
         KVS_TRY(cache_->check_integrity());
         cache_->collect_pages(tree_pages);
     }
-    KVS_TRY(kv_.check_integrity(tree_pages));
+    KVS_TRY(groups_.check_integrity(tree_pages));
     for (const sequence* s : running_) {
         if (s->kv_seq < 0 || !kv_.seq_exists(s->kv_seq)) return status::error("a running sequence has no KV sequence");
         if (kv_.seq_capacity(s->kv_seq) < s->slots_after(0)) return status::error("a running sequence holds fewer pages than its computed tokens need");

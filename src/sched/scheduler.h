@@ -141,6 +141,10 @@ struct scheduler_metrics {
 
 class scheduler {
 public:
+    // Over the model's KV groups (llama_model::kv_group_layout; kv_groups.h), or over the one
+    // cache of a Llama-family model.
+    scheduler(const llama_model& model, const tokenizer& tok, kv_groups& kv, thread_pool& pool, const scheduler_config& config,
+              draft_model_ref draft = {});
     scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
               draft_model_ref draft = {});
     ~scheduler();
@@ -166,7 +170,8 @@ public:
     int32_t n_running() const { return int32_t(running_.size()); }
     int32_t n_waiting() const { return int32_t(waiting_.size()); }
     const scheduler_metrics& metrics() const { return metrics_; }
-    const kv_cache& kv() const { return kv_; }
+    const kv_cache& kv() const { return kv_; }  // the primary KV group
+    const kv_groups& kv_group_set() const { return groups_; }
     bool has_draft_model() const { return draft_.model != nullptr; }
     // KV integrity plus: every running sequence holds exactly the pages its computed tokens need.
     status check_integrity() const;
@@ -232,9 +237,13 @@ private:
     void handle_cancellations();
     void forget_finished_requests();
 
+    scheduler(const llama_model& model, const tokenizer& tok, std::unique_ptr<kv_groups> owned, kv_groups* borrowed, thread_pool& pool,
+              const scheduler_config& config, draft_model_ref draft);
     const llama_model& model_;
     const tokenizer& tok_;
-    kv_cache& kv_;
+    std::unique_ptr<kv_groups> own_groups_;  // a single cache wrapped (the kv_cache constructor)
+    kv_groups& groups_;                      // every KV group: sequences are added, reserved, forked, trimmed and removed here
+    kv_cache& kv_;                           // groups_.primary(): policies, prefix cache, admission by context
     thread_pool& pool_;
     scheduler_config cfg_;
     int64_t n_ctx_;
