@@ -54,7 +54,8 @@ struct bench_result {
     int threads = 0;
     int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
     std::string kv_policy = "dense";
-    int64_t kv_bytes = 0;  // KV bytes the sequence holds at the end of the test
+    int64_t kv_bytes = 0;  // KV bytes the sequence holds at the end of the test (every KV group)
+    std::vector<std::pair<std::string, int64_t>> kv_bytes_by_group;  // the same per KV group (models with several)
     double kv_read = -1;   // Quest: fraction of the dense KV pages its decode rows read (layers 2+); -1 otherwise
     int64_t n_ctx = 0;
     std::vector<double> samples_ts, samples_ns;
@@ -267,6 +268,16 @@ int cmd_bench(int argc, char** argv) {
                         r.samples_ts.push_back(double(p + n) / secs.value());
                     }
                     r.kv_bytes = int64_t(s.value()->kv_bytes());
+                    if (const kv_groups& g = s.value()->kv_group_set(); g.size() > 1) {
+                        std::string line;
+                        for (size_t i = 0; i < g.size(); ++i) {
+                            const int64_t b = int64_t(g.group(i).seq_bytes(s.value()->kv_seq()));
+                            r.kv_bytes_by_group.push_back({g.desc(i).name, b});
+                            line += strfmt("%s%s %.2f MiB", i ? ", " : "", g.desc(i).name.c_str(), double(b) / 1048576.0);
+                        }
+                        std::fprintf(stderr, "%s: KV held after %lld tokens: %s (total %.2f MiB)\n", r.test_name().c_str(),
+                                     (long long)s.value()->n_past(), line.c_str(), double(r.kv_bytes) / 1048576.0);
+                    }
                     if (const int64_t dense = s.value()->state().quest_pages_dense() - dense0; dense > 0)
                         r.kv_read = double(s.value()->state().quest_pages_read() - read0) / double(dense);
                     else if (pol.kind == kv_policy_kind::quest)
@@ -307,6 +318,11 @@ int cmd_bench(int argc, char** argv) {
                                 {"stddev_ts", r.sd_ts()}, {"samples_ns", r.samples_ns}, {"samples_ts", r.samples_ts}};
             if (bandwidth.count(r.threads)) j["bandwidth_gbps"] = bandwidth[r.threads];
             if (r.kv_read >= 0) j["kv_read_fraction"] = r.kv_read;
+            if (!r.kv_bytes_by_group.empty()) {
+                nlohmann::json g = nlohmann::json::object();
+                for (const auto& [group, bytes] : r.kv_bytes_by_group) g[group] = bytes;
+                j["kv_bytes_by_group"] = g;
+            }
             arr.push_back(j);
         }
         std::printf("%s\n", arr.dump(2).c_str());

@@ -206,11 +206,16 @@ void http_server::impl::send_overloaded(httplib::Response& res, const std::strin
 json http_server::impl::debug_kv() const {
     const status integrity = eng.check_integrity();
     const engine_stats st = eng.stats();
+    json groups = json::array();
+    for (const kv_group_stats& g : st.kv_groups)
+        groups.push_back({{"name", g.name}, {"layers", g.n_layer}, {"window", g.window}, {"pages_total", g.pages_total},
+                          {"pages_used", g.pages_used}, {"page_bytes", g.page_bytes}});
     return {{"integrity", integrity ? "ok" : integrity.message()},
             {"pages_total", st.kv_pages_total},
             {"pages_used", st.kv_pages_used},
             {"pages_cached", st.kv_pages_cached},
             {"pages_free", st.kv_pages_total - st.kv_pages_used - st.kv_pages_cached},
+            {"groups", groups},
             {"running", st.running},
             {"waiting", st.waiting},
             {"open_connections", watchdog.open_connections()}};

@@ -94,6 +94,17 @@ std::string server_metrics::render(const engine_stats& s, int64_t read_timeouts)
         add(out, "kvserve_draft_kv_pages_used", "gauge", "Draft model KV cache pages in use.", s.draft_kv_pages_used);
         add(out, "kvserve_draft_kv_pages_total", "gauge", "Draft model KV cache pages in the pool.", s.draft_kv_pages_total);
     }
+    if (s.kv_groups.size() > 1) {  // models with several KV groups (YOCO): each group's pool
+        out += "# HELP kvserve_kv_group_pages_used KV pages in use per KV group.\n# TYPE kvserve_kv_group_pages_used gauge\n";
+        for (const kv_group_stats& g : s.kv_groups)
+            out += strfmt("kvserve_kv_group_pages_used{group=\"%s\"} %d\n", g.name.c_str(), g.pages_used);
+        out += "# HELP kvserve_kv_group_pages_total KV pages in the pool per KV group.\n# TYPE kvserve_kv_group_pages_total gauge\n";
+        for (const kv_group_stats& g : s.kv_groups)
+            out += strfmt("kvserve_kv_group_pages_total{group=\"%s\"} %d\n", g.name.c_str(), g.pages_total);
+        out += "# HELP kvserve_kv_group_page_bytes Bytes of one page per KV group.\n# TYPE kvserve_kv_group_page_bytes gauge\n";
+        for (const kv_group_stats& g : s.kv_groups)
+            out += strfmt("kvserve_kv_group_page_bytes{group=\"%s\"} %lld\n", g.name.c_str(), (long long)g.page_bytes);
+    }
     add(out, "kvserve_engine_steps_total", "counter", "Scheduler steps (forward passes).", double(s.sched.steps));
     add(out, "kvserve_engine_busy_seconds_total", "counter", "Seconds the engine spent in steps.", s.busy_seconds);
     std::lock_guard<std::mutex> l(mu_);
