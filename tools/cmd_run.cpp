@@ -375,6 +375,14 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "kv:        %s, %s, %zu bytes held at the end (%zu pages), peak %zu bytes (%d pages), %zu bytes per token\n",
                  ss.policy().spec().c_str(), kv_format_name(ss.kv().type(), ss.kv().config().v_type, sess.kivi).c_str(), ss.kv_bytes(),
                  ss.kv().seq_pages(ss.kv_seq()).size(), ss.peak_bytes(), ss.peak_pages(), ss.kv().bytes_per_token());
+    if (const kv_groups& gs = ss.kv_group_set(); gs.size() > 1) {  // e.g. yoco: the global and the self-decoder's ring
+        std::string line;
+        for (size_t g = 0; g < gs.size(); ++g)
+            line += strfmt("%s%s %zu bytes (%zu pages, %lld layers%s)", g ? ", " : "", gs.desc(g).name.c_str(), gs.group(g).seq_bytes(ss.kv_seq()),
+                           gs.group(g).seq_pages(ss.kv_seq()).size(), (long long)gs.group(g).config().n_layer,
+                           gs.desc(g).window > 0 ? strfmt(", window %lld", (long long)gs.desc(g).window).c_str() : "");
+        std::fprintf(stderr, "kv groups: %s\n", line.c_str());
+    }
     return 0;
 }
 
