@@ -7,7 +7,8 @@
 #       suite, in build-asan/.
 #   scripts/sanitize.sh tsan [ctest args...]
 #       ThreadSanitizer over the tests that run threads, in build-tsan/: all of the scheduler /
-#       engine (test_sched) and HTTP server (test_server, test_server_limits, test_server_speculative) suites, plus the tests of other suites
+#       engine (test_sched, test_yoco) and HTTP server (test_server, test_server_limits,
+#       test_server_speculative, test_server_yoco) suites, plus the tests of other suites
 #       that run a thread pool or several threads (tsan_tests below). Only the test binaries
 #       those need are built.
 #
@@ -25,7 +26,8 @@ shift
 # Test binaries whose threaded tests the tsan stage runs, and the regex picking those tests
 # (thread pool, split-KV attention and cascade over a pool, generation with threads,
 # concurrent tokenization and template rendering).
-tsan_suites='^test_(sched|server|server_limits|server_speculative)$'
+tsan_suites='^test_(sched|server|server_limits|server_speculative|server_yoco|yoco)$'
+tsan_suite_bins=(test_sched test_server test_server_limits test_server_speculative test_server_yoco test_yoco)
 tsan_more_bins=(test_kernels test_attention test_cascade test_generate test_tokenizer test_chat_template)
 tsan_more_regex='^(ThreadPool\.|AttentionMerge\.SplitKv|AttentionPaged\.|.*CascadeAttention\.|Generate\.|all/tok_vocab\.ConcurrentEncode|chat_template\.concurrent)'
 
@@ -47,7 +49,7 @@ case "$stage" in
     tsan)
         build=build-tsan
         configure "$build" tsan
-        cmake --build "$build" -j "$jobs" --target test_sched test_server test_server_limits "${tsan_more_bins[@]}"
+        cmake --build "$build" -j "$jobs" --target "${tsan_suite_bins[@]}" "${tsan_more_bins[@]}"
         export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan_suppressions.txt}"
         # gcc 12's ThreadSanitizer cannot map its shadow memory when the kernel randomizes mmap
         # with more than 28 bits (vm.mmap_rnd_bits = 32 on some kernels): run the tests without
