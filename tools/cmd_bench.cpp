@@ -124,10 +124,11 @@ int cmd_bench(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "serve") return bench_serve(argc - 1, argv + 1);
     if (argc > 1 && std::string(argv[1]) == "soak") return bench_soak(argc - 1, argv + 1);
     if (argc > 1 && std::string(argv[1]) == "spec") return bench_spec(argc - 1, argv + 1);
+    if (argc > 1 && std::string(argv[1]) == "embed") return bench_embed(argc - 1, argv + 1);
     CLI::App app("Benchmark prompt processing and generation speed (llama-bench's tests).\n"
                  "Also: kvserve bench batched ... (batched generation), kvserve bench serve ... (an HTTP server), "
                  "kvserve bench soak ... (the server's fault and load harness), kvserve bench spec ... (speculative decoding "
-                 "against plain decoding)",
+                 "against plain decoding), kvserve bench embed ... (an embedding burst in several orders)",
                  "kvserve bench");
     std::string model_path = default_model_path(), p_list = "512", n_list = "128", d_list = "0", t_list, output = "md";
     int reps = 5;
