@@ -227,3 +227,15 @@ TEST(Cli, BenchSoakSmallPlanPasses) {
     EXPECT_EQ(out.find("FAIL"), std::string::npos) << out;
     EXPECT_EQ(run_command(kvserve_binary() + " bench soak --requests 0", &out), 2) << out;
 }
+
+TEST(Cli, BenchEmbedOrdersGiveTheSameVectors) {
+    KVS_SKIP_IF_MISSING(model, "models/stories260K.gguf");
+    std::string out;
+    const int rc = run_command(kvserve_binary() + " bench embed -m " + q(model) + " -N 12 --max-len 300 --max-batch-tokens 256 --max-seqs 4 -r 1 -t 2", &out);
+    EXPECT_EQ(rc, 0) << out;
+    for (const char* order : {"arrival (first-come)", "shortest first", "longest first"}) EXPECT_NE(out.find(order), std::string::npos) << out;
+    EXPECT_NE(out.find("largest difference between the orders' vectors: 0\n"), std::string::npos) << out;
+    EXPECT_EQ(run_command(kvserve_binary() + " bench embed -m " + q(model) + " --min-len 100 --max-len 10", &out), 2) << out;
+    EXPECT_NE(out.find("--min-len"), std::string::npos) << out;
+    EXPECT_EQ(run_command(kvserve_binary() + " bench embed -m " + q(model) + " --max-len 100000", &out), 2) << out;
+}
