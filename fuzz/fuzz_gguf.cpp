@@ -1,7 +1,10 @@
 // libFuzzer target for the GGUF reader: any byte string must parse or fail with a message,
 // never crash or read outside the buffer. When a file parses, every value and every byte of
 // every tensor is touched (and decoded where kvserve supports the dtype), so a view that
-// points outside the input shows up under AddressSanitizer.
+// points outside the input shows up under AddressSanitizer. The model hyper-parameters are
+// read from it too (llama, qwen2, mistral, yoco): an error must say what is wrong, and what is
+// accepted must hold the invariants the loader and the forward pass rely on.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -10,6 +13,7 @@
 
 #include "core/dtype.h"
 #include "gguf/gguf.h"
+#include "model/hparams.h"
 
 namespace {
 
@@ -73,5 +77,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (t.data < buf.get() || t.n_bytes > size || t.data + t.n_bytes > buf.get() + size) __builtin_trap();
         touch_tensor(t);
     }
+    auto hp = kvs::llama_hparams::from_gguf(g);
+    if (!hp.is_ok()) {
+        if (hp.message().empty()) __builtin_trap();
+        return 0;
+    }
+    const kvs::llama_hparams& h = hp.value();
+    if (h.n_embd < 1 || h.n_layer < 1 || h.n_ff < 1 || h.n_head < 1 || h.n_head_kv < 1 || h.n_head % h.n_head_kv != 0) __builtin_trap();
+    if (h.head_dim < 2 || h.head_dim % 2 != 0 || h.n_rot < 2 || h.n_rot > h.head_dim || h.n_rot % 2 != 0) __builtin_trap();
+    if (!(h.rms_eps > 0 && h.rms_eps < 1) || !std::isfinite(h.rope_freq_base) || !(h.rope_freq_base > 1)) __builtin_trap();
+    if (!std::isfinite(h.rope_freq_scale) || !(h.rope_freq_scale > 0)) __builtin_trap();
+    if (h.arch == "yoco" && (h.n_layer_self < 1 || h.n_layer_self >= h.n_layer || h.sliding_window < 1)) __builtin_trap();
     return 0;
 }

@@ -3,6 +3,8 @@
 // counts, and sanity checks of the float64 reference (tests/reference_model.h).
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -195,6 +197,23 @@ TEST(YocoFormat, SlidingWindowRequired) {
     EXPECT_HAS(e, "missing metadata key yoco.sliding_window");
     e = load_error(rewrite(good, "yoco-window-0", {{}, {}, {{"yoco.sliding_window", 0}}, {}}));
     EXPECT_HAS(e, "yoco.sliding_window = 0 is out of range");
+}
+
+TEST(YocoFormat, RopeParametersOutOfRange) {
+    // Found by fuzzing the hyper-parameters: a scaling factor of 1e-30 or an infinite base
+    // would load and turn every RoPE angle into infinity.
+    const std::string good = test::write_synth(small_yoco(), "yoco-rope-good");
+    file_edit tiny_factor;
+    tiny_factor.drop_keys = {"yoco.rope.scaling.factor", "yoco.rope.scaling.type"};
+    tiny_factor.extra = [](gguf_writer& w) {
+        w.set_string("yoco.rope.scaling.type", "linear");
+        w.set_f32("yoco.rope.scaling.factor", 1e-30f);
+    };
+    EXPECT_HAS(load_error(rewrite(good, "yoco-rope-factor", tiny_factor)), "RoPE scaling factor 1e-30 is out of range");
+    file_edit inf_base;
+    inf_base.drop_keys = {"yoco.rope.freq_base"};
+    inf_base.extra = [](gguf_writer& w) { w.set_f32("yoco.rope.freq_base", std::numeric_limits<float>::infinity()); };
+    EXPECT_HAS(load_error(rewrite(good, "yoco-rope-base", inf_base)), "rope.freq_base inf must be finite and > 1");
 }
 
 TEST(YocoFormat, GlobalTensorsRequired) {

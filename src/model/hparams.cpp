@@ -70,7 +70,8 @@ result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
     auto base = f.get_float_opt(a + "rope.freq_base");
     if (!base) return base.error();
     if (base.value()) hp.rope_freq_base = float(*base.value());
-    if (!(hp.rope_freq_base > 1)) return status::error(strfmt("rope.freq_base %g must be > 1", hp.rope_freq_base));
+    if (!(hp.rope_freq_base > 1) || !std::isfinite(hp.rope_freq_base))
+        return status::error(strfmt("rope.freq_base %g must be finite and > 1", hp.rope_freq_base));
     auto stype = f.get_string_opt(a + "rope.scaling.type");
     if (!stype) return stype.error();
     auto factor = f.get_float_opt(a + "rope.scaling.factor");
@@ -82,6 +83,10 @@ result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
     auto lin = f.get_float_opt(a + "rope.scale_linear");
     if (!lin) return lin.error();
     if (lin.value() && *lin.value() > 0) hp.rope_freq_scale = float(1.0 / *lin.value());
+    // A scaling factor of 1e-40 would turn every angle into infinity: the factor's range is
+    // what context extension uses, with room to spare.
+    if (!(hp.rope_freq_scale >= 1e-6f && hp.rope_freq_scale <= 1e6f))
+        return status::error(strfmt("the RoPE scaling factor %g is out of range [1e-6, 1e6]", 1.0 / double(hp.rope_freq_scale)));
 
     if (hp.arch == "yoco") {
         // The split: self-decoder layers [0, Ls), cross-decoder layers [Ls, L); both non-empty.
