@@ -203,6 +203,10 @@ TEST_P(MatmulTest, MultiAndSwigluEqualSeparateCalls) {
                 // In place (out aliases the gate scratch), as the forward pass uses it.
                 matmul_swiglu(wa.view, wu.view, x.data(), m, g.data(), u.data(), g.data(), pool);
                 for (size_t e = 0; e < want.size(); ++e) ASSERT_EQ(g[e], want[e]) << isa_name(i);
+                // Without y_up (the up tiles in the matmul's scratch), as the forward pass uses it.
+                std::fill(g.begin(), g.end(), 0.0f);
+                matmul_swiglu(wa.view, wu.view, x.data(), m, g.data(), nullptr, g.data(), pool);
+                for (size_t e = 0; e < want.size(); ++e) ASSERT_EQ(g[e], want[e]) << isa_name(i) << " (no y_up)";
             }
         }
     }
@@ -452,6 +456,9 @@ TEST(Interleave, MultiAndSwigluWithMixedLayouts) {
         matmul_swiglu(a.view, b.view, x.data(), m, g.data(), u.data(), out.data(), pool);
         swiglu(ya.data(), yb.data(), want.data(), m * 64);
         EXPECT_EQ(out, want) << isa_name(i);
+        std::fill(out.begin(), out.end(), 0.0f);
+        matmul_swiglu(a.view, b.view, x.data(), m, g.data(), nullptr, out.data(), pool);
+        EXPECT_EQ(out, want) << isa_name(i) << " (no y_up)";
     }
 }
 

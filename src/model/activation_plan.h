@@ -7,9 +7,11 @@
 // is live over the whole body. Two buffers conflict when some point lies in a live range of
 // both; conflicting buffers get disjoint bytes, the others may share them.
 //
-// plan_activations is greedy by size: the largest buffer first, each at the lowest aligned
-// offset where it overlaps no already placed buffer it conflicts with. Deterministic (equal
-// sizes: the earlier buffer of the list first).
+// plan_activations places buffers greedily, each at the lowest aligned offset where it
+// overlaps no already placed buffer it conflicts with, and tries several orders: largest
+// first, longest-lived first, by first use, by bytes × lifetime, then up to 512 seeded
+// shuffles. It keeps the smallest arena and stops as soon as one reaches the lower bound, the
+// most bytes live at one point (then the plan is optimal). Deterministic.
 #pragma once
 
 #include <cstddef>
@@ -42,8 +44,12 @@ constexpr size_t activation_alignment = 64;
 // Whether a point lies in a live range of both (empty lists conflict with nothing).
 bool lifetimes_overlap(const activation_buffer& a, const activation_buffer& b);
 
-// Offsets such that conflicting buffers never share a byte, greedy by size (see above).
-// alignment: a power of two.
+// The most bytes (each buffer rounded up to the alignment) live at one point: no arena is
+// smaller.
+size_t live_peak_bytes(const std::vector<activation_buffer>& buffers, size_t alignment = activation_alignment);
+
+// Offsets such that conflicting buffers never share a byte (see above). alignment: a power
+// of two.
 activation_plan plan_activations(const std::vector<activation_buffer>& buffers, size_t alignment = activation_alignment);
 
 // Every buffer at its own bytes, one after the other in list order (arena_bytes == sum_bytes):

@@ -26,7 +26,7 @@ enum point : int32_t {
                     // (its probe reads k), the sink pass copies q and merges into attn, lse
     p_wo,           // xb2 = attn · Wo
     p_ffn_norm,     // x += xb2; xb = rmsnorm(x)
-    p_gate_up,      // gate, up = xb · (Wgate, Wup); gate = silu(gate) * up
+    p_gate_up,      // gate = silu(xb · Wgate) * (xb · Wup), tile by tile (the up tile in the matmul's scratch)
     p_down,         // xb2 = gate · Wdown
     p_layer_add,    // x += xb2; xb = rmsnorm(x) with the next layer's attn norm
     p_final_norm,   // hidden_out = x; out_rows = rmsnorm(x) of the logit rows
@@ -35,7 +35,7 @@ enum point : int32_t {
 };
 
 // The activation buffers, in arena order (forward_state::buffers_ and the pointers after it).
-enum buffer_id : int32_t { b_x, b_xb, b_xb2, b_q, b_attn, b_k, b_v, b_lse, b_gate, b_up, b_rope_cos, b_rope_sin, b_out_rows, b_logits, n_buffers };
+enum buffer_id : int32_t { b_x, b_xb, b_xb2, b_q, b_attn, b_k, b_v, b_lse, b_gate, b_rope_cos, b_rope_sin, b_out_rows, b_logits, n_buffers };
 
 }  // namespace
 
@@ -57,7 +57,6 @@ std::vector<activation_buffer> forward_state::activation_buffers(const llama_hpa
     set(b_v, "v", n * nkv, {{p_qkv, p_kv_write}});
     set(b_lse, "lse", n * size_t(hp.n_head), {{p_attention, p_attention}});
     set(b_gate, "gate", n * size_t(hp.n_ff), {{p_gate_up, p_down}});
-    set(b_up, "up", n * size_t(hp.n_ff), {{p_gate_up, p_gate_up}});
     set(b_rope_cos, "rope_cos", n * n_pairs, {{p_rope_angles, p_layer_add}});
     set(b_rope_sin, "rope_sin", n * n_pairs, {{p_rope_angles, p_layer_add}});
     set(b_out_rows, "out_rows", n_logit_rows * d, {{p_final_norm, p_lm_head}});
@@ -75,7 +74,7 @@ forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64
     arena_.reset(static_cast<uint8_t*>(std::aligned_alloc(activation_alignment, bytes)));
     if (!arena_) throw std::bad_alloc();
     std::memset(arena_.get(), 0, bytes);
-    float** const ptr[n_buffers] = {&x, &xb, &xb2, &q, &attn, &k, &v, &lse, &gate, &up, &rope_cos, &rope_sin, &out_rows, &logits_};
+    float** const ptr[n_buffers] = {&x, &xb, &xb2, &q, &attn, &k, &v, &lse, &gate, &rope_cos, &rope_sin, &out_rows, &logits_};
     for (size_t i = 0; i < size_t(n_buffers); ++i) *ptr[i] = reinterpret_cast<float*>(arena_.get() + arena_plan_.offsets[i]);
 }
 
@@ -322,7 +321,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
         // Feed-forward block (SwiGLU).
         dump("ffn_norm", il, st.xb, n, d);
         // gate and up in one pass, SwiGLU applied per chunk while it is in cache.
-        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb, n, st.gate, st.up, st.gate, pool);
+        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb, n, st.gate, nullptr, st.gate, pool);
         cpu::matmul(L.w_down, st.gate, n, st.xb2, pool);
         dump("ffn_out", il, st.xb2, n, d);
         if (il + 1 < l_end) {  // residual add fused with the next layer's attention norm

@@ -151,7 +151,6 @@ private:
     float* v = nullptr;                  // (max_tokens, n_kv*hd)
     float* lse = nullptr;                // (max_tokens, n_head)
     float* gate = nullptr;               // (max_tokens, n_ff)
-    float* up = nullptr;                 // (max_tokens, n_ff)
     float* rope_cos = nullptr;           // (max_tokens, n_rot / 2) angles of each row's position
     float* rope_sin = nullptr;           // (max_tokens, n_rot / 2)
     float* out_rows = nullptr;           // (max_logits, n_embd)

@@ -99,7 +99,7 @@ class runner {
 public:
     runner(const tune_workload& w, thread_pool& pool) : pool_(pool) {
         int64_t n_in = 0;
-        size_t y_elems = 0, up_elems = 0;
+        size_t y_elems = 0;
         for (const tune_call& c : w) {
             if (c.w.empty()) continue;
             const int64_t m = c.head ? tune_m_of[int(matmul_m_class::small)] : tune_m_of[int(matmul_m_class::large)];
@@ -107,7 +107,6 @@ public:
             int64_t rows = 0;
             for (const weight_view& v : c.w) rows += v.n_out;
             y_elems = std::max(y_elems, size_t(m * rows));
-            if (c.k == tune_call::kind::swiglu) up_elems = std::max(up_elems, size_t(m * c.w[1].n_out));
         }
         x_.resize(size_t(tune_m_of[int(matmul_m_class::large)] * n_in));
         uint64_t s = 0x9e3779b97f4a7c15ull;
@@ -116,7 +115,6 @@ public:
             v = float(int64_t(s >> 40) - (int64_t(1) << 23)) / float(1 << 23);
         }
         y_.resize(std::max<size_t>(1, y_elems));
-        up_.resize(std::max<size_t>(1, up_elems));
     }
 
     void run(const tune_call& c, int64_t m, const matmul_tuning& t) {
@@ -134,7 +132,7 @@ public:
                 break;
             }
             case tune_call::kind::swiglu:
-                matmul_swiglu(c.w[0], c.w[1], x_.data(), m, y_.data(), up_.data(), y_.data(), pool_, &t);
+                matmul_swiglu(c.w[0], c.w[1], x_.data(), m, y_.data(), nullptr, y_.data(), pool_, &t);  // as the forward pass calls it
                 break;
         }
     }
@@ -154,7 +152,6 @@ private:
     thread_pool& pool_;
     std::vector<float> x_;   // (512, max n_in)
     std::vector<float> y_;   // outputs of the largest call: (m, sum of its n_out)
-    std::vector<float> up_;  // swiglu's up half: (m, n_out)
 };
 
 // What one (dtype, class) search may spend: its share of the budget.

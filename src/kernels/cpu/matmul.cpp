@@ -120,6 +120,13 @@ q8_scratch& scratch() {
     return s;
 }
 
+// matmul_swiglu without y_up: each worker's up-projection tile (m_block × chunk floats), in
+// one buffer per calling thread (slot per worker), grown when a larger shape first runs.
+std::vector<float>& up_tile_scratch() {
+    static thread_local std::vector<float> s;
+    return s;
+}
+
 // Activations rounded to bf16 for the bf16 dot-product kernels, likewise reused.
 std::vector<uint16_t>& bf16_scratch() {
     static thread_local std::vector<uint16_t> s;
@@ -221,7 +228,7 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         // Unsupported: callers validate weights at load time (matmul_supported); make a slip
         // loud rather than silently wrong.
         for (int j = 0; j < n_w; ++j)
-            std::fill(ys[j], ys[j] + m * ws[j].n_out, std::numeric_limits<float>::quiet_NaN());
+            if (ys[j]) std::fill(ys[j], ys[j] + m * ws[j].n_out, std::numeric_limits<float>::quiet_NaN());
         if (glu_out) std::fill(glu_out, glu_out + m * ws[0].n_out, std::numeric_limits<float>::quiet_NaN());
         return;
     }
@@ -306,7 +313,16 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
     for (int j = 0; j < n_units; ++j) chunk_start[j + 1] = chunk_start[j] + (ws[j].n_out + chunk - 1) / chunk;
     const int64_t n_chunks = chunk_start[n_units];
 
-    auto run_tile = [&](int j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
+    // swiglu without y_up: the up tile goes to the worker's slot of the scratch, chunk wide.
+    float* up_tiles = nullptr;
+    const size_t up_tile_floats = size_t(m_block) * size_t(chunk);
+    if (glu_out && !ys[1]) {
+        std::vector<float>& sc = up_tile_scratch();
+        if (sc.size() < up_tile_floats * size_t(n_threads)) sc.resize(up_tile_floats * size_t(n_threads));
+        up_tiles = sc.data();
+    }
+
+    auto run_tile = [&](int j, int64_t o0, int64_t o1, int64_t i0, int64_t i1, float* y, int64_t ldy) {
         const weight_view& w = ws[j];
         const size_t row_bytes = dtype_row_bytes(w.type, n_in);
         detail::q8_rows q8_block{};
@@ -331,22 +347,25 @@ void matmul_impl(const weight_view* ws, int n_w, const float* x, int64_t m, floa
         }
         t.x_stride = n_in;
         t.m = i1 - i0;
-        t.y = ys[j] + i0 * w.n_out + o0;
-        t.ldy = w.n_out;
+        t.y = y;
+        t.ldy = ldy;
         fns[j](t);
     };
-    auto tile = [&](int64_t task, int) {
+    auto tile = [&](int64_t task, int worker) {
         const int64_t c = task % n_chunks, mb = task / n_chunks;
         int j = 0;
         while (c >= chunk_start[j + 1]) ++j;
         const int64_t o0 = (c - chunk_start[j]) * chunk, o1 = std::min(ws[j].n_out, o0 + chunk);
         const int64_t i0 = mb * m_block, i1 = std::min(m, i0 + m_block);
-        run_tile(j, o0, o1, i0, i1);
+        const int64_t n_out = ws[j].n_out;
+        run_tile(j, o0, o1, i0, i1, ys[j] + i0 * n_out + o0, n_out);
         if (glu_out) {
-            run_tile(1, o0, o1, i0, i1);
-            const int64_t n_ff = ws[0].n_out;
+            // up: into y_up, or (ldy = chunk) into this worker's tile.
+            float* up = up_tiles ? up_tiles + size_t(worker) * up_tile_floats : ys[1] + i0 * n_out + o0;
+            const int64_t ld_up = up_tiles ? chunk : n_out;
+            run_tile(1, o0, o1, i0, i1, up, ld_up);
             for (int64_t i = i0; i < i1; ++i)
-                glu(ys[0] + i * n_ff + o0, ys[1] + i * n_ff + o0, glu_out + i * n_ff + o0, o1 - o0);
+                glu(ys[0] + i * n_out + o0, up + (i - i0) * ld_up, glu_out + i * n_out + o0, o1 - o0);
         }
     };
     pool.run(n_chunks * n_m_blocks, tile);

@@ -101,6 +101,9 @@ void matmul_multi(const weight_view* w, int n_w, const float* x, int64_t m, floa
 // The SwiGLU feed-forward input in one pass: y_gate = x · gateᵀ, y_up = x · upᵀ (both
 // (m, n_out), used as scratch) and out = swiglu(y_gate, y_up) (m, n_out), computed chunk by
 // chunk while the chunk is in cache. out may alias y_gate. gate.n_out must equal up.n_out.
+// y_up may be null: each task's up tile then lives in a per-worker scratch of one tile (a
+// few hundred KiB at most, kept between calls), so no (m, n_out) up matrix is ever stored;
+// the values are the same either way.
 void matmul_swiglu(const weight_view& gate, const weight_view& up, const float* x, int64_t m, float* y_gate,
                    float* y_up, float* out, thread_pool& pool, const matmul_tuning* tuning = nullptr);
 // Whether matmul has kernels for weights of this dtype (f32, f16, bf16, q8_0, q4_0, q4_1,
