@@ -4,6 +4,8 @@
 
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "test_util.h"
 
 using kvs::test::kvserve_binary;
@@ -238,4 +240,25 @@ TEST(Cli, BenchEmbedOrdersGiveTheSameVectors) {
     EXPECT_EQ(run_command(kvserve_binary() + " bench embed -m " + q(model) + " --min-len 100 --max-len 10", &out), 2) << out;
     EXPECT_NE(out.find("--min-len"), std::string::npos) << out;
     EXPECT_EQ(run_command(kvserve_binary() + " bench embed -m " + q(model) + " --max-len 100000", &out), 2) << out;
+}
+
+// A yoco model from synth: run and bench report the KV of each group (the global K/V grows with
+// the tokens, the self-decoder's ring stays within its window).
+TEST(Cli, YocoRunAndBenchReportKvPerGroup) {
+    const std::string path = kvs::test::temp_dir() + "/cli-yoco-tiny.gguf";
+    std::string out;
+    ASSERT_EQ(run_command(kvserve_binary() + " synth --shape yoco-tiny --dtype f32 -o " + q(path), &out), 0) << out;
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 60 --ignore-eos --temp 0 -t 2", &out), 0) << out;
+    // 64 tokens: 4 pages of 16 in the global group; the 32-token window needs at most 3.
+    EXPECT_NE(out.find("kv groups: global 16384 bytes (4 pages, 1 layers), self "), std::string::npos) << out;
+    EXPECT_NE(out.find("window 32)"), std::string::npos) << out;
+    ASSERT_EQ(run_command("(" + kvserve_binary() + " bench -m " + q(path) + " -p 0 -n 4 -d 200 -r 1 -t 1 -o json 2>/dev/null)", &out), 0) << out;
+    const auto j = nlohmann::json::parse(out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << out;
+    ASSERT_TRUE(j.is_array() && !j.empty()) << out;
+    const auto& g = j[0]["kv_bytes_by_group"];
+    ASSERT_TRUE(g.is_object()) << out;
+    EXPECT_GT(g["global"].get<int64_t>(), 0);
+    EXPECT_GT(g["self"].get<int64_t>(), 0);
+    EXPECT_EQ(g["global"].get<int64_t>() + g["self"].get<int64_t>(), j[0]["kv_bytes"].get<int64_t>()) << out;
 }
