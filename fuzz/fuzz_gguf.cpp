@@ -77,12 +77,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (t.data < buf.get() || t.n_bytes > size || t.data + t.n_bytes > buf.get() + size) __builtin_trap();
         touch_tensor(t);
     }
-    auto hp = kvs::llama_hparams::from_gguf(g);
+    auto hp = kvs::model_hparams::from_gguf(g);
     if (!hp.is_ok()) {
         if (hp.message().empty()) __builtin_trap();
         return 0;
     }
-    const kvs::llama_hparams& h = hp.value();
+    const kvs::model_hparams& h = hp.value();
     if (h.n_embd < 1 || h.n_layer < 1 || h.n_ff < 1 || h.n_head < 1 || h.n_head_kv < 1 || h.n_head % h.n_head_kv != 0) __builtin_trap();
     if (h.head_dim < 2 || h.head_dim % 2 != 0 || h.n_rot < 2 || h.n_rot > h.head_dim || h.n_rot % 2 != 0) __builtin_trap();
     if (!(h.rms_eps > 0 && h.rms_eps < 1) || !std::isfinite(h.rope_freq_base) || !(h.rope_freq_base > 1)) __builtin_trap();

@@ -83,7 +83,7 @@ struct attention_pattern {
 
 std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std::vector<int32_t>& tokens,
                                                 const attention_pattern& pat) {
-    const llama_hparams& hp = m.hparams();
+    const model_hparams& hp = m.hparams();
     const gguf_file& f = m.file();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nkv = hp.n_head_kv * hd;
     const bool neox = hp.rope == cpu::rope_layout::neox;
@@ -185,7 +185,7 @@ void kivi_quantize(double* x, size_t n, size_t stride, int bits) {
 
 std::vector<std::vector<double>> reference_kivi_logits(const llama_model& m, const std::vector<int32_t>& tokens, int bits,
                                                        int64_t group, int64_t residual) {
-    const llama_hparams& hp = m.hparams();
+    const model_hparams& hp = m.hparams();
     const int64_t hd = hp.head_dim, v_group = std::min(group, hd);
     attention_pattern pat;
     pat.kept = [](int64_t t) {
@@ -256,7 +256,7 @@ std::vector<std::vector<double>> reference_policy_logits(const llama_model& m, c
 
 std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, const std::vector<int32_t>& tokens, int64_t budget,
                                                         int64_t page_size, int64_t prompt_len, std::vector<reference_quest_choice>* choices) {
-    const llama_hparams& hp = m.hparams();
+    const model_hparams& hp = m.hparams();
     const int64_t hd = hp.head_dim, group = hp.n_gqa();
     const int64_t k = std::max<int64_t>(1, budget / page_size);
     attention_pattern pat;
@@ -314,7 +314,7 @@ std::vector<std::vector<double>> reference_quest_logits(const llama_model& m, co
 std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, const std::vector<int32_t>& tokens, int64_t heavy,
                                                       int64_t recent, const std::vector<int64_t>& chunk_ends,
                                                       std::vector<reference_h2o_kept>* kept_out) {
-    const llama_hparams& hp = m.hparams();
+    const model_hparams& hp = m.hparams();
     const gguf_file& f = m.file();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nkv = hp.n_head_kv * hd, group = hp.n_gqa();
     const bool neox = hp.rope == cpu::rope_layout::neox;
@@ -417,7 +417,7 @@ namespace {
 // values of the tokens j with visible[j] (rotated keys, (n_kv_head · head_dim) each), query head
 // h reading KV head h / (n_head / n_head_kv), scores scaled by 1/√head_dim, softmax over the
 // visible tokens only.
-std::vector<double> masked_attention(const llama_hparams& hp, const std::vector<double>& q,
+std::vector<double> masked_attention(const model_hparams& hp, const std::vector<double>& q,
                                      const std::vector<std::vector<double>>& K, const std::vector<std::vector<double>>& V,
                                      const std::vector<bool>& visible) {
     const int64_t hd = hp.head_dim;
@@ -445,7 +445,7 @@ std::vector<double> masked_attention(const llama_hparams& hp, const std::vector<
 }  // namespace
 
 std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, const std::vector<int32_t>& tokens) {
-    const llama_hparams& hp = m.hparams();
+    const model_hparams& hp = m.hparams();
     EXPECT_TRUE(hp.yoco()) << "reference_yoco_logits on a " << hp.arch << " model";
     const gguf_file& f = m.file();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;

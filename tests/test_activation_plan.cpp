@@ -166,8 +166,8 @@ TEST(ActivationPlan, RandomLifetimesNeverShareLiveBytes) {
 
 namespace {
 
-llama_hparams shape(int64_t n_embd, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ff, int64_t n_vocab) {
-    llama_hparams hp;
+model_hparams shape(int64_t n_embd, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ff, int64_t n_vocab) {
+    model_hparams hp;
     hp.n_embd = n_embd;
     hp.n_head = n_head;
     hp.n_head_kv = n_head_kv;
@@ -187,14 +187,14 @@ llama_hparams shape(int64_t n_embd, int64_t n_head, int64_t n_head_kv, int64_t h
 TEST(ActivationPlan, ForwardPassPlanOfModelShapes) {
     struct model_shape {
         const char* name;
-        llama_hparams hp;
+        model_hparams hp;
     };
     const model_shape shapes[] = {{"TinyLlama-1.1B", shape(2048, 32, 4, 64, 5632, 32000)}, {"stories260K", shape(64, 8, 4, 8, 172, 512)}};
     for (const model_shape& s : shapes)
         for (int64_t tokens : {1, 7, 64, 512, 2048})
             for (int64_t logit_rows : {int64_t(1), tokens}) {
                 const std::string what = strfmt("%s, %lld tokens, %lld logit rows", s.name, (long long)tokens, (long long)logit_rows);
-                const auto bufs = forward_state::activation_buffers(s.hp, tokens, logit_rows);
+                const auto bufs = llama_activation_buffers(s.hp, tokens, logit_rows);
                 const activation_plan p = plan_activations(bufs);
                 check_plan(bufs, p, activation_alignment, what);
                 EXPECT_EQ(live_peak_bytes(bufs), live_peak(bufs, activation_alignment)) << what;

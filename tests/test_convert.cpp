@@ -18,6 +18,7 @@
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "gguf/llama2c.h"
+#include "model/llama.h"
 #include "model/session.h"
 #include "model/shapes.h"
 #include "test_util.h"

@@ -108,7 +108,7 @@ TEST(YocoFormat, HparamsAndWeightsOfASynthFile) {
     const std::string path = test::write_synth(small_yoco(), "yoco-hp");
     auto m = llama_model::load(path);
     ASSERT_TRUE(m.is_ok()) << m.message();
-    const llama_hparams& hp = m.value()->hparams();
+    const model_hparams& hp = m.value()->hparams();
     EXPECT_EQ(hp.arch, "yoco");
     EXPECT_TRUE(llama_family_arch("yoco"));
     EXPECT_TRUE(hp.yoco());
@@ -304,7 +304,7 @@ TEST(YocoShapes, SynthWritesAFileThatLoads) {
     ASSERT_EQ(kvserve("synth --shape yoco-tiny --dtype q8_0 -o " + out, &text), 0) << text;
     auto m = llama_model::load(out);
     ASSERT_TRUE(m.is_ok()) << m.message();
-    const llama_hparams& hp = m.value()->hparams();
+    const model_hparams& hp = m.value()->hparams();
     EXPECT_EQ(hp.arch, "yoco");
     EXPECT_EQ(hp.n_layer, 6);
     EXPECT_EQ(hp.n_layer_self, 3);

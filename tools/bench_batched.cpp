@@ -89,7 +89,7 @@ int bench_batched(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench batched: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    auto model = language_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve bench batched: %s\n", model.message().c_str());
         return 1;
@@ -99,7 +99,7 @@ int bench_batched(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench batched: %s\n", tok.message().c_str());
         return 1;
     }
-    const llama_model& m = *model.value();
+    const language_model& m = *model.value();
     const dtype kv_type = kv_choice.value_or(m.auto_kv_type());
     thread_pool pool(threads);
     std::mt19937 rng(1);

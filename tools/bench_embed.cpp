@@ -58,7 +58,7 @@ int bench_embed(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench embed: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    auto model = language_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve bench embed: %s\n", model.message().c_str());
         return 1;
@@ -68,7 +68,7 @@ int bench_embed(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench embed: %s\n", tok.message().c_str());
         return 1;
     }
-    const llama_model& m = *model.value();
+    const language_model& m = *model.value();
     if (max_len > m.hparams().n_ctx_train) {
         std::fprintf(stderr, "kvserve bench embed: --max-len %lld is past the model's context (%lld)\n", (long long)max_len,
                      (long long)m.hparams().n_ctx_train);

@@ -42,7 +42,8 @@
 
 #include "bench_commands.h"
 #include "common.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "sched/engine.h"
 #include "server/http.h"
 #include "server/http_server.h"
@@ -398,7 +399,7 @@ int bench_soak(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench soak: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path, repack_options(false));
+    auto model = language_model::load(model_path, repack_options(false));
     if (!model) {
         std::fprintf(stderr, "kvserve bench soak: %s\n", model.message().c_str());
         return 1;

@@ -59,7 +59,7 @@ struct one_run {
     scheduler_metrics metrics;
 };
 
-result<one_run> generate(const llama_model& m, const tokenizer& tok, const llama_model* draft, thread_pool& pool,
+result<one_run> generate(const language_model& m, const tokenizer& tok, const language_model* draft, thread_pool& pool,
                          const std::vector<int32_t>& prompt, int64_t n_gen, dtype kv_type, const speculative_params& spec) {
     const int32_t ps = 16;
     const int32_t n_pages = kv_cache::pages_for(int64_t(prompt.size()) + n_gen + k_max_draft_tokens + 1, ps) + 2;
@@ -151,12 +151,12 @@ int bench_spec(int argc, char** argv) {
         std::fprintf(stderr, "kvserve bench spec: %s\n", missing_model_help(model_path).c_str());
         return 2;
     }
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    auto model = language_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve bench spec: %s\n", model.message().c_str());
         return 1;
     }
-    const llama_model& m = *model.value();
+    const language_model& m = *model.value();
     auto tok = tokenizer::from_gguf(m.file());
     if (!tok) {
         std::fprintf(stderr, "kvserve bench spec: %s: %s\n", model_path.c_str(), tok.message().c_str());
@@ -169,7 +169,7 @@ int bench_spec(int argc, char** argv) {
         }
     speculative_option so;
     so.model_draft = model_draft;
-    std::unique_ptr<llama_model> draft;
+    std::unique_ptr<language_model> draft;
     if (!load_draft_model(so, "bench spec", m, no_repack, &draft)) return 2;
 
     std::vector<int32_t> prompt;

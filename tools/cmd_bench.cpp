@@ -19,7 +19,8 @@
 #include "common.h"
 #include "kernels/cpu/autotune.h"
 #include "kernels/cpu/bandwidth.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "model/session.h"
 
 namespace kvs::tools {
@@ -93,21 +94,19 @@ result<double> run_once(session& s, const std::vector<int32_t>& tokens, int64_t 
     return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-int64_t count_params(const llama_model& m) {
+int64_t count_params(const language_model& m) {
     int64_t n = 0;
     for (auto& t : m.file().tensors()) n += t.n_elements();
     return n;
 }
 
 // The matmul tuning the model's weights run with: a line per weight dtype and m class.
-void print_tuning(const llama_model& m) {
+void print_tuning(const language_model& m) {
     std::vector<dtype> types;
     auto add = [&](const cpu::weight_view& w) {
         if (std::find(types.begin(), types.end(), w.type) == types.end()) types.push_back(w.type);
     };
-    for (const llama_layer& L : m.weights().layers)
-        for (const cpu::weight_view* w : {&L.wq, &L.wo, &L.w_gate, &L.w_down}) add(*w);  // the first weight of each call
-    add(m.weights().output);
+    for (const cpu::weight_view& w : m.matmul_weights()) add(w);
     const cpu::matmul_tuning_table& t = cpu::matmul_tuning_active();
     for (dtype type : types)
         for (int c = 0; c < cpu::matmul_n_m_classes; ++c) {
@@ -185,12 +184,12 @@ int cmd_bench(int argc, char** argv) {
     load_options lo = repack_options(no_repack);
     cpu::tune_level_from_name(tune, &lo.tune);
     lo.tune_threads = int(*std::max_element(ts.begin(), ts.end()));
-    auto model = llama_model::load(model_path, lo);
+    auto model = language_model::load(model_path, lo);
     if (!model) {
         std::fprintf(stderr, "kvserve bench: %s\n", model.message().c_str());
         return 1;
     }
-    const llama_model& m = *model.value();
+    const language_model& m = *model.value();
     if (lo.tune != cpu::tune_level::off) print_tuning(m);
     int64_t max_tokens = 0;
     for (int64_t d : ds)

@@ -112,9 +112,9 @@ int cmd_inspect(int argc, char** argv) {
                 f.alignment(), f.data_offset());
     if (auto arch = f.get_string_opt("general.architecture"); arch && arch.value() && *arch.value() == "yoco") {
         // The decoder-decoder's layout, as the loader reads it (or why it would refuse).
-        auto hp = llama_hparams::from_gguf(f);
+        auto hp = model_hparams::from_gguf(f);
         if (hp) {
-            const llama_hparams& h = hp.value();
+            const model_hparams& h = hp.value();
             std::printf("yoco: self-decoder layers 0-%lld (sliding window %lld tokens, own K/V), cross-decoder layers "
                         "%lld-%lld (one global K/V)\n",
                         (long long)(h.n_layer_self - 1), (long long)h.sliding_window, (long long)h.n_layer_self,

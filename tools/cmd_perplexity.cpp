@@ -17,7 +17,8 @@
 
 #include "command.h"
 #include "common.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "model/session.h"
 #include "tokenizer/tokenizer.h"
 
@@ -52,7 +53,7 @@ struct nll_sum {
 };
 
 // --stream: see the file comment.
-int stream_perplexity(const llama_model& m, thread_pool& pool, std::vector<int32_t> tokens, int64_t n_stream, int64_t n_batch,
+int stream_perplexity(const language_model& m, thread_pool& pool, std::vector<int32_t> tokens, int64_t n_stream, int64_t n_batch,
                       int64_t stretch, std::optional<dtype> kv_type, std::optional<dtype> kv_v_type, const kivi_config& kivi,
                       const kv_policy& policy) {
     const int64_t n_vocab = m.hparams().n_vocab;
@@ -182,7 +183,7 @@ int cmd_perplexity(int argc, char** argv) {
     ss << in.rdbuf();
     const std::string text = ss.str();
 
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    auto model = language_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve perplexity: %s\n", model.message().c_str());
         return 1;
@@ -192,7 +193,7 @@ int cmd_perplexity(int argc, char** argv) {
         std::fprintf(stderr, "kvserve perplexity: %s\n", tok.message().c_str());
         return 1;
     }
-    const llama_model& m = *model.value();
+    const language_model& m = *model.value();
     const int64_t n_vocab = m.hparams().n_vocab;
     const bool add_bos = tok.value()->add_bos() && tok.value()->bos() >= 0;
     std::vector<int32_t> tokens = tok.value()->encode(text, add_bos, false);

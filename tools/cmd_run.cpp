@@ -8,7 +8,8 @@
 
 #include "command.h"
 #include "common.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "model/session.h"
 #include "sampling/sampler.h"
 #include "sched/scheduler.h"
@@ -26,7 +27,7 @@ double seconds_since(clock_type::time_point t0) {
 // Generation with speculative decoding: one sequence through the scheduler, which runs the
 // draft-and-verify cycles. Prints the text as it comes and the same speed lines as plain
 // generation, plus the drafts' acceptance and where the time went.
-int run_speculative(const llama_model& m, const tokenizer& tk, const llama_model* draft, thread_pool& pool,
+int run_speculative(const language_model& m, const tokenizer& tk, const language_model* draft, thread_pool& pool,
                     const std::vector<int32_t>& tokens, const session_params& sess, const sampling_params& sp, int64_t n_predict,
                     bool ignore_eos, const speculative_params& spec, double load_s) {
     const int32_t ps = sess.page_size;
@@ -126,7 +127,7 @@ int run_speculative(const llama_model& m, const tokenizer& tk, const llama_model
 
 // Beam search: one request of beam_width beams through the scheduler; prints the best
 // hypothesis (the others' texts to stderr) once the search is done.
-int run_beam_search(const llama_model& m, const tokenizer& tk, thread_pool& pool, const std::vector<int32_t>& tokens,
+int run_beam_search(const language_model& m, const tokenizer& tk, thread_pool& pool, const std::vector<int32_t>& tokens,
                     const session_params& sess, int64_t n_predict, bool ignore_eos, int32_t width, float length_penalty, int32_t n_best,
                     double load_s) {
     const int32_t ps = sess.page_size;
@@ -243,7 +244,7 @@ int cmd_run(int argc, char** argv) {
         return 2;
     }
     auto t_load = clock_type::now();
-    auto model = llama_model::load(model_path, repack_options(no_repack));
+    auto model = language_model::load(model_path, repack_options(no_repack));
     if (!model) {
         std::fprintf(stderr, "kvserve run: %s\n", model.message().c_str());
         return 1;
@@ -253,7 +254,7 @@ int cmd_run(int argc, char** argv) {
         std::fprintf(stderr, "kvserve run: %s: %s\n", model_path.c_str(), tok.message().c_str());
         return 1;
     }
-    const llama_model& m = *model.value();
+    const language_model& m = *model.value();
     const tokenizer& tk = *tok.value();
     if (tk.n_vocab() != m.hparams().n_vocab) {
         std::fprintf(stderr, "kvserve run: vocabulary has %d tokens but the model's output has %lld\n", tk.n_vocab(),
@@ -293,7 +294,7 @@ int cmd_run(int argc, char** argv) {
                          (long long)m.hparams().n_layer, (long long)m.hparams().n_layer - 1);
             return 2;
         }
-        std::unique_ptr<llama_model> draft;
+        std::unique_ptr<language_model> draft;
         if (!load_draft_model(spec_opt, "run", m, no_repack, &draft)) return 2;
         if (sess.kivi.bits || sess.kv_v_type) {
             std::fprintf(stderr, "kvserve run: speculative decoding runs over one KV format for K and V, not KIVI\n");

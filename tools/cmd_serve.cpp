@@ -11,7 +11,8 @@
 
 #include "command.h"
 #include "common.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "sched/engine.h"
 #include "server/api_keys.h"
 #include "server/http_server.h"
@@ -155,7 +156,7 @@ int cmd_serve(int argc, char** argv) {
     load_options load_opts = repack_options(no_repack);
     cpu::tune_level_from_name(tune, &load_opts.tune);
     load_opts.tune_threads = threads;
-    auto model = llama_model::load(model_path, load_opts);
+    auto model = language_model::load(model_path, load_opts);
     if (!model) {
         std::fprintf(stderr, "kvserve serve: %s\n", model.message().c_str());
         return 1;
@@ -193,7 +194,7 @@ int cmd_serve(int argc, char** argv) {
             return 2;
         }
     }
-    std::unique_ptr<llama_model> draft_model;  // outlives the engine and the server
+    std::unique_ptr<language_model> draft_model;  // outlives the engine and the server
     if (!load_draft_model(spec_opt, "serve", *model.value(), no_repack, &draft_model)) return 1;
     ec.draft_model = draft_model.get();
     ec.key_bounds = key_bounds || sc.default_policy.kind == kv_policy_kind::quest;

@@ -180,11 +180,11 @@ bool resolve_speculative(const speculative_option& o, const char* cmd, speculati
     return true;
 }
 
-bool load_draft_model(const speculative_option& o, const char* cmd, const llama_model& target, bool no_repack,
-                      std::unique_ptr<llama_model>* out) {
+bool load_draft_model(const speculative_option& o, const char* cmd, const language_model& target, bool no_repack,
+                      std::unique_ptr<language_model>* out) {
     out->reset();
     if (o.model_draft.empty()) return true;
-    auto m = llama_model::load(o.model_draft, repack_options(no_repack));
+    auto m = language_model::load(o.model_draft, repack_options(no_repack));
     if (!m) {
         std::fprintf(stderr, "kvserve %s: --model-draft %s: %s\n", cmd, o.model_draft.c_str(), m.message().c_str());
         return false;

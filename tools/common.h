@@ -9,7 +9,8 @@
 #include "core/dtype.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "sched/speculative.h"
 
 namespace kvs::tools {
@@ -24,7 +25,7 @@ struct kv_type_option {
     int32_t kivi_group = 32, kivi_residual = 128;
 };
 void add_kv_type_options(CLI::App& app, kv_type_option& o);
-// The chosen formats: *k unset for `auto` (the default: the model's, llama_model::auto_kv_type);
+// The chosen formats: *k unset for `auto` (the default: the model's, language_model::auto_kv_type);
 // *v set only where V differs from K; *kivi the KIVI settings (bits 0 without KIVI). False
 // after printing why, prefixed with `cmd`.
 bool resolve_kv_type(const kv_type_option& o, const char* cmd, std::optional<dtype>* k, std::optional<dtype>* v,
@@ -51,8 +52,8 @@ void add_speculative_options(CLI::App& app, speculative_option& o);
 bool resolve_speculative(const speculative_option& o, const char* cmd, speculative_params* out);
 // Loads --model-draft (null when none is named) and checks it shares `target`'s vocabulary;
 // false after printing why.
-bool load_draft_model(const speculative_option& o, const char* cmd, const llama_model& target, bool no_repack,
-                      std::unique_ptr<llama_model>* out);
+bool load_draft_model(const speculative_option& o, const char* cmd, const language_model& target, bool no_repack,
+                      std::unique_ptr<language_model>* out);
 
 // The shared fixture folder: $KVSERVE_SHARED, else ../shared from the working directory.
 std::string shared_dir();

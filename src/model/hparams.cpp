@@ -8,8 +8,8 @@ bool llama_family_arch(const std::string& arch) {
     return arch == "llama" || arch == "qwen2" || arch == "mistral" || arch == "yoco";
 }
 
-result<llama_hparams> llama_hparams::from_gguf(const gguf_file& f) {
-    llama_hparams hp;
+result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
+    model_hparams hp;
     auto arch = f.get_string("general.architecture");
     if (!arch) return arch.error();
     hp.arch = arch.value();

@@ -1,4 +1,4 @@
-// Hyper-parameters of a Llama-family model, read and validated from GGUF metadata.
+// Hyper-parameters of a model (every family language_model.h loads), read and validated from GGUF metadata.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,7 @@
 
 namespace kvs {
 
-struct llama_hparams {
+struct model_hparams {
     std::string arch;          // general.architecture: "llama", "qwen2", ...
     std::string name;          // general.name (may be empty)
     int64_t n_vocab = 0;
@@ -39,7 +39,7 @@ struct llama_hparams {
 
     int64_t n_gqa() const { return n_head / n_head_kv; }
     // Errors name the offending key and value.
-    static result<llama_hparams> from_gguf(const gguf_file& f);
+    static result<model_hparams> from_gguf(const gguf_file& f);
 };
 
 // Architectures this file family runs: llama (and its relatives stored as "llama"), qwen2,

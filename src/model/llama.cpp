@@ -39,7 +39,7 @@ enum buffer_id : int32_t { b_x, b_xb, b_xb2, b_q, b_attn, b_k, b_v, b_lse, b_gat
 
 }  // namespace
 
-std::vector<activation_buffer> forward_state::activation_buffers(const llama_hparams& hp, int64_t max_tokens, int64_t max_logits) {
+std::vector<activation_buffer> llama_activation_buffers(const model_hparams& hp, int64_t max_tokens, int64_t max_logits) {
     const size_t n = size_t(std::max<int64_t>(1, max_tokens)), n_logit_rows = size_t(std::max<int64_t>(1, max_logits));
     const size_t d = size_t(hp.n_embd), nq = size_t(hp.n_head * hp.head_dim), nkv = size_t(hp.n_head_kv * hp.head_dim);
     const size_t n_pairs = size_t(std::max<int64_t>(1, std::min(hp.n_rot, hp.head_dim) / 2));
@@ -64,19 +64,8 @@ std::vector<activation_buffer> forward_state::activation_buffers(const llama_hpa
     return b;
 }
 
-void forward_state::arena_free::operator()(uint8_t* p) const { std::free(p); }
 
-forward_state::forward_state(const llama_model& model, int64_t max_tokens, int64_t max_logits, layout arena)
-    : max_tokens_(std::max<int64_t>(1, max_tokens)), max_logits_(std::max<int64_t>(1, max_logits)) {
-    buffers_ = activation_buffers(model.hparams(), max_tokens_, max_logits_);
-    arena_plan_ = arena == layout::planned ? plan_activations(buffers_) : plan_disjoint(buffers_);
-    const size_t bytes = std::max(arena_plan_.arena_bytes, activation_alignment);
-    arena_.reset(static_cast<uint8_t*>(std::aligned_alloc(activation_alignment, bytes)));
-    if (!arena_) throw std::bad_alloc();
-    std::memset(arena_.get(), 0, bytes);
-    float** const ptr[n_buffers] = {&x, &xb, &xb2, &q, &attn, &k, &v, &lse, &gate, &rope_cos, &rope_sin, &out_rows, &logits_};
-    for (size_t i = 0; i < size_t(n_buffers); ++i) *ptr[i] = reinterpret_cast<float*>(arena_.get() + arena_plan_.offsets[i]);
-}
+void llama_model::final_norm(const float* x, float* y) const { cpu::rmsnorm(x, w_.output_norm, y, hp_.n_embd, hp_.rms_eps); }
 
 namespace {
 
@@ -103,7 +92,7 @@ status llama_model::forward(const batch& b, kv_groups& kv, forward_state& st, th
 status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook,
                             const layer_span& span) const {
     if (hp_.yoco()) return status::error("a yoco model's forward pass needs its KV groups (llama_model::kv_group_layout)");
-    const llama_hparams& hp = hp_;
+    const model_hparams& hp = hp_;
     const int64_t n = b.size();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;
     const int64_t n_out = b.n_logits();

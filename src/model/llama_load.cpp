@@ -85,7 +85,7 @@ result<std::unique_ptr<llama_model>> llama_model::from_gguf(std::unique_ptr<gguf
                                                              const load_options& opts) {
     std::unique_ptr<llama_model> m(new llama_model());
     m->file_ = std::move(file);
-    auto hp = llama_hparams::from_gguf(*m->file_);
+    auto hp = model_hparams::from_gguf(*m->file_);
     if (!hp) return hp.error();
     m->hp_ = hp.value();
     KVS_TRY(m->bind_weights());
@@ -326,6 +326,16 @@ std::vector<kv_group_desc> llama_model::kv_group_layout(int32_t page_size, dtype
     global.n_layer = 1;
     self.n_layer = hp_.n_layer_self;
     return {{"global", global, 0}, {"self", self, hp_.sliding_window}};
+}
+
+std::vector<cpu::weight_view> llama_model::matmul_weights() const {
+    std::vector<cpu::weight_view> out;
+    for (const llama_layer& L : w_.layers)
+        for (const cpu::weight_view* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+            if (v->data) out.push_back(*v);
+    for (const cpu::weight_view* v : {&w_.global_k, &w_.global_v, &w_.output})
+        if (v->data) out.push_back(*v);
+    return out;
 }
 
 size_t llama_model::weight_bytes() const {

@@ -5,7 +5,7 @@
 
 namespace kvs {
 
-result<std::unique_ptr<session>> session::create(const llama_model& model, thread_pool& pool, const session_params& p) {
+result<std::unique_ptr<session>> session::create(const language_model& model, thread_pool& pool, const session_params& p) {
     std::unique_ptr<session> s(new session(model, pool));
     s->policy_ = p.policy;
     s->n_ctx_ = p.n_ctx > 0 ? p.n_ctx : model.hparams().n_ctx_train;

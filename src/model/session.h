@@ -1,6 +1,6 @@
 // One sequence over a model with its own paged KV cache: prefill in chunks, then decode token
 // by token, under a KV policy (kv/kv_policy.h). This is what `kvserve run` and `kvserve
-// perplexity` use; the server schedules many sequences through the same llama_model::forward
+// perplexity` use; the server schedules many sequences through the same language_model::forward
 // instead.
 //
 // Policies: dense keeps every token (the context length bounds the sequence). Window and
@@ -19,7 +19,8 @@
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 
 namespace kvs {
 
@@ -27,7 +28,7 @@ struct session_params {
     int64_t n_ctx = 0;        // context length (tokens); 0 = the model's training context
     int64_t n_batch = 512;    // tokens per forward pass while prefilling (chunked prefill)
     int32_t page_size = 16;   // KV tokens per page
-    std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (llama_model::auto_kv_type)
+    std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (language_model::auto_kv_type)
     std::optional<dtype> kv_v_type;  // V's format when it differs from K's (unset: kv_type's)
     kivi_config kivi;  // KIVI pages (bits 0: off); its group is the page size, kv_type the residual's format
     int64_t max_logit_rows = 1;  // logit rows one forward pass may return (eval with all_logits)
@@ -36,7 +37,7 @@ struct session_params {
 
 class session {
 public:
-    static result<std::unique_ptr<session>> create(const llama_model& model, thread_pool& pool, const session_params& params);
+    static result<std::unique_ptr<session>> create(const language_model& model, thread_pool& pool, const session_params& params);
 
     int64_t n_ctx() const { return n_ctx_; }
     // False when the policy lets the sequence grow past n_ctx (window, streaming, recompute).
@@ -52,7 +53,7 @@ public:
     // Most pages the sequence has held at once, and most bytes (KIVI: packed pages are smaller).
     int32_t peak_pages() const { return peak_pages_; }
     size_t peak_bytes() const { return peak_bytes_; }
-    const llama_model& model() const { return model_; }
+    const language_model& model() const { return model_; }
     const kv_cache& kv() const { return *kv_; }  // the primary KV group
     const kv_groups& kv_group_set() const { return *groups_; }
     int32_t kv_seq() const { return seq_; }  // the sequence in kv()
@@ -74,11 +75,11 @@ public:
     void reset();
 
 private:
-    session(const llama_model& model, thread_pool& pool) : model_(model), pool_(pool) {}
+    session(const language_model& model, thread_pool& pool) : model_(model), pool_(pool) {}
     // One forward pass over tokens [0, m) appended at n_past_ (logits of the rows flagged).
     status forward_chunk(const int32_t* tokens, int64_t m, const uint8_t* want_logits);
     status eval_recompute(const int32_t* tokens, int64_t n, int64_t first_row, std::vector<float>* all_logits);
-    const llama_model& model_;
+    const language_model& model_;
     thread_pool& pool_;
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
     bool bounded_ = true;

@@ -22,7 +22,7 @@
 namespace kvs {
 
 status llama_model::forward_yoco(const batch& b, kv_groups& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook) const {
-    const llama_hparams& hp = hp_;
+    const model_hparams& hp = hp_;
     const int64_t n = b.size();
     const int64_t d = hp.n_embd, hd = hp.head_dim, nq = hp.n_head * hd, nkv = hp.n_head_kv * hd;
     const int64_t n_self = hp.n_layer_self;

@@ -6,7 +6,7 @@
 
 namespace kvs {
 
-result<std::unique_ptr<engine>> engine::create(const llama_model& model, const tokenizer& tok, const engine_config& c) {
+result<std::unique_ptr<engine>> engine::create(const language_model& model, const tokenizer& tok, const engine_config& c) {
     std::unique_ptr<engine> e(new engine());
     const int32_t ps = c.kivi.bits ? c.kivi.group : c.page_size;  // KIVI: a page is one group
     if (ps <= 0 || ps > 4096) return status::error(strfmt("page size %d is out of range", ps));

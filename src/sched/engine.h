@@ -21,7 +21,7 @@ namespace kvs {
 struct engine_config {
     scheduler_config sched;
     int32_t page_size = 16;       // tokens per KV page
-    std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (llama_model::auto_kv_type)
+    std::optional<dtype> kv_type;  // KV storage format (f32, f16, bf16, q8_0, q4_0, q4_1); unset: the model's (language_model::auto_kv_type)
     std::optional<dtype> kv_v_type;  // V's format when it differs from K's (unset: kv_type's)
     kivi_config kivi;             // KIVI pages (bits 0: off); its group is the page size, kv_type the residual's format
     int64_t kv_tokens = 0;        // pool capacity in tokens; 0 = from kv_memory_bytes
@@ -32,7 +32,7 @@ struct engine_config {
     bool token_scores = false;    // keep H2O's per-token scores and positions (requests may use h2o)
     // Speculative decoding's draft model (the target's vocabulary; must outlive the engine), or
     // null. Its KV pool has as many pages as the target's, both from the one KV budget.
-    const llama_model* draft_model = nullptr;
+    const language_model* draft_model = nullptr;
 };
 
 // One KV group's pool (kv_groups.h).
@@ -63,7 +63,7 @@ struct engine_stats {
 
 class engine {
 public:
-    static result<std::unique_ptr<engine>> create(const llama_model& model, const tokenizer& tok, const engine_config& config);
+    static result<std::unique_ptr<engine>> create(const language_model& model, const tokenizer& tok, const engine_config& config);
     ~engine();  // stops the loop; unfinished requests end as cancelled
     engine(const engine&) = delete;
     engine& operator=(const engine&) = delete;

@@ -83,15 +83,15 @@ namespace {
 bool unbounded_by_ctx(const kv_policy& p) { return p.slides() || p.kind == kv_policy_kind::recompute || p.kind == kv_policy_kind::h2o; }
 }  // namespace
 
-scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
+scheduler::scheduler(const language_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
                      draft_model_ref draft)
     : scheduler(model, tok, kv_groups::wrap(kv), nullptr, pool, config, draft) {}
 
-scheduler::scheduler(const llama_model& model, const tokenizer& tok, kv_groups& kv, thread_pool& pool, const scheduler_config& config,
+scheduler::scheduler(const language_model& model, const tokenizer& tok, kv_groups& kv, thread_pool& pool, const scheduler_config& config,
                      draft_model_ref draft)
     : scheduler(model, tok, nullptr, &kv, pool, config, draft) {}
 
-scheduler::scheduler(const llama_model& model, const tokenizer& tok, std::unique_ptr<kv_groups> owned, kv_groups* borrowed,
+scheduler::scheduler(const language_model& model, const tokenizer& tok, std::unique_ptr<kv_groups> owned, kv_groups* borrowed,
                      thread_pool& pool, const scheduler_config& config, draft_model_ref draft)
     : model_(model), tok_(tok), own_groups_(std::move(owned)), groups_(own_groups_ ? *own_groups_ : *borrowed),
       kv_(groups_.primary()), pool_(pool), cfg_(config), draft_(draft) {
@@ -1210,7 +1210,7 @@ void scheduler::pool_embedding(sequence* s, int64_t row, int64_t n) {
         const bool take = pooling == pooling_type::mean || (pooling == pooling_type::cls && t == 0) ||
                           (pooling == pooling_type::last && t + 1 == int64_t(s->tokens.size()));
         if (!take) continue;
-        cpu::rmsnorm(hidden_.data() + (row + i) * d, model_.weights().output_norm, normed.data(), d, hp.rms_eps);
+        model_.final_norm(hidden_.data() + (row + i) * d, normed.data());
         for (int64_t j = 0; j < d; ++j) s->pooled[size_t(j)] += normed[size_t(j)];
         ++s->n_pooled;
     }

@@ -73,7 +73,8 @@
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
 #include "kv/prefix_cache.h"
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "sched/beam_search.h"
 #include "sched/request.h"
 #include "sched/speculative.h"
@@ -108,7 +109,7 @@ struct scheduler_config {
 // A draft model for speculative decoding: the target's vocabulary, its own KV cache (a pool
 // with as many pages as the target's, so a sequence the target holds fits it too).
 struct draft_model_ref {
-    const llama_model* model = nullptr;
+    const language_model* model = nullptr;
     kv_cache* kv = nullptr;
 };
 
@@ -141,11 +142,11 @@ struct scheduler_metrics {
 
 class scheduler {
 public:
-    // Over the model's KV groups (llama_model::kv_group_layout; kv_groups.h), or over the one
+    // Over the model's KV groups (language_model::kv_group_layout; kv_groups.h), or over the one
     // cache of a Llama-family model.
-    scheduler(const llama_model& model, const tokenizer& tok, kv_groups& kv, thread_pool& pool, const scheduler_config& config,
+    scheduler(const language_model& model, const tokenizer& tok, kv_groups& kv, thread_pool& pool, const scheduler_config& config,
               draft_model_ref draft = {});
-    scheduler(const llama_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
+    scheduler(const language_model& model, const tokenizer& tok, kv_cache& kv, thread_pool& pool, const scheduler_config& config,
               draft_model_ref draft = {});
     ~scheduler();
     scheduler(const scheduler&) = delete;
@@ -237,9 +238,9 @@ private:
     void handle_cancellations();
     void forget_finished_requests();
 
-    scheduler(const llama_model& model, const tokenizer& tok, std::unique_ptr<kv_groups> owned, kv_groups* borrowed, thread_pool& pool,
+    scheduler(const language_model& model, const tokenizer& tok, std::unique_ptr<kv_groups> owned, kv_groups* borrowed, thread_pool& pool,
               const scheduler_config& config, draft_model_ref draft);
-    const llama_model& model_;
+    const language_model& model_;
     const tokenizer& tok_;
     std::unique_ptr<kv_groups> own_groups_;  // a single cache wrapped (the kv_cache constructor)
     kv_groups& groups_;                      // every KV group: sequences are added, reserved, forked, trimmed and removed here

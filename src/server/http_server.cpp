@@ -12,7 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/llama.h"
+#include "model/forward_state.h"
+#include "model/language_model.h"
 #include "sched/engine.h"
 #include "server/api_keys.h"
 #include "server/chat_prompt.h"
@@ -28,7 +29,7 @@ namespace kvs {
 
 using json = nlohmann::json;
 
-std::string default_model_name(const llama_model& model, const std::string& path) {
+std::string default_model_name(const language_model& model, const std::string& path) {
     auto name = model.file().get_string_opt("general.name");
     if (name && name.value() && !name.value()->empty()) return *name.value();
     std::string stem = std::filesystem::path(path).filename().string();
@@ -119,9 +120,9 @@ std::string peer_of(const httplib::Request& req) { return connection_watchdog::p
 }  // namespace
 
 struct http_server::impl {
-    impl(const llama_model& m, const tokenizer& t, engine& e, const server_config& c) : model(m), tok(t), eng(e), cfg(c) {}
+    impl(const language_model& m, const tokenizer& t, engine& e, const server_config& c) : model(m), tok(t), eng(e), cfg(c) {}
 
-    const llama_model& model;
+    const language_model& model;
     const tokenizer& tok;
     engine& eng;
     server_config cfg;
@@ -569,7 +570,7 @@ void http_server::impl::setup_routes() {
 
 http_server::http_server(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 
-result<std::unique_ptr<http_server>> http_server::create(const llama_model& model, const tokenizer& tok, engine& eng,
+result<std::unique_ptr<http_server>> http_server::create(const language_model& model, const tokenizer& tok, engine& eng,
                                                          const server_config& config) {
     auto p = std::make_unique<impl>(model, tok, eng, config);
     p->name = config.model_name.empty() ? default_model_name(model, "") : config.model_name;

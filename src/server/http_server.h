@@ -49,7 +49,7 @@
 namespace kvs {
 
 class engine;
-class llama_model;
+class language_model;
 class tokenizer;
 
 struct server_config {
@@ -71,11 +71,11 @@ struct server_config {
 };
 
 // The model id to serve: the GGUF's general.name, else the file name without ".gguf".
-std::string default_model_name(const llama_model& model, const std::string& path);
+std::string default_model_name(const language_model& model, const std::string& path);
 
 class http_server {
 public:
-    static result<std::unique_ptr<http_server>> create(const llama_model& model, const tokenizer& tok, engine& eng,
+    static result<std::unique_ptr<http_server>> create(const language_model& model, const tokenizer& tok, engine& eng,
                                                        const server_config& config);
     ~http_server();  // shutdown(false) if still running
     http_server(const http_server&) = delete;
