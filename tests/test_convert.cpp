@@ -566,6 +566,38 @@ TEST(Shapes, TableMatchesThePublishedModels) {
     EXPECT_TRUE(q->rope_neox && q->qkv_bias && q->tied_output);
     EXPECT_STREQ(q->arch, "qwen2");
     EXPECT_EQ(q->head_dim(), 64);
+    // DeepSeek-V2-Lite: 15.7B parameters, of which 2.4B are active per token (the 6 routed
+    // experts of 64 in each MoE layer; the input embeddings not counted).
+    const model_shape* ds = find_model_shape("deepseek-v2-lite");
+    ASSERT_NE(ds, nullptr);
+    EXPECT_STREQ(ds->arch, "deepseek2");
+    EXPECT_TRUE(ds->deepseek2());
+    EXPECT_EQ(ds->n_layer, 27);
+    EXPECT_EQ(ds->n_embd, 2048);
+    EXPECT_EQ(ds->n_head, 16);
+    EXPECT_EQ(ds->n_head_kv, 16);
+    EXPECT_EQ(ds->q_lora, 0);
+    EXPECT_EQ(ds->kv_lora, 512);
+    EXPECT_EQ(ds->qk_nope + ds->qk_rope, 192);
+    EXPECT_EQ(ds->qk_rope, 64);
+    EXPECT_EQ(ds->v_head, 128);
+    EXPECT_EQ(ds->n_expert, 64);
+    EXPECT_EQ(ds->n_expert_used, 6);
+    EXPECT_EQ(ds->n_expert_shared, 2);
+    EXPECT_EQ(ds->n_ff_exp, 1408);
+    EXPECT_EQ(ds->n_layer_dense_lead, 1);
+    EXPECT_EQ(ds->n_ff, 10944);
+    EXPECT_EQ(ds->n_vocab, 102400);
+    EXPECT_EQ(ds->n_ctx_train, 163840);
+    EXPECT_FLOAT_EQ(ds->yarn_factor, 40.0f);
+    EXPECT_EQ(ds->yarn_orig_ctx, 4096);
+    EXPECT_FLOAT_EQ(ds->yarn_log_mul, 0.0707f);
+    EXPECT_STREQ(ds->default_vocab, "vocab/ggml-vocab-deepseek-coder.gguf");
+    EXPECT_NEAR(double(ds->n_params()), 15.7e9, 0.1e9);
+    const int64_t idle_experts = (ds->n_layer - ds->n_layer_dense_lead) * (ds->n_expert - ds->n_expert_used) * 3 *
+                                 ds->n_embd * ds->n_ff_exp;
+    EXPECT_NEAR(double(ds->n_params() - idle_experts - ds->n_vocab * ds->n_embd), 2.4e9, 0.1e9);
+    EXPECT_FALSE(l3->deepseek2());
     EXPECT_EQ(find_model_shape("nope"), nullptr);
     for (const model_shape& s : model_shapes()) {
         EXPECT_EQ(s.n_embd % s.n_head, 0) << s.name;
@@ -582,6 +614,16 @@ TEST(Shapes, TableMatchesThePublishedModels) {
     EXPECT_EQ(weight_dtype_for("blk.0.ffn_down.weight", 2, 172, dtype::q4_0), dtype::f16);
     EXPECT_EQ(weight_dtype_for("blk.0.attn_q.bias", 1, 64, dtype::q4_0), dtype::f32);
     EXPECT_EQ(weight_dtype_for("token_embd.weight", 2, 64, dtype::q4_0), dtype::q4_0);
+    // MoE: the 3-D expert stacks take the target (rows of ne[0], same fallbacks), the router stays F32.
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_gate_exps.weight", 3, 2048, dtype::q4_k), dtype::q4_k);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_down_exps.weight", 3, 1408, dtype::q4_k), dtype::q8_0);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_down_exps.weight", 3, 1408, dtype::q8_0), dtype::q8_0);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_up_exps.weight", 3, 100, dtype::q8_0), dtype::f16);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_gate_inp.weight", 2, 2048, dtype::q8_0), dtype::f32);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_gate_shexp.weight", 2, 2048, dtype::q8_0), dtype::q8_0);
+    EXPECT_EQ(weight_dtype_for("blk.1.some_stack.weight", 3, 2048, dtype::q8_0), dtype::f32);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_up_exps.weight", 2, 2048, dtype::q8_0), dtype::q8_0);
+    EXPECT_EQ(weight_dtype_for("blk.1.ffn_up_exps.weight", 4, 2048, dtype::q8_0), dtype::f32);
 }
 
 // llama.cpp's q4_k_m / q5_k_m mixtures (llama_tensor_get_type): LM head and attn_v / ffn_down of
@@ -626,6 +668,12 @@ TEST(Shapes, KQuantMixturesFollowLlamaCpp) {
     // Rows that are no multiple of 256 fall back (q8_0 for multiples of 32, else f16).
     EXPECT_EQ(weight_dtype_for("blk.0.ffn_down.weight", 2, 864, f, 22, true), dtype::q8_0);
     EXPECT_EQ(weight_dtype_for("blk.2.ffn_down.weight", 2, 172, f, 22, true), dtype::f16);
+    // MoE layers: every "ffn_down" tensor of the layer (routed stack, shared experts) as ffn_down.
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_down_exps.weight", 3, 2816, f, 22, true), dtype::q6_k);
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_down_shexp.weight", 2, 2816, f, 22, true), dtype::q6_k);
+    EXPECT_EQ(weight_dtype_for("blk.2.ffn_down_exps.weight", 3, 2816, f, 22, true), dtype::q4_k);
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_up_exps.weight", 3, 2048, f, 22, true), dtype::q4_k);
+    EXPECT_EQ(weight_dtype_for("blk.0.ffn_down_exps.weight", 3, 1408, f, 22, true), dtype::q8_0);  // fallback
     // Names that only look like layer tensors are not in the mixture.
     EXPECT_EQ(weight_dtype_for("blk.x.attn_v.weight", 2, 2048, f, 22, true), dtype::q4_k);
     EXPECT_EQ(weight_dtype_for("blk.0attn_v.weight", 2, 2048, f, 22, true), dtype::q4_k);

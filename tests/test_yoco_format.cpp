@@ -259,7 +259,7 @@ TEST(YocoFormat, UnsupportedArchitectureListsYoco) {
     const std::string path = rewrite(good, "yoco-arch-gpt", {{"general.architecture"}, {}, {}, [](gguf_writer& w) {
                                          w.set_string("general.architecture", "gptx");
                                      }});
-    EXPECT_HAS(load_error(path), "unsupported model architecture 'gptx' (supported: llama, qwen2, mistral, yoco)");
+    EXPECT_HAS(load_error(path), "unsupported model architecture 'gptx' (supported: llama, qwen2, mistral, yoco, deepseek2)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 // kvserve quantize IN OUT TYPE: rewrites a GGUF with its weight matrices in another dtype, or
 // in llama.cpp's q4_k_m / q5_k_m mixtures (model/shapes.h: weight_dtype_for).
 // Metadata is copied (general.file_type updated to llama.cpp's LLAMA_FTYPE numbering); 2-D
-// `.weight` matrices whose row length is a multiple of TYPE's block size become TYPE (others
-// Q8_0 for the k-quants when possible, else F16; token_embd included, as llama.cpp does); 1-D
-// tensors (norms, biases) are written F32.
+// `.weight` matrices and 3-D expert stacks (`*_exps.weight`, rows of ne[0]) whose row length is
+// a multiple of TYPE's block size become TYPE (others Q8_0 for the k-quants when possible, else
+// F16; token_embd included, as llama.cpp does); 1-D tensors (norms, biases) and MoE routers
+// (`ffn_gate_inp`) are written F32.
 // Each tensor is dequantized from its source dtype row by row and re-encoded inside the
 // writer's fill callback, so only one tensor is in memory at a time.
 #include <algorithm>

@@ -7,6 +7,9 @@
 // (Irwin-Hall sum of four uniforms, std 1, |x| < 3.47) scaled by 0.02; norm weights are 1.
 // Tensors are generated one at a time, row by row, straight into the writer's buffer: peak
 // memory is about the largest tensor in the target dtype.
+// DeepSeek-V2 shapes (arch "deepseek2") are written with llama.cpp's keys and tensors: MLA
+// projections, dense leading layers, 3-D expert stacks in the target dtype and an F32 router;
+// --q-lora-rank and --yarn vary the query bottleneck and the RoPE scaling of such a shape.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -60,7 +63,53 @@ struct tensor_plan {
 // so they change the residual stream negligibly: early exit there agrees with the full model.
 constexpr float k_agree_scale = 1e-5f;
 
+// rope.scaling.yarn_log_multiplier of `--yarn` on a shape without YaRN: DeepSeek-V2's
+// (0.1 · mscale_all_dim 0.707).
+constexpr float k_deepseek2_yarn_log_mul = 0.0707f;
+
+// DeepSeek-V2 (llama.cpp's names and dims): MLA attention, dense FFNs in the leading layers,
+// routed + shared experts in the others. The router (ffn_gate_inp) is random like any matrix.
+std::vector<tensor_plan> plan_deepseek2(const model_shape& s, int64_t agree_after) {
+    std::vector<tensor_plan> t;
+    const int64_t E = s.n_embd, H = s.n_head, QK = s.qk_nope + s.qk_rope, FX = s.n_ff_exp;
+    t.push_back({"token_embd.weight", {E, s.n_vocab}, tensor_plan::random});
+    for (int64_t l = 0; l < s.n_layer; ++l) {
+        std::string p = "blk." + std::to_string(l) + ".";
+        const float damp = agree_after >= 0 && l >= agree_after ? k_agree_scale : 1.0f;
+        t.push_back({p + "attn_norm.weight", {E}, tensor_plan::ones});
+        if (s.q_lora > 0) {
+            t.push_back({p + "attn_q_a.weight", {E, s.q_lora}, tensor_plan::random});
+            t.push_back({p + "attn_q_a_norm.weight", {s.q_lora}, tensor_plan::ones});
+            t.push_back({p + "attn_q_b.weight", {s.q_lora, H * QK}, tensor_plan::random});
+        } else {
+            t.push_back({p + "attn_q.weight", {E, H * QK}, tensor_plan::random});
+        }
+        t.push_back({p + "attn_kv_a_mqa.weight", {E, s.kv_lora + s.qk_rope}, tensor_plan::random});
+        t.push_back({p + "attn_kv_a_norm.weight", {s.kv_lora}, tensor_plan::ones});
+        t.push_back({p + "attn_kv_b.weight", {s.kv_lora, H * (s.qk_nope + s.v_head)}, tensor_plan::random});
+        t.push_back({p + "attn_output.weight", {H * s.v_head, E}, tensor_plan::random, damp});
+        t.push_back({p + "ffn_norm.weight", {E}, tensor_plan::ones});
+        if (l < s.n_layer_dense_lead) {
+            t.push_back({p + "ffn_gate.weight", {E, s.n_ff}, tensor_plan::random});
+            t.push_back({p + "ffn_up.weight", {E, s.n_ff}, tensor_plan::random});
+            t.push_back({p + "ffn_down.weight", {s.n_ff, E}, tensor_plan::random, damp});
+            continue;
+        }
+        t.push_back({p + "ffn_gate_inp.weight", {E, s.n_expert}, tensor_plan::random});
+        t.push_back({p + "ffn_gate_exps.weight", {E, FX, s.n_expert}, tensor_plan::random});
+        t.push_back({p + "ffn_up_exps.weight", {E, FX, s.n_expert}, tensor_plan::random});
+        t.push_back({p + "ffn_down_exps.weight", {FX, E, s.n_expert}, tensor_plan::random, damp});
+        t.push_back({p + "ffn_gate_shexp.weight", {E, FX * s.n_expert_shared}, tensor_plan::random});
+        t.push_back({p + "ffn_up_shexp.weight", {E, FX * s.n_expert_shared}, tensor_plan::random});
+        t.push_back({p + "ffn_down_shexp.weight", {FX * s.n_expert_shared, E}, tensor_plan::random, damp});
+    }
+    t.push_back({"output_norm.weight", {E}, tensor_plan::ones});
+    t.push_back({"output.weight", {E, s.n_vocab}, tensor_plan::random});
+    return t;
+}
+
 std::vector<tensor_plan> plan_tensors(const model_shape& s, int64_t agree_after) {
+    if (s.deepseek2()) return plan_deepseek2(s, agree_after);
     std::vector<tensor_plan> t;
     const int64_t E = s.n_embd, KV = s.n_embd_kv();
     t.push_back({"token_embd.weight", {E, s.n_vocab}, tensor_plan::random});
@@ -141,9 +190,29 @@ void set_hparams(gguf_writer& w, const model_shape& s, const weight_format& form
     w.set_u32(a + "feed_forward_length", uint32_t(s.n_ff));
     w.set_u32(a + "attention.head_count", uint32_t(s.n_head));
     w.set_u32(a + "attention.head_count_kv", uint32_t(s.n_head_kv));
-    w.set_u32(a + "rope.dimension_count", uint32_t(s.head_dim()));
+    w.set_u32(a + "rope.dimension_count", uint32_t(s.deepseek2() ? s.qk_rope : s.head_dim()));
     w.set_f32(a + "rope.freq_base", s.rope_freq_base);
     w.set_f32(a + "attention.layer_norm_rms_epsilon", s.rms_eps);
+    if (s.deepseek2()) {
+        w.set_u32(a + "leading_dense_block_count", uint32_t(s.n_layer_dense_lead));
+        w.set_u32(a + "attention.q_lora_rank", uint32_t(s.q_lora));  // 0: one full attn_q matrix
+        w.set_u32(a + "attention.kv_lora_rank", uint32_t(s.kv_lora));
+        w.set_u32(a + "attention.key_length", uint32_t(s.qk_nope + s.qk_rope));
+        w.set_u32(a + "attention.value_length", uint32_t(s.v_head));
+        w.set_u32(a + "expert_feed_forward_length", uint32_t(s.n_ff_exp));
+        w.set_u32(a + "expert_count", uint32_t(s.n_expert));
+        w.set_u32(a + "expert_shared_count", uint32_t(s.n_expert_shared));
+        w.set_u32(a + "expert_used_count", uint32_t(s.n_expert_used));
+        w.set_f32(a + "expert_weights_scale", s.expert_weights_scale);
+        w.set_bool(a + "expert_weights_norm", false);
+        w.set_u32(a + "expert_gating_func", 1);  // softmax
+        if (s.yarn_factor > 0) {
+            w.set_string(a + "rope.scaling.type", "yarn");
+            w.set_f32(a + "rope.scaling.factor", s.yarn_factor);
+            w.set_u32(a + "rope.scaling.original_context_length", uint32_t(s.yarn_orig_ctx));
+            w.set_f32(a + "rope.scaling.yarn_log_multiplier", s.yarn_log_mul);
+        }
+    }
     if (s.yoco()) {
         w.set_u32(a + "self_decoder_block_count", uint32_t(s.n_layer_self));
         w.set_u32(a + "sliding_window", uint32_t(s.sliding_window));
@@ -201,6 +270,15 @@ int cmd_synth(int argc, char** argv) {
                    "is the full model's first N layers and its head (a draft model that agrees with an --agree-after N model); "
                    "yoco shapes keep their self-decoder, so N must exceed its layer count")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+    int64_t q_lora_rank = -1;
+    float yarn = -1.0f;
+    app.add_option("--q-lora-rank", q_lora_rank,
+                   "deepseek2 shapes: rank of the query bottleneck (attn_q_a / attn_q_b); 0 writes one full attn_q matrix")
+        ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+    app.add_option("--yarn", yarn,
+                   "deepseek2 shapes: YaRN context extension by FACTOR (>= 1; 0: none), over the shape's original context "
+                   "or its context / FACTOR")
+        ->check(CLI::Range(0.0f, 1e6f));
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     const model_shape* found = find_model_shape(shape_name);
     if (!found) {
@@ -208,6 +286,23 @@ int cmd_synth(int argc, char** argv) {
         return 2;
     }
     model_shape shape_copy = *found;
+    if ((q_lora_rank >= 0 || yarn >= 0) && !found->deepseek2()) {
+        std::fprintf(stderr, "kvserve synth: --q-lora-rank and --yarn apply to deepseek2 shapes only, not %s\n", found->name);
+        return 2;
+    }
+    if (q_lora_rank >= 0) shape_copy.q_lora = q_lora_rank;
+    if (yarn > 0 && yarn < 1) {
+        std::fprintf(stderr, "kvserve synth: --yarn %g: the factor must be at least 1 (or 0 for none)\n", double(yarn));
+        return 2;
+    }
+    if (yarn == 0) {
+        shape_copy.yarn_factor = 0.0f, shape_copy.yarn_orig_ctx = 0, shape_copy.yarn_log_mul = 0.0f;
+    } else if (yarn > 0) {
+        shape_copy.yarn_factor = yarn;
+        if (found->yarn_orig_ctx == 0)
+            shape_copy.yarn_orig_ctx = std::max<int64_t>(1, int64_t(std::lround(double(found->n_ctx_train) / double(yarn))));
+        if (found->yarn_log_mul == 0) shape_copy.yarn_log_mul = k_deepseek2_yarn_log_mul;
+    }
     if (n_layers > 0) {
         if (n_layers > found->n_layer) {
             std::fprintf(stderr, "kvserve synth: --layers %lld: the shape has %lld layers\n", (long long)n_layers, (long long)found->n_layer);
@@ -223,6 +318,7 @@ int cmd_synth(int argc, char** argv) {
             return 2;
         }
         shape_copy.n_layer = n_layers;
+        shape_copy.n_layer_dense_lead = std::min(shape_copy.n_layer_dense_lead, n_layers);
     }
     if (found->yoco() && agree_after >= 0) {
         std::fprintf(stderr,

@@ -43,7 +43,7 @@ kv_cache::kv_cache(const kv_config& config)
       packed_layout_(config.packed_layout()) {
     if (!cfg_.kivi_bits) cfg_.n_packed_pages = 0;
     k_layer_bytes_ = size_t(cfg_.n_pages) * layout_.k_page_bytes();
-    v_layer_bytes_ = size_t(cfg_.n_pages) * layout_.v_page_bytes();
+    v_layer_bytes_ = cfg_.keys_only ? 0 : size_t(cfg_.n_pages) * layout_.v_page_bytes();
     if (cfg_.kivi_bits) {
         kp_layer_bytes_ = size_t(cfg_.n_packed_pages) * packed_layout_.k_page_bytes();
         vp_layer_bytes_ = size_t(cfg_.n_packed_pages) * packed_layout_.v_page_bytes();
@@ -63,6 +63,11 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
     if (*c.layout().head_dim_problem())
         return status::error(strfmt("kv cache: head_dim %lld cannot be stored as %s: %s", (long long)c.head_dim, dtype_name(c.type),
                                     c.layout().head_dim_problem()));
+    if (c.keys_only && (c.v_type || c.kivi_bits))
+        return status::error("kv cache: a keys-only group (one entry read as K and V) has no separate V format and no KIVI");
+    if (c.keys_only && (c.type == dtype::f16 || c.type == dtype::bf16))
+        return status::error(strfmt("kv cache: a keys-only group (one entry read as K and V) stores f32, q8_0, q4_0 or q4_1, not %s "
+                                    "(16-bit formats lay V out apart from K)", dtype_name(c.type)));
     if (c.kivi_bits) {
         if (c.kivi_bits != 2 && c.kivi_bits != 4) return status::error(strfmt("kv cache: KIVI takes 2 or 4 bits, not %d", c.kivi_bits));
         if (c.v_type) return status::error("kv cache: KIVI quantizes K and V alike (no separate V format)");
@@ -81,8 +86,8 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
     // load beside real ones hold finite values; on huge pages where possible (huge_buffer.h).
     const size_t nk = size_t(c.n_layer) * kv->k_layer_bytes_, nv = size_t(c.n_layer) * kv->v_layer_bytes_;
     kv->k_ = make_huge_buffer(nk);
-    kv->v_ = make_huge_buffer(nv);
-    if (!kv->k_ || !kv->v_)
+    if (nv) kv->v_ = make_huge_buffer(nv);
+    if (!kv->k_ || (nv && !kv->v_))
         return status::error(strfmt("kv cache: cannot allocate %.1f MiB for %d pages", double(nk + nv) / 1048576.0, c.n_pages));
     if (c.kivi_bits && c.n_packed_pages > 0) {
         const size_t npk = size_t(c.n_layer) * kv->kp_layer_bytes_, npv = size_t(c.n_layer) * kv->vp_layer_bytes_;

@@ -96,6 +96,11 @@ struct kv_config {
     int32_t kivi_bits = 0;
     int32_t kivi_residual = 128;
     int32_t n_packed_pages = 0;
+    // One stored entry per token, read as K and as V (MLA's latent group: the values are the
+    // entry's leading dims, the attention output's trailing ones are dropped): V's storage is
+    // K's, so a page costs K's bytes alone and writes of V rows land on K's (callers write the
+    // same row for both). Not with v_type or KIVI.
+    bool keys_only = false;
     cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type}; }
     cpu::kv_page_layout packed_layout() const { return {type, n_kv_head, page_size, head_dim, std::nullopt, kivi_bits}; }
     // Bytes of one packed page (all layers); 0 without KIVI.
@@ -106,7 +111,8 @@ struct kv_config {
     size_t token_meta_page_bytes() const { return token_scores ? size_t(n_kv_head * page_size) * (sizeof(float) + sizeof(int32_t)) : 0; }
     // Bytes of one page (K, V and their metadata, all layers).
     size_t page_bytes() const {
-        return size_t(n_layer) * (layout().k_page_bytes() + layout().v_page_bytes() + bounds_page_bytes() + token_meta_page_bytes());
+        return size_t(n_layer) * (layout().k_page_bytes() + (keys_only ? 0 : layout().v_page_bytes()) + bounds_page_bytes() +
+                                  token_meta_page_bytes());
     }
 };
 
@@ -240,12 +246,13 @@ public:
         return k_layer(layer) + (size_t(head) * size_t(cfg_.n_pages) + size_t(page)) * layout_.k_head_bytes();
     }
     uint8_t* v_block(int64_t layer, int32_t page, int64_t head) {
+        if (cfg_.keys_only) return k_block(layer, page, head);
         return v_layer(layer) + (size_t(head) * size_t(cfg_.n_pages) + size_t(page)) * layout_.v_head_bytes();
     }
     uint8_t* k_layer(int64_t layer) { return k_.get() + size_t(layer) * k_layer_bytes_; }
-    uint8_t* v_layer(int64_t layer) { return v_.get() + size_t(layer) * v_layer_bytes_; }
+    uint8_t* v_layer(int64_t layer) { return cfg_.keys_only ? k_layer(layer) : v_.get() + size_t(layer) * v_layer_bytes_; }
     const uint8_t* k_layer(int64_t layer) const { return k_.get() + size_t(layer) * k_layer_bytes_; }
-    const uint8_t* v_layer(int64_t layer) const { return v_.get() + size_t(layer) * v_layer_bytes_; }
+    const uint8_t* v_layer(int64_t layer) const { return cfg_.keys_only ? k_layer(layer) : v_.get() + size_t(layer) * v_layer_bytes_; }
     // The kernel's view of one layer.
     cpu::paged_kv_view view(int64_t layer) const {
         return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages, cfg_.v_type};

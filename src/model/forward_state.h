@@ -15,10 +15,12 @@
 #include "model/cascade_attention.h"
 #include "model/kivi_attention.h"
 #include "model/language_model.h"
+#include "model/moe.h"
 
 namespace kvs {
 
 class llama_model;
+class deepseek2_model;
 
 // Scratch for one forward pass, sized once for at most `max_tokens` tokens per batch and
 // `max_logits` logit rows: no allocation on the decode path. The activation buffers the model
@@ -70,11 +72,14 @@ public:
     // The same for H2O rows (h2o_mass_probe: it keeps every key the sequences write).
     void set_h2o_mass(bool on) { h2o_mass_on_ = on; }
     const h2o_mass_probe& h2o_mass() const { return h2o_mass_; }
+    // MoE models: the routing and grouping of the last MoE layer of the last forward (moe.h).
+    const moe_scratch& last_moe() const { return moe_; }
     const std::vector<double>& quest_mass_sum() const { return quest_mass_sum_; }
     const std::vector<int64_t>& quest_mass_count() const { return quest_mass_n_; }
 
 private:
     friend class llama_model;
+    friend class deepseek2_model;
     int64_t max_tokens_, max_logits_;
     struct arena_free {
         void operator()(uint8_t* p) const;
@@ -125,6 +130,7 @@ private:
     std::vector<int64_t> quest_mass_n_;
     bool h2o_mass_on_ = false;
     h2o_mass_probe h2o_mass_;
+    moe_scratch moe_;                    // MoE layers (sized on first use, then reused)
 };
 
 }  // namespace kvs

@@ -13,8 +13,9 @@ result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
     auto arch = f.get_string("general.architecture");
     if (!arch) return arch.error();
     hp.arch = arch.value();
-    if (!llama_family_arch(hp.arch))
-        return status::error("unsupported model architecture '" + hp.arch + "' (supported: llama, qwen2, mistral, yoco)");
+    const bool ds2 = hp.arch == "deepseek2";
+    if (!llama_family_arch(hp.arch) && !ds2)
+        return status::error("unsupported model architecture '" + hp.arch + "' (supported: llama, qwen2, mistral, yoco, deepseek2)");
     if (auto n = f.get_string_opt("general.name"); n && n.value()) hp.name = *n.value();
     const std::string a = hp.arch + ".";
 
@@ -55,7 +56,7 @@ result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
     KVS_TRY(opt("attention.key_length", &hp.head_dim, 1, 1024));
     int64_t v_len = hp.head_dim;
     KVS_TRY(opt("attention.value_length", &v_len, 1, 1024));
-    if (v_len != hp.head_dim) return status::error("attention.value_length different from key_length is not supported");
+    if (v_len != hp.head_dim && !ds2) return status::error("attention.value_length different from key_length is not supported");
     if (hp.head_dim % 2 != 0) return status::error(strfmt("head size %lld must be even for RoPE", (long long)hp.head_dim));
     hp.n_rot = hp.head_dim;
     KVS_TRY(opt("rope.dimension_count", &hp.n_rot, 2, hp.head_dim));
@@ -76,8 +77,22 @@ result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
     if (!stype) return stype.error();
     auto factor = f.get_float_opt(a + "rope.scaling.factor");
     if (!factor) return factor.error();
-    if (stype.value() && *stype.value() != "none" && *stype.value() != "linear")
-        return status::error("rope.scaling.type '" + *stype.value() + "' is not supported (none, linear)");
+    hp.rope_yarn = ds2 && stype.value() && *stype.value() == "yarn";
+    if (stype.value() && *stype.value() != "none" && *stype.value() != "linear" && !hp.rope_yarn)
+        return status::error("rope.scaling.type '" + *stype.value() + "' is not supported (none, linear" +
+                             (ds2 ? ", yarn)" : ")"));
+    if (hp.rope_yarn) {
+        if (!factor.value() || !(*factor.value() >= 1 && *factor.value() <= 1e6))
+            return status::error(a + "rope.scaling.factor must be in [1, 1e6] with YaRN scaling");
+        hp.rope_freq_scale = float(1.0 / *factor.value());
+        hp.yarn_orig_ctx = hp.n_ctx_train;
+        KVS_TRY(opt("rope.scaling.original_context_length", &hp.yarn_orig_ctx, 1, int64_t(1) << 26));
+        auto mul = f.get_float_opt(a + "rope.scaling.yarn_log_multiplier");
+        if (!mul) return mul.error();
+        if (mul.value()) hp.yarn_log_mul = float(*mul.value());
+        if (!(hp.yarn_log_mul >= 0 && hp.yarn_log_mul <= 10))
+            return status::error(strfmt("%srope.scaling.yarn_log_multiplier %g is out of range [0, 10]", a.c_str(), hp.yarn_log_mul));
+    }
     if ((!stype.value() || *stype.value() == "linear") && factor.value() && *factor.value() > 0)
         hp.rope_freq_scale = float(1.0 / *factor.value());
     auto lin = f.get_float_opt(a + "rope.scale_linear");
@@ -97,6 +112,37 @@ result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
                                         (long long)ls.value(), (long long)(hp.n_layer - 1), (long long)hp.n_layer));
         hp.n_layer_self = ls.value();
         KVS_TRY(need("sliding_window", &hp.sliding_window, 1, int64_t(1) << 26));
+    }
+    if (ds2) {
+        // Latent attention: the query/key size is qk_nope + qk_rope (n_rot), the value size its own.
+        hp.v_head = v_len;
+        KVS_TRY(need("attention.kv_lora_rank", &hp.kv_lora, 1, 1 << 16));
+        KVS_TRY(opt("attention.q_lora_rank", &hp.q_lora, 0, 1 << 16));
+        if (hp.n_rot >= hp.head_dim)
+            return status::error(strfmt("%srope.dimension_count %lld must be smaller than attention.key_length %lld (qk_nope + qk_rope)",
+                                        a.c_str(), (long long)hp.n_rot, (long long)hp.head_dim));
+        if (hp.n_head_kv != hp.n_head)
+            return status::error(strfmt("%sattention.head_count_kv %lld must equal head_count %lld", a.c_str(), (long long)hp.n_head_kv,
+                                        (long long)hp.n_head));
+        KVS_TRY(need("leading_dense_block_count", &hp.n_layer_dense_lead, 0, hp.n_layer));
+        if (hp.n_layer_dense_lead < hp.n_layer) {
+            KVS_TRY(need("expert_count", &hp.n_expert, 1, 4096));
+            KVS_TRY(need("expert_used_count", &hp.n_expert_used, 1, hp.n_expert));
+            KVS_TRY(opt("expert_shared_count", &hp.n_expert_shared, 0, 4096));
+            KVS_TRY(need("expert_feed_forward_length", &hp.n_ff_exp, 1, big));
+            auto sc = f.get_float_opt(a + "expert_weights_scale");
+            if (!sc) return sc.error();
+            if (sc.value()) hp.expert_weights_scale = float(*sc.value());
+            if (!(hp.expert_weights_scale > 0 && hp.expert_weights_scale <= 1e6))
+                return status::error(strfmt("%sexpert_weights_scale %g is out of range (0, 1e6]", a.c_str(), hp.expert_weights_scale));
+            auto nrm = f.get_bool_opt(a + "expert_weights_norm");
+            if (!nrm) return nrm.error();
+            if (nrm.value()) hp.expert_weights_norm = *nrm.value();
+            int64_t gating = 1;
+            KVS_TRY(opt("expert_gating_func", &gating, 0, 16));
+            if (gating != 1 && gating != 0)  // 0: unset in files written before the key existed (softmax)
+                return status::error(strfmt("%sexpert_gating_func %lld is not supported (1: softmax)", a.c_str(), (long long)gating));
+        }
     }
     if (hp.arch == "qwen2") {
         hp.rope = cpu::rope_layout::neox;

@@ -35,7 +35,28 @@ struct model_hparams {
     int64_t n_layer_self = 0;
     int64_t sliding_window = 0;  // W (tokens, the current one included)
 
+    // DeepSeek-V2 (arch "deepseek2"): multi-head latent attention (MLA) and a mixture-of-experts
+    // FFN. head_dim is the query/key size per head (qk_nope + qk_rope, qk_rope = n_rot), v_head
+    // the value size; the cache holds per token and layer the latent c (kv_lora) and one RoPE key
+    // shared by all heads (n_rot). 0 for every other architecture.
+    int64_t kv_lora = 0;             // latent rank (512 in DeepSeek-V2)
+    int64_t q_lora = 0;              // query low rank; 0: a full attn_q projection
+    int64_t v_head = 0;              // value size per head
+    int64_t n_layer_dense_lead = 0;  // layers [0, n) have a dense FFN of n_ff, the rest MoE
+    int64_t n_expert = 0, n_expert_used = 0, n_expert_shared = 0;
+    int64_t n_ff_exp = 0;            // one expert's FFN width (shared experts: n_expert_shared of them)
+    float expert_weights_scale = 1.0f;
+    bool expert_weights_norm = false;  // routed weights divided by their sum
+    // YaRN RoPE scaling (rope.scaling.type "yarn"; rope_freq_scale = 1 / factor): frequencies
+    // between the correction dims of n_ctx_orig are blended, attention logits scaled by
+    // (1 + yarn_log_mul · ln(factor))² (DeepSeek-V2's mscale).
+    bool rope_yarn = false;
+    int64_t yarn_orig_ctx = 0;
+    float yarn_log_mul = 0.0f;
+
     bool yoco() const { return n_layer_self > 0; }
+    bool deepseek2() const { return kv_lora > 0; }
+    int64_t qk_nope() const { return head_dim - n_rot; }
 
     int64_t n_gqa() const { return n_head / n_head_kv; }
     // Errors name the offending key and value.

@@ -1,7 +1,7 @@
 // The interface through which the scheduler, engine, server and tools drive a model, whatever
 // its family: a forward pass over a ragged batch and the model's KV groups, the groups it
 // declares, its hyper-parameters, and what the tools report (weights, formats). Each family
-// implements it in its own files (llama.h: Llama, Qwen2, Mistral and YOCO).
+// implements it in its own files (llama.h: Llama, Qwen2, Mistral and YOCO; deepseek2.h: DeepSeek-V2).
 //
 // Contract
 //  - `load` opens a GGUF file and binds it to the family its general.architecture names,

@@ -11,37 +11,11 @@
 
 #include "kernels/cpu/autotune.h"
 #include "kernels/cpu/interleave.h"
+#include "model/tensor_check.h"
 
 namespace kvs {
 
 namespace {
-
-// Checks a tensor's presence, dims (GGUF order: ne[0] contiguous) and dtype.
-result<const gguf_tensor_info*> want(const gguf_file& f, const std::string& name, std::vector<int64_t> ne, bool need_float) {
-    const gguf_tensor_info* t = f.find_tensor(name);
-    if (!t) return status::error("missing tensor " + name);
-    bool ok = t->n_dims == int(ne.size());
-    for (size_t d = 0; ok && d < ne.size(); ++d) ok = t->ne[d] == ne[d];
-    if (!ok) {
-        std::string expect = "[";
-        for (size_t d = 0; d < ne.size(); ++d) expect += (d ? ", " : "") + std::to_string(ne[d]);
-        return status::error("tensor " + name + ": expected shape " + expect + "], got " + t->shape_string());
-    }
-    if (need_float && t->type != dtype::f32)
-        return status::error("tensor " + name + ": expected f32, got " + dtype_name(t->type));
-    if (!dtype_info(t->type).supported)
-        return status::error("tensor " + name + ": weight type " + dtype_name(t->type) + " is not supported yet");
-    return t;
-}
-
-cpu::weight_view view_of(const gguf_tensor_info* t) {
-    cpu::weight_view w;
-    w.data = t->data;
-    w.type = t->type;
-    w.n_in = t->ne[0];
-    w.n_out = t->ne[1];
-    return w;
-}
 
 // The matmul calls of one forward pass (llama.cpp's forward): per layer Q/K/V in one
 // matmul_multi, the output projection, gate/up in one matmul_swiglu, the down projection;
@@ -87,6 +61,7 @@ result<std::unique_ptr<llama_model>> llama_model::from_gguf(std::unique_ptr<gguf
     m->file_ = std::move(file);
     auto hp = model_hparams::from_gguf(*m->file_);
     if (!hp) return hp.error();
+    if (hp.value().deepseek2()) return status::error("deepseek2 is not a Llama-family architecture (language_model::load loads it)");
     m->hp_ = hp.value();
     KVS_TRY(m->bind_weights());
     if (opts.tune == cpu::tune_level::off) {
@@ -209,7 +184,7 @@ status llama_model::bind_weights() {
         return status::error(strfmt("tensor token_embd.weight: expected shape [%lld, n_vocab], got %s",
                                     (long long)hp_.n_embd, emb->shape_string().c_str()));
     if (hp_.n_vocab == 0) hp_.n_vocab = emb->ne[1];
-    auto e = want(f, "token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false);
+    auto e = want_tensor(f, "token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false);
     if (!e) return e.error();
     w_.token_embd = e.value();
 
@@ -219,7 +194,7 @@ status llama_model::bind_weights() {
         const std::string p = "blk." + std::to_string(il) + ".";
         llama_layer& L = w_.layers[size_t(il)];
         auto get = [&](const char* name, std::vector<int64_t> ne, bool need_float) {
-            return want(f, p + name, std::move(ne), need_float);
+            return want_tensor(f, p + name, std::move(ne), need_float);
         };
         // YOCO's cross-decoder layers (il >= n_layer_self) attend to the global K/V: no K/V
         // projections of their own, and a file that has them is malformed.
@@ -241,15 +216,15 @@ status llama_model::bind_weights() {
             if (!*r) return r->error();
         L.attn_norm = reinterpret_cast<const float*>(an.value()->data);
         L.ffn_norm = reinterpret_cast<const float*>(fn.value()->data);
-        L.wq = view_of(q.value());
+        L.wq = weight_view_of(q.value());
         if (own_kv) {
-            L.wk = view_of(k.value());
-            L.wv = view_of(v.value());
+            L.wk = weight_view_of(k.value());
+            L.wv = weight_view_of(v.value());
         }
-        L.wo = view_of(o.value());
-        L.w_gate = view_of(g.value());
-        L.w_up = view_of(u.value());
-        L.w_down = view_of(dn.value());
+        L.wo = weight_view_of(o.value());
+        L.w_gate = weight_view_of(g.value());
+        L.w_up = weight_view_of(u.value());
+        L.w_down = weight_view_of(dn.value());
         if (hp_.qkv_bias) {
             auto bq = get("attn_q.bias", {nq}, true);
             auto bk = get("attn_k.bias", {nkv}, true);
@@ -262,26 +237,26 @@ status llama_model::bind_weights() {
         }
     }
     if (hp_.yoco()) {
-        auto gn = want(f, "global_norm.weight", {d}, true);
+        auto gn = want_tensor(f, "global_norm.weight", {d}, true);
         if (!gn) return gn.error();
-        auto gk = want(f, "global_k.weight", {d, nkv}, false);
+        auto gk = want_tensor(f, "global_k.weight", {d, nkv}, false);
         if (!gk) return gk.error();
-        auto gv = want(f, "global_v.weight", {d, nkv}, false);
+        auto gv = want_tensor(f, "global_v.weight", {d, nkv}, false);
         if (!gv) return gv.error();
         w_.global_norm = reinterpret_cast<const float*>(gn.value()->data);
-        w_.global_k = view_of(gk.value());
-        w_.global_v = view_of(gv.value());
+        w_.global_k = weight_view_of(gk.value());
+        w_.global_v = weight_view_of(gv.value());
     }
-    auto on = want(f, "output_norm.weight", {d}, true);
+    auto on = want_tensor(f, "output_norm.weight", {d}, true);
     if (!on) return on.error();
     w_.output_norm = reinterpret_cast<const float*>(on.value()->data);
     if (f.find_tensor("output.weight")) {
-        auto out = want(f, "output.weight", {d, hp_.n_vocab}, false);
+        auto out = want_tensor(f, "output.weight", {d, hp_.n_vocab}, false);
         if (!out) return out.error();
-        w_.output = view_of(out.value());
+        w_.output = weight_view_of(out.value());
         hp_.tied_output = false;
     } else {
-        w_.output = view_of(w_.token_embd);
+        w_.output = weight_view_of(w_.token_embd);
         hp_.tied_output = true;
     }
     return status::ok();

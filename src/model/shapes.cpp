@@ -1,5 +1,7 @@
 #include "model/shapes.h"
 
+#include <algorithm>
+
 namespace kvs {
 
 const std::vector<model_shape>& model_shapes() {
@@ -25,6 +27,22 @@ const std::vector<model_shape>& model_shapes() {
          "vocab/ggml-vocab-llama-spm.gguf", 11, 1024},
         {"yoco-tiny", "yoco", 512, 64, 6, 8, 4, 172, 512, 10000.0f, false, false, false, 1e-5f, "models/stories260K.gguf",
          3, 32},
+        // DeepSeek-V2-Lite (15.7B parameters, 2.4B active): MLA without a query bottleneck, 64
+        // routed experts (6 per token) + 2 shared, the first layer dense; YaRN x40 over 4K.
+        {.name = "deepseek-v2-lite", .arch = "deepseek2", .n_vocab = 102400, .n_embd = 2048, .n_layer = 27, .n_head = 16,
+         .n_head_kv = 16, .n_ff = 10944, .n_ctx_train = 163840, .rope_freq_base = 10000.0f, .rope_neox = false,
+         .qkv_bias = false, .tied_output = false, .rms_eps = 1e-6f, .default_vocab = "vocab/ggml-vocab-deepseek-coder.gguf",
+         .q_lora = 0, .kv_lora = 512, .qk_nope = 128, .qk_rope = 64, .v_head = 128, .n_expert = 64, .n_expert_used = 6,
+         .n_expert_shared = 2, .n_ff_exp = 1408, .n_layer_dense_lead = 1, .expert_weights_scale = 1.0f,
+         .yarn_factor = 40.0f, .yarn_orig_ctx = 4096, .yarn_log_mul = 0.0707f},
+        // A test-size DeepSeek-V2 in stories260K's vocabulary: the query bottleneck on (q_lora 32),
+        // 3 layers of which 1 dense, 8 experts (2 per token) + 1 shared, no YaRN; the expert
+        // weight scale is not 1, so that its multiplication is exercised.
+        {.name = "deepseek-v2-tiny", .arch = "deepseek2", .n_vocab = 512, .n_embd = 64, .n_layer = 3, .n_head = 4,
+         .n_head_kv = 4, .n_ff = 96, .n_ctx_train = 512, .rope_freq_base = 10000.0f, .rope_neox = false, .qkv_bias = false,
+         .tied_output = false, .rms_eps = 1e-6f, .default_vocab = "models/stories260K.gguf", .q_lora = 32, .kv_lora = 32,
+         .qk_nope = 16, .qk_rope = 8, .v_head = 16, .n_expert = 8, .n_expert_used = 2, .n_expert_shared = 1, .n_ff_exp = 32,
+         .n_layer_dense_lead = 1, .expert_weights_scale = 2.0f},
     };
     return shapes;
 }
@@ -41,7 +59,30 @@ std::string model_shape_names() {
     return out;
 }
 
+namespace {
+
+// DeepSeek-V2's weight count (model_shape::deepseek2()).
+int64_t deepseek2_params(const model_shape& s) {
+    const int64_t E = s.n_embd, H = s.n_head, qk = s.qk_nope + s.qk_rope;
+    int64_t attn = 2 * E;                                              // attn_norm, ffn_norm
+    attn += s.q_lora > 0 ? E * s.q_lora + s.q_lora + s.q_lora * H * qk  // attn_q_a, attn_q_a_norm, attn_q_b
+                         : E * H * qk;                                  // attn_q
+    attn += E * (s.kv_lora + s.qk_rope) + s.kv_lora                     // attn_kv_a_mqa, attn_kv_a_norm
+            + s.kv_lora * H * (s.qk_nope + s.v_head)                    // attn_kv_b
+            + H * s.v_head * E;                                         // attn_output
+    const int64_t dense = 3 * E * s.n_ff;
+    const int64_t moe = E * s.n_expert                                  // ffn_gate_inp
+                        + 3 * E * s.n_ff_exp * s.n_expert               // ffn_{gate,up,down}_exps
+                        + 3 * E * s.n_ff_exp * s.n_expert_shared;       // ffn_{gate,up,down}_shexp
+    const int64_t n_dense = std::min(s.n_layer_dense_lead, s.n_layer);
+    return s.n_vocab * s.n_embd * (s.tied_output ? 1 : 2) + s.n_embd + s.n_layer * attn + n_dense * dense +
+           (s.n_layer - n_dense) * moe;
+}
+
+}  // namespace
+
 int64_t model_shape::n_params() const {
+    if (deepseek2()) return deepseek2_params(*this);
     int64_t per_layer = 2 * n_embd                      // attn_norm, ffn_norm
                         + 2 * n_embd * n_embd           // attn_q, attn_output
                         + 2 * n_embd * n_embd_kv()      // attn_k, attn_v
@@ -72,9 +113,12 @@ int32_t llama_ftype_of(dtype t) {
 }
 
 dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, dtype target) {
-    constexpr std::string_view suffix = ".weight";
-    bool is_weight = name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
-    if (n_dims != 2 || !is_weight) return dtype::f32;
+    auto ends_with = [name](std::string_view suffix) {
+        return name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
+    };
+    const bool matrix = n_dims == 2 && ends_with(".weight") && !ends_with("ffn_gate_inp.weight");
+    const bool experts = n_dims == 3 && ends_with("_exps.weight");  // (n_expert) matrices of rows ne[0]
+    if (!matrix && !experts) return dtype::f32;
     if (row_length % dtype_info(target).block_size == 0) return target;
     if (dtype_info(target).block_size == qk_k && row_length % qk8_0 == 0) return dtype::q8_0;
     return dtype::f16;
@@ -134,7 +178,8 @@ dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, co
     if (f.k_mix) {
         const bool is_head = name == "output.weight" || (!has_output && name == "token_embd.weight");
         int64_t i = block_index(name, "attn_v.weight");
-        if (i < 0) i = block_index(name, "ffn_down.weight");
+        for (std::string_view down : {"ffn_down.weight", "ffn_down_exps.weight", "ffn_down_shexp.weight"})
+            if (i < 0) i = block_index(name, down);
         if (is_head || (i >= 0 && kquant_use_more_bits(i, n_layer))) t = dtype::q6_k;
     }
     return weight_dtype_for(name, n_dims, row_length, t);

@@ -33,12 +33,40 @@ struct model_shape {
     // projections; one global K/V). 0 for every other architecture.
     int64_t n_layer_self = 0;
     int64_t sliding_window = 0;
+    // DeepSeek-V2 (arch "deepseek2", llama.cpp's tensor and key names): multi-head latent
+    // attention and a mixture of experts. 0 for every other architecture.
+    //   attention: queries through a rank-q_lora bottleneck (0: one full attn_q matrix); keys
+    //   and values through a shared latent of kv_lora elements; per head qk_nope + qk_rope key
+    //   elements (the qk_rope rotated ones shared by all heads) and v_head value elements.
+    //   FFN: layers [0, n_layer_dense_lead) dense with n_ff; the rest route each token to the
+    //   n_expert_used best of n_expert experts (hidden n_ff_exp), weighted by their softmax
+    //   probabilities times expert_weights_scale, plus n_expert_shared always-on experts
+    //   (stored as one FFN of n_ff_exp · n_expert_shared).
+    //   YaRN: yarn_factor > 0 writes rope.scaling.* (factor, original context yarn_orig_ctx,
+    //   log multiplier yarn_log_mul).
+    int64_t q_lora = 0;
+    int64_t kv_lora = 0;
+    int64_t qk_nope = 0;
+    int64_t qk_rope = 0;
+    int64_t v_head = 0;
+    int64_t n_expert = 0;
+    int64_t n_expert_used = 0;
+    int64_t n_expert_shared = 0;
+    int64_t n_ff_exp = 0;
+    int64_t n_layer_dense_lead = 0;
+    float expert_weights_scale = 0.0f;
+    float yarn_factor = 0.0f;
+    int64_t yarn_orig_ctx = 0;
+    float yarn_log_mul = 0.0f;
 
     bool yoco() const { return n_layer_self > 0; }
+    bool deepseek2() const { return kv_lora > 0; }
     int64_t head_dim() const { return n_embd / n_head; }
     int64_t n_embd_kv() const { return head_dim() * n_head_kv; }
     // Weight count (embeddings, layers, norms, biases, untied output; for YOCO the cross-decoder
-    // layers without K/V projections, plus global_norm, global_k and global_v).
+    // layers without K/V projections, plus global_norm, global_k and global_v; for DeepSeek-V2
+    // the MLA projections and norms, the dense FFNs of the leading layers, and every routed
+    // expert, shared expert and router of the others).
     int64_t n_params() const;
 };
 
@@ -54,10 +82,12 @@ std::string model_shape_names();
 // 16 for q5_k, MOSTLY_Q6_K = 18, MOSTLY_BF16 = 32); -1 if it has none.
 int32_t llama_ftype_of(dtype t);
 
-// The dtype a tensor gets when a model is written "in" `target`: 2-D `.weight` matrices take
-// `target` when their row length is a multiple of its block size, everything else (norms,
-// biases, 1-D, 3-D+) stays F32. Matrices whose rows do not fit the block size fall back to
-// Q8_0 for the k-quants (rows a multiple of 32; as ggml falls back to a 32-block type), else F16.
+// The dtype a tensor gets when a model is written "in" `target`: 2-D `.weight` matrices and the
+// 3-D stacks of expert matrices (`*_exps.weight`, rows of ne[0] as for a matrix) take `target`
+// when their row length is a multiple of its block size; everything else (norms, biases, other
+// 1-D and 3-D+ tensors, and the MoE router `*ffn_gate_inp.weight`, as llama.cpp keeps it) stays
+// F32. Matrices whose rows do not fit the block size fall back to Q8_0 for the k-quants (rows a
+// multiple of 32; as ggml falls back to a 32-block type), else F16.
 dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, dtype target);
 
 // A whole model's weight format: one dtype for the matrices, or one of llama.cpp's k-quant
@@ -77,7 +107,9 @@ int32_t llama_ftype_of(const weight_format& f);
 bool kquant_use_more_bits(int64_t i_layer, int64_t n_layer);
 // The dtype of tensor `name` in a model written in `f`. For the *_M mixtures: output.weight
 // (or token_embd.weight when the model has no output.weight, as llama.cpp does) → Q6_K;
-// blk.N.attn_v.weight and blk.N.ffn_down.weight → Q6_K where kquant_use_more_bits(N, n_layer);
+// blk.N.attn_v.weight and blk.N.ffn_down.weight (and a MoE layer's ffn_down_exps.weight and
+// ffn_down_shexp.weight, as llama.cpp treats every "ffn_down" tensor of layer N) → Q6_K where
+// kquant_use_more_bits(N, n_layer);
 // all else the base type; then the rules of weight_dtype_for (fallbacks, F32 for non-matrices).
 dtype weight_dtype_for(std::string_view name, int n_dims, int64_t row_length, const weight_format& f, int64_t n_layer,
                        bool has_output);

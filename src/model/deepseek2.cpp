@@ -1,0 +1,266 @@
+// The DeepSeek-V2 forward pass over a ragged batch: absorbed multi-head latent attention over
+// the latent KV group, dense or MoE FFN (see deepseek2.h for the equations and the contract).
+#include "model/deepseek2.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/attention.h"
+#include "model/cascade_attention.h"
+
+namespace kvs {
+
+namespace {
+
+// Program points of deepseek2_model::forward, in order; the layer loop runs p_attn_norm ..
+// p_layer_add once per layer, so a buffer read in the next layer is live over the whole body.
+enum point : int32_t {
+    p_embed,        // x = token rows
+    p_rope_angles,  // rope_cos, rope_sin of every row's position
+    p_attn_norm,    // xb = rmsnorm(x) (layer 0; later layers get it from p_layer_add)
+    p_proj,         // q (via q_a when q_lora > 0) and kva = xb · W_kv_a
+    p_latent,       // kva = [rmsnorm(c); RoPE(k_pe)] written to the cache
+    p_absorb,       // qlat = [W_UK,iᵀ q_nope_i; RoPE(q_pe_i)] per head (gathered through head_in/head_out)
+    p_attention,    // attn, lse from qlat and the latent pages
+    p_uv,           // heads = W_UV,i · attn_i[0, kv_lora) per head (through head_in/head_out)
+    p_wo,           // xb2 = heads · W_o
+    p_ffn_norm,     // x += xb2; xb = rmsnorm(x)
+    p_ffn,          // dense: gate = silu(xb · W_gate) ⊙ (xb · W_up); MoE: xb2 = moe(xb)
+    p_down,         // dense: xb2 = gate · W_down
+    p_layer_add,    // x += xb2; xb = rmsnorm(x) with the next layer's attn norm
+    p_final_norm,   // out_rows = rmsnorm(x) of the logit rows
+    p_lm_head,      // logits = out_rows · W_output
+    p_after,        // the caller reads the logits until the next pass
+};
+
+enum buffer_id : int32_t {
+    b_x, b_xb, b_xb2, b_qa, b_q, b_kva, b_qlat, b_attn, b_lse, b_head_in, b_head_out, b_heads, b_gate,
+    b_rope_cos, b_rope_sin, b_out_rows, b_logits, n_buffers
+};
+
+}  // namespace
+
+std::vector<activation_buffer> deepseek2_model::activation_buffers(int64_t max_tokens, int64_t max_logits) const {
+    const model_hparams& hp = hp_;
+    const size_t n = size_t(std::max<int64_t>(1, max_tokens)), n_logit_rows = size_t(std::max<int64_t>(1, max_logits));
+    const size_t d = size_t(hp.n_embd), H = size_t(hp.n_head), entry = size_t(hp.kv_lora + hp.n_rot);
+    const size_t n_pairs = size_t(std::max<int64_t>(1, hp.n_rot / 2));
+    const size_t head_in = size_t(std::max(hp.qk_nope(), hp.kv_lora)), head_out = size_t(std::max(hp.kv_lora, hp.v_head));
+    std::vector<activation_buffer> b(n_buffers);
+    auto set = [&](buffer_id id, const char* name, size_t floats, std::vector<live_range> live) {
+        b[size_t(id)] = activation_buffer{name, floats * sizeof(float), std::move(live)};
+    };
+    set(b_x, "x", n * d, {{p_embed, p_final_norm}});
+    set(b_xb, "xb", n * d, {{p_attn_norm, p_proj}, {p_ffn_norm, p_ffn}, {p_layer_add, p_layer_add}});
+    set(b_xb2, "xb2", n * d, {{p_wo, p_ffn_norm}, {p_ffn, p_layer_add}});
+    set(b_qa, "q_a", n * size_t(std::max<int64_t>(1, hp.q_lora)), {{p_proj, p_proj}});
+    set(b_q, "q_heads", n * H * size_t(hp.head_dim), {{p_proj, p_absorb}});
+    set(b_kva, "kv_latent", n * entry, {{p_proj, p_latent}});
+    set(b_qlat, "q_latent", n * H * entry, {{p_absorb, p_attention}});
+    set(b_attn, "attn_latent", n * H * entry, {{p_attention, p_uv}});
+    set(b_lse, "lse", n * H, {{p_attention, p_attention}});
+    set(b_head_in, "head_in", n * head_in, {{p_absorb, p_absorb}, {p_uv, p_uv}});
+    set(b_head_out, "head_out", n * head_out, {{p_absorb, p_absorb}, {p_uv, p_uv}});
+    set(b_heads, "v_heads", n * H * size_t(hp.v_head), {{p_uv, p_wo}});
+    set(b_gate, "gate", n * size_t(hp.n_layer_dense_lead > 0 ? hp.n_ff : 1), {{p_ffn, p_down}});
+    set(b_rope_cos, "rope_cos", n * n_pairs, {{p_rope_angles, p_layer_add}});
+    set(b_rope_sin, "rope_sin", n * n_pairs, {{p_rope_angles, p_layer_add}});
+    set(b_out_rows, "out_rows", n_logit_rows * d, {{p_final_norm, p_lm_head}});
+    set(b_logits, "logits", n_logit_rows * size_t(hp.n_vocab), {{p_lm_head, p_after}});
+    return b;
+}
+
+status deepseek2_model::forward(const batch& b, kv_groups& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook,
+                                const layer_span& span) const {
+    if (kv.size() != 1) return status::error("a deepseek2 model has one KV group (the latent cache)");
+    return forward(b, kv.primary(), st, pool, hook, span);
+}
+
+status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook,
+                                const layer_span& span) const {
+    const model_hparams& hp = hp_;
+    const int64_t n = b.size();
+    const int64_t d = hp.n_embd, H = hp.n_head, hd = hp.head_dim, nope = hp.qk_nope(), n_rot = hp.n_rot;
+    const int64_t lora = hp.kv_lora, vh = hp.v_head, entry = lora + n_rot, nq = H * hd;
+    const int64_t n_out = b.n_logits();
+
+    // Validate the whole batch before touching any state.
+    if (n == 0) return status::ok();
+    if (span.begin != 0 || (span.end >= 0 && span.end != hp.n_layer) || span.hidden_out || span.hidden_in)
+        return status::error("a deepseek2 model runs whole forward passes only (no layer spans)");
+    const kv_config& kc = kv.config();
+    if (!kc.keys_only || kc.n_kv_head != 1 || kc.head_dim != entry || kc.n_layer != hp.n_layer)
+        return status::error("kv cache: not this deepseek2 model's latent group (deepseek2_model::kv_geometry)");
+    if (b.positions.size() != size_t(n) || b.seq_ids.size() != size_t(n) || b.slots.size() != size_t(n) ||
+        b.want_logits.size() != size_t(n))
+        return status::error("batch: tokens, positions, seq_ids, slots and want_logits differ in length");
+    if (!b.prompt.empty() && b.prompt.size() != size_t(n)) return status::error("batch: prompt flags are neither empty nor one per token");
+    if (n > st.max_tokens()) return status::error(strfmt("batch of %lld tokens exceeds the forward state's %lld", (long long)n, (long long)st.max_tokens()));
+    if (n_out > st.max_logits()) return status::error(strfmt("batch asks for %lld logit rows, more than the forward state's %lld", (long long)n_out, (long long)st.max_logits()));
+    if (st.buffers().size() != size_t(n_buffers) || st.buffers()[b_qlat].name != "q_latent")
+        return status::error("forward state: not made for a deepseek2 model");
+    for (int64_t i = 0; i < n; ++i) {
+        if (b.tokens[size_t(i)] < 0 || b.tokens[size_t(i)] >= hp.n_vocab)
+            return status::error(strfmt("batch row %lld: token id %d is outside the vocabulary (0..%lld)", (long long)i, b.tokens[size_t(i)], (long long)hp.n_vocab - 1));
+        const int32_t s = b.seq_ids[size_t(i)];
+        if (!kv.seq_exists(s)) return status::error(strfmt("batch row %lld: sequence %d does not exist", (long long)i, s));
+        if (!kv.seq_holds(s, b.slots[size_t(i)]))
+            return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
+        if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
+        if (kv.seq_policy(s).kind != kv_policy_kind::dense)
+            return status::error("deepseek2: KV policies other than dense do not run over the latent cache yet");
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
+        if (!kv.seq_prepare_write(s, slot, int64_t(slot) + 1)) return status::error("kv cache: no free page for copy-on-write");
+    }
+
+    float* const x = st.buffer(b_x);
+    float* const xb = st.buffer(b_xb);
+    float* const xb2 = st.buffer(b_xb2);
+    float* const qa = st.buffer(b_qa);
+    float* const q = st.buffer(b_q);
+    float* const kva = st.buffer(b_kva);
+    float* const qlat = st.buffer(b_qlat);
+    float* const attn = st.buffer(b_attn);
+    float* const lse = st.buffer(b_lse);
+    float* const head_in = st.buffer(b_head_in);
+    float* const head_out = st.buffer(b_head_out);
+    float* const heads = st.buffer(b_heads);
+    float* const gate = st.buffer(b_gate);
+    float* const rope_cos = st.buffer(b_rope_cos);
+    float* const rope_sin = st.buffer(b_rope_sin);
+    float* const out_rows = st.buffer(b_out_rows);
+    float* const logits = st.buffer(b_logits);
+
+    attention_plan& ap = st.plan_;
+    KVS_TRY(plan_attention(n, b.seq_ids.data(), b.slots.data(), kv, ap, b.prompt.empty() ? nullptr : b.prompt.data()));
+    st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(), ap.page_ids.data(),
+                                                         kc.page_size, {}, ap.any_begin ? ap.q_kv_begin.data() : nullptr)
+                                          : cascade_plan{};
+    st.cascade_quest_ = cascade_plan{};
+
+    auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
+        if (hook) hook(name, layer, data, rows, cols);
+    };
+
+    const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
+    for (int64_t i = 0; i < n; ++i)
+        dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, x + i * d, d);
+
+    const int64_t n_pairs = std::max<int64_t>(1, n_rot / 2);
+    for (int64_t i = 0; i < n; ++i) {
+        if (hp.rope_yarn) yarn_.angles(b.positions[size_t(i)], rope_cos + i * n_pairs, rope_sin + i * n_pairs);
+        else cpu::rope_angles(n_rot, b.positions[size_t(i)], hp.rope_freq_base, hp.rope_freq_scale, rope_cos + i * n_pairs, rope_sin + i * n_pairs);
+    }
+
+    cpu::attention_batch ab;
+    ab.n_q = n;
+    ab.n_head = H;
+    ab.q = qlat;
+    ab.q_seq = ap.q_seq.data();
+    ab.q_kv_len = ap.q_kv_len.data();
+    ab.q_kv_begin = ap.any_begin ? ap.q_kv_begin.data() : nullptr;
+    ab.page_indptr = ap.page_indptr.data();
+    ab.page_ids = ap.page_ids.data();
+    ab.scale = attention_scale();
+
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const deepseek2_layer& L = w_.layers[size_t(il)];
+        if (il == 0)
+            for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(x + i * d, L.attn_norm, xb + i * d, d, hp.rms_eps);
+        dump("attn_norm", il, xb, n, d);
+
+        // Projections: the query path and the latent [c; k_pe] in one pass over xb.
+        if (hp.q_lora > 0) {
+            const cpu::weight_view w2[2] = {L.wq_a, L.wkv_a};
+            float* const y2[2] = {qa, kva};
+            cpu::matmul_multi(w2, 2, xb, n, y2, pool);
+            for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(qa + i * hp.q_lora, L.q_a_norm, qa + i * hp.q_lora, hp.q_lora, hp.rms_eps);
+            cpu::matmul(L.wq_b, qa, n, q, pool);
+        } else {
+            const cpu::weight_view w2[2] = {L.wq, L.wkv_a};
+            float* const y2[2] = {q, kva};
+            cpu::matmul_multi(w2, 2, xb, n, y2, pool);
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            float* e = kva + i * entry;
+            cpu::rmsnorm(e, L.kv_a_norm, e, lora, hp.rms_eps);
+            const float* rc = rope_cos + i * n_pairs;
+            const float* rs = rope_sin + i * n_pairs;
+            cpu::rope_apply(e + lora, 1, n_rot, n_rot, rc, rs, cpu::rope_layout::normal);
+            for (int64_t h = 0; h < H; ++h) cpu::rope_apply(q + i * nq + h * hd + nope, 1, n_rot, n_rot, rc, rs, cpu::rope_layout::normal);
+        }
+        dump("q", il, q, n, nq);
+        dump("kv_latent", il, kva, n, entry);
+        // The entry is K and V alike (keys-only group): the same row for both.
+        for (int64_t i = 0; i < n; ++i)
+            kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], kva + i * entry, kva + i * entry, b.positions[size_t(i)]);
+
+        // Absorbed queries: per head, q_latent = W_UK,iᵀ q_nope (kv_lora), then the rotated q_pe.
+        for (int64_t h = 0; h < H; ++h) {
+            for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * nope, q + i * nq + h * hd, size_t(nope) * sizeof(float));
+            cpu::weight_view wuk;
+            wuk.data = L.wk_b_t.data() + h * lora * nope;
+            wuk.type = dtype::f32;
+            wuk.n_out = lora;
+            wuk.n_in = nope;
+            cpu::matmul(wuk, head_in, n, head_out, pool);
+            for (int64_t i = 0; i < n; ++i) {
+                float* dst = qlat + (i * H + h) * entry;
+                std::memcpy(dst, head_out + i * lora, size_t(lora) * sizeof(float));
+                std::memcpy(dst + lora, q + i * nq + h * hd + nope, size_t(n_rot) * sizeof(float));
+            }
+        }
+        attention_with_cascade(ab, kv.view(il), st.cascade_, attn, lse, st.cascade_scratch_, pool);
+        dump("kqv_latent", il, attn, n, H * entry);
+
+        // Values: per head, W_UV,i · (the attended latent), W_UV,i being kv_b's rows i·(nope + v) + nope + [0, v).
+        const size_t kvb_row = dtype_row_bytes(L.wkv_b.type, lora);
+        for (int64_t h = 0; h < H; ++h) {
+            for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * lora, attn + (i * H + h) * entry, size_t(lora) * sizeof(float));
+            cpu::weight_view wuv = L.wkv_b;
+            wuv.data = static_cast<const uint8_t*>(L.wkv_b.data) + size_t(h * (nope + vh) + nope) * kvb_row;
+            wuv.n_out = vh;
+            cpu::matmul(wuv, head_in, n, head_out, pool);
+            for (int64_t i = 0; i < n; ++i) std::memcpy(heads + i * H * vh + h * vh, head_out + i * vh, size_t(vh) * sizeof(float));
+        }
+        dump("kqv_out", il, heads, n, H * vh);
+        cpu::matmul(L.wo, heads, n, xb2, pool);
+        dump("attn_out", il, xb2, n, d);
+        for (int64_t i = 0; i < n; ++i) cpu::add_rmsnorm(x + i * d, xb2 + i * d, L.ffn_norm, xb + i * d, d, hp.rms_eps);
+        dump("ffn_inp", il, x, n, d);
+        dump("ffn_norm", il, xb, n, d);
+
+        if (L.dense()) {
+            cpu::matmul_swiglu(L.w_gate, L.w_up, xb, n, gate, nullptr, gate, pool);
+            cpu::matmul(L.w_down, gate, n, xb2, pool);
+        } else {
+            moe_ffn(L.moe, xb, n, xb2, st.moe_, pool);
+        }
+        dump("ffn_out", il, xb2, n, d);
+        if (il + 1 < hp.n_layer) {
+            const float* next_norm = w_.layers[size_t(il + 1)].attn_norm;
+            for (int64_t i = 0; i < n; ++i) cpu::add_rmsnorm(x + i * d, xb2 + i * d, next_norm, xb + i * d, d, hp.rms_eps);
+        } else {
+            for (int64_t j = 0; j < n * d; ++j) x[size_t(j)] += xb2[size_t(j)];
+        }
+        dump("l_out", il, x, n, d);
+    }
+
+    int64_t r = 0;
+    for (int64_t i = 0; i < n; ++i)
+        if (b.want_logits[size_t(i)]) {
+            cpu::rmsnorm(x + i * d, w_.output_norm, out_rows + r * d, d, hp.rms_eps);
+            ++r;
+        }
+    if (n_out > 0) {
+        dump("result_norm", -1, out_rows, n_out, d);
+        cpu::matmul(w_.output, out_rows, n_out, logits, pool);
+        dump("result_output", -1, logits, n_out, hp.n_vocab);
+    }
+    return status::ok();
+}
+
+}  // namespace kvs

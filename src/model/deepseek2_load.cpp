@@ -1,0 +1,172 @@
+// Loading and validating a deepseek2 GGUF (deepseek2.h).
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "model/deepseek2.h"
+#include "model/tensor_check.h"
+
+namespace kvs {
+
+result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_ptr<gguf_file> file, const load_options&) {
+    std::unique_ptr<deepseek2_model> m(new deepseek2_model());
+    m->file_ = std::move(file);
+    auto hp = model_hparams::from_gguf(*m->file_);
+    if (!hp) return hp.error();
+    if (!hp.value().deepseek2()) return status::error("not a deepseek2 model (architecture '" + hp.value().arch + "')");
+    m->hp_ = hp.value();
+    if (m->hp_.rope_yarn)
+        m->yarn_ = yarn_rope::make(m->hp_.n_rot, m->hp_.rope_freq_base, m->hp_.rope_freq_scale, m->hp_.yarn_orig_ctx);
+    KVS_TRY(m->bind_weights());
+    return m;
+}
+
+status deepseek2_model::bind_weights() {
+    const gguf_file& f = *file_;
+    const gguf_tensor_info* emb = f.find_tensor("token_embd.weight");
+    if (!emb) return status::error("missing tensor token_embd.weight");
+    if (emb->n_dims != 2 || emb->ne[0] != hp_.n_embd)
+        return status::error(strfmt("tensor token_embd.weight: expected shape [%lld, n_vocab], got %s", (long long)hp_.n_embd,
+                                    emb->shape_string().c_str()));
+    if (hp_.n_vocab == 0) hp_.n_vocab = emb->ne[1];
+    auto e = want_tensor(f, "token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false);
+    if (!e) return e.error();
+    w_.token_embd = e.value();
+
+    const int64_t d = hp_.n_embd, H = hp_.n_head, hd = hp_.head_dim, nope = hp_.qk_nope(), rope = hp_.n_rot;
+    const int64_t lora = hp_.kv_lora, vh = hp_.v_head;
+    w_.layers.resize(size_t(hp_.n_layer));
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        deepseek2_layer& L = w_.layers[size_t(il)];
+        auto get = [&](const char* name, std::vector<int64_t> ne, bool need_float) {
+            return want_tensor(f, p + name, std::move(ne), need_float);
+        };
+        auto norm = [&](const char* name, int64_t n, const float** out) -> status {
+            auto t = get(name, {n}, true);
+            if (!t) return t.error();
+            *out = reinterpret_cast<const float*>(t.value()->data);
+            return status::ok();
+        };
+        auto matrix = [&](const char* name, std::vector<int64_t> ne, cpu::weight_view* out) -> status {
+            auto t = get(name, std::move(ne), false);
+            if (!t) return t.error();
+            if (!cpu::matmul_supported(t.value()->type))
+                return status::error("tensor " + p + name + ": no matmul kernel for " + dtype_name(t.value()->type));
+            *out = weight_view_of(t.value());
+            return status::ok();
+        };
+        KVS_TRY(norm("attn_norm.weight", d, &L.attn_norm));
+        if (hp_.q_lora > 0) {
+            if (f.find_tensor(p + "attn_q.weight"))
+                return status::error("tensor " + p + "attn_q.weight: attention.q_lora_rank is " + std::to_string(hp_.q_lora) +
+                                     ", so the queries come from attn_q_a and attn_q_b");
+            KVS_TRY(matrix("attn_q_a.weight", {d, hp_.q_lora}, &L.wq_a));
+            KVS_TRY(norm("attn_q_a_norm.weight", hp_.q_lora, &L.q_a_norm));
+            KVS_TRY(matrix("attn_q_b.weight", {hp_.q_lora, H * hd}, &L.wq_b));
+        } else {
+            KVS_TRY(matrix("attn_q.weight", {d, H * hd}, &L.wq));
+        }
+        KVS_TRY(matrix("attn_kv_a_mqa.weight", {d, lora + rope}, &L.wkv_a));
+        KVS_TRY(norm("attn_kv_a_norm.weight", lora, &L.kv_a_norm));
+        KVS_TRY(matrix("attn_kv_b.weight", {lora, H * (nope + vh)}, &L.wkv_b));
+        KVS_TRY(matrix("attn_output.weight", {H * vh, d}, &L.wo));
+        KVS_TRY(norm("ffn_norm.weight", d, &L.ffn_norm));
+        if (il < hp_.n_layer_dense_lead) {
+            KVS_TRY(matrix("ffn_gate.weight", {d, hp_.n_ff}, &L.w_gate));
+            KVS_TRY(matrix("ffn_up.weight", {d, hp_.n_ff}, &L.w_up));
+            KVS_TRY(matrix("ffn_down.weight", {hp_.n_ff, d}, &L.w_down));
+        } else {
+            moe_weights& mw = L.moe;
+            const int64_t ne = hp_.n_expert, ffe = hp_.n_ff_exp;
+            KVS_TRY(matrix("ffn_gate_inp.weight", {d, ne}, &mw.router));
+            KVS_TRY(matrix("ffn_gate_exps.weight", {d, ffe, ne}, &mw.gate_exps));
+            KVS_TRY(matrix("ffn_up_exps.weight", {d, ffe, ne}, &mw.up_exps));
+            KVS_TRY(matrix("ffn_down_exps.weight", {ffe, d, ne}, &mw.down_exps));
+            if (mw.up_exps.type != mw.gate_exps.type)
+                return status::error("tensor " + p + "ffn_up_exps.weight: its type " + dtype_name(mw.up_exps.type) +
+                                     " differs from ffn_gate_exps.weight's " + dtype_name(mw.gate_exps.type));
+            if (hp_.n_expert_shared > 0) {
+                const int64_t ffs = ffe * hp_.n_expert_shared;
+                KVS_TRY(matrix("ffn_gate_shexp.weight", {d, ffs}, &mw.gate_sh));
+                KVS_TRY(matrix("ffn_up_shexp.weight", {d, ffs}, &mw.up_sh));
+                KVS_TRY(matrix("ffn_down_shexp.weight", {ffs, d}, &mw.down_sh));
+            } else if (f.find_tensor(p + "ffn_gate_shexp.weight")) {
+                return status::error("tensor " + p + "ffn_gate_shexp.weight: expert_shared_count is 0");
+            }
+            mw.n_expert = ne;
+            mw.n_used = hp_.n_expert_used;
+            mw.scale = hp_.expert_weights_scale;
+            mw.norm_topk = hp_.expert_weights_norm;
+            if (std::string why = moe_check(mw); !why.empty()) return status::error("layer " + std::to_string(il) + " MoE: " + why);
+        }
+        // W_UK,iᵀ of every head, for the absorbed queries: kv_b's rows i·(nope + v) + [0, nope).
+        L.wk_b_t.assign(size_t(H * lora * nope), 0.0f);
+        std::vector<float> row(static_cast<size_t>(lora));
+        const size_t row_bytes = dtype_row_bytes(L.wkv_b.type, lora);
+        const auto* base = static_cast<const uint8_t*>(L.wkv_b.data);
+        for (int64_t i = 0; i < H; ++i)
+            for (int64_t r = 0; r < nope; ++r) {
+                dequantize_row(L.wkv_b.type, base + size_t(i * (nope + vh) + r) * row_bytes, row.data(), lora);
+                float* dst = L.wk_b_t.data() + i * lora * nope;
+                for (int64_t c = 0; c < lora; ++c) dst[c * nope + r] = row[size_t(c)];
+            }
+    }
+    auto on = want_tensor(f, "output_norm.weight", {d}, true);
+    if (!on) return on.error();
+    w_.output_norm = reinterpret_cast<const float*>(on.value()->data);
+    if (f.find_tensor("output.weight")) {
+        auto out = want_tensor(f, "output.weight", {d, hp_.n_vocab}, false);
+        if (!out) return out.error();
+        w_.output = weight_view_of(out.value());
+        hp_.tied_output = false;
+    } else {
+        w_.output = weight_view_of(w_.token_embd);
+        hp_.tied_output = true;
+    }
+    if (!cpu::matmul_supported(w_.output.type)) return status::error(std::string("output head: no matmul kernel for ") + dtype_name(w_.output.type));
+    return status::ok();
+}
+
+kv_config deepseek2_model::kv_geometry(int32_t page_size, int32_t n_pages, dtype type) const {
+    kv_config c;
+    c.type = type;
+    c.n_layer = hp_.n_layer;
+    c.n_kv_head = 1;
+    c.head_dim = hp_.kv_lora + hp_.n_rot;
+    c.keys_only = true;
+    c.page_size = page_size;
+    c.n_pages = n_pages;
+    return c;
+}
+
+std::vector<kv_group_desc> deepseek2_model::kv_group_layout(int32_t page_size, dtype type) const {
+    return {{"latent", kv_geometry(page_size, 0, type), 0}};
+}
+
+size_t deepseek2_model::weight_bytes() const {
+    size_t n = 0;
+    for (auto& t : file_->tensors()) n += t.n_bytes;
+    return n;
+}
+
+std::vector<cpu::weight_view> deepseek2_model::matmul_weights() const {
+    std::vector<cpu::weight_view> out;
+    for (const deepseek2_layer& L : w_.layers) {
+        for (const cpu::weight_view* v : {&L.wq, &L.wq_a, &L.wq_b, &L.wkv_a, &L.wkv_b, &L.wo, &L.w_gate, &L.w_up, &L.w_down,
+                                          &L.moe.router, &L.moe.gate_exps, &L.moe.up_exps, &L.moe.down_exps, &L.moe.gate_sh,
+                                          &L.moe.up_sh, &L.moe.down_sh})
+            if (v->data) out.push_back(*v);
+    }
+    out.push_back(w_.output);
+    return out;
+}
+
+void deepseek2_model::final_norm(const float* x, float* y) const { cpu::rmsnorm(x, w_.output_norm, y, hp_.n_embd, hp_.rms_eps); }
+
+float deepseek2_model::attention_scale() const {
+    const float mscale = hp_.rope_yarn ? 1.0f + hp_.yarn_log_mul * std::log(1.0f / hp_.rope_freq_scale) : 1.0f;
+    return mscale * mscale / std::sqrt(float(hp_.head_dim));
+}
+
+}  // namespace kvs

@@ -1,0 +1,21 @@
+// Binding GGUF tensors to a model's weights: presence, dims and dtype checked before use, with
+// errors that name the tensor.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "gguf/gguf.h"
+#include "kernels/cpu/ops.h"
+
+namespace kvs {
+
+// The tensor `name` with dims `ne` (GGUF order: ne[0] contiguous) of a supported weight type
+// (f32 only when need_float), else an error naming it and what was expected.
+result<const gguf_tensor_info*> want_tensor(const gguf_file& f, const std::string& name, std::vector<int64_t> ne, bool need_float);
+// A 2-D tensor as a row-major weight matrix: ne[1] rows of ne[0] elements. A 3-D tensor gives
+// its first matrix (ne[2] of them follow).
+cpu::weight_view weight_view_of(const gguf_tensor_info* t);
+
+}  // namespace kvs

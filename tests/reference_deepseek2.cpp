@@ -1,0 +1,365 @@
+#include "reference_deepseek2.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <optional>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace kvs::test {
+
+namespace {
+
+constexpr double k_pi = 3.14159265358979323846;
+
+// The hyper-parameters the forward pass needs, read from the metadata (prefix "deepseek2.").
+struct ds2_hparams {
+    int64_t n_vocab = 0, n_embd = 0, n_layer = 0, n_head = 0, n_ff = 0, n_dense_lead = 0;
+    int64_t q_lora = 0, kv_lora = 0, qk_nope = 0, qk_rope = 0, v_head = 0;
+    int64_t n_expert = 0, n_expert_used = 0, n_expert_shared = 0, n_ff_exp = 0;
+    double rope_base = 10000.0, rms_eps = 1e-6, expert_scale = 1.0;
+    bool expert_norm = false;
+    bool yarn = false;
+    double yarn_factor = 1.0, yarn_log_mul = 0.0;
+    int64_t yarn_orig_ctx = 0;
+
+    int64_t qk() const { return qk_nope + qk_rope; }
+};
+
+// Reads keys and tensors of one file, remembering the first problem (later reads then return
+// zeros; the caller checks `error` before using anything).
+struct ds2_reader {
+    const gguf_file& f;
+    std::string error;
+
+    void fail(const std::string& what) {
+        if (error.empty()) error = what;
+    }
+    int64_t integer(const std::string& key) {
+        auto v = f.get_int(key);
+        if (!v) fail(v.message());
+        return v ? v.value() : 0;
+    }
+    double real(const std::string& key) {
+        auto v = f.get_float(key);
+        if (!v) fail(v.message());
+        return v ? v.value() : 0.0;
+    }
+    std::optional<int64_t> integer_opt(const std::string& key) {
+        auto v = f.get_int_opt(key);
+        if (!v) fail(v.message());
+        return v ? v.value() : std::nullopt;
+    }
+    std::optional<double> real_opt(const std::string& key) {
+        auto v = f.get_float_opt(key);
+        if (!v) fail(v.message());
+        return v ? v.value() : std::nullopt;
+    }
+    std::optional<bool> boolean_opt(const std::string& key) {
+        auto v = f.get_bool_opt(key);
+        if (!v) fail(v.message());
+        return v ? v.value() : std::nullopt;
+    }
+    std::optional<std::string> string_opt(const std::string& key) {
+        auto v = f.get_string_opt(key);
+        if (!v) fail(v.message());
+        return v ? v.value() : std::nullopt;
+    }
+    // Tensor `name` of dims `ne` (GGUF order), dequantized to double, row after row.
+    std::vector<double> tensor(const std::string& name, const std::vector<int64_t>& ne) {
+        const gguf_tensor_info* t = f.find_tensor(name);
+        if (!t) {
+            fail("tensor " + name + " missing");
+            return {};
+        }
+        bool same = t->n_dims == int(ne.size());
+        for (size_t d = 0; same && d < ne.size(); ++d) same = t->ne[d] == ne[d];
+        if (!same) {
+            std::string want = "[";
+            for (size_t d = 0; d < ne.size(); ++d) want += (d ? ", " : "") + std::to_string(ne[d]);
+            fail("tensor " + name + ": dims " + t->shape_string() + ", expected " + want + "]");
+            return {};
+        }
+        std::vector<float> row(size_t(t->ne[0]));  // (ne0) f32 scratch
+        std::vector<double> out(size_t(t->n_elements()));
+        const size_t row_bytes = dtype_row_bytes(t->type, t->ne[0]);
+        const int64_t rows = t->n_elements() / t->ne[0];
+        for (int64_t r = 0; r < rows; ++r) {
+            if (!dequantize_row(t->type, t->data + size_t(r) * row_bytes, row.data(), t->ne[0])) {
+                fail("tensor " + name + ": cannot dequantize " + dtype_name(t->type));
+                return {};
+            }
+            std::copy(row.begin(), row.end(), out.begin() + r * t->ne[0]);
+        }
+        return out;
+    }
+};
+
+ds2_hparams read_hparams(ds2_reader& r) {
+    const std::string a = "deepseek2.";
+    ds2_hparams hp;
+    auto arch = r.string_opt("general.architecture");
+    if (arch != std::optional<std::string>("deepseek2")) r.fail("general.architecture is not \"deepseek2\"");
+    hp.n_embd = r.integer(a + "embedding_length");
+    hp.n_layer = r.integer(a + "block_count");
+    hp.n_ff = r.integer(a + "feed_forward_length");
+    hp.n_head = r.integer(a + "attention.head_count");
+    hp.rope_base = r.real(a + "rope.freq_base");
+    hp.rms_eps = r.real(a + "attention.layer_norm_rms_epsilon");
+    hp.n_dense_lead = r.integer(a + "leading_dense_block_count");
+    hp.q_lora = r.integer_opt(a + "attention.q_lora_rank").value_or(0);
+    hp.kv_lora = r.integer(a + "attention.kv_lora_rank");
+    const int64_t key_length = r.integer(a + "attention.key_length");
+    hp.v_head = r.integer(a + "attention.value_length");
+    hp.qk_rope = r.integer(a + "rope.dimension_count");
+    hp.qk_nope = key_length - hp.qk_rope;
+    hp.n_ff_exp = r.integer(a + "expert_feed_forward_length");
+    hp.n_expert = r.integer(a + "expert_count");
+    hp.n_expert_shared = r.integer(a + "expert_shared_count");
+    hp.n_expert_used = r.integer(a + "expert_used_count");
+    hp.expert_scale = r.real_opt(a + "expert_weights_scale").value_or(1.0);
+    hp.expert_norm = r.boolean_opt(a + "expert_weights_norm").value_or(false);
+    if (r.integer_opt(a + "expert_gating_func").value_or(1) != 1) r.fail("expert_gating_func: only 1 (softmax) is modelled");
+    if (r.string_opt(a + "rope.scaling.type").value_or("none") == "yarn") {
+        hp.yarn = true;
+        hp.yarn_factor = r.real(a + "rope.scaling.factor");
+        hp.yarn_orig_ctx = r.integer(a + "rope.scaling.original_context_length");
+        hp.yarn_log_mul = r.real_opt(a + "rope.scaling.yarn_log_multiplier").value_or(0.0);
+        if (!(hp.yarn_factor >= 1.0) || hp.yarn_orig_ctx <= 0) r.fail("rope.scaling: YaRN needs factor >= 1 and an original context");
+    }
+    if (const gguf_tensor_info* t = r.f.find_tensor("token_embd.weight"); t && t->n_dims == 2) hp.n_vocab = t->ne[1];
+    if (r.error.empty()) {
+        const bool sane = hp.n_embd > 0 && hp.n_layer > 0 && hp.n_head > 0 && hp.n_vocab > 0 && hp.kv_lora > 0 &&
+                          hp.qk_nope >= 0 && hp.qk_rope > 0 && hp.qk_rope % 2 == 0 && hp.v_head > 0 && hp.q_lora >= 0 &&
+                          hp.n_dense_lead >= 0 && (hp.n_dense_lead >= hp.n_layer ||
+                                                   (hp.n_expert > 0 && hp.n_expert_used > 0 &&
+                                                    hp.n_expert_used <= hp.n_expert && hp.n_ff_exp > 0 && hp.n_expert_shared >= 0));
+        if (!sane) r.fail("deepseek2 hyper-parameters out of range");
+    }
+    return hp;
+}
+
+// y (n_out) = W (n_out, n_in) x, W's rows contiguous from `w`.
+std::vector<double> matvec(const double* w, const std::vector<double>& x, int64_t n_out) {
+    const int64_t n_in = int64_t(x.size());
+    std::vector<double> y(size_t(n_out), 0.0);
+    for (int64_t o = 0; o < n_out; ++o) {
+        double acc = 0;
+        for (int64_t i = 0; i < n_in; ++i) acc += w[o * n_in + i] * x[size_t(i)];
+        y[size_t(o)] = acc;
+    }
+    return y;
+}
+
+std::vector<double> rmsnorm(const std::vector<double>& x, const std::vector<double>& w, double eps) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
+    return y;
+}
+
+// The rotation angle of pair j (of n_rot / 2) at position `pos`, YaRN's blend of interpolated
+// and extrapolated frequencies when on.
+double rope_theta(const ds2_hparams& hp, int64_t pos, int64_t j) {
+    const double n_rot = double(hp.qk_rope);
+    const double extrap = double(pos) * std::pow(hp.rope_base, -2.0 * double(j) / n_rot);
+    if (!hp.yarn) return extrap;
+    const double freq_scale = 1.0 / hp.yarn_factor;
+    auto corr_dim = [&](double n_rotations) {
+        return n_rot * std::log(double(hp.yarn_orig_ctx) / (n_rotations * 2.0 * k_pi)) / (2.0 * std::log(hp.rope_base));
+    };
+    const double low = std::max(0.0, std::floor(corr_dim(32.0)));          // beta_fast
+    const double high = std::min(n_rot - 1.0, std::ceil(corr_dim(1.0)));   // beta_slow
+    const double ramp = 1.0 - std::clamp((double(j) - low) / std::max(0.001, high - low), 0.0, 1.0);
+    return freq_scale * extrap * (1.0 - ramp) + extrap * ramp;
+}
+
+// Rotates the n_rot values at v, adjacent pairs (2j, 2j + 1), to position `pos`.
+void rope(double* v, const ds2_hparams& hp, int64_t pos) {
+    for (int64_t j = 0; j < hp.qk_rope / 2; ++j) {
+        const double theta = rope_theta(hp, pos, j), c = std::cos(theta), s = std::sin(theta);
+        const double x0 = v[2 * j], x1 = v[2 * j + 1];
+        v[2 * j] = x0 * c - x1 * s;
+        v[2 * j + 1] = x0 * s + x1 * c;
+    }
+}
+
+// down (n_embd, n_hidden) (silu(gate · h) ⊙ (up · h)), gate and up (n_hidden, n_embd).
+std::vector<double> swiglu(const double* gate, const double* up, const double* down, const std::vector<double>& h,
+                           int64_t n_hidden, int64_t n_embd) {
+    auto g = matvec(gate, h, n_hidden), u = matvec(up, h, n_hidden);
+    for (int64_t i = 0; i < n_hidden; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
+    return matvec(down, g, n_embd);
+}
+
+}  // namespace
+
+std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
+                                                            std::vector<reference_deepseek2_route>* routes) {
+    ds2_reader r{f, {}};
+    const ds2_hparams hp = read_hparams(r);
+    auto failed = [&r]() {
+        if (r.error.empty()) return false;
+        ADD_FAILURE() << "reference_deepseek2_logits: " << r.error;
+        return true;
+    };
+    if (failed()) return {};
+    const int64_t E = hp.n_embd, H = hp.n_head, QK = hp.qk(), NOPE = hp.qk_nope, ROPE = hp.qk_rope, VH = hp.v_head;
+    const int64_t n = int64_t(tokens.size());
+    for (int32_t t : tokens)
+        if (t < 0 || t >= hp.n_vocab) {
+            ADD_FAILURE() << "reference_deepseek2_logits: token " << t << " outside the vocabulary of " << hp.n_vocab;
+            return {};
+        }
+    if (routes) routes->clear();
+
+    // Scores: (q_i · k_ij) · mscale² / sqrt(qk).
+    const double mscale = hp.yarn ? 1.0 + hp.yarn_log_mul * std::log(hp.yarn_factor) : 1.0;
+    const double kq_scale = mscale * mscale / std::sqrt(double(QK));
+    // The causal mask: row t sees columns j <= t.
+    std::vector<std::vector<char>> mask(size_t(n), std::vector<char>(size_t(n), 0));
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = 0; j <= t; ++j) mask[size_t(t)][size_t(j)] = 1;
+
+    const auto emb = r.tensor("token_embd.weight", {E, hp.n_vocab});
+    if (failed()) return {};
+    std::vector<std::vector<double>> x(static_cast<size_t>(n));  // (n, n_embd) residual stream
+    for (int64_t t = 0; t < n; ++t) x[size_t(t)].assign(emb.begin() + tokens[size_t(t)] * E, emb.begin() + (tokens[size_t(t)] + 1) * E);
+
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        // ---- attention (MLA)
+        const auto attn_norm = r.tensor(p + "attn_norm.weight", {E});
+        std::vector<double> wq, wq_a, q_a_norm, wq_b;
+        if (hp.q_lora > 0) {
+            wq_a = r.tensor(p + "attn_q_a.weight", {E, hp.q_lora});
+            q_a_norm = r.tensor(p + "attn_q_a_norm.weight", {hp.q_lora});
+            wq_b = r.tensor(p + "attn_q_b.weight", {hp.q_lora, H * QK});
+        } else {
+            wq = r.tensor(p + "attn_q.weight", {E, H * QK});
+        }
+        const auto wkv_a = r.tensor(p + "attn_kv_a_mqa.weight", {E, hp.kv_lora + ROPE});
+        const auto kv_a_norm = r.tensor(p + "attn_kv_a_norm.weight", {hp.kv_lora});
+        const auto wkv_b = r.tensor(p + "attn_kv_b.weight", {hp.kv_lora, H * (NOPE + VH)});
+        const auto wo = r.tensor(p + "attn_output.weight", {H * VH, E});
+        if (failed()) return {};
+
+        // Per token: q (H, QK) rotated, k (H, QK) with the shared rotated k_pe, v (H, VH).
+        std::vector<std::vector<double>> Q(static_cast<size_t>(n)), K(static_cast<size_t>(n)), V(static_cast<size_t>(n));
+        for (int64_t t = 0; t < n; ++t) {
+            const auto h = rmsnorm(x[size_t(t)], attn_norm, hp.rms_eps);
+            std::vector<double> q;  // (H, QK): per head [q_nope ; q_pe]
+            if (hp.q_lora > 0) {
+                q = matvec(wq_b.data(), rmsnorm(matvec(wq_a.data(), h, hp.q_lora), q_a_norm, hp.rms_eps), H * QK);
+            } else {
+                q = matvec(wq.data(), h, H * QK);
+            }
+            for (int64_t i = 0; i < H; ++i) rope(q.data() + i * QK + NOPE, hp, t);
+            const auto kv_a = matvec(wkv_a.data(), h, hp.kv_lora + ROPE);  // [c (kv_lora) ; k_pe (ROPE)]
+            const std::vector<double> c =
+                rmsnorm(std::vector<double>(kv_a.begin(), kv_a.begin() + hp.kv_lora), kv_a_norm, hp.rms_eps);
+            std::vector<double> k_pe(kv_a.begin() + hp.kv_lora, kv_a.end());  // (ROPE), one for every head
+            rope(k_pe.data(), hp, t);
+            const auto kv = matvec(wkv_b.data(), c, H * (NOPE + VH));  // (H, NOPE + VH): per head [k_nope ; v]
+            std::vector<double> k(size_t(H * QK)), v(size_t(H * VH));
+            for (int64_t i = 0; i < H; ++i) {
+                const double* src = kv.data() + i * (NOPE + VH);
+                std::copy(src, src + NOPE, k.begin() + i * QK);
+                std::copy(k_pe.begin(), k_pe.end(), k.begin() + i * QK + NOPE);
+                std::copy(src + NOPE, src + NOPE + VH, v.begin() + i * VH);
+            }
+            Q[size_t(t)] = std::move(q), K[size_t(t)] = std::move(k), V[size_t(t)] = std::move(v);
+        }
+        for (int64_t t = 0; t < n; ++t) {
+            std::vector<double> o(size_t(H * VH), 0.0);  // (H, VH) concatenated head outputs
+            for (int64_t i = 0; i < H; ++i) {
+                std::vector<double> s(size_t(n), 0.0);
+                double mx = -HUGE_VAL;
+                for (int64_t j = 0; j < n; ++j) {
+                    if (!mask[size_t(t)][size_t(j)]) continue;
+                    double acc = 0;
+                    for (int64_t d = 0; d < QK; ++d) acc += Q[size_t(t)][size_t(i * QK + d)] * K[size_t(j)][size_t(i * QK + d)];
+                    s[size_t(j)] = acc * kq_scale;
+                    mx = std::max(mx, s[size_t(j)]);
+                }
+                double sum = 0;
+                for (int64_t j = 0; j < n; ++j) sum += mask[size_t(t)][size_t(j)] ? (s[size_t(j)] = std::exp(s[size_t(j)] - mx)) : 0.0;
+                for (int64_t j = 0; j < n; ++j) {
+                    if (!mask[size_t(t)][size_t(j)]) continue;
+                    const double pj = s[size_t(j)] / sum;
+                    for (int64_t d = 0; d < VH; ++d) o[size_t(i * VH + d)] += pj * V[size_t(j)][size_t(i * VH + d)];
+                }
+            }
+            const auto out = matvec(wo.data(), o, E);
+            for (int64_t d = 0; d < E; ++d) x[size_t(t)][size_t(d)] += out[size_t(d)];
+        }
+
+        // ---- FFN: dense or mixture of experts
+        const auto ffn_norm = r.tensor(p + "ffn_norm.weight", {E});
+        if (failed()) return {};
+        if (il < hp.n_dense_lead) {
+            const auto gate = r.tensor(p + "ffn_gate.weight", {E, hp.n_ff}), up = r.tensor(p + "ffn_up.weight", {E, hp.n_ff}),
+                       down = r.tensor(p + "ffn_down.weight", {hp.n_ff, E});
+            if (failed()) return {};
+            for (int64_t t = 0; t < n; ++t) {
+                const auto out = swiglu(gate.data(), up.data(), down.data(), rmsnorm(x[size_t(t)], ffn_norm, hp.rms_eps), hp.n_ff, E);
+                for (int64_t d = 0; d < E; ++d) x[size_t(t)][size_t(d)] += out[size_t(d)];
+            }
+            continue;
+        }
+        const int64_t FX = hp.n_ff_exp, FS = hp.n_ff_exp * hp.n_expert_shared, NE = hp.n_expert;
+        const auto router = r.tensor(p + "ffn_gate_inp.weight", {E, NE});
+        const auto gate_x = r.tensor(p + "ffn_gate_exps.weight", {E, FX, NE}), up_x = r.tensor(p + "ffn_up_exps.weight", {E, FX, NE}),
+                   down_x = r.tensor(p + "ffn_down_exps.weight", {FX, E, NE});
+        std::vector<double> gate_s, up_s, down_s;
+        if (FS > 0) {
+            gate_s = r.tensor(p + "ffn_gate_shexp.weight", {E, FS});
+            up_s = r.tensor(p + "ffn_up_shexp.weight", {E, FS});
+            down_s = r.tensor(p + "ffn_down_shexp.weight", {FS, E});
+        }
+        if (failed()) return {};
+        for (int64_t t = 0; t < n; ++t) {
+            const auto h2 = rmsnorm(x[size_t(t)], ffn_norm, hp.rms_eps);
+            auto probs = matvec(router.data(), h2, NE);  // router logits, then their softmax
+            const double mx = *std::max_element(probs.begin(), probs.end());
+            double sum = 0;
+            for (double& v : probs) sum += (v = std::exp(v - mx));
+            for (double& v : probs) v /= sum;
+            std::vector<int32_t> order(static_cast<size_t>(NE));
+            std::iota(order.begin(), order.end(), 0);
+            std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return probs[size_t(a)] > probs[size_t(b)]; });
+            order.resize(size_t(hp.n_expert_used));
+            std::vector<double> w(order.size());
+            double chosen = 0;
+            for (size_t k = 0; k < order.size(); ++k) chosen += (w[k] = probs[size_t(order[k])]);
+            for (double& v : w) v = (hp.expert_norm ? v / chosen : v) * hp.expert_scale;
+
+            std::vector<double> out(size_t(E), 0.0);
+            for (size_t k = 0; k < order.size(); ++k) {
+                const int64_t e = order[k];
+                const auto y = swiglu(gate_x.data() + e * FX * E, up_x.data() + e * FX * E, down_x.data() + e * E * FX, h2, FX, E);
+                for (int64_t d = 0; d < E; ++d) out[size_t(d)] += w[k] * y[size_t(d)];
+            }
+            if (FS > 0) {
+                const auto y = swiglu(gate_s.data(), up_s.data(), down_s.data(), h2, FS, E);
+                for (int64_t d = 0; d < E; ++d) out[size_t(d)] += y[size_t(d)];
+            }
+            for (int64_t d = 0; d < E; ++d) x[size_t(t)][size_t(d)] += out[size_t(d)];
+            if (routes) routes->push_back({il, t, h2, probs, order, w});
+        }
+    }
+    const auto out_norm = r.tensor("output_norm.weight", {E});
+    const auto head = r.tensor("output.weight", {E, hp.n_vocab});
+    if (failed()) return {};
+    std::vector<std::vector<double>> logits(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) logits[size_t(t)] = matvec(head.data(), rmsnorm(x[size_t(t)], out_norm, hp.rms_eps), hp.n_vocab);
+    return logits;
+}
+
+}  // namespace kvs::test

@@ -1,0 +1,355 @@
+// DeepSeek-V2 in the engine (src/model/deepseek2*.cpp: absorbed MLA over the latent KV group,
+// MoE FFN) against the float64 reference written from the paper's equations, un-absorbed
+// (test::reference_deepseek2_logits: per-head keys and values materialized, whole-sequence
+// masks, no pages): whole, chunked and token-by-token prefill, q low rank on and off, YaRN;
+// the routing of the last MoE layer; several sequences in one batch with shared prefix pages
+// (copy-on-write, cascade); the scheduler with n > 1, preemption and the prefix cache over the
+// latent pages (integrity after every step); what it refuses; malformed files.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "gguf/gguf.h"
+#include "gguf/gguf_writer.h"
+#include "kv/kv_groups.h"
+#include "model/deepseek2.h"
+#include "model/session.h"
+#include "reference_deepseek2.h"
+#include "reference_model.h"
+#include "sched/scheduler.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace kvs;
+
+namespace {
+
+// Writes deepseek-v2-tiny (f32 weights unless `dtype`) with extra synth arguments; "" if the
+// vocabulary fixture is missing.
+std::string synth_tiny(const std::string& name, const std::string& extra = "", const std::string& dtype = "f32") {
+    const std::string vocab = test::shared_file("models/stories260K.gguf");
+    if (vocab.empty()) return "";
+    const std::string out = test::temp_dir() + "/" + name + ".gguf";
+    std::string text;
+    const int rc = test::run_command("'" + test::kvserve_binary() + "' synth --shape deepseek-v2-tiny --dtype " + dtype + " --vocab '" +
+                                         vocab + "' " + extra + " -o '" + out + "'",
+                                     &text);
+    EXPECT_EQ(rc, 0) << text;
+    return rc == 0 ? out : "";
+}
+
+#define NEED_FILE(var, ...)                                                                  \
+    const std::string var = synth_tiny(__VA_ARGS__);                                         \
+    if (var.empty()) GTEST_SKIP() << "models/stories260K.gguf not found under " << test::shared_dir()
+
+std::unique_ptr<deepseek2_model> load(const std::string& path) {
+    auto f = gguf_file::open(path);
+    EXPECT_TRUE(f) << f.message();
+    if (!f) return nullptr;
+    auto m = deepseek2_model::from_gguf(std::move(f.value()));
+    EXPECT_TRUE(m) << m.message();
+    return m ? std::move(m.value()) : nullptr;
+}
+
+// Every row's logits through a session (f32 latent pages of page_size tokens, n_batch per pass).
+std::vector<float> session_logits(const language_model& m, const std::vector<int32_t>& tokens, int64_t n_batch, int32_t page_size = 4,
+                                  dtype kv_type = dtype::f32) {
+    thread_pool pool(2);
+    session_params p;
+    p.kv_type = kv_type;
+    p.page_size = page_size;
+    p.n_batch = n_batch;
+    p.max_logit_rows = n_batch;
+    auto s = session::create(m, pool, p);
+    EXPECT_TRUE(s) << s.message();
+    if (!s) return {};
+    std::vector<float> all;
+    status st = s.value()->eval(tokens.data(), int64_t(tokens.size()), 0, &all);
+    EXPECT_TRUE(st) << st.message();
+    return all;
+}
+
+void expect_matches_reference(const std::string& path, double tol) {
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    auto f = gguf_file::open(path).value();
+    const int64_t n_vocab = m->hparams().n_vocab;
+    const std::vector<int32_t> tokens = test::some_tokens(23, n_vocab, 11);
+    const auto want = test::reference_deepseek2_logits(*f, tokens);
+    ASSERT_EQ(want.size(), tokens.size());
+    for (int64_t n_batch : {int64_t(1), int64_t(5), int64_t(64)}) {
+        const std::vector<float> got = session_logits(*m, tokens, n_batch);
+        ASSERT_EQ(got.size(), tokens.size() * size_t(n_vocab));
+        double worst = 0;
+        for (size_t t = 0; t < tokens.size(); ++t)
+            worst = std::max(worst, test::nmse_norm(got.data() + int64_t(t) * n_vocab, want[t].data(), n_vocab));
+        EXPECT_LT(worst, tol) << path << " n_batch " << n_batch;
+    }
+}
+
+TEST(DeepSeek2, AbsorbedAttentionMatchesTheUnabsorbedReference) {
+    NEED_FILE(path, "ds2-engine-qlora");
+    expect_matches_reference(path, 1e-5);
+}
+
+TEST(DeepSeek2, WithoutQueryLowRank) {
+    NEED_FILE(path, "ds2-engine-noqlora", "--q-lora-rank 0");
+    expect_matches_reference(path, 1e-5);
+}
+
+TEST(DeepSeek2, WithYarnScaling) {
+    NEED_FILE(path, "ds2-engine-yarn", "--yarn 4");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    EXPECT_TRUE(m->hparams().rope_yarn);
+    EXPECT_GT(m->attention_scale(), 1.0f / std::sqrt(float(m->hparams().head_dim)));  // mscale > 1
+    expect_matches_reference(path, 1e-5);
+}
+
+TEST(DeepSeek2, QuantizedWeightsStayCloseToTheReference) {
+    NEED_FILE(path, "ds2-engine-q8", "", "q8_0");
+    expect_matches_reference(path, 2e-2);
+}
+
+TEST(DeepSeek2, LatentCacheHoldsOneEntryPerTokenAndLayer) {
+    NEED_FILE(path, "ds2-engine-kv");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    const model_hparams& hp = m->hparams();
+    const auto groups = m->kv_group_layout(16, dtype::f32);
+    ASSERT_EQ(groups.size(), 1u);
+    EXPECT_EQ(groups[0].name, "latent");
+    const kv_config& c = groups[0].config;
+    EXPECT_TRUE(c.keys_only);
+    EXPECT_EQ(c.n_kv_head, 1);
+    EXPECT_EQ(c.head_dim, hp.kv_lora + hp.n_rot);
+    kv_config sized = c;
+    sized.n_pages = 1;
+    // Bytes of a page: (kv_lora + qk_rope) floats per token and layer, no separate V.
+    EXPECT_EQ(sized.page_bytes(), size_t(hp.n_layer * 16 * (hp.kv_lora + hp.n_rot)) * sizeof(float));
+    EXPECT_EQ(m->per_head_kv_values(), hp.n_head * (hp.head_dim + hp.v_head));
+    // 16-bit formats cannot be a keys-only group's yet: a clear error, not wrong values.
+    kv_config bf = sized;
+    bf.type = dtype::bf16;
+    auto kv = kv_cache::create(bf);
+    ASSERT_FALSE(kv);
+    EXPECT_NE(kv.message().find("keys-only"), std::string::npos) << kv.message();
+}
+
+// Several sequences in one batch: a shared prompt forked (shared pages, copy-on-write of the
+// partial one), then decode rows of every sequence together (cascade over the shared pages).
+TEST(DeepSeek2, BatchedSequencesWithSharedPagesMatchTheReference) {
+    NEED_FILE(path, "ds2-engine-batch");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    auto f = gguf_file::open(path).value();
+    const int64_t n_vocab = m->hparams().n_vocab;
+    thread_pool pool(2);
+    auto kv = kv_cache::create(m->kv_geometry(4, 64, dtype::f32)).value();
+    forward_state st(*m, 64, 8);
+    const std::vector<int32_t> prompt = test::some_tokens(10, n_vocab, 5);
+    const int32_t s0 = kv->seq_add();
+    ASSERT_TRUE(kv->seq_reserve(s0, int64_t(prompt.size())));
+    batch b;
+    for (size_t i = 0; i < prompt.size(); ++i) b.add(prompt[i], int32_t(i), s0, i + 1 == prompt.size());
+    ASSERT_TRUE(m->forward(b, *kv, st, pool));
+    std::vector<int32_t> seqs = {s0};
+    for (int k = 0; k < 2; ++k) {
+        const int32_t s = kv->seq_fork(s0);
+        ASSERT_GE(s, 0);
+        seqs.push_back(s);
+    }
+    std::vector<std::vector<int32_t>> all(seqs.size(), prompt);
+    for (int step = 0; step < 6; ++step) {
+        b.clear();
+        for (size_t j = 0; j < seqs.size(); ++j) {
+            const int32_t tok = int32_t((7 * step + 13 * j + 1) % n_vocab);
+            const int32_t pos = int32_t(all[j].size());
+            ASSERT_TRUE(kv->seq_reserve(seqs[j], pos + 1));
+            b.add(tok, pos, seqs[j], true);
+            all[j].push_back(tok);
+        }
+        ASSERT_TRUE(m->forward(b, *kv, st, pool));
+        const status integrity = kv->check_integrity();
+        ASSERT_TRUE(integrity) << integrity.message();
+        for (size_t j = 0; j < seqs.size(); ++j) {
+            const auto want = test::reference_deepseek2_logits(*f, all[j]);
+            EXPECT_LT(test::nmse_norm(st.logits() + int64_t(j) * n_vocab, want.back().data(), n_vocab), 1e-5)
+                << "step " << step << " seq " << j;
+        }
+    }
+}
+
+TEST(DeepSeek2, RoutingOfTheLastLayerEqualsTheReference) {
+    NEED_FILE(path, "ds2-engine-route");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    auto f = gguf_file::open(path).value();
+    const std::vector<int32_t> tokens = test::some_tokens(12, m->hparams().n_vocab, 9);
+    std::vector<test::reference_deepseek2_route> routes;
+    test::reference_deepseek2_logits(*f, tokens, &routes);
+    thread_pool pool(2);
+    auto kv = kv_cache::create(m->kv_geometry(4, 16, dtype::f32)).value();
+    forward_state st(*m, 16, 1);
+    const int32_t s = kv->seq_add();
+    ASSERT_TRUE(kv->seq_reserve(s, int64_t(tokens.size())));
+    batch b;
+    for (size_t i = 0; i < tokens.size(); ++i) b.add(tokens[i], int32_t(i), s, i + 1 == tokens.size());
+    ASSERT_TRUE(m->forward(b, *kv, st, pool));
+    const int64_t last = m->hparams().n_layer - 1, k = m->hparams().n_expert_used;
+    const moe_scratch& r = st.last_moe();
+    int64_t checked = 0;
+    for (const auto& route : routes) {
+        if (route.layer != last) continue;
+        for (int64_t j = 0; j < k; ++j) {
+            EXPECT_EQ(r.ids[size_t(route.token * k + j)], route.experts[size_t(j)]) << "token " << route.token << " rank " << j;
+            EXPECT_NEAR(r.weights[size_t(route.token * k + j)], route.weights[size_t(j)], 1e-5 * std::max(1.0, route.weights[size_t(j)]));
+        }
+        ++checked;
+    }
+    EXPECT_EQ(checked, int64_t(tokens.size()));
+}
+
+TEST(DeepSeek2, RefusesWhatItDoesNotRun) {
+    NEED_FILE(path, "ds2-engine-refuse");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    thread_pool pool(2);
+    session_params p;
+    p.kv_type = dtype::f32;
+    p.policy = kv_policy::parse("window:size=16").value();
+    auto s = session::create(*m, pool, p);
+    if (s) {  // the session may accept the policy; the forward pass must refuse it
+        status r = s.value()->prefill(std::vector<int32_t>{1, 2, 3});
+        ASSERT_FALSE(r);
+        EXPECT_NE(r.message().find("dense"), std::string::npos) << r.message();
+    }
+    // A cache of another geometry.
+    kv_config other = m->kv_geometry(4, 4, dtype::f32);
+    other.keys_only = false;
+    auto kv = kv_cache::create(other).value();
+    forward_state st(*m, 4, 1);
+    batch b;
+    b.add(1, 0, kv->seq_add(), true);
+    ASSERT_TRUE(kv->seq_reserve(0, 1));
+    status r = m->forward(b, *kv, st, pool);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.message().find("latent"), std::string::npos) << r.message();
+    // Layer spans.
+    auto kv2 = kv_cache::create(m->kv_geometry(4, 4, dtype::f32)).value();
+    b.clear();
+    b.add(1, 0, kv2->seq_add(), true);
+    ASSERT_TRUE(kv2->seq_reserve(0, 1));
+    layer_span span;
+    span.end = 1;
+    r = m->forward(b, *kv2, st, pool, nullptr, span);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.message().find("layer spans"), std::string::npos) << r.message();
+}
+
+// The scheduler over the latent group: several requests, n > 1, a shared prompt (prefix cache)
+// and a pool small enough to preempt; integrity after every step, no pages leaked, and the
+// same tokens as with a pool large enough for all and the prefix cache off.
+TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
+    NEED_FILE(path, "ds2-engine-sched");
+    auto lm = language_model::load(path);
+    ASSERT_TRUE(lm) << lm.message();
+    const language_model& m = *lm.value();
+    auto tok = tokenizer::from_gguf(m.file());
+    ASSERT_TRUE(tok) << tok.message();
+    auto run = [&](int32_t n_pages, bool prefix_cache) {
+        std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
+        layout[0].config.n_pages = n_pages;
+        auto groups = kv_groups::create(layout).value();
+        thread_pool pool(2);
+        scheduler_config cfg;
+        cfg.max_seqs = 4;
+        cfg.max_batch_tokens = 16;
+        cfg.prefill_chunk = 8;
+        cfg.prefix_cache = prefix_cache;
+        scheduler s(m, *tok.value(), *groups, pool, cfg);
+        std::vector<std::shared_ptr<request_stream>> streams;
+        std::vector<std::vector<std::vector<int32_t>>> out;
+        const std::vector<int32_t> shared = test::some_tokens(13, m.hparams().n_vocab, 3);
+        for (int r = 0; r < 4; ++r) {
+            request_params p;
+            p.prompt = shared;
+            p.prompt.push_back(int32_t(20 + r));
+            p.sampling.temperature = 0;
+            p.max_tokens = 12;
+            p.ignore_eos = true;
+            p.n = r == 0 ? 2 : 1;
+            if (r == 0) p.sampling.temperature = 0.8f, p.sampling.seed = 5;
+            out.emplace_back(size_t(p.n));
+            streams.push_back(std::make_shared<request_stream>());
+            EXPECT_TRUE(s.submit(p, streams.back()));
+        }
+        for (int step = 0; !s.idle() && step < 5000; ++step) {
+            auto ok = s.step();
+            EXPECT_TRUE(ok) << ok.message();
+            status integrity = s.check_integrity();
+            EXPECT_TRUE(integrity) << integrity.message();
+            for (size_t i = 0; i < streams.size(); ++i)
+                while (auto ev = streams[i]->pop(0)) {
+                    auto& o = out[i][size_t(ev->index)];
+                    o.insert(o.end(), ev->tokens.begin(), ev->tokens.end());
+                }
+        }
+        EXPECT_TRUE(s.idle());
+        const auto metrics = s.metrics();
+        EXPECT_EQ(groups->group(0).pool().n_free() + (prefix_cache ? groups->group(0).pool().n_pages() - groups->group(0).pool().n_free() : 0),
+                  groups->group(0).pool().n_pages());
+        return std::make_pair(out, metrics);
+    };
+    const auto [big, big_metrics] = run(256, false);
+    const auto [small, small_metrics] = run(12, true);
+    EXPECT_EQ(big, small);
+    EXPECT_GT(small_metrics.preemptions, 0);
+    EXPECT_GT(small_metrics.prefix_hit_tokens, 0);
+    for (const auto& req : big)
+        for (const auto& c : req) EXPECT_EQ(c.size(), 12u);
+}
+
+// Malformed files fail at load with a message naming the tensor or key.
+TEST(DeepSeek2, MalformedFilesNameWhatIsWrong) {
+    NEED_FILE(path, "ds2-engine-malformed");
+    auto f = gguf_file::open(path).value();
+    auto rewrite = [&](const std::string& name, const std::string& drop_tensor, const std::string& key, int64_t value) {
+        gguf_writer w;
+        w.copy_metadata(*f);
+        if (!key.empty()) w.set_u32(key, uint32_t(value));
+        for (const auto& t : f->tensors())
+            if (t.name != drop_tensor) {
+                status st = w.add_tensor_data(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims), t.data, t.n_bytes);
+                EXPECT_TRUE(st) << st.message();
+            }
+        const std::string out = test::temp_dir() + "/" + name + ".gguf";
+        status st = w.write(out);
+        EXPECT_TRUE(st) << st.message();
+        return out;
+    };
+    struct bad {
+        std::string drop, key;
+        int64_t value;
+        std::string expect;
+    } cases[] = {
+        {"blk.1.attn_kv_b.weight", "", 0, "blk.1.attn_kv_b.weight"},
+        {"blk.2.ffn_gate_exps.weight", "", 0, "blk.2.ffn_gate_exps.weight"},
+        {"blk.0.attn_q_a_norm.weight", "", 0, "blk.0.attn_q_a_norm.weight"},
+        {"", "deepseek2.expert_count", 6, "ffn_gate_inp.weight"},
+        {"", "deepseek2.attention.kv_lora_rank", 16, "attn_kv_a_mqa.weight"},
+        {"", "deepseek2.attention.q_lora_rank", 0, "attn_q"},
+        {"", "deepseek2.expert_used_count", 9, "expert_used_count"},
+        {"", "deepseek2.rope.dimension_count", 24, "rope.dimension_count"},
+    };
+    int i = 0;
+    for (const bad& c : cases) {
+        const std::string out = rewrite("ds2-bad-" + std::to_string(i++), c.drop, c.key, c.value);
+        auto m = language_model::load(out);
+        ASSERT_FALSE(m) << c.drop << c.key;
+        EXPECT_NE(m.message().find(c.expect), std::string::npos) << m.message();
+    }
+}
+
+}  // namespace
