@@ -40,12 +40,13 @@ struct served {
     std::thread th;
     int port = -1;
 
-    served(const fixture* f, engine_config ec = small_engine(), server_config sc = {}) {
+    served(const fixture* f, engine_config ec = small_engine(), server_config sc = {}) : served(*f->model, *f->tok, ec, sc) {}
+    served(const language_model& model, const tokenizer& tok, engine_config ec = small_engine(), server_config sc = {}) {
         sc.host = "127.0.0.1";
         sc.port = 0;
         if (sc.model_name.empty()) sc.model_name = "stories";
-        eng = std::move(engine::create(*f->model, *f->tok, ec).value());
-        srv = std::move(http_server::create(*f->model, *f->tok, *eng, sc).value());
+        eng = std::move(engine::create(model, tok, ec).value());
+        srv = std::move(http_server::create(model, tok, *eng, sc).value());
         status st = srv->bind();
         EXPECT_TRUE(st) << st.message();
         port = srv->port();

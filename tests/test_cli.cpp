@@ -264,3 +264,28 @@ TEST(Cli, YocoRunAndBenchReportKvPerGroup) {
     EXPECT_GT(g["self"].get<int64_t>(), 0);
     EXPECT_EQ(g["global"].get<int64_t>() + g["self"].get<int64_t>(), j[0]["kv_bytes"].get<int64_t>()) << out;
 }
+
+// A deepseek2 model from synth: run, bench and perplexity work on it, and bench reports the
+// latent cache beside a per-head K/V cache of the same model.
+TEST(Cli, DeepSeek2RunBenchPerplexity) {
+    const std::string path = kvs::test::temp_dir() + "/cli-ds2-tiny.gguf";
+    std::string out;
+    KVS_SKIP_IF_MISSING(vocab, "models/stories260K.gguf");
+    KVS_SKIP_IF_MISSING(text, "text/tinystories-valid.txt");
+    ASSERT_EQ(run_command(kvserve_binary() + " synth --shape deepseek-v2-tiny --dtype q8_0 --vocab " + q(vocab) + " -o " + q(path), &out), 0) << out;
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 20 --ignore-eos --temp 0 -t 2", &out), 0) << out;
+    // 3 layers of one latent entry (32 + 8 f32 values): 480 bytes per token.
+    EXPECT_NE(out.find("480 bytes per token"), std::string::npos) << out;
+    ASSERT_EQ(run_command(kvserve_binary() + " bench -m " + q(path) + " -p 32 -n 4 -r 1 -t 1", &out), 0) << out;
+    EXPECT_NE(out.find("kv: latent cache of 40 values per token and layer (f32, 480 bytes per token over 3 layers); "
+                       "a per-head K/V cache holds 160 values per token and layer (4.0x the latent)"),
+              std::string::npos)
+        << out;
+    ASSERT_EQ(run_command(kvserve_binary() + " perplexity -m " + q(path) + " -f " + q(text) + " -c 64 --chunks 2 -t 2", &out), 0) << out;
+    EXPECT_NE(out.find("Final estimate: PPL = "), std::string::npos) << out;
+    // What deepseek2 does not run is an error that says so, not a crash.
+    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-policy window:size=16", &out), 0) << out;
+    EXPECT_NE(out.find("dense policy only"), std::string::npos) << out;
+    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-type bf16", &out), 0) << out;
+    EXPECT_NE(out.find("keys-only"), std::string::npos) << out;
+}

@@ -237,6 +237,15 @@ int cmd_bench(int argc, char** argv) {
                              double(st.planned_bytes()) / 1048576.0, (long long)st.max_tokens(),
                              double(st.unplanned_bytes()) / 1048576.0,
                              double(st.planned_bytes()) / double(std::max<size_t>(1, st.unplanned_bytes())));
+                if (const model_hparams& hp = m.hparams(); hp.deepseek2()) {
+                    const int64_t latent = hp.kv_lora + hp.n_rot, per_head = hp.n_head * (hp.head_dim + hp.v_head);
+                    const kv_cache& c = s.value()->kv_group_set().group(0);
+                    std::fprintf(stderr,
+                                 "kv: latent cache of %lld values per token and layer (%s, %zu bytes per token over %lld layers); "
+                                 "a per-head K/V cache holds %lld values per token and layer (%.1fx the latent)\n",
+                                 (long long)latent, dtype_name(c.type()), c.bytes_per_token(), (long long)hp.n_layer,
+                                 (long long)per_head, double(per_head) / double(latent));
+                }
             }
             // Warm-up: page in the weights, spin up the threads.
             (void)run_once(*s.value(), tokens, 0, std::min<int64_t>(32, max_tokens), 0);
@@ -286,7 +295,7 @@ int cmd_bench(int argc, char** argv) {
                         std::string frac = "";
                         if (n > 0 && bandwidth.count(int(nt)) && bandwidth[int(nt)] > 0)
                             frac = strfmt("%.0f%% of %.1f GB/s",
-                                          100.0 * double(r.size_bytes) * r.mean_ts() * 1e-9 / bandwidth[int(nt)],
+                                          100.0 * double(m.decode_weight_bytes()) * r.mean_ts() * 1e-9 / bandwidth[int(nt)],
                                           bandwidth[int(nt)]);
                         const std::string kv_cols =
                             show_policy ? strfmt(" %s%s | %.2f MiB |", r.kv_policy.c_str(),

@@ -76,6 +76,8 @@ public:
     // keys-only group's yet, quantized ones are asked for with --kv-type.
     dtype auto_kv_type() const override { return dtype::f32; }
     size_t weight_bytes() const override;
+    // The routed experts' stacks count n_expert_used / n_expert of their bytes.
+    size_t decode_weight_bytes() const override;
     size_t repacked_bytes() const override { return 0; }
     std::vector<cpu::weight_view> matmul_weights() const override;
     std::vector<activation_buffer> activation_buffers(int64_t max_tokens, int64_t max_logits) const override;

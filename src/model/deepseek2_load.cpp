@@ -150,6 +150,15 @@ size_t deepseek2_model::weight_bytes() const {
     return n;
 }
 
+size_t deepseek2_model::decode_weight_bytes() const {
+    size_t n = 0;
+    for (auto& t : file_->tensors()) {
+        const bool routed = t.name.find("_exps.weight") != std::string_view::npos;
+        n += routed ? size_t(double(t.n_bytes) * double(hp_.n_expert_used) / double(std::max<int64_t>(1, hp_.n_expert))) : t.n_bytes;
+    }
+    return n;
+}
+
 std::vector<cpu::weight_view> deepseek2_model::matmul_weights() const {
     std::vector<cpu::weight_view> out;
     for (const deepseek2_layer& L : w_.layers) {

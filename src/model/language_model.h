@@ -92,6 +92,9 @@ public:
     // The KV format `auto` picks for this model (docs/design.md, "KV storage formats").
     virtual dtype auto_kv_type() const = 0;
     virtual size_t weight_bytes() const = 0;
+    // Bytes of weights one decode token streams (the weight-stream limit of decode): every
+    // weight, except for mixture-of-experts models only the experts a token uses.
+    virtual size_t decode_weight_bytes() const { return weight_bytes(); }
     // Bytes of weights repacked into memory owned by the model (0 when none were).
     virtual size_t repacked_bytes() const = 0;
     // Every matrix the forward pass multiplies by (as the matmul kernels see it, repacked or

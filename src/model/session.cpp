@@ -13,6 +13,11 @@ result<std::unique_ptr<session>> session::create(const language_model& model, th
     if (p.page_size <= 0) return status::error("page size must be positive");
     const kv_policy& pol = p.policy;
     const bool h2o = pol.kind == kv_policy_kind::h2o;
+    if (model.hparams().deepseek2()) {
+        if (!pol.is_dense())
+            return status::error("a deepseek2 model runs the dense policy only (KV policies do not run over its latent cache yet)");
+        if (p.kivi.bits) return status::error("KIVI pages are not supported on deepseek2 models");
+    }
     s->bounded_ = !(pol.slides() || pol.kind == kv_policy_kind::recompute || h2o);
     // Tokens per forward pass: a recompute pass is one window.
     const int64_t span = pol.kind == kv_policy_kind::recompute ? pol.size : s->n_ctx_;
