@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "reference_model.h"
 
 namespace kvs::test {
 
@@ -202,6 +203,16 @@ std::vector<double> swiglu(const double* gate, const double* up, const double* d
 
 std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
                                                             std::vector<reference_deepseek2_route>* routes) {
+    return reference_deepseek2_policy_logits(f, tokens, kv_policy{}, routes);
+}
+
+std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
+                                                                   const kv_policy& policy,
+                                                                   std::vector<reference_deepseek2_route>* routes) {
+    if (policy.kind != kv_policy_kind::dense && policy.kind != kv_policy_kind::window && policy.kind != kv_policy_kind::streaming) {
+        ADD_FAILURE() << "reference_deepseek2_policy_logits: policy " << policy.spec() << " is not modelled";
+        return {};
+    }
     ds2_reader r{f, {}};
     const ds2_hparams hp = read_hparams(r);
     auto failed = [&r]() {
@@ -222,10 +233,18 @@ std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, 
     // Scores: (q_i · k_ij) · mscale² / sqrt(qk).
     const double mscale = hp.yarn ? 1.0 + hp.yarn_log_mul * std::log(hp.yarn_factor) : 1.0;
     const double kq_scale = mscale * mscale / std::sqrt(double(QK));
-    // The causal mask: row t sees columns j <= t.
+    // The mask: row t sees the tokens the policy keeps for it (dense: j <= t), and each kept
+    // token sits at its rank among them (dense and window: the same relative positions as the
+    // tokens' own; StreamingLLM: positions inside the cache, the query last).
     std::vector<std::vector<char>> mask(size_t(n), std::vector<char>(size_t(n), 0));
-    for (int64_t t = 0; t < n; ++t)
-        for (int64_t j = 0; j <= t; ++j) mask[size_t(t)][size_t(j)] = 1;
+    std::vector<std::vector<int64_t>> rank(size_t(n), std::vector<int64_t>(size_t(n), -1));
+    for (int64_t t = 0; t < n; ++t) {
+        const std::vector<int64_t> kept = reference_kept(policy, t);
+        for (size_t r = 0; r < kept.size(); ++r) {
+            mask[size_t(t)][size_t(kept[r])] = 1;
+            rank[size_t(t)][size_t(kept[r])] = int64_t(r);
+        }
+    }
 
     const auto emb = r.tensor("token_embd.weight", {E, hp.n_vocab});
     if (failed()) return {};
@@ -260,12 +279,11 @@ std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, 
             } else {
                 q = matvec(wq.data(), h, H * QK);
             }
-            for (int64_t i = 0; i < H; ++i) rope(q.data() + i * QK + NOPE, hp, t);
+            // q_pe and k_pe are rotated below, at the positions the policy gives them.
             const auto kv_a = matvec(wkv_a.data(), h, hp.kv_lora + ROPE);  // [c (kv_lora) ; k_pe (ROPE)]
             const std::vector<double> c =
                 rmsnorm(std::vector<double>(kv_a.begin(), kv_a.begin() + hp.kv_lora), kv_a_norm, hp.rms_eps);
             std::vector<double> k_pe(kv_a.begin() + hp.kv_lora, kv_a.end());  // (ROPE), one for every head
-            rope(k_pe.data(), hp, t);
             const auto kv = matvec(wkv_b.data(), c, H * (NOPE + VH));  // (H, NOPE + VH): per head [k_nope ; v]
             std::vector<double> k(size_t(H * QK)), v(size_t(H * VH));
             for (int64_t i = 0; i < H; ++i) {
@@ -278,13 +296,23 @@ std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, 
         }
         for (int64_t t = 0; t < n; ++t) {
             std::vector<double> o(size_t(H * VH), 0.0);  // (H, VH) concatenated head outputs
+            // The query's RoPE parts at its position, every kept key's shared k_pe at its own.
+            std::vector<double> q = Q[size_t(t)];
+            for (int64_t i = 0; i < H; ++i) rope(q.data() + i * QK + NOPE, hp, rank[size_t(t)][size_t(t)]);
+            std::vector<std::vector<double>> k_rot(static_cast<size_t>(n));
+            for (int64_t j = 0; j < n; ++j) {
+                if (!mask[size_t(t)][size_t(j)]) continue;
+                k_rot[size_t(j)].assign(K[size_t(j)].begin() + NOPE, K[size_t(j)].begin() + QK);  // head 0's copy of k_pe
+                rope(k_rot[size_t(j)].data(), hp, rank[size_t(t)][size_t(j)]);
+            }
             for (int64_t i = 0; i < H; ++i) {
                 std::vector<double> s(size_t(n), 0.0);
                 double mx = -HUGE_VAL;
                 for (int64_t j = 0; j < n; ++j) {
                     if (!mask[size_t(t)][size_t(j)]) continue;
                     double acc = 0;
-                    for (int64_t d = 0; d < QK; ++d) acc += Q[size_t(t)][size_t(i * QK + d)] * K[size_t(j)][size_t(i * QK + d)];
+                    for (int64_t d = 0; d < NOPE; ++d) acc += q[size_t(i * QK + d)] * K[size_t(j)][size_t(i * QK + d)];
+                    for (int64_t d = 0; d < ROPE; ++d) acc += q[size_t(i * QK + NOPE + d)] * k_rot[size_t(j)][size_t(d)];
                     s[size_t(j)] = acc * kq_scale;
                     mx = std::max(mx, s[size_t(j)]);
                 }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "gguf/gguf.h"
+#include "kv/kv_policy.h"
 
 namespace kvs::test {
 
@@ -41,5 +42,13 @@ struct reference_deepseek2_route {
 // layer, then token.
 std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
                                                             std::vector<reference_deepseek2_route>* routes = nullptr);
+
+// The same with a KV policy (dense, window, streaming), as masks over the whole sequence: row t
+// attends reference_kept(policy, t) (reference_model.h), each kept key's shared k_pe rotated at
+// its rank among them and the query at the last rank (StreamingLLM's positions inside the
+// cache; for dense and window the same relative positions as the tokens' own).
+std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
+                                                                   const kv_policy& policy,
+                                                                   std::vector<reference_deepseek2_route>* routes = nullptr);
 
 }  // namespace kvs::test

@@ -284,8 +284,10 @@ TEST(Cli, DeepSeek2RunBenchPerplexity) {
     ASSERT_EQ(run_command(kvserve_binary() + " perplexity -m " + q(path) + " -f " + q(text) + " -c 64 --chunks 2 -t 2", &out), 0) << out;
     EXPECT_NE(out.find("Final estimate: PPL = "), std::string::npos) << out;
     // What deepseek2 does not run is an error that says so, not a crash.
-    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-policy window:size=16", &out), 0) << out;
-    EXPECT_NE(out.find("dense policy only"), std::string::npos) << out;
+    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-policy h2o:heavy=8,recent=8", &out), 0) << out;
+    EXPECT_NE(out.find("latent cache"), std::string::npos) << out;
+    // StreamingLLM over the latent cache: past the context at constant memory.
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 100 -c 32 --ignore-eos --temp 0 --kv-policy streaming:sinks=4,size=16", &out), 0) << out;
     EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-type bf16", &out), 0) << out;
     EXPECT_NE(out.find("keys-only"), std::string::npos) << out;
 }

@@ -75,10 +75,10 @@ TEST(server_deepseek2, completions_metrics_and_refusals) {
     EXPECT_EQ(kv["integrity"], "ok");
 
     json bad = greedy_completion(prompt, 4);
-    bad["kv_policy"] = "window:size=16";
+    bad["kv_policy"] = "quest:budget=64";
     auto [bcode, bbody] = srv.post("/v1/completions", bad);
     EXPECT_EQ(bcode, 400);
-    EXPECT_NE(bbody.dump().find("dense policy only"), std::string::npos) << bbody.dump();
+    EXPECT_NE(bbody.dump().find("latent cache"), std::string::npos) << bbody.dump();
 }
 
 }  // namespace

@@ -108,8 +108,9 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         if (!kv.seq_holds(s, b.slots[size_t(i)]))
             return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
         if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
-        if (kv.seq_policy(s).kind != kv_policy_kind::dense)
-            return status::error("deepseek2: KV policies other than dense do not run over the latent cache yet");
+        const kv_policy_kind k = kv.seq_policy(s).kind;
+        if (k == kv_policy_kind::h2o || k == kv_policy_kind::quest)
+            return status::error("deepseek2: the h2o and quest policies do not run over the latent cache yet");
     }
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
@@ -166,6 +167,28 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     ab.page_ids = ap.page_ids.data();
     ab.scale = attention_scale();
 
+    // StreamingLLM's sink pass (plan_.sink_rows): the row's absorbed query with its RoPE parts
+    // turned from the row's position to sink_pos (the rotation composes: the same frequencies).
+    const int64_t n_sink = int64_t(ap.sink_rows.size());
+    cpu::attention_batch sink_ab = ab;
+    if (n_sink > 0) {
+        st.sink_q.resize(size_t(n_sink * H * entry));
+        st.sink_o.resize(size_t(n_sink * H * entry));
+        st.sink_lse.resize(size_t(n_sink * H));
+        st.sink_cos.resize(size_t(n_sink * n_pairs));
+        st.sink_sin.resize(size_t(n_sink * n_pairs));
+        for (int64_t j = 0; j < n_sink; ++j) {
+            const int64_t delta = int64_t(ap.sink_pos[size_t(j)]) - b.positions[size_t(ap.sink_rows[size_t(j)])];
+            if (hp.rope_yarn) yarn_.angles(delta, st.sink_cos.data() + j * n_pairs, st.sink_sin.data() + j * n_pairs);
+            else cpu::rope_angles(n_rot, delta, hp.rope_freq_base, hp.rope_freq_scale, st.sink_cos.data() + j * n_pairs, st.sink_sin.data() + j * n_pairs);
+        }
+        sink_ab.n_q = n_sink;
+        sink_ab.q = st.sink_q.data();
+        sink_ab.q_seq = ap.sink_q_seq.data();
+        sink_ab.q_kv_len = ap.sink_len.data();
+        sink_ab.q_kv_begin = nullptr;
+    }
+
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const deepseek2_layer& L = w_.layers[size_t(il)];
         if (il == 0)
@@ -214,6 +237,20 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
             }
         }
         attention_with_cascade(ab, kv.view(il), st.cascade_, attn, lse, st.cascade_scratch_, pool);
+        if (n_sink > 0) {
+            for (int64_t j = 0; j < n_sink; ++j) {
+                float* qs = st.sink_q.data() + j * H * entry;
+                std::memcpy(qs, qlat + int64_t(ap.sink_rows[size_t(j)]) * H * entry, size_t(H * entry) * sizeof(float));
+                for (int64_t h = 0; h < H; ++h)
+                    cpu::rope_apply(qs + h * entry + lora, 1, n_rot, n_rot, st.sink_cos.data() + j * n_pairs, st.sink_sin.data() + j * n_pairs,
+                                    cpu::rope_layout::normal);
+            }
+            cpu::attention_paged(sink_ab, kv.view(il), st.sink_o.data(), st.sink_lse.data(), pool);
+            for (int64_t j = 0; j < n_sink; ++j) {
+                const int64_t r = ap.sink_rows[size_t(j)];
+                cpu::attention_merge(attn + r * H * entry, lse + r * H, st.sink_o.data() + j * H * entry, st.sink_lse.data() + j * H, H, entry);
+            }
+        }
         dump("kqv_latent", il, attn, n, H * entry);
 
         // Values: per head, W_UV,i · (the attended latent), W_UV,i being kv_b's rows i·(nope + v) + nope + [0, v).

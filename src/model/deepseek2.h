@@ -22,8 +22,10 @@
 // The FFN of layers [0, n_layer_dense_lead) is a SwiGLU of n_ff; the others are MoE layers
 // (softmax router, top-k experts, shared experts; moe.h), evaluated grouped by expert.
 //
-// Sequences are dense (KV policies other than dense are refused for now) and every forward
-// pass runs all the layers (no layer spans).
+// KV policies: dense, window, StreamingLLM (its sink pass re-rotates only the queries' RoPE
+// parts, the one 64-dim key being the only rotated thing in the cache) and recompute run over
+// the latent group; H2O and Quest are refused for now. Every forward pass runs all the layers
+// (no layer spans).
 #pragma once
 
 #include <memory>
