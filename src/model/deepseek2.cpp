@@ -224,12 +224,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         // Absorbed queries: per head, q_latent = W_UK,iᵀ q_nope (kv_lora), then the rotated q_pe.
         for (int64_t h = 0; h < H; ++h) {
             for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * nope, q + i * nq + h * hd, size_t(nope) * sizeof(float));
-            cpu::weight_view wuk;
-            wuk.data = L.wk_b_t.data() + h * lora * nope;
-            wuk.type = dtype::f32;
-            wuk.n_out = lora;
-            wuk.n_in = nope;
-            cpu::matmul(wuk, head_in, n, head_out, pool);
+            cpu::matmul(L.wk_b_t_head(h, lora, nope), head_in, n, head_out, pool);
             for (int64_t i = 0; i < n; ++i) {
                 float* dst = qlat + (i * H + h) * entry;
                 std::memcpy(dst, head_out + i * lora, size_t(lora) * sizeof(float));

@@ -47,7 +47,19 @@ struct deepseek2_layer {
     cpu::weight_view wkv_a;                // (kv_lora + qk_rope, n_embd)
     const float* kv_a_norm = nullptr;      // (kv_lora)
     cpu::weight_view wkv_b;                // (n_head·(qk_nope + v_head), kv_lora), row-major
-    std::vector<float> wk_b_t;             // (n_head, kv_lora, qk_nope): W_UK,iᵀ of every head, f32 (absorbed into q)
+    // W_UK,iᵀ of every head (absorbed into the queries): (n_head, kv_lora, qk_nope) rows, f32
+    // when attn_kv_b is a float format, else q8_0 (qk_nope a multiple of 32): decode streams a
+    // quarter of the f32 bytes.
+    std::vector<uint8_t> wk_b_t;
+    dtype wk_b_t_type = dtype::f32;
+    cpu::weight_view wk_b_t_head(int64_t h, int64_t kv_lora, int64_t qk_nope) const {
+        cpu::weight_view v;
+        v.type = wk_b_t_type;
+        v.n_out = kv_lora;
+        v.n_in = qk_nope;
+        v.data = wk_b_t.data() + size_t(h * kv_lora) * dtype_row_bytes(wk_b_t_type, qk_nope);
+        return v;
+    }
     cpu::weight_view wo;                   // (n_embd, n_head·v_head)
     const float* ffn_norm = nullptr;       // (n_embd)
     cpu::weight_view w_gate, w_up, w_down; // dense layers: (n_ff, n_embd) x2, (n_embd, n_ff)

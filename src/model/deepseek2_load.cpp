@@ -1,6 +1,7 @@
 // Loading and validating a deepseek2 GGUF (deepseek2.h).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "model/deepseek2.h"
@@ -100,17 +101,26 @@ status deepseek2_model::bind_weights() {
             mw.norm_topk = hp_.expert_weights_norm;
             if (std::string why = moe_check(mw); !why.empty()) return status::error("layer " + std::to_string(il) + " MoE: " + why);
         }
-        // W_UK,iᵀ of every head, for the absorbed queries: kv_b's rows i·(nope + v) + [0, nope).
-        L.wk_b_t.assign(size_t(H * lora * nope), 0.0f);
+        // W_UK,iᵀ of every head, for the absorbed queries: kv_b's rows i·(nope + v) + [0, nope),
+        // transposed; kept in q8_0 when kv_b itself is quantized (and its rows fit q8_0 blocks).
+        std::vector<float> wt(static_cast<size_t>(H * lora * nope));  // (H, kv_lora, nope)
         std::vector<float> row(static_cast<size_t>(lora));
         const size_t row_bytes = dtype_row_bytes(L.wkv_b.type, lora);
         const auto* base = static_cast<const uint8_t*>(L.wkv_b.data);
         for (int64_t i = 0; i < H; ++i)
             for (int64_t r = 0; r < nope; ++r) {
                 dequantize_row(L.wkv_b.type, base + size_t(i * (nope + vh) + r) * row_bytes, row.data(), lora);
-                float* dst = L.wk_b_t.data() + i * lora * nope;
+                float* dst = wt.data() + i * lora * nope;
                 for (int64_t c = 0; c < lora; ++c) dst[c * nope + r] = row[size_t(c)];
             }
+        const bool float_kv_b = L.wkv_b.type == dtype::f32 || L.wkv_b.type == dtype::f16 || L.wkv_b.type == dtype::bf16;
+        L.wk_b_t_type = !float_kv_b && nope % 32 == 0 ? dtype::q8_0 : dtype::f32;
+        const size_t t_row = dtype_row_bytes(L.wk_b_t_type, nope);
+        L.wk_b_t.assign(size_t(H * lora) * t_row, 0);
+        for (int64_t r = 0; r < H * lora; ++r) {
+            if (L.wk_b_t_type == dtype::f32) std::memcpy(L.wk_b_t.data() + size_t(r) * t_row, wt.data() + r * nope, t_row);
+            else quantize_row(L.wk_b_t_type, wt.data() + r * nope, L.wk_b_t.data() + size_t(r) * t_row, nope);
+        }
     }
     auto on = want_tensor(f, "output_norm.weight", {d}, true);
     if (!on) return on.error();
