@@ -189,6 +189,12 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         sink_ab.q_kv_begin = nullptr;
     }
 
+    // Rows at most this many: the per-head products run one task per head (see below).
+    constexpr int64_t per_head_task_rows = 4;
+    const bool per_head_tasks = n <= per_head_task_rows && pool.n_threads() > 1;
+    if (per_head_tasks)
+        while (st.solo_pools_.size() < size_t(pool.n_threads())) st.solo_pools_.push_back(std::make_unique<thread_pool>(1));
+
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const deepseek2_layer& L = w_.layers[size_t(il)];
         if (il == 0)
@@ -222,6 +228,19 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
             kv.write(il, b.seq_ids[size_t(i)], b.slots[size_t(i)], kva + i * entry, kva + i * entry, b.positions[size_t(i)]);
 
         // Absorbed queries: per head, q_latent = W_UK,iᵀ q_nope (kv_lora), then the rotated q_pe.
+        // A few rows (decode): one task per head, each row's slices read in place (one fork
+        // for all heads); more rows: per head, the rows gathered into one matmul over the pool.
+        if (per_head_tasks) {
+            pool.run(H, [&](int64_t h, int thread) {
+                thread_pool& solo = *st.solo_pools_[size_t(thread)];
+                const cpu::weight_view w = L.wk_b_t_head(h, lora, nope);
+                for (int64_t i = 0; i < n; ++i) {
+                    float* dst = qlat + (i * H + h) * entry;
+                    cpu::matmul(w, q + i * nq + h * hd, 1, dst, solo);
+                    std::memcpy(dst + lora, q + i * nq + h * hd + nope, size_t(n_rot) * sizeof(float));
+                }
+            });
+        } else
         for (int64_t h = 0; h < H; ++h) {
             for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * nope, q + i * nq + h * hd, size_t(nope) * sizeof(float));
             cpu::matmul(L.wk_b_t_head(h, lora, nope), head_in, n, head_out, pool);
@@ -250,12 +269,22 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
 
         // Values: per head, W_UV,i · (the attended latent), W_UV,i being kv_b's rows i·(nope + v) + nope + [0, v).
         const size_t kvb_row = dtype_row_bytes(L.wkv_b.type, lora);
+        auto w_uv = [&](int64_t h) {
+            cpu::weight_view w = L.wkv_b;
+            w.data = static_cast<const uint8_t*>(L.wkv_b.data) + size_t(h * (nope + vh) + nope) * kvb_row;
+            w.n_out = vh;
+            return w;
+        };
+        if (per_head_tasks) {
+            pool.run(H, [&](int64_t h, int thread) {
+                thread_pool& solo = *st.solo_pools_[size_t(thread)];
+                const cpu::weight_view w = w_uv(h);
+                for (int64_t i = 0; i < n; ++i) cpu::matmul(w, attn + (i * H + h) * entry, 1, heads + i * H * vh + h * vh, solo);
+            });
+        } else
         for (int64_t h = 0; h < H; ++h) {
             for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * lora, attn + (i * H + h) * entry, size_t(lora) * sizeof(float));
-            cpu::weight_view wuv = L.wkv_b;
-            wuv.data = static_cast<const uint8_t*>(L.wkv_b.data) + size_t(h * (nope + vh) + nope) * kvb_row;
-            wuv.n_out = vh;
-            cpu::matmul(wuv, head_in, n, head_out, pool);
+            cpu::matmul(w_uv(h), head_in, n, head_out, pool);
             for (int64_t i = 0; i < n; ++i) std::memcpy(heads + i * H * vh + h * vh, head_out + i * vh, size_t(vh) * sizeof(float));
         }
         dump("kqv_out", il, heads, n, H * vh);

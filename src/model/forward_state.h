@@ -131,6 +131,9 @@ private:
     bool h2o_mass_on_ = false;
     h2o_mass_probe h2o_mass_;
     moe_scratch moe_;                    // MoE layers (sized on first use, then reused)
+    // One single-thread pool per thread of the pass's pool, for work split by head where each
+    // task runs its own small matmuls (made on first use).
+    std::vector<std::unique_ptr<thread_pool>> solo_pools_;
 };
 
 }  // namespace kvs
