@@ -26,8 +26,9 @@ shift
 # Test binaries whose threaded tests the tsan stage runs, and the regex picking those tests
 # (thread pool, split-KV attention and cascade over a pool, generation with threads,
 # concurrent tokenization and template rendering).
-tsan_suites='^test_(sched|server|server_limits|server_speculative|server_yoco|yoco)$'
-tsan_suite_bins=(test_sched test_server test_server_limits test_server_speculative test_server_yoco test_yoco)
+tsan_suites='^test_(sched|server|server_limits|server_speculative|server_yoco|yoco|deepseek2|server_deepseek2|moe)$'
+tsan_suite_bins=(test_sched test_server test_server_limits test_server_speculative test_server_yoco test_yoco test_deepseek2
+                 test_server_deepseek2 test_moe)
 tsan_more_bins=(test_kernels test_attention test_cascade test_generate test_tokenizer test_chat_template)
 tsan_more_regex='^(ThreadPool\.|AttentionMerge\.SplitKv|AttentionPaged\.|.*CascadeAttention\.|Generate\.|all/tok_vocab\.ConcurrentEncode|chat_template\.concurrent)'
 
@@ -49,7 +50,7 @@ case "$stage" in
     tsan)
         build=build-tsan
         configure "$build" tsan
-        cmake --build "$build" -j "$jobs" --target "${tsan_suite_bins[@]}" "${tsan_more_bins[@]}"
+        cmake --build "$build" -j "$jobs" --target kvserve "${tsan_suite_bins[@]}" "${tsan_more_bins[@]}"
         export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan_suppressions.txt}"
         # gcc 12's ThreadSanitizer cannot map its shadow memory when the kernel randomizes mmap
         # with more than 28 bits (vm.mmap_rnd_bits = 32 on some kernels): run the tests without
