@@ -353,6 +353,82 @@ TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
         for (const auto& c : req) EXPECT_EQ(c.size(), 12u);
 }
 
+// The split MLA layout llama.cpp's converter writes now: attn_k_b (per head W_UK,iᵀ, ne
+// {qk_nope, kv_lora, n_head}) and attn_v_b (per head W_UV,i, ne {kv_lora, v_head, n_head}) in
+// place of attn_kv_b, the generic keys describing the latent (head_count_kv 1, key_length
+// kv_lora + qk_rope, value_length kv_lora) and the heads' sizes in key_length_mla /
+// value_length_mla. Made here from the attn_kv_b file (f32): the same model, the same logits.
+std::string write_split_layout(const gguf_file& f, const std::string& name) {
+    auto u = [&](const char* key) { return f.get_int(std::string("deepseek2.") + key).value(); };
+    const int64_t H = u("attention.head_count"), qk = u("attention.key_length"), vh = u("attention.value_length");
+    const int64_t rope = u("rope.dimension_count"), lora = u("attention.kv_lora_rank"), nope = qk - rope;
+    gguf_writer w;
+    w.copy_metadata(f);
+    w.set_u32("deepseek2.attention.head_count_kv", 1);
+    w.set_u32("deepseek2.attention.key_length", uint32_t(lora + rope));
+    w.set_u32("deepseek2.attention.value_length", uint32_t(lora));
+    w.set_u32("deepseek2.attention.key_length_mla", uint32_t(qk));
+    w.set_u32("deepseek2.attention.value_length_mla", uint32_t(vh));
+    for (const auto& t : f.tensors()) {
+        const std::string tname(t.name);
+        if (tname.size() > 16 && tname.compare(tname.size() - 16, 16, "attn_kv_b.weight") == 0) {
+            EXPECT_EQ(t.type, dtype::f32);
+            const auto* kv_b = reinterpret_cast<const float*>(t.data);  // (H·(nope + vh), lora)
+            std::vector<float> k_b(size_t(H * lora * nope)), v_b(size_t(H * vh * lora));
+            for (int64_t i = 0; i < H; ++i) {
+                for (int64_t c = 0; c < lora; ++c)
+                    for (int64_t r = 0; r < nope; ++r) k_b[size_t((i * lora + c) * nope + r)] = kv_b[(i * (nope + vh) + r) * lora + c];
+                for (int64_t r = 0; r < vh; ++r)
+                    for (int64_t c = 0; c < lora; ++c) v_b[size_t((i * vh + r) * lora + c)] = kv_b[(i * (nope + vh) + nope + r) * lora + c];
+            }
+            const std::string p = tname.substr(0, tname.size() - 16);
+            EXPECT_TRUE(w.add_tensor_data(p + "attn_k_b.weight", dtype::f32, {nope, lora, H}, k_b.data(), k_b.size() * 4));
+            EXPECT_TRUE(w.add_tensor_data(p + "attn_v_b.weight", dtype::f32, {lora, vh, H}, v_b.data(), v_b.size() * 4));
+        } else {
+            EXPECT_TRUE(w.add_tensor_data(tname, t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims), t.data, t.n_bytes));
+        }
+    }
+    const std::string out = test::temp_dir() + "/" + name + ".gguf";
+    status st = w.write(out);
+    EXPECT_TRUE(st) << st.message();
+    return out;
+}
+
+TEST(DeepSeek2, SplitMlaLayoutGivesTheSameModel) {
+    NEED_FILE(path, "ds2-engine-legacy", "--yarn 4");
+    auto f = gguf_file::open(path).value();
+    const std::string split = write_split_layout(*f, "ds2-engine-split");
+    auto a = language_model::load(path);
+    auto b = language_model::load(split);
+    ASSERT_TRUE(a) << a.message();
+    ASSERT_TRUE(b) << b.message();
+    EXPECT_FALSE(a.value()->hparams().mla_split);
+    EXPECT_TRUE(b.value()->hparams().mla_split);
+    EXPECT_EQ(b.value()->hparams().head_dim, a.value()->hparams().head_dim);
+    EXPECT_EQ(b.value()->hparams().v_head, a.value()->hparams().v_head);
+    EXPECT_EQ(b.value()->hparams().n_head_kv, a.value()->hparams().n_head);
+    const int64_t n_vocab = a.value()->hparams().n_vocab;
+    const std::vector<int32_t> tokens = test::some_tokens(19, n_vocab, 4);
+    for (int64_t n_batch : {int64_t(1), int64_t(7)}) {
+        const std::vector<float> la = session_logits(*a.value(), tokens, n_batch), lb = session_logits(*b.value(), tokens, n_batch);
+        ASSERT_EQ(la.size(), lb.size());
+        for (size_t t = 0; t < tokens.size(); ++t)
+            EXPECT_LT(test::nmse_norm(lb.data() + int64_t(t) * n_vocab, la.data() + int64_t(t) * n_vocab, n_vocab), 1e-6) << "token " << t;
+    }
+    // A split file whose generic keys do not describe the latent is refused, naming them.
+    gguf_writer w;
+    auto g = gguf_file::open(split).value();
+    w.copy_metadata(*g);
+    w.set_u32("deepseek2.attention.head_count_kv", 4);
+    for (const auto& t : g->tensors())
+        EXPECT_TRUE(w.add_tensor_data(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims), t.data, t.n_bytes));
+    const std::string bad = test::temp_dir() + "/ds2-split-bad.gguf";
+    ASSERT_TRUE(w.write(bad));
+    auto m = language_model::load(bad);
+    ASSERT_FALSE(m);
+    EXPECT_NE(m.message().find("key_length_mla"), std::string::npos) << m.message();
+}
+
 // Malformed files fail at load with a message naming the tensor or key.
 TEST(DeepSeek2, MalformedFilesNameWhatIsWrong) {
     NEED_FILE(path, "ds2-engine-malformed");

@@ -233,7 +233,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         if (per_head_tasks) {
             pool.run(H, [&](int64_t h, int thread) {
                 thread_pool& solo = *st.solo_pools_[size_t(thread)];
-                const cpu::weight_view w = L.wk_b_t_head(h, lora, nope);
+                const cpu::weight_view w = L.wk_b_t_head(h);
                 for (int64_t i = 0; i < n; ++i) {
                     float* dst = qlat + (i * H + h) * entry;
                     cpu::matmul(w, q + i * nq + h * hd, 1, dst, solo);
@@ -243,7 +243,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         } else
         for (int64_t h = 0; h < H; ++h) {
             for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * nope, q + i * nq + h * hd, size_t(nope) * sizeof(float));
-            cpu::matmul(L.wk_b_t_head(h, lora, nope), head_in, n, head_out, pool);
+            cpu::matmul(L.wk_b_t_head(h), head_in, n, head_out, pool);
             for (int64_t i = 0; i < n; ++i) {
                 float* dst = qlat + (i * H + h) * entry;
                 std::memcpy(dst, head_out + i * lora, size_t(lora) * sizeof(float));
@@ -267,14 +267,8 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         }
         dump("kqv_latent", il, attn, n, H * entry);
 
-        // Values: per head, W_UV,i · (the attended latent), W_UV,i being kv_b's rows i·(nope + v) + nope + [0, v).
-        const size_t kvb_row = dtype_row_bytes(L.wkv_b.type, lora);
-        auto w_uv = [&](int64_t h) {
-            cpu::weight_view w = L.wkv_b;
-            w.data = static_cast<const uint8_t*>(L.wkv_b.data) + size_t(h * (nope + vh) + nope) * kvb_row;
-            w.n_out = vh;
-            return w;
-        };
+        // Values: per head, W_UV,i · (the attended latent).
+        auto w_uv = [&](int64_t h) { return L.wv_b_head(h, vh); };
         if (per_head_tasks) {
             pool.run(H, [&](int64_t h, int thread) {
                 thread_pool& solo = *st.solo_pools_[size_t(thread)];

@@ -46,18 +46,26 @@ struct deepseek2_layer {
     const float* q_a_norm = nullptr;       // (q_lora)
     cpu::weight_view wkv_a;                // (kv_lora + qk_rope, n_embd)
     const float* kv_a_norm = nullptr;      // (kv_lora)
-    cpu::weight_view wkv_b;                // (n_head·(qk_nope + v_head), kv_lora), row-major
-    // W_UK,iᵀ of every head (absorbed into the queries): (n_head, kv_lora, qk_nope) rows, f32
-    // when attn_kv_b is a float format, else q8_0 (qk_nope a multiple of 32): decode streams a
-    // quarter of the f32 bytes.
-    std::vector<uint8_t> wk_b_t;
-    dtype wk_b_t_type = dtype::f32;
-    cpu::weight_view wk_b_t_head(int64_t h, int64_t kv_lora, int64_t qk_nope) const {
-        cpu::weight_view v;
-        v.type = wk_b_t_type;
-        v.n_out = kv_lora;
-        v.n_in = qk_nope;
-        v.data = wk_b_t.data() + size_t(h * kv_lora) * dtype_row_bytes(wk_b_t_type, qk_nope);
+    // The key and value up-projections, per head i (row-major):
+    //   W_UK,iᵀ: kv_lora rows of qk_nope — rows [i·kv_lora, (i+1)·kv_lora) of wk_b_t
+    //   W_UV,i:  v_head rows of kv_lora  — rows i·uv_stride + uv_offset + [0, v_head) of wv_b
+    // From a file with attn_k_b / attn_v_b they are those tensors (uv_stride v_head, offset 0).
+    // From one with attn_kv_b (per head [W_UK,i; W_UV,i] rows), wv_b is attn_kv_b (uv_stride
+    // qk_nope + v_head, offset qk_nope) and wk_b_t is made at load (owned_wk_b_t): f32 when
+    // attn_kv_b is a float format, else q8_0, so decode streams a quarter of the f32 bytes.
+    cpu::weight_view wk_b_t;               // one head's (kv_lora, qk_nope); data = head 0
+    cpu::weight_view wv_b;                 // rows of kv_lora; data = row 0
+    int64_t uv_stride = 0, uv_offset = 0;
+    std::vector<uint8_t> owned_wk_b_t;
+    cpu::weight_view wk_b_t_head(int64_t h) const {
+        cpu::weight_view v = wk_b_t;
+        v.data = static_cast<const uint8_t*>(wk_b_t.data) + size_t(h * wk_b_t.n_out) * dtype_row_bytes(wk_b_t.type, wk_b_t.n_in);
+        return v;
+    }
+    cpu::weight_view wv_b_head(int64_t h, int64_t v_head) const {
+        cpu::weight_view v = wv_b;
+        v.data = static_cast<const uint8_t*>(wv_b.data) + size_t(h * uv_stride + uv_offset) * dtype_row_bytes(wv_b.type, wv_b.n_in);
+        v.n_out = v_head;
         return v;
     }
     cpu::weight_view wo;                   // (n_embd, n_head·v_head)

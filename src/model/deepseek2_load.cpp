@@ -70,7 +70,18 @@ status deepseek2_model::bind_weights() {
         }
         KVS_TRY(matrix("attn_kv_a_mqa.weight", {d, lora + rope}, &L.wkv_a));
         KVS_TRY(norm("attn_kv_a_norm.weight", lora, &L.kv_a_norm));
-        KVS_TRY(matrix("attn_kv_b.weight", {lora, H * (nope + vh)}, &L.wkv_b));
+        if (hp_.mla_split) {
+            if (f.find_tensor(p + "attn_kv_b.weight"))
+                return status::error("tensor " + p + "attn_kv_b.weight: this file's keys (key_length_mla) describe attn_k_b and attn_v_b");
+            KVS_TRY(matrix("attn_k_b.weight", {nope, lora, H}, &L.wk_b_t));
+            KVS_TRY(matrix("attn_v_b.weight", {lora, vh, H}, &L.wv_b));
+            L.uv_stride = vh;
+            L.uv_offset = 0;
+        } else {
+            KVS_TRY(matrix("attn_kv_b.weight", {lora, H * (nope + vh)}, &L.wv_b));
+            L.uv_stride = nope + vh;
+            L.uv_offset = nope;
+        }
         KVS_TRY(matrix("attn_output.weight", {H * vh, d}, &L.wo));
         KVS_TRY(norm("ffn_norm.weight", d, &L.ffn_norm));
         if (il < hp_.n_layer_dense_lead) {
@@ -101,25 +112,32 @@ status deepseek2_model::bind_weights() {
             mw.norm_topk = hp_.expert_weights_norm;
             if (std::string why = moe_check(mw); !why.empty()) return status::error("layer " + std::to_string(il) + " MoE: " + why);
         }
-        // W_UK,iᵀ of every head, for the absorbed queries: kv_b's rows i·(nope + v) + [0, nope),
-        // transposed; kept in q8_0 when kv_b itself is quantized (and its rows fit q8_0 blocks).
-        std::vector<float> wt(static_cast<size_t>(H * lora * nope));  // (H, kv_lora, nope)
-        std::vector<float> row(static_cast<size_t>(lora));
-        const size_t row_bytes = dtype_row_bytes(L.wkv_b.type, lora);
-        const auto* base = static_cast<const uint8_t*>(L.wkv_b.data);
-        for (int64_t i = 0; i < H; ++i)
-            for (int64_t r = 0; r < nope; ++r) {
-                dequantize_row(L.wkv_b.type, base + size_t(i * (nope + vh) + r) * row_bytes, row.data(), lora);
-                float* dst = wt.data() + i * lora * nope;
-                for (int64_t c = 0; c < lora; ++c) dst[c * nope + r] = row[size_t(c)];
+        if (!hp_.mla_split) {
+            // W_UK,iᵀ of every head, for the absorbed queries: kv_b's rows i·(nope + v) + [0, nope),
+            // transposed; kept in q8_0 when kv_b itself is quantized (and its rows fit q8_0 blocks).
+            const cpu::weight_view& kv_b = L.wv_b;
+            std::vector<float> wt(static_cast<size_t>(H * lora * nope));  // (H, kv_lora, nope)
+            std::vector<float> row(static_cast<size_t>(lora));
+            const size_t row_bytes = dtype_row_bytes(kv_b.type, lora);
+            const auto* base = static_cast<const uint8_t*>(kv_b.data);
+            for (int64_t i = 0; i < H; ++i)
+                for (int64_t r = 0; r < nope; ++r) {
+                    dequantize_row(kv_b.type, base + size_t(i * (nope + vh) + r) * row_bytes, row.data(), lora);
+                    float* dst = wt.data() + i * lora * nope;
+                    for (int64_t c = 0; c < lora; ++c) dst[c * nope + r] = row[size_t(c)];
+                }
+            const bool float_kv_b = kv_b.type == dtype::f32 || kv_b.type == dtype::f16 || kv_b.type == dtype::bf16;
+            const dtype t = !float_kv_b && nope % 32 == 0 ? dtype::q8_0 : dtype::f32;
+            const size_t t_row = dtype_row_bytes(t, nope);
+            L.owned_wk_b_t.assign(size_t(H * lora) * t_row, 0);
+            for (int64_t r = 0; r < H * lora; ++r) {
+                if (t == dtype::f32) std::memcpy(L.owned_wk_b_t.data() + size_t(r) * t_row, wt.data() + r * nope, t_row);
+                else quantize_row(t, wt.data() + r * nope, L.owned_wk_b_t.data() + size_t(r) * t_row, nope);
             }
-        const bool float_kv_b = L.wkv_b.type == dtype::f32 || L.wkv_b.type == dtype::f16 || L.wkv_b.type == dtype::bf16;
-        L.wk_b_t_type = !float_kv_b && nope % 32 == 0 ? dtype::q8_0 : dtype::f32;
-        const size_t t_row = dtype_row_bytes(L.wk_b_t_type, nope);
-        L.wk_b_t.assign(size_t(H * lora) * t_row, 0);
-        for (int64_t r = 0; r < H * lora; ++r) {
-            if (L.wk_b_t_type == dtype::f32) std::memcpy(L.wk_b_t.data() + size_t(r) * t_row, wt.data() + r * nope, t_row);
-            else quantize_row(L.wk_b_t_type, wt.data() + r * nope, L.wk_b_t.data() + size_t(r) * t_row, nope);
+            L.wk_b_t.data = L.owned_wk_b_t.data();
+            L.wk_b_t.type = t;
+            L.wk_b_t.n_out = lora;
+            L.wk_b_t.n_in = nope;
         }
     }
     auto on = want_tensor(f, "output_norm.weight", {d}, true);
@@ -172,7 +190,7 @@ size_t deepseek2_model::decode_weight_bytes() const {
 std::vector<cpu::weight_view> deepseek2_model::matmul_weights() const {
     std::vector<cpu::weight_view> out;
     for (const deepseek2_layer& L : w_.layers) {
-        for (const cpu::weight_view* v : {&L.wq, &L.wq_a, &L.wq_b, &L.wkv_a, &L.wkv_b, &L.wo, &L.w_gate, &L.w_up, &L.w_down,
+        for (const cpu::weight_view* v : {&L.wq, &L.wq_a, &L.wq_b, &L.wkv_a, &L.wk_b_t, &L.wv_b, &L.wo, &L.w_gate, &L.w_up, &L.w_down,
                                           &L.moe.router, &L.moe.gate_exps, &L.moe.up_exps, &L.moe.down_exps, &L.moe.gate_sh,
                                           &L.moe.up_sh, &L.moe.down_sh})
             if (v->data) out.push_back(*v);

@@ -46,7 +46,10 @@ result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
     KVS_TRY(need("context_length", &hp.n_ctx_train, 1, int64_t(1) << 26));
     hp.n_head_kv = hp.n_head;
     KVS_TRY(opt("attention.head_count_kv", &hp.n_head_kv, 1, hp.n_head));
-    if (hp.n_head % hp.n_head_kv != 0)
+    // deepseek2 files in the split MLA layout describe the latent in the generic keys and the
+    // per-head sizes in *_mla keys (read below); validate the generic ones as the latent's.
+    const bool ds2_split = ds2 && (f.find(a + "attention.key_length_mla") || f.find(a + "attention.value_length_mla"));
+    if (!ds2_split && hp.n_head % hp.n_head_kv != 0)
         return status::error(strfmt("attention.head_count %lld is not a multiple of head_count_kv %lld",
                                     (long long)hp.n_head, (long long)hp.n_head_kv));
     if (hp.n_embd % hp.n_head != 0 && !f.find(a + "attention.key_length"))
@@ -117,6 +120,19 @@ result<model_hparams> model_hparams::from_gguf(const gguf_file& f) {
         // Latent attention: the query/key size is qk_nope + qk_rope (n_rot), the value size its own.
         hp.v_head = v_len;
         KVS_TRY(need("attention.kv_lora_rank", &hp.kv_lora, 1, 1 << 16));
+        if (ds2_split) {
+            // key_length, value_length and head_count_kv are the latent's; the heads' own sizes follow.
+            if (hp.head_dim != hp.kv_lora + hp.n_rot || v_len != hp.kv_lora || hp.n_head_kv != 1)
+                return status::error(strfmt("%sattention.key_length %lld, value_length %lld and head_count_kv %lld must be kv_lora_rank + "
+                                            "rope.dimension_count (%lld), kv_lora_rank (%lld) and 1 in a file with key_length_mla",
+                                            a.c_str(), (long long)hp.head_dim, (long long)v_len, (long long)hp.n_head_kv,
+                                            (long long)(hp.kv_lora + hp.n_rot), (long long)hp.kv_lora));
+            KVS_TRY(need("attention.key_length_mla", &hp.head_dim, 2, 1024));
+            KVS_TRY(need("attention.value_length_mla", &hp.v_head, 1, 1024));
+            if (hp.head_dim % 2 != 0) return status::error(strfmt("%sattention.key_length_mla %lld must be even", a.c_str(), (long long)hp.head_dim));
+            hp.n_head_kv = hp.n_head;
+            hp.mla_split = true;
+        }
         KVS_TRY(opt("attention.q_lora_rank", &hp.q_lora, 0, 1 << 16));
         if (hp.n_rot >= hp.head_dim)
             return status::error(strfmt("%srope.dimension_count %lld must be smaller than attention.key_length %lld (qk_nope + qk_rope)",

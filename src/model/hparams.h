@@ -45,6 +45,11 @@ struct model_hparams {
     int64_t n_layer_dense_lead = 0;  // layers [0, n) have a dense FFN of n_ff, the rest MoE
     int64_t n_expert = 0, n_expert_used = 0, n_expert_shared = 0;
     int64_t n_ff_exp = 0;            // one expert's FFN width (shared experts: n_expert_shared of them)
+    // The file's attention layout: attn_k_b (W_UK,iᵀ per head) and attn_v_b (W_UV,i per head),
+    // as llama.cpp's converter writes them now (its keys then describe the latent: head_count_kv
+    // 1, key_length kv_lora + qk_rope, value_length kv_lora, and the per-head sizes in
+    // key_length_mla / value_length_mla); false: one attn_kv_b (per head [W_UK,i; W_UV,i]).
+    bool mla_split = false;
     float expert_weights_scale = 1.0f;
     bool expert_weights_norm = false;  // routed weights divided by their sum
     // YaRN RoPE scaling (rope.scaling.type "yarn"; rope_freq_scale = 1 / factor): frequencies
