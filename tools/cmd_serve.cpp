@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <mutex>
 #include <thread>
 
 #include "command.h"
@@ -220,11 +221,15 @@ int cmd_serve(int argc, char** argv) {
         return 1;
     }
 
+    // The watch thread starts the drain; the main thread joins it once run() returns (which the
+    // drain itself can cause before the watch thread has stored the std::thread: hence the lock).
+    std::mutex drain_mutex;
     std::thread drain;
     int n_signals = 0;
     termination_watch watch([&](int) {
         if (n_signals++ == 0) {
             std::fprintf(stderr, "kvserve serve: draining (in-flight requests finish; signal again to cancel them)\n");
+            std::lock_guard<std::mutex> lock(drain_mutex);
             drain = std::thread([&] { srv.shutdown(true); });
         } else {
             std::fprintf(stderr, "kvserve serve: cancelling in-flight requests\n");
@@ -256,7 +261,12 @@ int cmd_serve(int argc, char** argv) {
     std::fprintf(stderr, "kvserve serve: listening on http://%s:%d\n", sc.host.c_str(), srv.port());
     std::fflush(stderr);
     status run = srv.run();
-    if (drain.joinable()) drain.join();
+    std::thread drained;
+    {
+        std::lock_guard<std::mutex> lock(drain_mutex);
+        drained = std::move(drain);
+    }
+    if (drained.joinable()) drained.join();
     if (!run) {
         std::fprintf(stderr, "kvserve serve: %s\n", run.message().c_str());
         return 1;
