@@ -88,5 +88,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!(h.rms_eps > 0 && h.rms_eps < 1) || !std::isfinite(h.rope_freq_base) || !(h.rope_freq_base > 1)) __builtin_trap();
     if (!std::isfinite(h.rope_freq_scale) || !(h.rope_freq_scale > 0)) __builtin_trap();
     if (h.arch == "yoco" && (h.n_layer_self < 1 || h.n_layer_self >= h.n_layer || h.sliding_window < 1)) __builtin_trap();
+    if (h.arch == "deepseek2") {
+        // The latent group and the absorbed queries rely on these.
+        if (!h.deepseek2() || h.q_lora < 0 || h.v_head < 1 || h.n_rot >= h.head_dim || h.n_head_kv != h.n_head) __builtin_trap();
+        if (h.n_layer_dense_lead < 0 || h.n_layer_dense_lead > h.n_layer) __builtin_trap();
+        if (h.n_layer_dense_lead < h.n_layer &&
+            (h.n_expert < 1 || h.n_expert_used < 1 || h.n_expert_used > h.n_expert || h.n_ff_exp < 1 || h.n_expert_shared < 0 ||
+             !(h.expert_weights_scale > 0) || !std::isfinite(h.expert_weights_scale)))
+            __builtin_trap();
+        if (h.rope_yarn && (h.yarn_orig_ctx < 1 || !std::isfinite(h.yarn_log_mul) || !(h.rope_freq_scale <= 1))) __builtin_trap();
+    }
     return 0;
 }
