@@ -281,6 +281,13 @@ TEST(Cli, DeepSeek2RunBenchPerplexity) {
                        "a per-head K/V cache holds 160 values per token and layer (4.0x the latent)"),
               std::string::npos)
         << out;
+    ASSERT_EQ(run_command("(" + kvserve_binary() + " bench -m " + q(path) + " -p 0 -n 2 -r 1 -t 1 -o json 2>/dev/null)", &out), 0) << out;
+    const auto j = nlohmann::json::parse(out, nullptr, false);
+    ASSERT_TRUE(j.is_array() && !j.empty()) << out;
+    EXPECT_EQ(j[0]["kv_latent_values"], 40) << out;
+    EXPECT_EQ(j[0]["kv_per_head_values"], 160) << out;
+    // Decode streams 2 of the 8 routed experts' weights.
+    EXPECT_LT(j[0]["decode_weight_bytes"].get<int64_t>(), j[0]["model_size"].get<int64_t>()) << out;
     ASSERT_EQ(run_command(kvserve_binary() + " perplexity -m " + q(path) + " -f " + q(text) + " -c 64 --chunks 2 -t 2", &out), 0) << out;
     EXPECT_NE(out.find("Final estimate: PPL = "), std::string::npos) << out;
     // What deepseek2 does not run is an error that says so, not a crash.

@@ -327,6 +327,12 @@ int cmd_bench(int argc, char** argv) {
                                 {"stddev_ts", r.sd_ts()}, {"samples_ns", r.samples_ns}, {"samples_ts", r.samples_ts}};
             if (bandwidth.count(r.threads)) j["bandwidth_gbps"] = bandwidth[r.threads];
             if (r.kv_read >= 0) j["kv_read_fraction"] = r.kv_read;
+            j["decode_weight_bytes"] = int64_t(m.decode_weight_bytes());
+            if (const model_hparams& hp = m.hparams(); hp.deepseek2()) {
+                // The latent cache beside a per-head K/V cache of the same model (values per token and layer).
+                j["kv_latent_values"] = hp.kv_lora + hp.n_rot;
+                j["kv_per_head_values"] = hp.n_head * (hp.head_dim + hp.v_head);
+            }
             if (!r.kv_bytes_by_group.empty()) {
                 nlohmann::json g = nlohmann::json::object();
                 for (const auto& [group, bytes] : r.kv_bytes_by_group) g[group] = bytes;
