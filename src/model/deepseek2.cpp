@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels/cpu/attention.h"
+#include "model/batch_check.h"
 #include "model/cascade_attention.h"
 
 namespace kvs {
@@ -92,23 +93,11 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     const kv_config& kc = kv.config();
     if (!kc.keys_only || kc.n_kv_head != 1 || kc.head_dim != entry || kc.n_layer != hp.n_layer)
         return status::error("kv cache: not this deepseek2 model's latent group (deepseek2_model::kv_geometry)");
-    if (b.positions.size() != size_t(n) || b.seq_ids.size() != size_t(n) || b.slots.size() != size_t(n) ||
-        b.want_logits.size() != size_t(n))
-        return status::error("batch: tokens, positions, seq_ids, slots and want_logits differ in length");
-    if (!b.prompt.empty() && b.prompt.size() != size_t(n)) return status::error("batch: prompt flags are neither empty nor one per token");
-    if (n > st.max_tokens()) return status::error(strfmt("batch of %lld tokens exceeds the forward state's %lld", (long long)n, (long long)st.max_tokens()));
-    if (n_out > st.max_logits()) return status::error(strfmt("batch asks for %lld logit rows, more than the forward state's %lld", (long long)n_out, (long long)st.max_logits()));
+    KVS_TRY(check_batch(b, kv, hp.n_vocab, st.max_tokens(), st.max_logits()));
     if (st.buffers().size() != size_t(n_buffers) || st.buffers()[b_qlat].name != "q_latent")
         return status::error("forward state: not made for a deepseek2 model");
     for (int64_t i = 0; i < n; ++i) {
-        if (b.tokens[size_t(i)] < 0 || b.tokens[size_t(i)] >= hp.n_vocab)
-            return status::error(strfmt("batch row %lld: token id %d is outside the vocabulary (0..%lld)", (long long)i, b.tokens[size_t(i)], (long long)hp.n_vocab - 1));
-        const int32_t s = b.seq_ids[size_t(i)];
-        if (!kv.seq_exists(s)) return status::error(strfmt("batch row %lld: sequence %d does not exist", (long long)i, s));
-        if (!kv.seq_holds(s, b.slots[size_t(i)]))
-            return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
-        if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
-        const kv_policy_kind k = kv.seq_policy(s).kind;
+        const kv_policy_kind k = kv.seq_policy(b.seq_ids[size_t(i)]).kind;
         if (k == kv_policy_kind::h2o || k == kv_policy_kind::quest)
             return status::error("deepseek2: the h2o and quest policies do not run over the latent cache yet");
     }

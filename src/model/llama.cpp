@@ -8,6 +8,7 @@
 #include <new>
 
 #include "kernels/cpu/attention.h"
+#include "model/batch_check.h"
 
 namespace kvs {
 
@@ -99,29 +100,16 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
 
     // Validate the whole batch before touching any state.
     if (n == 0) return status::ok();
-    if (b.positions.size() != size_t(n) || b.seq_ids.size() != size_t(n) || b.slots.size() != size_t(n) ||
-        b.want_logits.size() != size_t(n))
-        return status::error("batch: tokens, positions, seq_ids, slots and want_logits differ in length");
-    if (!b.prompt.empty() && b.prompt.size() != size_t(n)) return status::error("batch: prompt flags are neither empty nor one per token");
     const int64_t l_begin = span.begin, l_end = span.end < 0 ? hp.n_layer : span.end;
     if (l_begin < 0 || l_begin >= l_end || l_end > hp.n_layer)
         return status::error(strfmt("layer span [%lld, %lld) is not within the model's %lld layers", (long long)l_begin,
                                     (long long)l_end, (long long)hp.n_layer));
     if (l_begin > 0 && !span.hidden_in) return status::error("a layer span starting past layer 0 needs the hidden states entering it");
     const bool partial = l_begin > 0 || l_end < hp.n_layer;
-    if (n > st.max_tokens()) return status::error(strfmt("batch of %lld tokens exceeds the forward state's %lld", (long long)n, (long long)st.max_tokens()));
-    if (n_out > st.max_logits()) return status::error(strfmt("batch asks for %lld logit rows, more than the forward state's %lld", (long long)n_out, (long long)st.max_logits()));
-    for (int64_t i = 0; i < n; ++i) {
-        if (b.tokens[size_t(i)] < 0 || b.tokens[size_t(i)] >= hp.n_vocab)
-            return status::error(strfmt("batch row %lld: token id %d is outside the vocabulary (0..%lld)", (long long)i, b.tokens[size_t(i)], (long long)hp.n_vocab - 1));
-        const int32_t s = b.seq_ids[size_t(i)];
-        if (!kv.seq_exists(s)) return status::error(strfmt("batch row %lld: sequence %d does not exist", (long long)i, s));
-        if (!kv.seq_holds(s, b.slots[size_t(i)]))
-            return status::error(strfmt("batch row %lld: slot %d of sequence %d is not reserved", (long long)i, b.slots[size_t(i)], s));
-        if (b.positions[size_t(i)] < 0) return status::error(strfmt("batch row %lld: negative position", (long long)i));
-        if (partial && kv.seq_policy(s).kind == kv_policy_kind::h2o)
+    KVS_TRY(check_batch(b, kv, hp.n_vocab, st.max_tokens(), st.max_logits()));
+    for (int64_t i = 0; i < n; ++i)
+        if (partial && kv.seq_policy(b.seq_ids[size_t(i)]).kind == kv_policy_kind::h2o)
             return status::error("a layer span cannot run H2O sequences (they cut back after the last layer)");
-    }
     if (partial && kv.kivi()) return status::error("a layer span cannot run over a KIVI cache (pages are packed after the last layer)");
     // Copy-on-write for every page this batch writes (per sequence, its slot range).
     for (int64_t i = 0; i < n; ++i) {
