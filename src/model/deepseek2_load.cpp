@@ -24,15 +24,12 @@ result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_
 
 status deepseek2_model::bind_weights() {
     const gguf_file& f = *file_;
-    const gguf_tensor_info* emb = f.find_tensor("token_embd.weight");
-    if (!emb) return status::error("missing tensor token_embd.weight");
-    if (emb->n_dims != 2 || emb->ne[0] != hp_.n_embd)
-        return status::error(strfmt("tensor token_embd.weight: expected shape [%lld, n_vocab], got %s", (long long)hp_.n_embd,
-                                    emb->shape_string().c_str()));
-    if (hp_.n_vocab == 0) hp_.n_vocab = emb->ne[1];
-    auto e = want_tensor(f, "token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false);
-    if (!e) return e.error();
-    w_.token_embd = e.value();
+    auto ends = bind_lm_ends(f, hp_.n_embd, &hp_.n_vocab);
+    if (!ends) return ends.error();
+    w_.token_embd = ends.value().token_embd;
+    w_.output_norm = ends.value().output_norm;
+    w_.output = ends.value().output;
+    hp_.tied_output = ends.value().tied;
 
     const int64_t d = hp_.n_embd, H = hp_.n_head, hd = hp_.head_dim, nope = hp_.qk_nope(), rope = hp_.n_rot;
     const int64_t lora = hp_.kv_lora, vh = hp_.v_head;
@@ -139,18 +136,6 @@ status deepseek2_model::bind_weights() {
             L.wk_b_t.n_out = lora;
             L.wk_b_t.n_in = nope;
         }
-    }
-    auto on = want_tensor(f, "output_norm.weight", {d}, true);
-    if (!on) return on.error();
-    w_.output_norm = reinterpret_cast<const float*>(on.value()->data);
-    if (f.find_tensor("output.weight")) {
-        auto out = want_tensor(f, "output.weight", {d, hp_.n_vocab}, false);
-        if (!out) return out.error();
-        w_.output = weight_view_of(out.value());
-        hp_.tied_output = false;
-    } else {
-        w_.output = weight_view_of(w_.token_embd);
-        hp_.tied_output = true;
     }
     if (!cpu::matmul_supported(w_.output.type)) return status::error(std::string("output head: no matmul kernel for ") + dtype_name(w_.output.type));
     return status::ok();

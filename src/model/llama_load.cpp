@@ -178,15 +178,12 @@ void llama_model::repack_weights(weight_repack mode) {
 
 status llama_model::bind_weights() {
     const gguf_file& f = *file_;
-    const gguf_tensor_info* emb = f.find_tensor("token_embd.weight");
-    if (!emb) return status::error("missing tensor token_embd.weight");
-    if (emb->n_dims != 2 || emb->ne[0] != hp_.n_embd)
-        return status::error(strfmt("tensor token_embd.weight: expected shape [%lld, n_vocab], got %s",
-                                    (long long)hp_.n_embd, emb->shape_string().c_str()));
-    if (hp_.n_vocab == 0) hp_.n_vocab = emb->ne[1];
-    auto e = want_tensor(f, "token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false);
-    if (!e) return e.error();
-    w_.token_embd = e.value();
+    auto ends = bind_lm_ends(f, hp_.n_embd, &hp_.n_vocab);
+    if (!ends) return ends.error();
+    w_.token_embd = ends.value().token_embd;
+    w_.output_norm = ends.value().output_norm;
+    w_.output = ends.value().output;
+    hp_.tied_output = ends.value().tied;
 
     const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd, nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
     w_.layers.resize(size_t(hp_.n_layer));
@@ -246,18 +243,6 @@ status llama_model::bind_weights() {
         w_.global_norm = reinterpret_cast<const float*>(gn.value()->data);
         w_.global_k = weight_view_of(gk.value());
         w_.global_v = weight_view_of(gv.value());
-    }
-    auto on = want_tensor(f, "output_norm.weight", {d}, true);
-    if (!on) return on.error();
-    w_.output_norm = reinterpret_cast<const float*>(on.value()->data);
-    if (f.find_tensor("output.weight")) {
-        auto out = want_tensor(f, "output.weight", {d, hp_.n_vocab}, false);
-        if (!out) return out.error();
-        w_.output = weight_view_of(out.value());
-        hp_.tied_output = false;
-    } else {
-        w_.output = weight_view_of(w_.token_embd);
-        hp_.tied_output = true;
     }
     return status::ok();
 }

@@ -30,4 +30,29 @@ cpu::weight_view weight_view_of(const gguf_tensor_info* t) {
     return w;
 }
 
+result<lm_ends> bind_lm_ends(const gguf_file& f, int64_t n_embd, int64_t* n_vocab) {
+    lm_ends ends;
+    const gguf_tensor_info* emb = f.find_tensor("token_embd.weight");
+    if (!emb) return status::error("missing tensor token_embd.weight");
+    if (emb->n_dims != 2 || emb->ne[0] != n_embd)
+        return status::error(strfmt("tensor token_embd.weight: expected shape [%lld, n_vocab], got %s", (long long)n_embd,
+                                    emb->shape_string().c_str()));
+    if (*n_vocab == 0) *n_vocab = emb->ne[1];
+    auto e = want_tensor(f, "token_embd.weight", {n_embd, *n_vocab}, false);
+    if (!e) return e.error();
+    ends.token_embd = e.value();
+    auto on = want_tensor(f, "output_norm.weight", {n_embd}, true);
+    if (!on) return on.error();
+    ends.output_norm = reinterpret_cast<const float*>(on.value()->data);
+    if (f.find_tensor("output.weight")) {
+        auto out = want_tensor(f, "output.weight", {n_embd, *n_vocab}, false);
+        if (!out) return out.error();
+        ends.output = weight_view_of(out.value());
+    } else {
+        ends.output = weight_view_of(ends.token_embd);
+        ends.tied = true;
+    }
+    return ends;
+}
+
 }  // namespace kvs

@@ -18,4 +18,15 @@ result<const gguf_tensor_info*> want_tensor(const gguf_file& f, const std::strin
 // its first matrix (ne[2] of them follow).
 cpu::weight_view weight_view_of(const gguf_tensor_info* t);
 
+// The ends every decoder has: token_embd.weight (n_vocab rows of n_embd; n_vocab taken from it
+// when *n_vocab is 0), output_norm.weight, and the LM head — output.weight, or the embeddings
+// when the file has none (tied).
+struct lm_ends {
+    const gguf_tensor_info* token_embd = nullptr;
+    const float* output_norm = nullptr;
+    cpu::weight_view output;
+    bool tied = false;
+};
+result<lm_ends> bind_lm_ends(const gguf_file& f, int64_t n_embd, int64_t* n_vocab);
+
 }  // namespace kvs
