@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "reference_model.h"
+#include "reference_math.h"
 
 namespace kvs::test {
 
@@ -144,27 +145,6 @@ ds2_hparams read_hparams(ds2_reader& r) {
     return hp;
 }
 
-// y (n_out) = W (n_out, n_in) x, W's rows contiguous from `w`.
-std::vector<double> matvec(const double* w, const std::vector<double>& x, int64_t n_out) {
-    const int64_t n_in = int64_t(x.size());
-    std::vector<double> y(size_t(n_out), 0.0);
-    for (int64_t o = 0; o < n_out; ++o) {
-        double acc = 0;
-        for (int64_t i = 0; i < n_in; ++i) acc += w[o * n_in + i] * x[size_t(i)];
-        y[size_t(o)] = acc;
-    }
-    return y;
-}
-
-std::vector<double> rmsnorm(const std::vector<double>& x, const std::vector<double>& w, double eps) {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
-    std::vector<double> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
-    return y;
-}
-
 // The rotation angle of pair j (of n_rot / 2) at position `pos`, YaRN's blend of interpolated
 // and extrapolated frequencies when on.
 double rope_theta(const ds2_hparams& hp, int64_t pos, int64_t j) {
@@ -194,9 +174,9 @@ void rope(double* v, const ds2_hparams& hp, int64_t pos) {
 // down (n_embd, n_hidden) (silu(gate · h) ⊙ (up · h)), gate and up (n_hidden, n_embd).
 std::vector<double> swiglu(const double* gate, const double* up, const double* down, const std::vector<double>& h,
                            int64_t n_hidden, int64_t n_embd) {
-    auto g = matvec(gate, h, n_hidden), u = matvec(up, h, n_hidden);
+    auto g = ref_matvec(gate, h, n_hidden), u = ref_matvec(up, h, n_hidden);
     for (int64_t i = 0; i < n_hidden; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
-    return matvec(down, g, n_embd);
+    return ref_matvec(down, g, n_embd);
 }
 
 }  // namespace
@@ -272,19 +252,19 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
         // Per token: q (H, QK) rotated, k (H, QK) with the shared rotated k_pe, v (H, VH).
         std::vector<std::vector<double>> Q(static_cast<size_t>(n)), K(static_cast<size_t>(n)), V(static_cast<size_t>(n));
         for (int64_t t = 0; t < n; ++t) {
-            const auto h = rmsnorm(x[size_t(t)], attn_norm, hp.rms_eps);
+            const auto h = ref_rmsnorm(x[size_t(t)], attn_norm, hp.rms_eps);
             std::vector<double> q;  // (H, QK): per head [q_nope ; q_pe]
             if (hp.q_lora > 0) {
-                q = matvec(wq_b.data(), rmsnorm(matvec(wq_a.data(), h, hp.q_lora), q_a_norm, hp.rms_eps), H * QK);
+                q = ref_matvec(wq_b.data(), ref_rmsnorm(ref_matvec(wq_a.data(), h, hp.q_lora), q_a_norm, hp.rms_eps), H * QK);
             } else {
-                q = matvec(wq.data(), h, H * QK);
+                q = ref_matvec(wq.data(), h, H * QK);
             }
             // q_pe and k_pe are rotated below, at the positions the policy gives them.
-            const auto kv_a = matvec(wkv_a.data(), h, hp.kv_lora + ROPE);  // [c (kv_lora) ; k_pe (ROPE)]
+            const auto kv_a = ref_matvec(wkv_a.data(), h, hp.kv_lora + ROPE);  // [c (kv_lora) ; k_pe (ROPE)]
             const std::vector<double> c =
-                rmsnorm(std::vector<double>(kv_a.begin(), kv_a.begin() + hp.kv_lora), kv_a_norm, hp.rms_eps);
+                ref_rmsnorm(std::vector<double>(kv_a.begin(), kv_a.begin() + hp.kv_lora), kv_a_norm, hp.rms_eps);
             std::vector<double> k_pe(kv_a.begin() + hp.kv_lora, kv_a.end());  // (ROPE), one for every head
-            const auto kv = matvec(wkv_b.data(), c, H * (NOPE + VH));  // (H, NOPE + VH): per head [k_nope ; v]
+            const auto kv = ref_matvec(wkv_b.data(), c, H * (NOPE + VH));  // (H, NOPE + VH): per head [k_nope ; v]
             std::vector<double> k(size_t(H * QK)), v(size_t(H * VH));
             for (int64_t i = 0; i < H; ++i) {
                 const double* src = kv.data() + i * (NOPE + VH);
@@ -324,7 +304,7 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
                     for (int64_t d = 0; d < VH; ++d) o[size_t(i * VH + d)] += pj * V[size_t(j)][size_t(i * VH + d)];
                 }
             }
-            const auto out = matvec(wo.data(), o, E);
+            const auto out = ref_matvec(wo.data(), o, E);
             for (int64_t d = 0; d < E; ++d) x[size_t(t)][size_t(d)] += out[size_t(d)];
         }
 
@@ -336,7 +316,7 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
                        down = r.tensor(p + "ffn_down.weight", {hp.n_ff, E});
             if (failed()) return {};
             for (int64_t t = 0; t < n; ++t) {
-                const auto out = swiglu(gate.data(), up.data(), down.data(), rmsnorm(x[size_t(t)], ffn_norm, hp.rms_eps), hp.n_ff, E);
+                const auto out = swiglu(gate.data(), up.data(), down.data(), ref_rmsnorm(x[size_t(t)], ffn_norm, hp.rms_eps), hp.n_ff, E);
                 for (int64_t d = 0; d < E; ++d) x[size_t(t)][size_t(d)] += out[size_t(d)];
             }
             continue;
@@ -353,8 +333,8 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
         }
         if (failed()) return {};
         for (int64_t t = 0; t < n; ++t) {
-            const auto h2 = rmsnorm(x[size_t(t)], ffn_norm, hp.rms_eps);
-            auto probs = matvec(router.data(), h2, NE);  // router logits, then their softmax
+            const auto h2 = ref_rmsnorm(x[size_t(t)], ffn_norm, hp.rms_eps);
+            auto probs = ref_matvec(router.data(), h2, NE);  // router logits, then their softmax
             const double mx = *std::max_element(probs.begin(), probs.end());
             double sum = 0;
             for (double& v : probs) sum += (v = std::exp(v - mx));
@@ -386,7 +366,7 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
     const auto head = r.tensor("output.weight", {E, hp.n_vocab});
     if (failed()) return {};
     std::vector<std::vector<double>> logits(static_cast<size_t>(n));
-    for (int64_t t = 0; t < n; ++t) logits[size_t(t)] = matvec(head.data(), rmsnorm(x[size_t(t)], out_norm, hp.rms_eps), hp.n_vocab);
+    for (int64_t t = 0; t < n; ++t) logits[size_t(t)] = ref_matvec(head.data(), ref_rmsnorm(x[size_t(t)], out_norm, hp.rms_eps), hp.n_vocab);
     return logits;
 }
 

@@ -9,6 +9,7 @@
 #include "gguf/gguf_writer.h"
 #include "kernels/cpu/quest.h"
 #include "model/shapes.h"
+#include "reference_math.h"
 #include "test_util.h"
 
 namespace kvs::test {
@@ -23,27 +24,6 @@ std::vector<double> dequant(const gguf_tensor_info* t) {
     const int64_t rows = t->n_elements() / t->ne[0];
     for (int64_t r = 0; r < rows; ++r) dequantize_row(t->type, t->data + size_t(r) * row, tmp.data() + r * t->ne[0], t->ne[0]);
     return std::vector<double>(tmp.begin(), tmp.end());
-}
-
-// y (n_out) = W (n_out, n_in) x
-std::vector<double> matvec(const std::vector<double>& w, const std::vector<double>& x, int64_t n_out) {
-    const int64_t n_in = int64_t(x.size());
-    std::vector<double> y(size_t(n_out), 0.0);
-    for (int64_t o = 0; o < n_out; ++o) {
-        double acc = 0;
-        for (int64_t i = 0; i < n_in; ++i) acc += w[size_t(o * n_in + i)] * x[size_t(i)];
-        y[size_t(o)] = acc;
-    }
-    return y;
-}
-
-std::vector<double> rmsnorm(const std::vector<double>& x, const std::vector<double>& w, double eps) {
-    double ss = 0;
-    for (double v : x) ss += v * v;
-    const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
-    std::vector<double> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
-    return y;
 }
 
 void rope(std::vector<double>& x, int64_t n_head, int64_t hd, int64_t n_rot, int64_t pos, double base, double scale, bool neox) {
@@ -101,10 +81,10 @@ std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std:
         if (hp.qkv_bias) bq = T(p + "attn_q.bias"), bk = T(p + "attn_k.bias"), bv = T(p + "attn_v.bias");
         std::vector<std::vector<double>> Q(n), K(n), V(n);  // un-rotated
         for (size_t t = 0; t < n; ++t) {
-            auto h = rmsnorm(xs[t], an, hp.rms_eps);
-            Q[t] = matvec(wq, h, hp.n_head * hd);
-            K[t] = matvec(wk, h, nkv);
-            V[t] = matvec(wv, h, nkv);
+            auto h = ref_rmsnorm(xs[t], an, hp.rms_eps);
+            Q[t] = ref_matvec(wq.data(), h, hp.n_head * hd);
+            K[t] = ref_matvec(wk.data(), h, nkv);
+            V[t] = ref_matvec(wv.data(), h, nkv);
             if (hp.qkv_bias)
                 for (size_t i = 0; i < Q[t].size(); ++i) Q[t][i] += bq[i];
             if (hp.qkv_bias)
@@ -146,19 +126,19 @@ std::vector<std::vector<double>> pattern_logits(const llama_model& m, const std:
                 for (size_t c = 0; c < cs.size(); ++c)
                     for (int64_t i = 0; i < hd; ++i) att[size_t(h * hd + i)] += sc[c] / sum * vs[cs[c]][size_t(kh * hd + i)];
             }
-            auto o = matvec(wo, att, d);
+            auto o = ref_matvec(wo.data(), att, d);
             for (int64_t i = 0; i < d; ++i) xs[t][size_t(i)] += o[size_t(i)];
-            auto h = rmsnorm(xs[t], fn, hp.rms_eps);
-            auto g = matvec(wg, h, hp.n_ff), u = matvec(wu, h, hp.n_ff);
+            auto h = ref_rmsnorm(xs[t], fn, hp.rms_eps);
+            auto g = ref_matvec(wg.data(), h, hp.n_ff), u = ref_matvec(wu.data(), h, hp.n_ff);
             for (int64_t i = 0; i < hp.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
-            auto dn = matvec(wd, g, d);
+            auto dn = ref_matvec(wd.data(), g, d);
             for (int64_t i = 0; i < d; ++i) xs[t][size_t(i)] += dn[size_t(i)];
         }
     }
     auto on = T("output_norm.weight");
     auto out = f.find_tensor("output.weight") ? T("output.weight") : emb;
     std::vector<std::vector<double>> logits;
-    for (size_t t = 0; t < n; ++t) logits.push_back(matvec(out, rmsnorm(xs[t], on, hp.rms_eps), hp.n_vocab));
+    for (size_t t = 0; t < n; ++t) logits.push_back(ref_matvec(out.data(), ref_rmsnorm(xs[t], on, hp.rms_eps), hp.n_vocab));
     return logits;
 }
 
@@ -332,10 +312,10 @@ std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, cons
         if (hp.qkv_bias) bq = T(p + "attn_q.bias"), bk = T(p + "attn_k.bias"), bv = T(p + "attn_v.bias");
         std::vector<std::vector<double>> Q(n), K(n), V(n);  // Q and K rotated at the token's own position
         for (size_t t = 0; t < n; ++t) {
-            auto h = rmsnorm(xs[t], an, hp.rms_eps);
-            Q[t] = matvec(wq, h, hp.n_head * hd);
-            K[t] = matvec(wk, h, nkv);
-            V[t] = matvec(wv, h, nkv);
+            auto h = ref_rmsnorm(xs[t], an, hp.rms_eps);
+            Q[t] = ref_matvec(wq.data(), h, hp.n_head * hd);
+            K[t] = ref_matvec(wk.data(), h, nkv);
+            V[t] = ref_matvec(wv.data(), h, nkv);
             if (hp.qkv_bias)
                 for (size_t i = 0; i < Q[t].size(); ++i) Q[t][i] += bq[i];
             if (hp.qkv_bias)
@@ -372,12 +352,12 @@ std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, cons
                         }
                     }
                 }
-                auto o = matvec(wo, att, d);
+                auto o = ref_matvec(wo.data(), att, d);
                 for (int64_t i = 0; i < d; ++i) xs[size_t(t)][size_t(i)] += o[size_t(i)];
-                auto h = rmsnorm(xs[size_t(t)], fn, hp.rms_eps);
-                auto g = matvec(wg, h, hp.n_ff), u = matvec(wu, h, hp.n_ff);
+                auto h = ref_rmsnorm(xs[size_t(t)], fn, hp.rms_eps);
+                auto g = ref_matvec(wg.data(), h, hp.n_ff), u = ref_matvec(wu.data(), h, hp.n_ff);
                 for (int64_t i = 0; i < hp.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
-                auto dn = matvec(wd, g, d);
+                auto dn = ref_matvec(wd.data(), g, d);
                 for (int64_t i = 0; i < d; ++i) xs[size_t(t)][size_t(i)] += dn[size_t(i)];
             }
             // Eviction, per KV head on its own.
@@ -405,7 +385,7 @@ std::vector<std::vector<double>> reference_h2o_logits(const llama_model& m, cons
     auto on = T("output_norm.weight");
     auto out = f.find_tensor("output.weight") ? T("output.weight") : emb;
     std::vector<std::vector<double>> logits;
-    for (size_t t = 0; t < n; ++t) logits.push_back(matvec(out, rmsnorm(xs[t], on, hp.rms_eps), hp.n_vocab));
+    for (size_t t = 0; t < n; ++t) logits.push_back(ref_matvec(out.data(), ref_rmsnorm(xs[t], on, hp.rms_eps), hp.n_vocab));
     return logits;
 }
 
@@ -477,10 +457,10 @@ std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, con
         auto fn = T(p + "ffn_norm.weight"), wg = T(p + "ffn_gate.weight"), wu = T(p + "ffn_up.weight"),
              wd = T(p + "ffn_down.weight");
         for (size_t t = 0; t < n; ++t) {
-            auto h = rmsnorm(X[t], fn, hp.rms_eps);
-            auto g = matvec(wg, h, hp.n_ff), u = matvec(wu, h, hp.n_ff);
+            auto h = ref_rmsnorm(X[t], fn, hp.rms_eps);
+            auto g = ref_matvec(wg.data(), h, hp.n_ff), u = ref_matvec(wu.data(), h, hp.n_ff);
             for (int64_t i = 0; i < hp.n_ff; ++i) g[size_t(i)] = g[size_t(i)] / (1.0 + std::exp(-g[size_t(i)])) * u[size_t(i)];
-            auto dn = matvec(wd, g, d);
+            auto dn = ref_matvec(wd.data(), g, d);
             for (int64_t i = 0; i < d; ++i) X[t][size_t(i)] += dn[size_t(i)];
         }
     };
@@ -492,15 +472,15 @@ std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, con
              wv = T(p + "attn_v.weight"), wo = T(p + "attn_output.weight");
         std::vector<std::vector<double>> Q(n), K(n), V(n);
         for (size_t t = 0; t < n; ++t) {
-            auto y = rmsnorm(X[t], an, hp.rms_eps);
-            Q[t] = matvec(wq, y, nq);
-            K[t] = matvec(wk, y, nkv);
-            V[t] = matvec(wv, y, nkv);
+            auto y = ref_rmsnorm(X[t], an, hp.rms_eps);
+            Q[t] = ref_matvec(wq.data(), y, nq);
+            K[t] = ref_matvec(wk.data(), y, nkv);
+            V[t] = ref_matvec(wv.data(), y, nkv);
             rot(Q[t], hp.n_head, int64_t(t));
             rot(K[t], hp.n_head_kv, int64_t(t));
         }
         for (size_t t = 0; t < n; ++t) {
-            auto o = matvec(wo, masked_attention(hp, Q[t], K, V, mask_self[t]), d);
+            auto o = ref_matvec(wo.data(), masked_attention(hp, Q[t], K, V, mask_self[t]), d);
             for (int64_t i = 0; i < d; ++i) X[t][size_t(i)] += o[size_t(i)];
         }
         ffn(p);
@@ -511,9 +491,9 @@ std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, con
     {
         auto gn = T("global_norm.weight"), gk = T("global_k.weight"), gv = T("global_v.weight");
         for (size_t t = 0; t < n; ++t) {
-            auto h = rmsnorm(X[t], gn, hp.rms_eps);
-            Kg[t] = matvec(gk, h, nkv);
-            Vg[t] = matvec(gv, h, nkv);
+            auto h = ref_rmsnorm(X[t], gn, hp.rms_eps);
+            Kg[t] = ref_matvec(gk.data(), h, nkv);
+            Vg[t] = ref_matvec(gv.data(), h, nkv);
             rot(Kg[t], hp.n_head_kv, int64_t(t));
         }
     }
@@ -524,9 +504,9 @@ std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, con
         EXPECT_EQ(f.find_tensor(p + "attn_k.weight"), nullptr) << p;
         auto an = T(p + "attn_norm.weight"), wq = T(p + "attn_q.weight"), wo = T(p + "attn_output.weight");
         for (size_t t = 0; t < n; ++t) {
-            auto q = matvec(wq, rmsnorm(X[t], an, hp.rms_eps), nq);
+            auto q = ref_matvec(wq.data(), ref_rmsnorm(X[t], an, hp.rms_eps), nq);
             rot(q, hp.n_head, int64_t(t));
-            auto o = matvec(wo, masked_attention(hp, q, Kg, Vg, mask_cross[t]), d);
+            auto o = ref_matvec(wo.data(), masked_attention(hp, q, Kg, Vg, mask_cross[t]), d);
             for (int64_t i = 0; i < d; ++i) X[t][size_t(i)] += o[size_t(i)];
         }
         ffn(p);
@@ -535,7 +515,7 @@ std::vector<std::vector<double>> reference_yoco_logits(const llama_model& m, con
     auto on = T("output_norm.weight");
     auto out = f.find_tensor("output.weight") ? T("output.weight") : emb;
     std::vector<std::vector<double>> logits;
-    for (size_t t = 0; t < n; ++t) logits.push_back(matvec(out, rmsnorm(X[t], on, hp.rms_eps), hp.n_vocab));
+    for (size_t t = 0; t < n; ++t) logits.push_back(ref_matvec(out.data(), ref_rmsnorm(X[t], on, hp.rms_eps), hp.n_vocab));
     return logits;
 }
 
