@@ -28,6 +28,7 @@
 #include "model/hparams.h"
 #include "model/forward_state.h"
 #include "model/language_model.h"
+#include "model/weight_repack.h"
 
 namespace kvs {
 
@@ -78,7 +79,7 @@ public:
     // loses nothing its weights keep; for quantized weights quantized_weights_kv_type().
     dtype auto_kv_type() const override;
     size_t weight_bytes() const override;
-    size_t repacked_bytes() const override { return repacked_bytes_; }
+    size_t repacked_bytes() const override { return repacked_.bytes(); }
     std::vector<cpu::weight_view> matmul_weights() const override;
     std::vector<activation_buffer> activation_buffers(int64_t max_tokens, int64_t max_logits) const override {
         return llama_activation_buffers(hp_, max_tokens, max_logits);
@@ -107,12 +108,8 @@ private:
     status bind_weights();
     status forward_yoco(const batch& b, kv_groups& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook) const;
     void repack_weights(weight_repack mode);
-    struct free_deleter {
-        void operator()(void* p) const;
-    };
     std::unique_ptr<gguf_file> file_;
-    std::unique_ptr<uint8_t, free_deleter> repacked_;  // interleaved copies, 64-byte aligned
-    size_t repacked_bytes_ = 0;
+    repacked_weights repacked_;  // interleaved16 copies of the matrices (none with --no-repack)
     model_hparams hp_;
     llama_weights w_;
 };

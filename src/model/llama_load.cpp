@@ -1,9 +1,6 @@
 // Loading and validating the weights of a Llama-family GGUF.
 #include "model/llama.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -109,71 +106,18 @@ result<std::unique_ptr<llama_model>> llama_model::from_gguf(std::unique_ptr<gguf
     return m;
 }
 
-void llama_model::free_deleter::operator()(void* p) const { std::free(p); }
-
 void llama_model::repack_weights(weight_repack mode) {
-    if (mode == weight_repack::never || (mode == weight_repack::automatic && !cpu::interleave_preferred())) return;
-    // automatic: only the dtypes the matmul tuning leaves repacked (all unless tuned otherwise).
-    const cpu::matmul_tuning_table& tuning = cpu::matmul_tuning_active();
-    auto wanted = [&](const cpu::weight_view& v) {
-        return cpu::can_interleave(v) && (mode == weight_repack::always || tuning.repack_of(v.type));
-    };
-    std::vector<cpu::weight_view*> views;
+    std::vector<repack_item> items;
     for (llama_layer& L : w_.layers)
         for (cpu::weight_view* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-            if (v->data) views.push_back(v);  // YOCO's cross-decoder layers have no wk, wv
-    if (w_.global_k.data) views.push_back(&w_.global_k), views.push_back(&w_.global_v);
-    views.push_back(&w_.output);
-    // One allocation, aligned to 2 MiB and advised for transparent huge pages: fewer page
-    // faults while repacking and fewer TLB misses when decode streams the weights.
-    constexpr size_t align = size_t(2) << 20;
-    size_t total = 0;
-    std::vector<size_t> offsets;
-    for (cpu::weight_view* v : views) {
-        offsets.push_back(total);
-        if (wanted(*v)) total += (cpu::interleaved_bytes(*v) + 63) / 64 * 64;
+            if (v->data) items.push_back({v, v->n_out});  // YOCO's cross-decoder layers have no wk, wv
+    if (w_.global_k.data) {
+        items.push_back({&w_.global_k, w_.global_k.n_out});
+        items.push_back({&w_.global_v, w_.global_v.n_out});
     }
-    if (total == 0) return;
-    total = (total + align - 1) / align * align;
-    void* mem = std::aligned_alloc(align, total);
-    if (!mem) return;  // out of memory: keep the row-major weights (slower, same results)
-#if defined(MADV_HUGEPAGE)
-    madvise(mem, total, MADV_HUGEPAGE);
-#endif
-    repacked_.reset(static_cast<uint8_t*>(mem));
-    repacked_bytes_ = total;
-    // Jobs of up to 256 rows, spread over the cores (repacking is a memory-bound copy).
-    struct job {
-        size_t view;
-        int64_t row0, row1;
-    };
-    std::vector<job> jobs;
-    for (size_t i = 0; i < views.size(); ++i) {
-        if (!wanted(*views[i])) continue;
-        for (int64_t r = 0; r < views[i]->n_out; r += 256) jobs.push_back({i, r, std::min(views[i]->n_out, r + 256)});
-    }
-    const size_t page = size_t(sysconf(_SC_PAGESIZE));
-    thread_pool pool(int(std::max(1u, std::min(8u, std::thread::hardware_concurrency()))));
-    pool.run(int64_t(jobs.size()), [&](int64_t j, int) {
-        const job& jb = jobs[size_t(j)];
-        const cpu::weight_view& v = *views[jb.view];
-        cpu::interleave(v, repacked_.get() + offsets[jb.view], jb.row0, jb.row1);
-        // The file's copy of these rows is no longer read (token embeddings are a separate
-        // tensor): unmap its pages from this process now, so that both copies are never
-        // resident together. Later reads, if any, fault the pages back in from the file.
-        if (&v == &w_.output && hp_.tied_output) return;
-        const size_t row_bytes = dtype_row_bytes(v.type, v.n_in);
-        const uintptr_t begin = reinterpret_cast<uintptr_t>(v.data) + size_t(jb.row0) * row_bytes;
-        const uintptr_t end = reinterpret_cast<uintptr_t>(v.data) + size_t(jb.row1) * row_bytes;
-        const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
-        if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-    });
-    for (size_t i = 0; i < views.size(); ++i) {
-        cpu::weight_view& v = *views[i];
-        if (!wanted(v)) continue;
-        v.data = repacked_.get() + offsets[i];
-        v.layout = cpu::weight_layout::interleaved16;
-    }
+    // Tied: the LM head's rows are the token embeddings, still read by the lookup.
+    items.push_back({&w_.output, w_.output.n_out, hp_.tied_output});
+    repacked_.repack(items, mode);
 }
 
 status llama_model::bind_weights() {
