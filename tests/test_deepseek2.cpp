@@ -372,18 +372,29 @@ std::string write_split_layout(const gguf_file& f, const std::string& name) {
     for (const auto& t : f.tensors()) {
         const std::string tname(t.name);
         if (tname.size() > 16 && tname.compare(tname.size() - 16, 16, "attn_kv_b.weight") == 0) {
-            EXPECT_EQ(t.type, dtype::f32);
-            const auto* kv_b = reinterpret_cast<const float*>(t.data);  // (H·(nope + vh), lora)
+            // kv_b in any format: dequantized; v_b written back in kv_b's format (its rows of
+            // kv_lora fit the blocks), k_b in it too when its rows of qk_nope do, else f32.
+            const size_t in_row = dtype_row_bytes(t.type, lora);
+            std::vector<float> kv_b(size_t(H * (nope + vh) * lora));  // (H·(nope + vh), lora)
+            for (int64_t r = 0; r < H * (nope + vh); ++r) dequantize_row(t.type, t.data + size_t(r) * in_row, kv_b.data() + r * lora, lora);
             std::vector<float> k_b(size_t(H * lora * nope)), v_b(size_t(H * vh * lora));
             for (int64_t i = 0; i < H; ++i) {
                 for (int64_t c = 0; c < lora; ++c)
-                    for (int64_t r = 0; r < nope; ++r) k_b[size_t((i * lora + c) * nope + r)] = kv_b[(i * (nope + vh) + r) * lora + c];
+                    for (int64_t r = 0; r < nope; ++r) k_b[size_t((i * lora + c) * nope + r)] = kv_b[size_t((i * (nope + vh) + r) * lora + c)];
                 for (int64_t r = 0; r < vh; ++r)
-                    for (int64_t c = 0; c < lora; ++c) v_b[size_t((i * vh + r) * lora + c)] = kv_b[(i * (nope + vh) + nope + r) * lora + c];
+                    for (int64_t c = 0; c < lora; ++c) v_b[size_t((i * vh + r) * lora + c)] = kv_b[size_t((i * (nope + vh) + nope + r) * lora + c)];
             }
+            auto encoded = [](const std::vector<float>& v, int64_t row, dtype type) {
+                const size_t rb = dtype_row_bytes(type, row);
+                std::vector<uint8_t> out(v.size() / size_t(row) * rb);
+                for (size_t r = 0; r < v.size() / size_t(row); ++r) quantize_row(type, v.data() + r * size_t(row), out.data() + r * rb, row);
+                return out;
+            };
+            const dtype k_type = nope % dtype_info(t.type).block_size == 0 ? t.type : dtype::f32;
+            const std::vector<uint8_t> k_bytes = encoded(k_b, nope, k_type), v_bytes = encoded(v_b, lora, t.type);
             const std::string p = tname.substr(0, tname.size() - 16);
-            EXPECT_TRUE(w.add_tensor_data(p + "attn_k_b.weight", dtype::f32, {nope, lora, H}, k_b.data(), k_b.size() * 4));
-            EXPECT_TRUE(w.add_tensor_data(p + "attn_v_b.weight", dtype::f32, {lora, vh, H}, v_b.data(), v_b.size() * 4));
+            EXPECT_TRUE(w.add_tensor_data(p + "attn_k_b.weight", k_type, {nope, lora, H}, k_bytes.data(), k_bytes.size()));
+            EXPECT_TRUE(w.add_tensor_data(p + "attn_v_b.weight", t.type, {lora, vh, H}, v_bytes.data(), v_bytes.size()));
         } else {
             EXPECT_TRUE(w.add_tensor_data(tname, t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims), t.data, t.n_bytes));
         }
@@ -427,6 +438,43 @@ TEST(DeepSeek2, SplitMlaLayoutGivesTheSameModel) {
     auto m = language_model::load(bad);
     ASSERT_FALSE(m);
     EXPECT_NE(m.message().find("key_length_mla"), std::string::npos) << m.message();
+}
+
+// Weights repacked at load into the interleaved16 layout (the default where the CPU has its
+// kernels) give the logits of the file's row-major layout: every matrix the pass reads is
+// covered — projections, per-head W_UK,iᵀ / W_UV,i slices of stacked tensors, expert stacks.
+TEST(DeepSeek2, RepackedWeightsGiveTheFileLayoutsLogits) {
+    for (const char* type : {"q8_0", "q4_0"}) {
+        NEED_FILE(path, std::string("ds2-repack-") + type, "", type);
+        auto f = gguf_file::open(path).value();
+        const std::string split = write_split_layout(*f, std::string("ds2-repack-split-") + type);
+        for (const std::string& file : {path, split}) {
+            load_options never, always;
+            never.repack = weight_repack::never;
+            always.repack = weight_repack::always;
+            auto a = language_model::load(file, never);
+            auto b = language_model::load(file, always);
+            ASSERT_TRUE(a) << a.message();
+            ASSERT_TRUE(b) << b.message();
+            EXPECT_EQ(a.value()->repacked_bytes(), 0u);
+            EXPECT_GT(b.value()->repacked_bytes(), 0u) << file;
+            const auto& L = dynamic_cast<const deepseek2_model&>(*b.value()).weights().layers.back();
+            EXPECT_EQ(L.moe.gate_exps.layout, cpu::weight_layout::interleaved16) << file;
+            EXPECT_EQ(L.moe.down_exps.layout, cpu::weight_layout::interleaved16) << file;
+            EXPECT_EQ(L.wv_b.layout, cpu::weight_layout::interleaved16) << file;
+            EXPECT_EQ(L.wo.layout, cpu::weight_layout::interleaved16) << file;
+            const int64_t n_vocab = a.value()->hparams().n_vocab;
+            const std::vector<int32_t> tokens = test::some_tokens(21, n_vocab, 5);
+            for (int64_t n_batch : {int64_t(1), int64_t(3), int64_t(21)}) {
+                const std::vector<float> la = session_logits(*a.value(), tokens, n_batch), lb = session_logits(*b.value(), tokens, n_batch);
+                ASSERT_EQ(la.size(), lb.size());
+                double worst = 0;
+                for (size_t t = 0; t < tokens.size(); ++t)
+                    worst = std::max(worst, test::nmse_norm(lb.data() + int64_t(t) * n_vocab, la.data() + int64_t(t) * n_vocab, n_vocab));
+                EXPECT_LT(worst, 1e-6) << file << " n_batch " << n_batch;
+            }
+        }
+    }
 }
 
 // Malformed files fail at load with a message naming the tensor or key.

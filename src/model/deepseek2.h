@@ -36,6 +36,7 @@
 #include "model/language_model.h"
 #include "model/moe.h"
 #include "model/rope_yarn.h"
+#include "model/weight_repack.h"
 
 namespace kvs {
 
@@ -100,7 +101,7 @@ public:
     size_t weight_bytes() const override;
     // The routed experts' stacks count n_expert_used / n_expert of their bytes.
     size_t decode_weight_bytes() const override;
-    size_t repacked_bytes() const override { return 0; }
+    size_t repacked_bytes() const override { return repacked_.bytes(); }
     std::vector<cpu::weight_view> matmul_weights() const override;
     std::vector<activation_buffer> activation_buffers(int64_t max_tokens, int64_t max_logits) const override;
     void final_norm(const float* x, float* y) const override;
@@ -119,7 +120,9 @@ public:
 private:
     deepseek2_model() = default;
     status bind_weights();
+    void repack_weights(weight_repack mode);
     std::unique_ptr<gguf_file> file_;
+    repacked_weights repacked_;  // interleaved16 copies of the matrices (none with --no-repack)
     model_hparams hp_;
     deepseek2_weights w_;
     yarn_rope yarn_;  // when hp_.rope_yarn

@@ -5,11 +5,12 @@
 #include <string>
 
 #include "model/deepseek2.h"
+#include "kernels/cpu/interleave.h"
 #include "model/tensor_check.h"
 
 namespace kvs {
 
-result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_ptr<gguf_file> file, const load_options&) {
+result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_ptr<gguf_file> file, const load_options& opts) {
     std::unique_ptr<deepseek2_model> m(new deepseek2_model());
     m->file_ = std::move(file);
     auto hp = model_hparams::from_gguf(*m->file_);
@@ -19,7 +20,36 @@ result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_
     if (m->hp_.rope_yarn)
         m->yarn_ = yarn_rope::make(m->hp_.n_rot, m->hp_.rope_freq_base, m->hp_.rope_freq_scale, m->hp_.yarn_orig_ctx);
     KVS_TRY(m->bind_weights());
+    m->repack_weights(opts.repack);
     return m;
+}
+
+void deepseek2_model::repack_weights(weight_repack mode) {
+    const int64_t H = hp_.n_head;
+    std::vector<repack_item> items;
+    auto plain = [&](cpu::weight_view& v) {
+        if (v.data) items.push_back({&v, v.n_out});
+    };
+    for (deepseek2_layer& L : w_.layers) {
+        for (cpu::weight_view* v : {&L.wq, &L.wq_a, &L.wq_b, &L.wkv_a, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.moe.router,
+                                    &L.moe.gate_sh, &L.moe.up_sh, &L.moe.down_sh})
+            plain(*v);
+        for (cpu::weight_view* v : {&L.moe.gate_exps, &L.moe.up_exps, &L.moe.down_exps})
+            if (v->data) items.push_back({v, v->n_out * L.moe.n_expert});
+        // W_UK,iᵀ: one head's view over H stacked heads (owned or the file's attn_k_b).
+        items.push_back({&L.wk_b_t, L.wk_b_t.n_out * H, !L.owned_wk_b_t.empty()});
+        // W_UV,i: rows i·uv_stride + uv_offset + [0, v_head) of wv_b, each head's slice a run of
+        // whole 16-row groups when all three are multiples of 16.
+        const int64_t g = cpu::interleave_rows;
+        if (L.uv_stride % g == 0 && L.uv_offset % g == 0 && hp_.v_head % g == 0) items.push_back({&L.wv_b, L.uv_stride * H});
+    }
+    items.push_back({&w_.output, w_.output.n_out, hp_.tied_output});
+    repacked_.repack(items, mode);
+    for (deepseek2_layer& L : w_.layers)
+        if (L.wk_b_t.layout == cpu::weight_layout::interleaved16 && !L.owned_wk_b_t.empty()) {
+            L.owned_wk_b_t.clear();
+            L.owned_wk_b_t.shrink_to_fit();
+        }
 }
 
 status deepseek2_model::bind_weights() {
