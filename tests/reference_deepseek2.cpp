@@ -26,6 +26,7 @@ struct ds2_hparams {
     double rope_base = 10000.0, rms_eps = 1e-6, expert_scale = 1.0;
     bool expert_norm = false;
     bool yarn = false;
+    bool split = false;  // attn_k_b / attn_v_b instead of attn_kv_b (heads in the *_mla keys)
     double yarn_factor = 1.0, yarn_log_mul = 0.0;
     int64_t yarn_orig_ctx = 0;
 
@@ -115,8 +116,11 @@ ds2_hparams read_hparams(ds2_reader& r) {
     hp.n_dense_lead = r.integer(a + "leading_dense_block_count");
     hp.q_lora = r.integer_opt(a + "attention.q_lora_rank").value_or(0);
     hp.kv_lora = r.integer(a + "attention.kv_lora_rank");
-    const int64_t key_length = r.integer(a + "attention.key_length");
-    hp.v_head = r.integer(a + "attention.value_length");
+    // Files with attn_k_b / attn_v_b describe the heads in *_mla keys (the generic ones then
+    // describe the latent).
+    hp.split = r.integer_opt(a + "attention.key_length_mla").has_value();
+    const int64_t key_length = r.integer(a + (hp.split ? "attention.key_length_mla" : "attention.key_length"));
+    hp.v_head = r.integer(a + (hp.split ? "attention.value_length_mla" : "attention.value_length"));
     hp.qk_rope = r.integer(a + "rope.dimension_count");
     hp.qk_nope = key_length - hp.qk_rope;
     hp.n_ff_exp = r.integer(a + "expert_feed_forward_length");
@@ -245,7 +249,24 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
         }
         const auto wkv_a = r.tensor(p + "attn_kv_a_mqa.weight", {E, hp.kv_lora + ROPE});
         const auto kv_a_norm = r.tensor(p + "attn_kv_a_norm.weight", {hp.kv_lora});
-        const auto wkv_b = r.tensor(p + "attn_kv_b.weight", {hp.kv_lora, H * (NOPE + VH)});
+        // W_kv_b (H·(NOPE + VH), kv_lora): per head the rows of W_UK,i then W_UV,i — the file's
+        // attn_kv_b, or assembled from attn_k_b (per head W_UK,iᵀ) and attn_v_b (per head W_UV,i).
+        std::vector<double> wkv_b;
+        if (hp.split) {
+            const auto k_b = r.tensor(p + "attn_k_b.weight", {NOPE, hp.kv_lora, H});  // (H, kv_lora, NOPE)
+            const auto v_b = r.tensor(p + "attn_v_b.weight", {hp.kv_lora, VH, H});    // (H, VH, kv_lora)
+            if (failed()) return {};
+            wkv_b.assign(size_t(H * (NOPE + VH) * hp.kv_lora), 0.0);
+            for (int64_t i = 0; i < H; ++i)
+                for (int64_t c = 0; c < hp.kv_lora; ++c) {
+                    for (int64_t j = 0; j < NOPE; ++j)
+                        wkv_b[size_t((i * (NOPE + VH) + j) * hp.kv_lora + c)] = k_b[size_t((i * hp.kv_lora + c) * NOPE + j)];
+                    for (int64_t j = 0; j < VH; ++j)
+                        wkv_b[size_t((i * (NOPE + VH) + NOPE + j) * hp.kv_lora + c)] = v_b[size_t((i * VH + j) * hp.kv_lora + c)];
+                }
+        } else {
+            wkv_b = r.tensor(p + "attn_kv_b.weight", {hp.kv_lora, H * (NOPE + VH)});
+        }
         const auto wo = r.tensor(p + "attn_output.weight", {H * VH, E});
         if (failed()) return {};
 

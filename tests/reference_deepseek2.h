@@ -4,8 +4,8 @@
 //
 // Straight from the definitions, over the whole sequence with an explicit causal mask, in
 // double, un-absorbed: every head's key [k_nope_i ; k_pe] and value v_i are materialized from
-// the latent c = RMSNorm(kv_a[0:kv_lora]) · attn_kv_a_norm through attn_kv_b; the one rotated
-// key k_pe = RoPE(kv_a[kv_lora:]) is shared by all heads. Token t sits at position t.
+// the latent c = RMSNorm(kv_a[0:kv_lora]) · attn_kv_a_norm through attn_kv_b (or, in files
+// with attn_k_b / attn_v_b, the per-head W_UK,i and W_UV,i they hold); the one rotated key k_pe = RoPE(kv_a[kv_lora:]) is shared by all heads. Token t sits at position t.
 //   RoPE: adjacent pairs (2j, 2j+1) of the qk_rope dims, theta_j = t · base^(-2j / qk_rope);
 //   with YaRN (rope.scaling.type "yarn") ggml's rope_yarn (beta_fast 32, beta_slow 1, ext_factor
 //   1, freq_scale 1 / factor) without magnitude scaling, and scores scaled by mscale² / sqrt(qk)

@@ -98,6 +98,17 @@ TEST(DeepSeek2, WithoutQueryLowRank) {
     expect_matches_reference(path, 1e-5);
 }
 
+// llama.cpp's current layout (attn_k_b / attn_v_b, the latent in the generic keys), as
+// `synth --mla-split` writes it.
+TEST(DeepSeek2, SplitLayoutFromSynthMatchesTheReference) {
+    NEED_FILE(path, "ds2-engine-synth-split", "--mla-split --yarn 4");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    EXPECT_TRUE(m->hparams().mla_split);
+    EXPECT_EQ(m->hparams().n_head_kv, m->hparams().n_head);
+    expect_matches_reference(path, 1e-5);
+}
+
 TEST(DeepSeek2, WithYarnScaling) {
     NEED_FILE(path, "ds2-engine-yarn", "--yarn 4");
     auto m = load(path);

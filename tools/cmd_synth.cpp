@@ -9,7 +9,8 @@
 // memory is about the largest tensor in the target dtype.
 // DeepSeek-V2 shapes (arch "deepseek2") are written with llama.cpp's keys and tensors: MLA
 // projections, dense leading layers, 3-D expert stacks in the target dtype and an F32 router;
-// --q-lora-rank and --yarn vary the query bottleneck and the RoPE scaling of such a shape.
+// --q-lora-rank and --yarn vary the query bottleneck and the RoPE scaling of such a shape;
+// --mla-split writes attn_k_b / attn_v_b instead of attn_kv_b (llama.cpp's current layout).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -86,7 +87,12 @@ std::vector<tensor_plan> plan_deepseek2(const model_shape& s, int64_t agree_afte
         }
         t.push_back({p + "attn_kv_a_mqa.weight", {E, s.kv_lora + s.qk_rope}, tensor_plan::random});
         t.push_back({p + "attn_kv_a_norm.weight", {s.kv_lora}, tensor_plan::ones});
-        t.push_back({p + "attn_kv_b.weight", {s.kv_lora, H * (s.qk_nope + s.v_head)}, tensor_plan::random});
+        if (s.mla_split) {
+            t.push_back({p + "attn_k_b.weight", {s.qk_nope, s.kv_lora, H}, tensor_plan::random});
+            t.push_back({p + "attn_v_b.weight", {s.kv_lora, s.v_head, H}, tensor_plan::random});
+        } else {
+            t.push_back({p + "attn_kv_b.weight", {s.kv_lora, H * (s.qk_nope + s.v_head)}, tensor_plan::random});
+        }
         t.push_back({p + "attn_output.weight", {H * s.v_head, E}, tensor_plan::random, damp});
         t.push_back({p + "ffn_norm.weight", {E}, tensor_plan::ones});
         if (l < s.n_layer_dense_lead) {
@@ -189,7 +195,7 @@ void set_hparams(gguf_writer& w, const model_shape& s, const weight_format& form
     w.set_u32(a + "block_count", uint32_t(s.n_layer));
     w.set_u32(a + "feed_forward_length", uint32_t(s.n_ff));
     w.set_u32(a + "attention.head_count", uint32_t(s.n_head));
-    w.set_u32(a + "attention.head_count_kv", uint32_t(s.n_head_kv));
+    w.set_u32(a + "attention.head_count_kv", uint32_t(s.mla_split ? 1 : s.n_head_kv));
     w.set_u32(a + "rope.dimension_count", uint32_t(s.deepseek2() ? s.qk_rope : s.head_dim()));
     w.set_f32(a + "rope.freq_base", s.rope_freq_base);
     w.set_f32(a + "attention.layer_norm_rms_epsilon", s.rms_eps);
@@ -197,8 +203,15 @@ void set_hparams(gguf_writer& w, const model_shape& s, const weight_format& form
         w.set_u32(a + "leading_dense_block_count", uint32_t(s.n_layer_dense_lead));
         w.set_u32(a + "attention.q_lora_rank", uint32_t(s.q_lora));  // 0: one full attn_q matrix
         w.set_u32(a + "attention.kv_lora_rank", uint32_t(s.kv_lora));
-        w.set_u32(a + "attention.key_length", uint32_t(s.qk_nope + s.qk_rope));
-        w.set_u32(a + "attention.value_length", uint32_t(s.v_head));
+        if (s.mla_split) {  // the generic keys describe the latent, the *_mla ones the heads
+            w.set_u32(a + "attention.key_length", uint32_t(s.kv_lora + s.qk_rope));
+            w.set_u32(a + "attention.value_length", uint32_t(s.kv_lora));
+            w.set_u32(a + "attention.key_length_mla", uint32_t(s.qk_nope + s.qk_rope));
+            w.set_u32(a + "attention.value_length_mla", uint32_t(s.v_head));
+        } else {
+            w.set_u32(a + "attention.key_length", uint32_t(s.qk_nope + s.qk_rope));
+            w.set_u32(a + "attention.value_length", uint32_t(s.v_head));
+        }
         w.set_u32(a + "expert_feed_forward_length", uint32_t(s.n_ff_exp));
         w.set_u32(a + "expert_count", uint32_t(s.n_expert));
         w.set_u32(a + "expert_shared_count", uint32_t(s.n_expert_shared));
@@ -272,6 +285,7 @@ int cmd_synth(int argc, char** argv) {
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     int64_t q_lora_rank = -1;
     float yarn = -1.0f;
+    bool mla_split = false;
     app.add_option("--q-lora-rank", q_lora_rank,
                    "deepseek2 shapes: rank of the query bottleneck (attn_q_a / attn_q_b); 0 writes one full attn_q matrix")
         ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
@@ -279,6 +293,9 @@ int cmd_synth(int argc, char** argv) {
                    "deepseek2 shapes: YaRN context extension by FACTOR (>= 1; 0: none), over the shape's original context "
                    "or its context / FACTOR")
         ->check(CLI::Range(0.0f, 1e6f));
+    app.add_flag("--mla-split", mla_split,
+                 "deepseek2 shapes: write attn_k_b and attn_v_b (llama.cpp's current layout, which it runs over a latent cache) "
+                 "instead of attn_kv_b");
     if (int rc = parse_cli(app, argc, argv); rc >= 0) return rc;
     const model_shape* found = find_model_shape(shape_name);
     if (!found) {
@@ -286,10 +303,11 @@ int cmd_synth(int argc, char** argv) {
         return 2;
     }
     model_shape shape_copy = *found;
-    if ((q_lora_rank >= 0 || yarn >= 0) && !found->deepseek2()) {
-        std::fprintf(stderr, "kvserve synth: --q-lora-rank and --yarn apply to deepseek2 shapes only, not %s\n", found->name);
+    if ((q_lora_rank >= 0 || yarn >= 0 || mla_split) && !found->deepseek2()) {
+        std::fprintf(stderr, "kvserve synth: --q-lora-rank, --yarn and --mla-split apply to deepseek2 shapes only, not %s\n", found->name);
         return 2;
     }
+    shape_copy.mla_split = mla_split;
     if (q_lora_rank >= 0) shape_copy.q_lora = q_lora_rank;
     if (yarn > 0 && yarn < 1) {
         std::fprintf(stderr, "kvserve synth: --yarn %g: the factor must be at least 1 (or 0 for none)\n", double(yarn));

@@ -44,6 +44,9 @@ struct model_shape {
     //   (stored as one FFN of n_ff_exp · n_expert_shared).
     //   YaRN: yarn_factor > 0 writes rope.scaling.* (factor, original context yarn_orig_ctx,
     //   log multiplier yarn_log_mul).
+    //   mla_split: the key and value up-projections as attn_k_b (per head W_UKᵀ) and attn_v_b
+    //   (per head W_UV) with the latent described by the generic keys and the heads by
+    //   key_length_mla / value_length_mla (llama.cpp's current converter), instead of attn_kv_b.
     int64_t q_lora = 0;
     int64_t kv_lora = 0;
     int64_t qk_nope = 0;
@@ -58,6 +61,7 @@ struct model_shape {
     float yarn_factor = 0.0f;
     int64_t yarn_orig_ctx = 0;
     float yarn_log_mul = 0.0f;
+    bool mla_split = false;
 
     bool yoco() const { return n_layer_self > 0; }
     bool deepseek2() const { return kv_lora > 0; }
