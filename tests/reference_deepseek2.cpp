@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <optional>
 #include <string>
 
 #include "core/dtype.h"
+#include "kernels/cpu/quest.h"
 #include "reference_model.h"
 #include "reference_math.h"
 
@@ -185,18 +187,29 @@ std::vector<double> swiglu(const double* gate, const double* up, const double* d
 
 }  // namespace
 
-std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
-                                                            std::vector<reference_deepseek2_route>* routes) {
-    return reference_deepseek2_policy_logits(f, tokens, kv_policy{}, routes);
-}
+namespace {
 
-std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
-                                                                   const kv_policy& policy,
-                                                                   std::vector<reference_deepseek2_route>* routes) {
-    if (policy.kind != kv_policy_kind::dense && policy.kind != kv_policy_kind::window && policy.kind != kv_policy_kind::streaming) {
-        ADD_FAILURE() << "reference_deepseek2_policy_logits: policy " << policy.spec() << " is not modelled";
-        return {};
-    }
+// One layer's attention inputs in the absorbed form, for the policies that select by them.
+struct ds2_layer_data {
+    int64_t layer = 0;
+    const std::vector<std::vector<double>>* entry = nullptr;  // (n, kv_lora + qk_rope): [c ; k_pe rotated at the token's position]
+    const std::vector<std::vector<double>>* qlat = nullptr;   // (n, H·(kv_lora + qk_rope)): per head [W_UK,iᵀ q_nope_i ; RoPE(q_pe_i)]
+};
+
+// Which tokens row t attends at a layer and at which positions, and what it learns from them.
+struct ds2_pattern {
+    // The tokens row t attends (ascending, t last).
+    std::function<std::vector<int64_t>(const ds2_layer_data&, int64_t t)> kept;
+    // Positions inside the cache (StreamingLLM): kept[c] rotated at c, the query at the last
+    // rank; otherwise every token at its own position.
+    bool in_cache_positions = false;
+    // Optional: after row t's attention, the probabilities every kept token received summed
+    // over the H heads (kept.size()).
+    std::function<void(const ds2_layer_data&, int64_t t, const std::vector<int64_t>& kept, const std::vector<double>& probs)> observe;
+};
+
+std::vector<std::vector<double>> pattern_logits(const gguf_file& f, const std::vector<int32_t>& tokens, const ds2_pattern& pat,
+                                                std::vector<reference_deepseek2_route>* routes) {
     ds2_reader r{f, {}};
     const ds2_hparams hp = read_hparams(r);
     auto failed = [&r]() {
@@ -217,18 +230,6 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
     // Scores: (q_i · k_ij) · mscale² / sqrt(qk).
     const double mscale = hp.yarn ? 1.0 + hp.yarn_log_mul * std::log(hp.yarn_factor) : 1.0;
     const double kq_scale = mscale * mscale / std::sqrt(double(QK));
-    // The mask: row t sees the tokens the policy keeps for it (dense: j <= t), and each kept
-    // token sits at its rank among them (dense and window: the same relative positions as the
-    // tokens' own; StreamingLLM: positions inside the cache, the query last).
-    std::vector<std::vector<char>> mask(size_t(n), std::vector<char>(size_t(n), 0));
-    std::vector<std::vector<int64_t>> rank(size_t(n), std::vector<int64_t>(size_t(n), -1));
-    for (int64_t t = 0; t < n; ++t) {
-        const std::vector<int64_t> kept = reference_kept(policy, t);
-        for (size_t r = 0; r < kept.size(); ++r) {
-            mask[size_t(t)][size_t(kept[r])] = 1;
-            rank[size_t(t)][size_t(kept[r])] = int64_t(r);
-        }
-    }
 
     const auto emb = r.tensor("token_embd.weight", {E, hp.n_vocab});
     if (failed()) return {};
@@ -272,6 +273,7 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
 
         // Per token: q (H, QK) rotated, k (H, QK) with the shared rotated k_pe, v (H, VH).
         std::vector<std::vector<double>> Q(static_cast<size_t>(n)), K(static_cast<size_t>(n)), V(static_cast<size_t>(n));
+        std::vector<std::vector<double>> C(static_cast<size_t>(n));  // (n, kv_lora) the latents
         for (int64_t t = 0; t < n; ++t) {
             const auto h = ref_rmsnorm(x[size_t(t)], attn_norm, hp.rms_eps);
             std::vector<double> q;  // (H, QK): per head [q_nope ; q_pe]
@@ -293,38 +295,62 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
                 std::copy(k_pe.begin(), k_pe.end(), k.begin() + i * QK + NOPE);
                 std::copy(src + NOPE, src + NOPE + VH, v.begin() + i * VH);
             }
-            Q[size_t(t)] = std::move(q), K[size_t(t)] = std::move(k), V[size_t(t)] = std::move(v);
+            Q[size_t(t)] = std::move(q), K[size_t(t)] = std::move(k), V[size_t(t)] = std::move(v), C[size_t(t)] = c;
         }
+        // The absorbed form of the same layer (for policies that select by it): the latent
+        // entries [c ; k_pe] at their tokens' positions and each head's q_latent.
+        std::vector<std::vector<double>> entry(static_cast<size_t>(n)), qlat(static_cast<size_t>(n));
+        for (int64_t t = 0; t < n; ++t) {
+            entry[size_t(t)] = C[size_t(t)];
+            entry[size_t(t)].insert(entry[size_t(t)].end(), K[size_t(t)].begin() + NOPE, K[size_t(t)].begin() + QK);
+            rope(entry[size_t(t)].data() + hp.kv_lora, hp, t);
+            qlat[size_t(t)].assign(size_t(H * (hp.kv_lora + ROPE)), 0.0);
+            for (int64_t i = 0; i < H; ++i) {
+                double* ql = qlat[size_t(t)].data() + i * (hp.kv_lora + ROPE);
+                for (int64_t j = 0; j < NOPE; ++j) {  // W_UK,i: rows i·(NOPE + VH) + j of W_kv_b
+                    const double qj = Q[size_t(t)][size_t(i * QK + j)];
+                    const double* w = wkv_b.data() + (i * (NOPE + VH) + j) * hp.kv_lora;
+                    for (int64_t c = 0; c < hp.kv_lora; ++c) ql[c] += qj * w[c];
+                }
+                std::copy(Q[size_t(t)].begin() + i * QK + NOPE, Q[size_t(t)].begin() + (i + 1) * QK, ql + hp.kv_lora);
+                rope(ql + hp.kv_lora, hp, t);
+            }
+        }
+        const ds2_layer_data ld{il, &entry, &qlat};
         for (int64_t t = 0; t < n; ++t) {
             std::vector<double> o(size_t(H * VH), 0.0);  // (H, VH) concatenated head outputs
+            const std::vector<int64_t> kept = pat.kept(ld, t);
+            const size_t nk = kept.size();
+            auto pos_of = [&](size_t c) { return pat.in_cache_positions ? int64_t(c) : kept[c]; };
             // The query's RoPE parts at its position, every kept key's shared k_pe at its own.
             std::vector<double> q = Q[size_t(t)];
-            for (int64_t i = 0; i < H; ++i) rope(q.data() + i * QK + NOPE, hp, rank[size_t(t)][size_t(t)]);
-            std::vector<std::vector<double>> k_rot(static_cast<size_t>(n));
-            for (int64_t j = 0; j < n; ++j) {
-                if (!mask[size_t(t)][size_t(j)]) continue;
-                k_rot[size_t(j)].assign(K[size_t(j)].begin() + NOPE, K[size_t(j)].begin() + QK);  // head 0's copy of k_pe
-                rope(k_rot[size_t(j)].data(), hp, rank[size_t(t)][size_t(j)]);
+            for (int64_t i = 0; i < H; ++i) rope(q.data() + i * QK + NOPE, hp, pat.in_cache_positions ? int64_t(nk) - 1 : t);
+            std::vector<std::vector<double>> k_rot(nk);
+            for (size_t c = 0; c < nk; ++c) {
+                k_rot[c].assign(K[size_t(kept[c])].begin() + NOPE, K[size_t(kept[c])].begin() + QK);  // head 0's copy of k_pe
+                rope(k_rot[c].data(), hp, pos_of(c));
             }
+            std::vector<double> prob_sum(nk, 0.0);
             for (int64_t i = 0; i < H; ++i) {
-                std::vector<double> s(size_t(n), 0.0);
+                std::vector<double> s(nk, 0.0);
                 double mx = -HUGE_VAL;
-                for (int64_t j = 0; j < n; ++j) {
-                    if (!mask[size_t(t)][size_t(j)]) continue;
+                for (size_t c = 0; c < nk; ++c) {
+                    const std::vector<double>& kj = K[size_t(kept[c])];
                     double acc = 0;
-                    for (int64_t d = 0; d < NOPE; ++d) acc += q[size_t(i * QK + d)] * K[size_t(j)][size_t(i * QK + d)];
-                    for (int64_t d = 0; d < ROPE; ++d) acc += q[size_t(i * QK + NOPE + d)] * k_rot[size_t(j)][size_t(d)];
-                    s[size_t(j)] = acc * kq_scale;
-                    mx = std::max(mx, s[size_t(j)]);
+                    for (int64_t d = 0; d < NOPE; ++d) acc += q[size_t(i * QK + d)] * kj[size_t(i * QK + d)];
+                    for (int64_t d = 0; d < ROPE; ++d) acc += q[size_t(i * QK + NOPE + d)] * k_rot[c][size_t(d)];
+                    s[c] = acc * kq_scale;
+                    mx = std::max(mx, s[c]);
                 }
                 double sum = 0;
-                for (int64_t j = 0; j < n; ++j) sum += mask[size_t(t)][size_t(j)] ? (s[size_t(j)] = std::exp(s[size_t(j)] - mx)) : 0.0;
-                for (int64_t j = 0; j < n; ++j) {
-                    if (!mask[size_t(t)][size_t(j)]) continue;
-                    const double pj = s[size_t(j)] / sum;
-                    for (int64_t d = 0; d < VH; ++d) o[size_t(i * VH + d)] += pj * V[size_t(j)][size_t(i * VH + d)];
+                for (double& v : s) sum += (v = std::exp(v - mx));
+                for (size_t c = 0; c < nk; ++c) {
+                    const double pj = s[c] / sum;
+                    prob_sum[c] += pj;
+                    for (int64_t d = 0; d < VH; ++d) o[size_t(i * VH + d)] += pj * V[size_t(kept[c])][size_t(i * VH + d)];
                 }
             }
+            if (pat.observe) pat.observe(ld, t, kept, prob_sum);
             const auto out = ref_matvec(wo.data(), o, E);
             for (int64_t d = 0; d < E; ++d) x[size_t(t)][size_t(d)] += out[size_t(d)];
         }
@@ -389,6 +415,120 @@ std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_fi
     std::vector<std::vector<double>> logits(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) logits[size_t(t)] = ref_matvec(head.data(), ref_rmsnorm(x[size_t(t)], out_norm, hp.rms_eps), hp.n_vocab);
     return logits;
+}
+
+}  // namespace
+
+std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
+                                                            std::vector<reference_deepseek2_route>* routes) {
+    return reference_deepseek2_policy_logits(f, tokens, kv_policy{}, routes);
+}
+
+std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
+                                                                   const kv_policy& policy,
+                                                                   std::vector<reference_deepseek2_route>* routes) {
+    if (policy.kind != kv_policy_kind::dense && policy.kind != kv_policy_kind::window && policy.kind != kv_policy_kind::streaming) {
+        ADD_FAILURE() << "reference_deepseek2_policy_logits: policy " << policy.spec() << " is not modelled";
+        return {};
+    }
+    ds2_pattern pat;
+    pat.kept = [&policy](const ds2_layer_data&, int64_t t) { return reference_kept(policy, t); };
+    // Each kept token at its rank among them: for dense and window the same relative positions
+    // as the tokens' own; for StreamingLLM the positions inside the cache.
+    pat.in_cache_positions = true;
+    return pattern_logits(f, tokens, pat, routes);
+}
+
+std::vector<std::vector<double>> reference_deepseek2_h2o_logits(const gguf_file& f, const std::vector<int32_t>& tokens, int64_t heavy,
+                                                                int64_t recent, const std::vector<int64_t>& chunk_ends,
+                                                                std::vector<reference_h2o_kept>* kept_out) {
+    const size_t n = tokens.size();
+    if (chunk_ends.empty() || chunk_ends.back() != int64_t(n) || !std::is_sorted(chunk_ends.begin(), chunk_ends.end())) {
+        ADD_FAILURE() << "reference_deepseek2_h2o_logits: chunk ends must ascend to the token count";
+        return {};
+    }
+    // The one latent "KV head" of the current layer: the tokens held (ascending), every token's
+    // accumulated score, and the current chunk.
+    int64_t layer = -1, start = 0;
+    size_t chunk = 0;
+    std::vector<int64_t> held;
+    std::vector<double> score;
+    ds2_pattern pat;
+    pat.kept = [&](const ds2_layer_data& ld, int64_t t) {
+        if (ld.layer != layer) layer = ld.layer, start = 0, chunk = 0, held.clear(), score.assign(n, 0.0);
+        std::vector<int64_t> vis = held;  // the held set, then the chunk's tokens up to t
+        for (int64_t j = start; j <= t; ++j) vis.push_back(j);
+        return vis;
+    };
+    pat.observe = [&](const ds2_layer_data& ld, int64_t t, const std::vector<int64_t>& kept, const std::vector<double>& probs) {
+        for (size_t c = 0; c < kept.size(); ++c) score[size_t(kept[c])] += probs[c];  // summed over the H heads
+        if (t + 1 != chunk_ends[chunk]) return;
+        for (int64_t j = start; j <= t; ++j) held.push_back(j);
+        if (int64_t(held.size()) > heavy + recent) {  // the R latest, then the H best scored (equal: the earlier)
+            std::vector<int64_t> keep(held.end() - recent, held.end());
+            std::vector<int64_t> rest(held.begin(), held.end() - recent);
+            std::stable_sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) { return score[size_t(a)] > score[size_t(b)]; });
+            keep.insert(keep.end(), rest.begin(), rest.begin() + heavy);
+            std::sort(keep.begin(), keep.end());
+            held = keep;
+        }
+        if (kept_out) {
+            reference_h2o_kept k{t + 1, ld.layer, 0, held, {}};
+            for (int64_t j : held) k.scores.push_back(score[size_t(j)]);
+            kept_out->push_back(std::move(k));
+        }
+        start = t + 1;
+        ++chunk;
+    };
+    return pattern_logits(f, tokens, pat, nullptr);
+}
+
+std::vector<std::vector<double>> reference_deepseek2_quest_logits(const gguf_file& f, const std::vector<int32_t>& tokens, int64_t budget,
+                                                                  int64_t page_size, int64_t prompt_len,
+                                                                  std::vector<reference_quest_choice>* choices) {
+    const int64_t k = std::max<int64_t>(1, budget / page_size);
+    ds2_pattern pat;
+    pat.kept = [&](const ds2_layer_data& ld, int64_t t) {
+        std::vector<int64_t> all(size_t(t) + 1);
+        std::iota(all.begin(), all.end(), 0);
+        const int64_t n_pages = t / page_size + 1;  // pages of tokens 0..t; the newest holds t
+        // Prefill, the first two layers, and a sequence within the budget: dense.
+        if (t < prompt_len || ld.layer < 2 || n_pages <= k) return all;
+        const std::vector<std::vector<double>>& entry = *ld.entry;
+        const int64_t width = int64_t(entry[0].size()), n_head = int64_t((*ld.qlat)[size_t(t)].size()) / width;
+        std::vector<double> score(size_t(n_pages - 1));
+        for (int64_t p = 0; p + 1 < n_pages; ++p) {
+            std::vector<double> mn(static_cast<size_t>(width)), mx(static_cast<size_t>(width));  // the page's channel-wise latent bounds
+            for (int64_t d = 0; d < width; ++d) {
+                double lo = 1e300, hi = -1e300;
+                for (int64_t j = p * page_size; j < (p + 1) * page_size; ++j)
+                    lo = std::min(lo, entry[size_t(j)][size_t(d)]), hi = std::max(hi, entry[size_t(j)][size_t(d)]);
+                // Stored in bf16, rounded outwards (kv_cache::key_bounds).
+                mn[size_t(d)] = cpu::bf16_to_f32(cpu::bf16_round_down(float(lo)));
+                mx[size_t(d)] = cpu::bf16_to_f32(cpu::bf16_round_up(float(hi)));
+            }
+            double best = -1e300;
+            for (int64_t i = 0; i < n_head; ++i) {  // the page's best head
+                const double* ql = (*ld.qlat)[size_t(t)].data() + i * width;
+                double s = 0;
+                for (int64_t d = 0; d < width; ++d) s += std::max(ql[d] * mn[size_t(d)], ql[d] * mx[size_t(d)]);
+                best = std::max(best, s);
+            }
+            score[size_t(p)] = best;
+        }
+        std::vector<int32_t> order(score.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return score[size_t(a)] > score[size_t(b)]; });
+        std::vector<int32_t> pages(order.begin(), order.begin() + (k - 1));
+        std::sort(pages.begin(), pages.end());
+        pages.push_back(int32_t(n_pages - 1));
+        if (choices) choices->push_back({t, ld.layer, 0, pages, score});
+        std::vector<int64_t> out;
+        for (int32_t p : pages)
+            for (int64_t j = p * page_size; j < std::min<int64_t>((p + 1) * page_size, t + 1); ++j) out.push_back(j);
+        return out;
+    };
+    return pattern_logits(f, tokens, pat, nullptr);
 }
 
 }  // namespace kvs::test

@@ -24,6 +24,7 @@
 
 #include "gguf/gguf.h"
 #include "kv/kv_policy.h"
+#include "reference_model.h"
 
 namespace kvs::test {
 
@@ -50,5 +51,22 @@ std::vector<std::vector<double>> reference_deepseek2_logits(const gguf_file& f, 
 std::vector<std::vector<double>> reference_deepseek2_policy_logits(const gguf_file& f, const std::vector<int32_t>& tokens,
                                                                    const kv_policy& policy,
                                                                    std::vector<reference_deepseek2_route>* routes = nullptr);
+
+// H2O over the latent cache, from its definition (reference_h2o_logits in reference_model.h)
+// with one latent "KV head" per layer: a token's score grows by the probability each of the H
+// heads gave it (the absorbed and un-absorbed forms give the same probabilities), and each layer
+// keeps one held set. Original positions. kept: kv_head 0.
+std::vector<std::vector<double>> reference_deepseek2_h2o_logits(const gguf_file& f, const std::vector<int32_t>& tokens, int64_t heavy,
+                                                                int64_t recent, const std::vector<int64_t>& chunk_ends,
+                                                                std::vector<reference_h2o_kept>* kept = nullptr);
+
+// Quest over the latent cache (reference_quest_logits in reference_model.h, one latent "KV
+// head"): a page's bounds are the channel-wise min and max of its latent entries [c ; k_pe
+// rotated at the token's position] (kv_lora + qk_rope channels, bf16 rounded outwards), and its
+// score the best over the H heads of Σ_d max(ql_d · min_d, ql_d · max_d) with the absorbed
+// query ql_i = [W_UK,iᵀ q_nope_i ; RoPE(q_pe_i)] built from the un-absorbed weights.
+std::vector<std::vector<double>> reference_deepseek2_quest_logits(const gguf_file& f, const std::vector<int32_t>& tokens, int64_t budget,
+                                                                  int64_t page_size, int64_t prompt_len,
+                                                                  std::vector<reference_quest_choice>* choices = nullptr);
 
 }  // namespace kvs::test

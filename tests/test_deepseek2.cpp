@@ -4,7 +4,8 @@
 // masks, no pages): whole, chunked and token-by-token prefill, q low rank on and off, YaRN;
 // the routing of the last MoE layer; several sequences in one batch with shared prefix pages
 // (copy-on-write, cascade); the scheduler with n > 1, preemption and the prefix cache over the
-// latent pages (integrity after every step); what it refuses; malformed files.
+// latent pages (integrity after every step); H2O and Quest over the latent group against
+// their float64 references; what it refuses; malformed files.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "kv/kv_groups.h"
 #include "model/deepseek2.h"
 #include "model/session.h"
+#include "policy_check.h"
 #include "reference_deepseek2.h"
 #include "reference_model.h"
 #include "sched/scheduler.h"
@@ -166,6 +168,30 @@ TEST(DeepSeek2, KvPoliciesOverTheLatentCacheMatchTheReference) {
     EXPECT_GT(test::nmse_norm(std::vector<float>(window.back().begin(), window.back().end()).data(), dense.back().data(), n_vocab), 1e-3);
 }
 
+// H2O over the latent group (one latent "KV head" per layer, each entry scored by the
+// probabilities all H heads gave it) against the float64 reference's held sets, scores and
+// logits, over chunk and page sizes and budgets (policy_check.h).
+TEST(DeepSeek2, H2oOverTheLatentCacheMatchesTheReference) {
+    NEED_FILE(path, "ds2-engine-h2o", "--yarn 4");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    auto f = gguf_file::open(path).value();
+    test::expect_h2o_matches_reference(
+        *m, [&f](const auto&... a) { return test::reference_deepseek2_h2o_logits(*f, a...); }, 48, 15, 5);
+}
+
+// Quest over the latent group: pages chosen by the bounds of their latent entries against the
+// absorbed queries of all heads, against the float64 reference's choices and logits (layer 2
+// selects; layers 0 and 1 stay dense).
+TEST(DeepSeek2, QuestOverTheLatentCacheMatchesTheReference) {
+    NEED_FILE(path, "ds2-engine-quest", "--yarn 4");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    auto f = gguf_file::open(path).value();
+    test::expect_quest_matches_reference(
+        *m, [&f](const auto&... a) { return test::reference_deepseek2_quest_logits(*f, a...); }, 72, 17, 5);
+}
+
 TEST(DeepSeek2, LatentCacheHoldsOneEntryPerTokenAndLayer) {
     NEED_FILE(path, "ds2-engine-kv");
     auto m = load(path);
@@ -272,11 +298,11 @@ TEST(DeepSeek2, RefusesWhatItDoesNotRun) {
     thread_pool pool(2);
     session_params p;
     p.kv_type = dtype::f32;
-    for (const char* spec : {"h2o:heavy=8,recent=8", "quest:budget=64"}) {
-        p.policy = kv_policy::parse(spec).value();
+    p.kivi.bits = 2;
+    {
         auto s = session::create(*m, pool, p);
-        ASSERT_FALSE(s) << spec;
-        EXPECT_NE(s.message().find("latent cache"), std::string::npos) << s.message();
+        ASSERT_FALSE(s);
+        EXPECT_NE(s.message().find("KIVI"), std::string::npos) << s.message();
     }
     // A cache of another geometry.
     kv_config other = m->kv_geometry(4, 4, dtype::f32);
@@ -311,9 +337,10 @@ TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
     const language_model& m = *lm.value();
     auto tok = tokenizer::from_gguf(m.file());
     ASSERT_TRUE(tok) << tok.message();
-    auto run = [&](int32_t n_pages, bool prefix_cache) {
+    auto run = [&](int32_t n_pages, bool prefix_cache, const std::vector<const char*>& policies) {
         std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
         layout[0].config.n_pages = n_pages;
+        layout[0].config.key_bounds = layout[0].config.token_scores = true;  // Quest and H2O requests
         auto groups = kv_groups::create(layout).value();
         thread_pool pool(2);
         scheduler_config cfg;
@@ -333,6 +360,7 @@ TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
             p.max_tokens = 12;
             p.ignore_eos = true;
             p.n = r == 0 ? 2 : 1;
+            p.policy = kv_policy::parse(policies[size_t(r)]).value();
             if (r == 0) p.sampling.temperature = 0.8f, p.sampling.seed = 5;
             out.emplace_back(size_t(p.n));
             streams.push_back(std::make_shared<request_stream>());
@@ -355,13 +383,24 @@ TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
                   groups->group(0).pool().n_pages());
         return std::make_pair(out, metrics);
     };
-    const auto [big, big_metrics] = run(256, false);
-    const auto [small, small_metrics] = run(12, true);
+    const std::vector<const char*> dense = {"dense", "dense", "dense", "dense"};
+    const auto [big, big_metrics] = run(256, false, dense);
+    const auto [small, small_metrics] = run(12, true, dense);
     EXPECT_EQ(big, small);
     EXPECT_GT(small_metrics.preemptions, 0);
     EXPECT_GT(small_metrics.prefix_hit_tokens, 0);
     for (const auto& req : big)
         for (const auto& c : req) EXPECT_EQ(c.size(), 12u);
+    // Every policy over the latent group in one batch, with and without preemption and the
+    // prefix cache: the same tokens.
+    const std::vector<const char*> mixed = {"quest:budget=8", "h2o:heavy=4,recent=4", "streaming:sinks=2,size=8", "dense"};
+    const auto [pbig, pbig_metrics] = run(256, false, mixed);
+    const auto [psmall, psmall_metrics] = run(12, true, mixed);
+    EXPECT_EQ(pbig, psmall);
+    EXPECT_GT(psmall_metrics.preemptions, 0);
+    for (const auto& req : pbig)
+        for (const auto& c : req) EXPECT_EQ(c.size(), 12u);
+    EXPECT_NE(pbig[1], big[1]);  // H2O's budget is below the sequence: another continuation
 }
 
 // The split MLA layout llama.cpp's converter writes now: attn_k_b (per head W_UK,iᵀ, ne

@@ -17,6 +17,7 @@
 #include "kv/kv_policy.h"
 #include "model/llama.h"
 #include "model/session.h"
+#include "policy_check.h"
 #include "reference_model.h"
 #include "test_util.h"
 
@@ -140,107 +141,12 @@ TEST(H2oCutBack, KeepsRecentAndHeaviestPerHeadAndFreesPages) {
 
 namespace {
 
-struct h2o_run {
-    std::vector<std::vector<float>> logits;  // every row
-    std::vector<test::reference_h2o_kept> held;  // (end, layer, head) held tokens and scores after every chunk
-    int32_t max_pages = 0;
-};
+using test::chunk_ends;
+using test::h2o_session;
 
-// Runs tokens through a session under h2o in the chunks ending at chunk_ends.
-h2o_run h2o_session(const llama_model& m, const std::vector<int32_t>& tokens, const kv_policy& pol, int32_t page_size,
-                    const std::vector<int64_t>& chunk_ends, dtype kv_type = dtype::f32) {
-    thread_pool pool(2);
-    session_params sp;
-    sp.kv_type = kv_type;
-    sp.page_size = page_size;
-    sp.policy = pol;
-    int64_t longest = 1;
-    for (size_t i = 0; i < chunk_ends.size(); ++i) longest = std::max(longest, chunk_ends[i] - (i ? chunk_ends[i - 1] : 0));
-    sp.n_batch = longest;
-    sp.max_logit_rows = longest;
-    if (pol.is_dense()) sp.n_ctx = int64_t(tokens.size());
-    auto s = std::move(session::create(m, pool, sp).value());
-    h2o_run out;
-    const int64_t nv = m.hparams().n_vocab;
-    int64_t start = 0;
-    std::vector<float> rows;
-    for (int64_t end : chunk_ends) {
-        EXPECT_TRUE(s->eval(tokens.data() + start, end - start, 0, &rows));
-        for (int64_t i = 0; i < end - start; ++i) out.logits.emplace_back(rows.begin() + i * nv, rows.begin() + (i + 1) * nv);
-        out.max_pages = std::max(out.max_pages, int32_t(s->kv().seq_pages(s->kv_seq()).size()));
-        EXPECT_TRUE(s->kv().check_integrity());
-        if (pol.kind == kv_policy_kind::h2o) {
-            const kv_cache& kv = s->kv();
-            const int64_t n_slots = h2o_kept_slots(pol, end);
-            for (int64_t l = 0; l < m.hparams().n_layer; ++l)
-                for (int64_t h = 0; h < m.hparams().n_head_kv; ++h) {
-                    test::reference_h2o_kept k{end, l, h, {}, {}};
-                    // (position, score) of every held slot, ascending by position.
-                    std::vector<std::pair<int32_t, float>> ps;
-                    for (int64_t sl = 0; sl < n_slots; ++sl) {
-                        const int32_t pg = kv.seq_pages(s->kv_seq())[size_t(sl / page_size)];
-                        ps.push_back({kv.token_positions(l, pg, h)[sl % page_size], kv.token_scores(l, pg, h)[sl % page_size]});
-                    }
-                    std::sort(ps.begin(), ps.end());
-                    for (auto [p, sc] : ps) k.tokens.push_back(p), k.scores.push_back(sc);
-                    out.held.push_back(std::move(k));
-                }
-        }
-        start = end;
-    }
-    return out;
-}
-
-// Chunks: the prompt in pieces of `chunk`, then one token at a time (what a session does).
-std::vector<int64_t> chunk_ends(int64_t n, int64_t prompt, int64_t chunk) {
-    std::vector<int64_t> e;
-    for (int64_t t = chunk; t < prompt; t += chunk) e.push_back(t);
-    e.push_back(prompt);
-    for (int64_t t = prompt + 1; t <= n; ++t) e.push_back(t);
-    return e;
-}
-
-// The engine against the reference: the same tokens held by every (chunk, layer, KV head) (a
-// different choice only where the reference scores of the two tokens tie to 1e-5), scores to
-// 1e-4, and the same logits up to the first differing choice.
 void expect_h2o_matches_reference(const llama_model& m, int64_t n_tokens, int64_t prompt, uint64_t seed) {
-    const int64_t nv = m.hparams().n_vocab;
-    const auto tokens = test::some_tokens(n_tokens, nv, seed);
-    struct setup {
-        int64_t heavy, recent, chunk;
-        int32_t page;
-    };
-    for (const setup& su : {setup{8, 8, 1, 4}, setup{6, 10, 5, 16}, setup{12, 3, 7, 4}, setup{0, 9, 3, 8}, setup{10, 1, 1, 16}}) {
-        const std::string spec = "h2o:heavy=" + std::to_string(su.heavy) + ",recent=" + std::to_string(su.recent);
-        const std::string what = spec + " chunk " + std::to_string(su.chunk) + " page " + std::to_string(su.page);
-        const auto ends = chunk_ends(n_tokens, prompt, su.chunk);
-        std::vector<test::reference_h2o_kept> want_held;
-        const auto want = test::reference_h2o_logits(m, tokens, su.heavy, su.recent, ends, &want_held);
-        const h2o_run got = h2o_session(m, tokens, policy(spec), su.page, ends);
-        // The reference goes layer by layer over all chunks, the engine chunk by chunk.
-        std::stable_sort(want_held.begin(), want_held.end(), [](const auto& a, const auto& b) {
-            return std::tie(a.end, a.layer, a.kv_head) < std::tie(b.end, b.layer, b.kv_head);
-        });
-        ASSERT_EQ(got.held.size(), want_held.size()) << what;
-        int64_t first_diff = n_tokens;
-        for (size_t i = 0; i < want_held.size() && want_held[i].end <= first_diff; ++i) {
-            const auto& w = want_held[i];
-            const auto& g = got.held[i];
-            ASSERT_EQ(g.end, w.end);
-            if (g.tokens != w.tokens) {
-                first_diff = std::min(first_diff, w.end);
-                ADD_FAILURE() << what << ": different tokens held after " << w.end << " at layer " << w.layer << " head " << w.kv_head;
-                continue;
-            }
-            for (size_t j = 0; j < w.tokens.size(); ++j)
-                EXPECT_NEAR(g.scores[j], w.scores[j], 1e-4 * std::max(1.0, std::fabs(w.scores[j]))) << what << " end " << w.end;
-        }
-        ASSERT_EQ(got.logits.size(), size_t(n_tokens));
-        for (int64_t t = 0; t < first_diff; ++t)
-            EXPECT_LT(test::nmse_norm(got.logits[size_t(t)].data(), want[size_t(t)].data(), nv), 1e-4) << what << " t " << t;
-        // Memory: H + R slots between passes, plus one chunk during a pass.
-        EXPECT_LE(got.max_pages, kv_cache::pages_for(su.heavy + su.recent + su.chunk, su.page)) << what;
-    }
+    test::expect_h2o_matches_reference(
+        m, [&m](const auto&... a) { return test::reference_h2o_logits(m, a...); }, n_tokens, prompt, seed);
 }
 
 }  // namespace

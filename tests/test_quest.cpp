@@ -17,6 +17,7 @@
 #include "kv/kv_policy.h"
 #include "model/llama.h"
 #include "model/session.h"
+#include "policy_check.h"
 #include "reference_model.h"
 #include "test_util.h"
 
@@ -146,81 +147,11 @@ TEST(QuestKvBounds, CopyOnWriteCopiesTheBounds) {
 
 namespace {
 
-// Prefills `prompt_len` tokens in one pass, then decodes the rest one by one under `spec`;
-// returns the logits of every decoded row and the engine's Quest choices.
-std::vector<std::vector<float>> quest_session(const llama_model& m, const std::vector<int32_t>& tokens, const kv_policy& pol,
-                                              int32_t page_size, int64_t prompt_len, std::vector<forward_state::quest_choice>* trace,
-                                              std::vector<int64_t>* trace_t) {
-    thread_pool pool(2);
-    session_params sp;
-    sp.kv_type = dtype::f32;
-    sp.n_ctx = int64_t(tokens.size()) + 8;
-    sp.page_size = page_size;
-    sp.policy = pol;
-    auto s = std::move(session::create(m, pool, sp).value());
-    std::vector<std::vector<float>> out;
-    const int64_t nv = m.hparams().n_vocab;
-    EXPECT_TRUE(s->prefill(std::vector<int32_t>(tokens.begin(), tokens.begin() + prompt_len)));
-    if (trace) s->set_quest_trace(trace);
-    for (size_t t = size_t(prompt_len); t < tokens.size(); ++t) {
-        const size_t before = trace ? trace->size() : 0;
-        EXPECT_TRUE(s->decode(tokens[t]));
-        out.emplace_back(s->logits(), s->logits() + nv);
-        if (trace_t)
-            for (size_t i = before; i < trace->size(); ++i) trace_t->push_back(int64_t(t));
-    }
-    return out;
-}
+using test::quest_session;
 
-// The engine against the reference: the same pages chosen by every (token, layer, KV head)
-// (a different choice is allowed only between pages whose reference scores tie to 1e-5), and
-// the same logits wherever every choice of the token agreed.
 void expect_quest_matches_reference(const llama_model& m, int64_t n_tokens, int64_t prompt_len, uint64_t seed) {
-    const int64_t nv = m.hparams().n_vocab;
-    const auto tokens = test::some_tokens(n_tokens, nv, seed);
-    for (int32_t ps : {4, 16}) {
-        for (int64_t budget : {int64_t(ps), int64_t(3 * ps), int64_t(ps) * 2 + 3}) {
-            const std::string what = "page " + std::to_string(ps) + " budget " + std::to_string(budget);
-            std::vector<test::reference_quest_choice> want_choices;
-            const auto want = test::reference_quest_logits(m, tokens, budget, ps, prompt_len, &want_choices);
-            std::vector<forward_state::quest_choice> got_choices;
-            std::vector<int64_t> got_t;
-            const auto got = quest_session(m, tokens, policy(("quest:budget=" + std::to_string(budget)).c_str()), ps, prompt_len,
-                                           &got_choices, &got_t);
-            // The reference goes layer by layer over all tokens, the engine token by token.
-            std::stable_sort(want_choices.begin(), want_choices.end(), [](const auto& a, const auto& b) {
-                return std::tie(a.t, a.layer, a.kv_head) < std::tie(b.t, b.layer, b.kv_head);
-            });
-            ASSERT_EQ(got_choices.size(), want_choices.size()) << what;
-            ASSERT_FALSE(want_choices.empty()) << what << ": the test never selects";
-            std::vector<bool> token_agrees(size_t(n_tokens), true);
-            int64_t tolerated = 0;
-            for (size_t i = 0; i < want_choices.size(); ++i) {
-                const auto& w = want_choices[i];
-                const auto& g = got_choices[i];
-                ASSERT_EQ(got_t[i], w.t) << what;
-                ASSERT_EQ(g.layer, w.layer) << what;
-                ASSERT_EQ(g.kv_head, w.kv_head) << what;
-                if (g.pages == w.pages) continue;
-                // Only a near tie may go the other way: the worst page taken must score (in the
-                // reference) within 1e-5 of the best page left out.
-                double worst_in = 1e300, best_out = -1e300;
-                for (size_t p = 0; p < w.scores.size(); ++p) {
-                    const bool in = std::find(g.pages.begin(), g.pages.end(), int32_t(p)) != g.pages.end();
-                    if (in) worst_in = std::min(worst_in, w.scores[p]);
-                    else best_out = std::max(best_out, w.scores[p]);
-                }
-                EXPECT_LE(best_out - worst_in, 1e-5 * std::max(1.0, std::fabs(best_out))) << what << " t " << w.t << " layer " << w.layer;
-                token_agrees[size_t(w.t)] = false;
-                ++tolerated;
-            }
-            EXPECT_LE(tolerated * 20, int64_t(want_choices.size())) << what << ": too many near ties";
-            for (int64_t t = prompt_len; t < n_tokens; ++t) {
-                if (!token_agrees[size_t(t)]) continue;
-                EXPECT_LT(test::nmse_norm(got[size_t(t - prompt_len)].data(), want[size_t(t)].data(), nv), 1e-4) << what << " t " << t;
-            }
-        }
-    }
+    test::expect_quest_matches_reference(
+        m, [&m](const auto&... a) { return test::reference_quest_logits(m, a...); }, n_tokens, prompt_len, seed);
 }
 
 }  // namespace

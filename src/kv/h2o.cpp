@@ -102,7 +102,7 @@ void h2o_mass_probe::record(const attention_plan& ap, const int32_t* seq_ids, co
 }
 
 void h2o_mass_probe::measure(const attention_plan& ap, const kv_cache& kv, const int32_t* seq_ids, const int32_t* positions,
-                             int64_t layer, const float* q, int64_t n_head) {
+                             int64_t layer, const float* q, int64_t n_head, float scale) {
     const kv_config& c = kv.config();
     const int64_t n_kv = c.n_kv_head, hd = c.head_dim, group = n_head / n_kv, ps = c.page_size, width = n_kv * hd;
     if (int64_t(sum_.size()) <= layer) sum_.resize(size_t(layer + 1), 0.0), count_.resize(size_t(layer + 1), 0);
@@ -120,7 +120,7 @@ void h2o_mass_probe::measure(const attention_plan& ap, const kv_cache& kv, const
             for (int64_t j = 0; j < n_pos; ++j) {
                 double dot = 0;
                 for (int64_t d = 0; d < hd; ++d) dot += double(qh[d]) * double(ks[size_t(j * width + kh * hd + d)]);
-                sc[size_t(j)] = dot / std::sqrt(double(hd));
+                sc[size_t(j)] = dot * double(scale);
                 mx = std::max(mx, sc[size_t(j)]);
             }
             double all = 0;

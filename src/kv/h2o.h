@@ -58,9 +58,10 @@ public:
     // Records the rotated keys k (n, n_kv_head · head_dim) of the plan's H2O rows at `layer`.
     void record(const attention_plan& ap, const int32_t* seq_ids, const int32_t* positions, int64_t layer, const float* k,
                 int64_t kv_width);
-    // Measures the plan's H2O rows at `layer` (after the layer's keys are written).
+    // Measures the plan's H2O rows at `layer` (after the layer's keys are written); scale: the
+    // attention's logit scale.
     void measure(const attention_plan& ap, const kv_cache& kv, const int32_t* seq_ids, const int32_t* positions, int64_t layer,
-                 const float* q, int64_t n_head);
+                 const float* q, int64_t n_head, float scale);
     const std::vector<double>& sum() const { return sum_; }
     const std::vector<int64_t>& count() const { return count_; }
 

@@ -72,7 +72,7 @@ status quest_select(const attention_plan& ap, const kv_cache& kv, int64_t layer,
 // The share of each Quest row's dense attention mass (softmax over all its slots, per query
 // head) that its selected pages carry (contract in quest.h).
 void quest_attention_mass(const attention_plan& ap, const quest_layer_plan& qp, const kv_cache& kv, int64_t layer, const float* q,
-                          int64_t n_head, std::vector<double>& sum, std::vector<int64_t>& count) {
+                          int64_t n_head, float scale, std::vector<double>& sum, std::vector<int64_t>& count) {
     const kv_config& c = kv.config();
     const int64_t n_kv = c.n_kv_head, hd = c.head_dim, group = n_head / n_kv, ps = c.page_size;
     const cpu::paged_kv_view view = kv.view(layer);
@@ -95,7 +95,7 @@ void quest_attention_mass(const attention_plan& ap, const quest_layer_plan& qp, 
                     const uint8_t* block = view.k_block(pages[t / ps], h);
                     double dot = 0;
                     for (int64_t d = 0; d < hd; ++d) dot += double(qh[d]) * cpu::kv_load_k(view.layout(), block, t % ps, d);
-                    logit[size_t(t)] = dot / std::sqrt(double(hd));
+                    logit[size_t(t)] = dot * double(scale);
                     mx = std::max(mx, logit[size_t(t)]);
                 }
                 double all = 0, kept = 0;

@@ -38,8 +38,8 @@ status quest_select(const attention_plan& ap, const kv_cache& kv, int64_t layer,
 
 // Diagnostics: the share of each Quest row's dense attention mass (softmax over all its slots,
 // per query head) that the pages `qp` selected carry, added to sum[layer] and count[layer]
-// (grown as needed). A full attention pass more, so only perplexity --stream asks for it.
+// (grown as needed); scale: the attention's logit scale. A full attention pass more, so only perplexity --stream asks for it.
 void quest_attention_mass(const attention_plan& ap, const quest_layer_plan& qp, const kv_cache& kv, int64_t layer, const float* q,
-                          int64_t n_head, std::vector<double>& sum, std::vector<int64_t>& count);
+                          int64_t n_head, float scale, std::vector<double>& sum, std::vector<int64_t>& count);
 
 }  // namespace kvs

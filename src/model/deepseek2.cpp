@@ -7,6 +7,8 @@
 #include <cstring>
 
 #include "kernels/cpu/attention.h"
+#include "kv/h2o.h"
+#include "kv/quest.h"
 #include "model/batch_check.h"
 #include "model/cascade_attention.h"
 
@@ -97,13 +99,11 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     if (st.buffers().size() != size_t(n_buffers) || st.buffers()[b_qlat].name != "q_latent")
         return status::error("forward state: not made for a deepseek2 model");
     for (int64_t i = 0; i < n; ++i) {
-        const kv_policy_kind k = kv.seq_policy(b.seq_ids[size_t(i)]).kind;
-        if (k == kv_policy_kind::h2o || k == kv_policy_kind::quest)
-            return status::error("deepseek2: the h2o and quest policies do not run over the latent cache yet");
-    }
-    for (int64_t i = 0; i < n; ++i) {
         const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
-        if (!kv.seq_prepare_write(s, slot, int64_t(slot) + 1)) return status::error("kv cache: no free page for copy-on-write");
+        // H2O adds to the scores of every slot its rows attend and later moves tokens between
+        // them: all its pages up to the row's are written.
+        const int64_t first = kv.seq_policy(s).kind == kv_policy_kind::h2o ? 0 : slot;
+        if (!kv.seq_prepare_write(s, first, int64_t(slot) + 1)) return status::error("kv cache: no free page for copy-on-write");
     }
 
     float* const x = st.buffer(b_x);
@@ -129,7 +129,15 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(), ap.page_ids.data(),
                                                          kc.page_size, {}, ap.any_begin ? ap.q_kv_begin.data() : nullptr)
                                           : cascade_plan{};
+    // Quest rows read their own pages from layer 2 on: there they leave the shared groups
+    // (as in the llama family's forward pass).
     st.cascade_quest_ = cascade_plan{};
+    if (!ap.quest_rows.empty() && !st.cascade_.empty()) {
+        st.quest_row_mask_.assign(size_t(n), 0);
+        for (int32_t r : ap.quest_rows) st.quest_row_mask_[size_t(r)] = 1;
+        st.cascade_quest_ = plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(), ap.page_ids.data(), kc.page_size, {},
+                                         ap.any_begin ? ap.q_kv_begin.data() : nullptr, st.quest_row_mask_.data());
+    }
 
     auto dump = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
         if (hook) hook(name, layer, data, rows, cols);
@@ -239,7 +247,40 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
                 std::memcpy(dst + lora, q + i * nq + h * hd + nope, size_t(n_rot) * sizeof(float));
             }
         }
-        attention_with_cascade(ab, kv.view(il), st.cascade_, attn, lse, st.cascade_scratch_, pool);
+        if (!ap.quest_rows.empty() && il >= 2) {  // Quest: the first two layers stay dense
+            // One latent "head": each row's pages are chosen by the bounds of its latent
+            // entries against all H absorbed queries (the page's best score over the heads).
+            KVS_TRY(quest_select(ap, kv, il, qlat, H, st.quest_, pool));
+            cpu::attention_batch qb = ab;
+            qb.page_indptr = st.quest_.page_indptr.data();
+            qb.page_ids = st.quest_.page_ids.data();
+            qb.seq_head_entry = st.quest_.seq_head_entry.data();
+            qb.q_kv_len = st.quest_.q_kv_len.data();
+            attention_with_cascade(qb, kv.view(il), st.cascade_quest_, attn, lse, st.cascade_scratch_, pool);
+            if (st.quest_trace_) {
+                size_t off = 0;
+                for (size_t j = 0; j < ap.quest_rows.size(); ++j) {
+                    const int64_t k = ap.quest_pages[j];
+                    st.quest_trace_->push_back({il, ap.quest_rows[j], 0,
+                                                std::vector<int32_t>(st.quest_.table_index.begin() + long(off),
+                                                                     st.quest_.table_index.begin() + long(off) + k)});
+                    off += size_t(k);
+                }
+            }
+            if (st.quest_mass_on_)
+                quest_attention_mass(ap, st.quest_, kv, il, qlat, H, ab.scale, st.quest_mass_sum_, st.quest_mass_n_);
+            st.quest_pages_read_ += st.quest_.pages_read;
+            st.quest_pages_dense_ += st.quest_.pages_dense;
+        } else {
+            attention_with_cascade(ab, kv.view(il), st.cascade_, attn, lse, st.cascade_scratch_, pool);
+        }
+        if (!ap.h2o_entries.empty()) {  // H2O: the probabilities each kept latent received, summed over the heads
+            KVS_TRY(h2o_accumulate(ap, kv, il, qlat, H, ab.scale, pool));
+            if (st.h2o_mass_on_) {
+                st.h2o_mass_.record(ap, b.seq_ids.data(), b.positions.data(), il, kva, entry);
+                st.h2o_mass_.measure(ap, kv, b.seq_ids.data(), b.positions.data(), il, qlat, H, ab.scale);
+            }
+        }
         if (n_sink > 0) {
             for (int64_t j = 0; j < n_sink; ++j) {
                 float* qs = st.sink_q.data() + j * H * entry;
@@ -292,6 +333,9 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         }
         dump("l_out", il, x, n, d);
     }
+
+    // H2O: the latent of each H2O sequence cuts back to its budget in every layer.
+    for (size_t e = 0; e < ap.h2o_seqs.size(); ++e) KVS_TRY(h2o_cut_back(kv, ap.h2o_seqs[e], ap.h2o_filled[e]));
 
     int64_t r = 0;
     for (int64_t i = 0; i < n; ++i)

@@ -22,10 +22,13 @@
 // The FFN of layers [0, n_layer_dense_lead) is a SwiGLU of n_ff; the others are MoE layers
 // (softmax router, top-k experts, shared experts; moe.h), evaluated grouped by expert.
 //
-// KV policies: dense, window, StreamingLLM (its sink pass re-rotates only the queries' RoPE
-// parts, the one 64-dim key being the only rotated thing in the cache) and recompute run over
-// the latent group; H2O and Quest are refused for now. Every forward pass runs all the layers
-// (no layer spans).
+// KV policies: all of them run over the latent group, one latent "KV head" per layer. Window
+// and recompute as everywhere; StreamingLLM's sink pass re-rotates only the queries' RoPE parts
+// (the one 64-dim key is the only rotated thing in the cache); H2O scores each latent entry by
+// the probabilities all H heads gave it and keeps one set per layer; Quest bounds the latent
+// entries per page ([c; k_pe], bf16 outward) and scores a page by its best head's
+// Σ_d max(q_d·min_d, q_d·max_d) over the absorbed query. KIVI pages are not supported. Every
+// forward pass runs all the layers (no layer spans).
 #pragma once
 
 #include <memory>

@@ -258,7 +258,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
                                                                          st.quest_.table_index.begin() + long(off) + k)});
                 }
             }
-            if (st.quest_mass_on_) quest_attention_mass(ap, st.quest_, kv, il, st.q, hp.n_head, st.quest_mass_sum_, st.quest_mass_n_);
+            if (st.quest_mass_on_) quest_attention_mass(ap, st.quest_, kv, il, st.q, hp.n_head, ab.scale, st.quest_mass_sum_, st.quest_mass_n_);
             st.quest_pages_read_ += st.quest_.pages_read;
             st.quest_pages_dense_ += st.quest_.pages_dense;
         } else if (kv.kivi()) {
@@ -270,7 +270,7 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
             KVS_TRY(h2o_accumulate(ap, kv, il, st.q, hp.n_head, ab.scale, pool));
             if (st.h2o_mass_on_) {
                 st.h2o_mass_.record(ap, b.seq_ids.data(), b.positions.data(), il, st.k, nkv);
-                st.h2o_mass_.measure(ap, kv, b.seq_ids.data(), b.positions.data(), il, st.q, hp.n_head);
+                st.h2o_mass_.measure(ap, kv, b.seq_ids.data(), b.positions.data(), il, st.q, hp.n_head, ab.scale);
             }
         }
         if (n_sink > 0) {

@@ -14,8 +14,6 @@ result<std::unique_ptr<session>> session::create(const language_model& model, th
     const kv_policy& pol = p.policy;
     const bool h2o = pol.kind == kv_policy_kind::h2o;
     if (model.hparams().deepseek2()) {
-        if (h2o || pol.kind == kv_policy_kind::quest)
-            return status::error(strfmt("the %s policy does not run over a deepseek2 model's latent cache yet", pol.spec().c_str()));
         if (p.kivi.bits) return status::error("KIVI pages are not supported on deepseek2 models");
     }
     s->bounded_ = !(pol.slides() || pol.kind == kv_policy_kind::recompute || h2o);

@@ -179,10 +179,7 @@ status scheduler::validate(const request_params& p) const {
                                             p.beam_width, (long long)pages, kv_.pool().n_pages()));
         }
     }
-    if (model_.hparams().deepseek2()) {  // the latent cache: whole passes; no H2O or Quest yet
-        if (pol.kind == kv_policy_kind::h2o || pol.kind == kv_policy_kind::quest)
-            return status::error(strfmt("kv_policy %s: the h2o and quest policies do not run over a deepseek2 model's latent cache yet",
-                                        pol.spec().c_str()));
+    if (model_.hparams().deepseek2()) {  // the latent cache: whole passes
         if (p.speculative.on() || p.speculative.exit_layer != 0) return status::error("speculative decoding is not supported on deepseek2 models");
         if (p.embed) return status::error("embeddings are not supported on deepseek2 models");
     }
