@@ -296,6 +296,46 @@ TEST(AttentionPaged, HalfFormatsStayCloseToF32) {
     }
 }
 
+// A keys-only group (MLA's latent: kv_page_layout::v_is_k): V is read from K's rows. In every
+// format, both page layouts, every ISA path and 1-3 threads, the kernel matches the float64
+// reference, and that reference equals the reference over an ordinary cache holding V = K (so
+// V really is K, in K's row layout, 16-bit formats included). MQA groups as MLA has them.
+TEST(AttentionPaged, KeysOnlyGroupsReadValuesFromTheKeys) {
+    struct shape {
+        int64_t n_head, head_dim, page_size;
+        std::vector<int64_t> lens;
+        int64_t rows;
+    };
+    for (const shape& sh : {shape{16, 64, 16, {700}, 1}, shape{16, 96, 7, {40, 13}, 5}, shape{4, 576, 16, {300}, 2}, shape{3, 18, 5, {77}, 9}}) {
+        const paged_setup s = make_setup(sh.n_head, 1, sh.head_dim, sh.page_size, sh.lens, sh.rows, uint64_t(sh.head_dim));
+        const auto b = batch_of(s);
+        const size_t n_out = size_t(b.n_q * s.n_head * s.head_dim);
+        for (dtype type : kv_types)
+            for (bool head_major : {true, false}) {
+                const std::string what = std::string(dtype_name(type)) + " hd " + std::to_string(sh.head_dim) + (head_major ? " head-major" : " page-major");
+                const packed_kv keys = test::pack_kv(s.k, s.k, s.n_pages, 1, s.page_size, s.head_dim, type, head_major, std::nullopt, true);
+                const packed_kv both = test::pack_kv(s.k, s.k, s.n_pages, 1, s.page_size, s.head_dim, type, head_major);
+                EXPECT_TRUE(keys.v.empty());
+                std::vector<float> o_ref(n_out), lse_ref(size_t(b.n_q * s.n_head)), o_both(n_out), lse_both(lse_ref.size());
+                cpu::ref::attention_paged(b, keys.view, o_ref.data(), lse_ref.data());
+                cpu::ref::attention_paged(b, both.view, o_both.data(), lse_both.data());
+                ASSERT_EQ(o_ref, o_both) << what;
+                for (cpu::isa i : supported_isas()) {
+                    isa_scope scope(i);
+                    for (int threads : {1, 2, 3}) {
+                        thread_pool pool(threads);
+                        std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
+                        cpu::attention_paged(b, keys.view, o.data(), lse.data(), pool);
+                        const std::string where = what + " " + cpu::isa_name(i) + " threads " + std::to_string(threads);
+                        EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), output_tolerance(type, i, 1e-5)) << where;
+                        for (size_t j = 0; j < lse.size(); ++j)
+                            EXPECT_NEAR(lse[j], lse_ref[j], lse_tolerance(type, i, lse_ref[j])) << where << " index " << j;
+                    }
+                }
+            }
+    }
+}
+
 TEST(AttentionPaged, RowWithoutKvGivesZeroAndMinusInf) {
     paged_setup s = make_setup(2, 1, 8, 4, {4}, 1, 3);
     s.q_len[0] = 0;

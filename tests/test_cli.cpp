@@ -273,10 +273,10 @@ TEST(Cli, DeepSeek2RunBenchPerplexity) {
     KVS_SKIP_IF_MISSING(vocab, "models/stories260K.gguf");
     KVS_SKIP_IF_MISSING(text, "text/tinystories-valid.txt");
     ASSERT_EQ(run_command(kvserve_binary() + " synth --shape deepseek-v2-tiny --dtype q8_0 --vocab " + q(vocab) + " -o " + q(path), &out), 0) << out;
-    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 20 --ignore-eos --temp 0 -t 2", &out), 0) << out;
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 20 --ignore-eos --temp 0 -t 2 --kv-type f32", &out), 0) << out;
     // 3 layers of one latent entry (32 + 8 f32 values): 480 bytes per token.
     EXPECT_NE(out.find("480 bytes per token"), std::string::npos) << out;
-    ASSERT_EQ(run_command(kvserve_binary() + " bench -m " + q(path) + " -p 32 -n 4 -r 1 -t 1", &out), 0) << out;
+    ASSERT_EQ(run_command(kvserve_binary() + " bench -m " + q(path) + " -p 32 -n 4 -r 1 -t 1 --kv-type f32", &out), 0) << out;
     EXPECT_NE(out.find("kv: latent cache of 40 values per token and layer (f32, 480 bytes per token over 3 layers); "
                        "a per-head K/V cache holds 160 values per token and layer (4.0x the latent)"),
               std::string::npos)
@@ -290,11 +290,16 @@ TEST(Cli, DeepSeek2RunBenchPerplexity) {
     EXPECT_LT(j[0]["decode_weight_bytes"].get<int64_t>(), j[0]["model_size"].get<int64_t>()) << out;
     ASSERT_EQ(run_command(kvserve_binary() + " perplexity -m " + q(path) + " -f " + q(text) + " -c 64 --chunks 2 -t 2", &out), 0) << out;
     EXPECT_NE(out.find("Final estimate: PPL = "), std::string::npos) << out;
+    // H2O and Quest over the latent cache.
+    for (const char* pol : {"h2o:heavy=8,recent=8", "quest:budget=8"})
+        EXPECT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello there, little one' -n 12 --ignore-eos --kv-policy " + pol, &out), 0)
+            << pol << " " << out;
     // What deepseek2 does not run is an error that says so, not a crash.
-    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-policy h2o:heavy=8,recent=8", &out), 0) << out;
-    EXPECT_NE(out.find("latent cache"), std::string::npos) << out;
+    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-type kivi2", &out), 0) << out;
+    EXPECT_NE(out.find("KIVI"), std::string::npos) << out;
     // StreamingLLM over the latent cache: past the context at constant memory.
     ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 100 -c 32 --ignore-eos --temp 0 --kv-policy streaming:sinks=4,size=16", &out), 0) << out;
-    EXPECT_NE(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-type bf16", &out), 0) << out;
-    EXPECT_NE(out.find("keys-only"), std::string::npos) << out;
+    // 16-bit latent pages: half the bytes.
+    ASSERT_EQ(run_command(kvserve_binary() + " run -m " + q(path) + " -p 'hello' -n 4 --kv-type bf16", &out), 0) << out;
+    EXPECT_NE(out.find("240 bytes per token"), std::string::npos) << out;
 }

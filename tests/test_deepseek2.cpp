@@ -209,12 +209,51 @@ TEST(DeepSeek2, LatentCacheHoldsOneEntryPerTokenAndLayer) {
     // Bytes of a page: (kv_lora + qk_rope) floats per token and layer, no separate V.
     EXPECT_EQ(sized.page_bytes(), size_t(hp.n_layer * 16 * (hp.kv_lora + hp.n_rot)) * sizeof(float));
     EXPECT_EQ(m->per_head_kv_values(), hp.n_head * (hp.head_dim + hp.v_head));
-    // 16-bit formats cannot be a keys-only group's yet: a clear error, not wrong values.
+    // 16-bit pages: half the bytes, the entry read as K and V in K's row layout.
     kv_config bf = sized;
     bf.type = dtype::bf16;
-    auto kv = kv_cache::create(bf);
+    EXPECT_EQ(bf.page_bytes(), size_t(hp.n_layer * 16 * (hp.kv_lora + hp.n_rot)) * 2);
+    EXPECT_TRUE(kv_cache::create(bf));
+    // A keys-only group has no V format of its own.
+    kv_config mixed = sized;
+    mixed.v_type = dtype::f16;
+    auto kv = kv_cache::create(mixed);
     ASSERT_FALSE(kv);
     EXPECT_NE(kv.message().find("keys-only"), std::string::npos) << kv.message();
+}
+
+// The latent pages in the float formats (--kv-type; the tiny shape's entry of 40 values has no
+// groups of 32 for q8_0 and q4, which the Lite shape's 576 have), whole and token by token: the
+// logits stay close to the float64 reference, and the error grows as the format narrows (this
+// random model's attention is sharp, so K's rounding moves the logits more than a trained one's).
+TEST(DeepSeek2, EveryLatentPageFormatStaysCloseToTheReference) {
+    NEED_FILE(path, "ds2-engine-kvtypes");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    auto f = gguf_file::open(path).value();
+    const int64_t n_vocab = m->hparams().n_vocab;
+    const std::vector<int32_t> tokens = test::some_tokens(30, n_vocab, 13);
+    const auto want = test::reference_deepseek2_logits(*f, tokens);
+    ASSERT_EQ(want.size(), tokens.size());
+    struct format_case {
+        dtype type;
+        double tol;
+    };
+    double last = 0;
+    for (const format_case fc : {format_case{dtype::f32, 1e-5}, {dtype::f16, 1e-3}, {dtype::bf16, 5e-3}}) {
+        for (int64_t n_batch : {int64_t(1), int64_t(30)}) {
+            const std::vector<float> got = session_logits(*m, tokens, n_batch, 4, fc.type);
+            ASSERT_EQ(got.size(), tokens.size() * size_t(n_vocab)) << dtype_name(fc.type);
+            double worst = 0;
+            for (size_t t = 0; t < tokens.size(); ++t)
+                worst = std::max(worst, test::nmse_norm(got.data() + int64_t(t) * n_vocab, want[t].data(), n_vocab));
+            EXPECT_LT(worst, fc.tol) << dtype_name(fc.type) << " n_batch " << n_batch;
+            if (n_batch == 1) {
+                EXPECT_GT(worst, last) << dtype_name(fc.type);
+            }
+            last = std::max(last, worst);
+        }
+    }
 }
 
 // Several sequences in one batch: a shared prompt forked (shared pages, copy-on-write of the

@@ -1,7 +1,7 @@
 // A deepseek2 model (MLA over the latent KV group, MoE) served over real HTTP on 127.0.0.1 (the
 // synthetic deepseek-v2-tiny in stories260K's vocabulary, driven by its tokenizer): completions
 // equal the session's greedy tokens, alone and batched with n = 3; the latent group shows in
-// /metrics (bytes per token) and /debug/kv; what it does not run is a 400 that says why.
+// /metrics (bytes per token) and /debug/kv; Quest and H2O requests run over it; a malformed policy is a 400.
 #include <gtest/gtest.h>
 
 #include "model/session.h"
@@ -14,7 +14,7 @@ using namespace kvs::test;
 
 namespace {
 
-TEST(server_deepseek2, completions_metrics_and_refusals) {
+TEST(server_deepseek2, completions_metrics_and_policies) {
     const std::string vocab = shared_file("models/stories260K.gguf");
     if (vocab.empty()) GTEST_SKIP() << "models/stories260K.gguf not found under " << shared_dir();
     const std::string path = temp_dir() + "/server-ds2.gguf";
@@ -43,7 +43,9 @@ TEST(server_deepseek2, completions_metrics_and_refusals) {
     }
     server_config sc;
     sc.debug_routes = true;
-    served srv(model, *tok.value(), small_engine(), sc);
+    engine_config ec = small_engine();
+    ec.key_bounds = ec.token_scores = true;  // Quest and H2O requests over the latent group
+    served srv(model, *tok.value(), ec, sc);
     json req = greedy_completion(prompt, 10);
     req["ignore_eos"] = true;
     auto [code, body] = srv.post("/v1/completions", req);
@@ -66,19 +68,33 @@ TEST(server_deepseek2, completions_metrics_and_refusals) {
     auto [mcode, mtext] = srv.get("/metrics");
     ASSERT_EQ(mcode, 200);
     EXPECT_GT(metric(mtext, "kvserve_kv_pages_total"), 0);
-    // The latent entry: kv_lora + qk_rope f32 values per token and layer, nothing per head.
+    // The latent entry: kv_lora + qk_rope f32 values per token and layer, nothing per head,
+    // plus Quest's bounds and H2O's scores.
     const model_hparams& hp = model.hparams();
-    EXPECT_EQ(metric(mtext, "kvserve_kv_bytes_per_token"), double(hp.n_layer * (hp.kv_lora + hp.n_rot) * 4));
+    kv_config geom = model.kv_geometry(ec.page_size, 1, dtype::f32);
+    geom.key_bounds = geom.token_scores = true;
+    EXPECT_EQ(metric(mtext, "kvserve_kv_bytes_per_token"), double(geom.page_bytes()) / double(ec.page_size));
+    EXPECT_LT(double(geom.page_bytes()) / double(ec.page_size), 1.2 * double(hp.n_layer * (hp.kv_lora + hp.n_rot) * 4));
     auto [dcode, dbody] = srv.get("/debug/kv");
     ASSERT_EQ(dcode, 200);
     const json kv = json::parse(dbody);
     EXPECT_EQ(kv["integrity"], "ok");
 
+    // Quest (a budget below the prompt) and H2O run over the latent group.
+    for (const char* pol : {"quest:budget=8", "h2o:heavy=4,recent=4"}) {
+        json preq = greedy_completion(prompt, 4);
+        preq["kv_policy"] = pol;
+        preq["ignore_eos"] = true;
+        auto [pcode, pbody] = srv.post("/v1/completions", preq);
+        EXPECT_EQ(pcode, 200) << pol << " " << pbody.dump();
+        EXPECT_EQ(pbody["usage"]["completion_tokens"], 4) << pol << " " << pbody.dump();
+    }
+    // A malformed policy is a 400 that names it.
     json bad = greedy_completion(prompt, 4);
-    bad["kv_policy"] = "quest:budget=64";
+    bad["kv_policy"] = "quest:budget=0";
     auto [bcode, bbody] = srv.post("/v1/completions", bad);
     EXPECT_EQ(bcode, 400);
-    EXPECT_NE(bbody.dump().find("latent cache"), std::string::npos) << bbody.dump();
+    EXPECT_NE(bbody.dump().find("quest"), std::string::npos) << bbody.dump();
 }
 
 }  // namespace

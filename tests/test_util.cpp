@@ -83,12 +83,13 @@ std::string kvserve_binary() {
 }
 
 packed_kv pack_kv(const std::vector<float>& k, const std::vector<float>& v, int64_t n_pages, int64_t n_kv_head,
-                  int64_t page_size, int64_t head_dim, dtype type, bool head_major, std::optional<dtype> v_type) {
+                  int64_t page_size, int64_t head_dim, dtype type, bool head_major, std::optional<dtype> v_type, bool keys_only) {
     packed_kv p;
-    const cpu::kv_page_layout lay{type, n_kv_head, page_size, head_dim, v_type};
+    const cpu::kv_page_layout lay{type, n_kv_head, page_size, head_dim, v_type, 0, keys_only};
     p.k.assign(size_t(n_pages) * lay.k_page_bytes(), 0xFF);
-    p.v.assign(size_t(n_pages) * lay.v_page_bytes(), 0xFF);
-    p.view = {p.k.data(), p.v.data(), n_kv_head, page_size, head_dim, type, head_major ? n_pages : 0, v_type};
+    if (!keys_only) p.v.assign(size_t(n_pages) * lay.v_page_bytes(), 0xFF);
+    p.view = {p.k.data(), keys_only ? p.k.data() : p.v.data(), n_kv_head, page_size, head_dim, type, head_major ? n_pages : 0, v_type, 0,
+              keys_only};
     std::vector<float> krow(size_t(n_kv_head * head_dim)), vrow(krow.size());
     for (int64_t pg = 0; pg < n_pages; ++pg)
         for (int64_t r = 0; r < page_size; ++r) {
@@ -98,7 +99,7 @@ packed_kv pack_kv(const std::vector<float>& k, const std::vector<float>& v, int6
                     krow[size_t(h * head_dim + d)] = k[src];
                     vrow[size_t(h * head_dim + d)] = v[src];
                 }
-            cpu::kv_store_row(lay, p.k.data() + size_t(pg) * p.view.k_page_stride(), p.v.data() + size_t(pg) * p.view.v_page_stride(),
+            cpu::kv_store_row(lay, p.k.data() + size_t(pg) * p.view.k_page_stride(), keys_only ? nullptr : p.v.data() + size_t(pg) * p.view.v_page_stride(),
                               p.view.k_head_stride(), p.view.v_head_stride(), r, krow.data(), vrow.data());
         }
     return p;

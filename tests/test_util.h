@@ -14,13 +14,14 @@ namespace kvs::test {
 // stored in a KV format through kv_store_row, as the cache stores them. Bytes no row covers
 // (pads of 16-bit formats) are filled with NaN, so a kernel that lets them reach a result fails.
 // v_type: V in another format than K. head_major: the KV cache's layout ((n_kv_head, n_pages, block)); else page-major.
+// keys_only: a keys-only group (kv_page_layout::v_is_k): K alone is stored and read as V too (v is ignored).
 struct packed_kv {
     std::vector<uint8_t> k, v;
     cpu::paged_kv_view view;
 };
 packed_kv pack_kv(const std::vector<float>& k, const std::vector<float>& v, int64_t n_pages, int64_t n_kv_head,
                   int64_t page_size, int64_t head_dim, dtype type, bool head_major = true,
-                  std::optional<dtype> v_type = std::nullopt);
+                  std::optional<dtype> v_type = std::nullopt, bool keys_only = false);
 
 // The shared fixture folder: $KVSERVE_SHARED, else ../shared beside the source tree.
 std::string shared_dir();

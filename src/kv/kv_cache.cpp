@@ -65,9 +65,6 @@ result<std::unique_ptr<kv_cache>> kv_cache::create(const kv_config& c) {
                                     c.layout().head_dim_problem()));
     if (c.keys_only && (c.v_type || c.kivi_bits))
         return status::error("kv cache: a keys-only group (one entry read as K and V) has no separate V format and no KIVI");
-    if (c.keys_only && (c.type == dtype::f16 || c.type == dtype::bf16))
-        return status::error(strfmt("kv cache: a keys-only group (one entry read as K and V) stores f32, q8_0, q4_0 or q4_1, not %s "
-                                    "(16-bit formats lay V out apart from K)", dtype_name(c.type)));
     if (c.kivi_bits) {
         if (c.kivi_bits != 2 && c.kivi_bits != 4) return status::error(strfmt("kv cache: KIVI takes 2 or 4 bits, not %d", c.kivi_bits));
         if (c.v_type) return status::error("kv cache: KIVI quantizes K and V alike (no separate V format)");

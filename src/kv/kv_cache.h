@@ -101,7 +101,7 @@ struct kv_config {
     // K's, so a page costs K's bytes alone and writes of V rows land on K's (callers write the
     // same row for both). Not with v_type or KIVI.
     bool keys_only = false;
-    cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type}; }
+    cpu::kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type, 0, keys_only}; }
     cpu::kv_page_layout packed_layout() const { return {type, n_kv_head, page_size, head_dim, std::nullopt, kivi_bits}; }
     // Bytes of one packed page (all layers); 0 without KIVI.
     size_t packed_page_bytes() const {
@@ -255,7 +255,8 @@ public:
     const uint8_t* v_layer(int64_t layer) const { return cfg_.keys_only ? k_layer(layer) : v_.get() + size_t(layer) * v_layer_bytes_; }
     // The kernel's view of one layer.
     cpu::paged_kv_view view(int64_t layer) const {
-        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages, cfg_.v_type};
+        return {k_layer(layer), v_layer(layer), cfg_.n_kv_head, cfg_.page_size, cfg_.head_dim, cfg_.type, cfg_.n_pages, cfg_.v_type, 0,
+                cfg_.keys_only};
     }
     // KIVI: the packed pages of one layer, (n_kv_head, n_packed_pages, block) head-major; a
     // packed page id p is page p - config().n_pages of this view.

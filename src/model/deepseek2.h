@@ -100,7 +100,10 @@ public:
     std::vector<kv_group_desc> kv_group_layout(int32_t page_size, dtype type) const override;
     // f32 (the latent entries keep what the weights compute); 16-bit formats cannot be a
     // keys-only group's yet, quantized ones are asked for with --kv-type.
-    dtype auto_kv_type() const override { return dtype::f32; }
+    // As the Llama family's: the weights' float format, else (quantized weights) bf16 or f16 by
+    // CPU. The latent is read as K and V from one row layout, so both 16-bit formats halve its
+    // bytes at f32's decode speed (docs/deepseek2.md).
+    dtype auto_kv_type() const override;
     size_t weight_bytes() const override;
     // The routed experts' stacks count n_expert_used / n_expert of their bytes.
     size_t decode_weight_bytes() const override;

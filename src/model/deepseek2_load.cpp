@@ -187,6 +187,16 @@ std::vector<kv_group_desc> deepseek2_model::kv_group_layout(int32_t page_size, d
     return {{"latent", kv_geometry(page_size, 0, type), 0}};
 }
 
+dtype deepseek2_model::auto_kv_type() const {
+    const dtype t = w_.layers.empty() ? dtype::f32 : w_.layers[0].wkv_a.type;
+    switch (t) {
+        case dtype::f32:
+        case dtype::f16:
+        case dtype::bf16: return t;
+        default: return quantized_weights_kv_type();
+    }
+}
+
 size_t deepseek2_model::weight_bytes() const {
     size_t n = 0;
     for (auto& t : file_->tensors()) n += t.n_bytes;

@@ -70,7 +70,8 @@ void attend_portable(const detail::attn_work& w) {
             for (int64_t t = t_begin; t < t_end; ++t) {
                 const size_t page = size_t(w.pages[t / w.page_size]);
                 load_row(lay, false, w.k + page * w.k_page_bytes + w.k_head_off, t % w.page_size, krow);
-                load_row(lay_v, true, w.v + page * w.v_page_bytes + w.v_head_off, t % w.page_size, vrow);
+                if (w.v_is_k) std::copy_n(krow, hd, vrow);
+                else load_row(lay_v, true, w.v + page * w.v_page_bytes + w.v_head_off, t % w.page_size, vrow);
                 float s = 0.0f;
                 for (int64_t d = 0; d < hd; ++d) s += q[d] * krow[d];
                 s *= w.scale;
@@ -235,6 +236,8 @@ void attention_paged(const attention_batch& b, const paged_kv_view& kv, float* o
         w.v_page_bytes = kv.v_page_stride();
         w.k_head_off = size_t(kvh) * kv.k_head_stride();
         w.v_head_off = size_t(kvh) * kv.v_head_stride();
+        w.v_is_k = lay.v_is_k;
+        if (w.v_is_k) w.v = w.k, w.v_page_bytes = w.k_page_bytes, w.v_head_off = w.k_head_off;
         w.t0 = std::max(blk.min_begin, split_base + split * split_len);
         w.t1 = std::min(blk.max_len, split_base + (split + 1) * split_len);
         w.scale = b.scale;
@@ -380,14 +383,14 @@ void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_str
     auto* vb = static_cast<uint8_t*>(v0);
     for (int64_t h = 0; h < l.n_kv_head; ++h) {
         store_k(l, kb + size_t(h) * k_head_stride, row, k + h * l.head_dim);
-        store_v(lv, vb + size_t(h) * v_head_stride, row, v + h * l.head_dim);
+        if (!l.v_is_k) store_v(lv, vb + size_t(h) * v_head_stride, row, v + h * l.head_dim);
     }
 }
 
 void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_row, const void* k_src, const void* v_src,
                  int64_t src_row) {
     copy_k(l, k_dst, dst_row, k_src, src_row);
-    copy_v(l.for_v(), v_dst, dst_row, v_src, src_row);
+    if (!l.v_is_k) copy_v(l.for_v(), v_dst, dst_row, v_src, src_row);
 }
 
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d) {
@@ -399,6 +402,7 @@ float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64
 }
 
 float kv_load_v(const kv_page_layout& layout, const void* v_block, int64_t row, int64_t d) {
+    if (layout.v_is_k) return kv_load_k(layout, v_block, row, d);
     const kv_page_layout l = layout.for_v();
     const auto* vh = static_cast<const uint8_t*>(v_block);
     if (l.is_kivi()) return kivi_dequantize_v(l, vh, row, d);

@@ -60,6 +60,9 @@ struct kv_page_layout {
     int64_t n_kv_head = 0, page_size = 0, head_dim = 0;
     std::optional<dtype> v_type;  // V's format when it differs from K's
     int32_t kivi_bits = 0;        // 2 or 4: KIVI packed pages (K and V); 0: pages of `type` / v_type
+    // A keys-only group (MLA's latent): V is read from K's block, row for row (any format,
+    // 16-bit ones in K's row layout); V has no block or format of its own.
+    bool v_is_k = false;
 
     dtype v() const { return v_type.value_or(type); }
     // The layout V's blocks follow (its `type` is V's format).
@@ -109,6 +112,7 @@ struct kv_page_layout {
         return is_quantized() ? q_block_bytes() : size_t(page_size * k_row_elems()) * elem_bytes();
     }
     size_t v_head_bytes() const {
+        if (v_is_k) return k_head_bytes();
         if (is_kivi()) return kivi_v_block_bytes();
         if (v_type) return for_v().v_head_bytes();
         return is_quantized() ? q_block_bytes() : size_t(v_rows() * head_dim) * elem_bytes();
@@ -119,7 +123,7 @@ struct kv_page_layout {
 
 // Writes one token's K and V (each (n_kv_head, head_dim) float, rounded to nearest even for
 // 16-bit formats, quantized per group for q8_0/q4_0/q4_1 (kv_quant.h)) into row `row` of one page: KV head h's blocks are at k0 + h·k_head_stride
-// and v0 + h·v_head_stride (bytes).
+// and v0 + h·v_head_stride (bytes). With l.v_is_k only K is written (v0 and v are ignored).
 void kv_store_row(const kv_page_layout& l, void* k0, void* v0, size_t k_head_stride, size_t v_head_stride, int64_t row,
                   const float* k, const float* v);
 // Copies row src_row of one KV head's K and V blocks to row dst_row of another (or the same)
@@ -146,8 +150,9 @@ struct paged_kv_view {
 
     std::optional<dtype> v_type;  // V's format when it differs from K's
     int32_t kivi_bits = 0;        // KIVI packed pages (kv_page_layout::kivi_bits)
+    bool v_is_k = false;          // V read from K's blocks (kv_page_layout::v_is_k; v == k)
 
-    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type, kivi_bits}; }
+    kv_page_layout layout() const { return {type, n_kv_head, page_size, head_dim, v_type, kivi_bits, v_is_k}; }
     size_t k_page_stride() const { return head_major_pages ? layout().k_head_bytes() : layout().k_page_bytes(); }
     size_t v_page_stride() const { return head_major_pages ? layout().v_head_bytes() : layout().v_page_bytes(); }
     size_t k_head_stride() const { return layout().k_head_bytes() * size_t(head_major_pages ? head_major_pages : 1); }

@@ -709,11 +709,11 @@ void attend(const attn_work& w) {
         if constexpr (QUANT) {
             if (int8_qk) key_codes<FMT>(w, k_block_of(w, t0), in_page, n_t, kc, &codes, &code_stride, ka, kbf);
             else widen_quant_rows<FMT>(w, k_qblock(w), k_block_of(w, t0), in_page, n_t, kf);
-            if (!v_mixed) widen_quant_rows<FMT>(w, v_qblock(w), v_block_of(w, t0), in_page, n_t, vf);
+            if (!v_mixed && !(w.v_is_k && !int8_qk)) widen_quant_rows<FMT>(w, v_qblock(w), v_block_of(w, t0), in_page, n_t, vf);
             kb = kf;
             vb = vf;
         } else if constexpr (F16 || BF16K) {
-            if (F16 && !v_mixed) {
+            if (F16 && !v_mixed && !w.v_is_k) {
                 widen_f16_tile(reinterpret_cast<const uint16_t*>(k_row_ptr(w, t0, elem)), w.k_row_elems,
                                reinterpret_cast<const uint16_t*>(v_row_ptr(w, t0, elem)), n_t, hd, kf, vf);
             } else {
@@ -726,6 +726,7 @@ void attend(const attn_work& w) {
             vb = v_mixed ? vf : reinterpret_cast<const float*>(v_row_ptr(w, t0, elem));
         }
         if (v_mixed) vb = v_rows_mixed(w, t0, in_page, n_t, vf);
+        if (w.v_is_k && !int8_qk) vb = kb;  // a keys-only group: V is the same rows
         // Prefetch the next tile's K and V rows: a tile is only a few KB of a page, too short
         // a stream for the hardware prefetcher, so without this every tile waits on DRAM.
         const int64_t t_next = t0 + n_t;
@@ -741,7 +742,10 @@ void attend(const attn_work& w) {
                 prefetch_v_mixed(w, t_next, t_next % w.page_size, n_next);
             } else if constexpr (QUANT) {
                 prefetch_quant_rows(w, k_qblock(w), k_block_of(w, t_next), t_next % w.page_size, n_next);
-                prefetch_quant_rows(w, v_qblock(w), v_block_of(w, t_next), t_next % w.page_size, n_next);
+                if (!w.v_is_k) prefetch_quant_rows(w, v_qblock(w), v_block_of(w, t_next), t_next % w.page_size, n_next);
+            } else if (w.v_is_k) {
+                const char* kn = reinterpret_cast<const char*>(k_row_ptr(w, t_next, elem));
+                for (int64_t b = 0; b < n_next * w.k_row_elems * int64_t(elem); b += 64) _mm_prefetch(kn + b, _MM_HINT_T0);
             } else {
                 prefetch_tile(w, t_next, n_next, elem);
             }
@@ -1301,7 +1305,7 @@ void attend_hd(const attn_work& w) {
         if (n_qv <= 32) return attend_kivi<vec16, 2, HD>(w);
         if (n_qv <= 48) return attend_kivi<vec16, 3, HD>(w);
         return attend_kivi<vec16, 4, HD>(w);
-    } else if (FMT == int(kv_fmt::bf16) && w.v_fmt == kv_fmt::bf16) {
+    } else if (FMT == int(kv_fmt::bf16) && w.v_fmt == kv_fmt::bf16 && !w.v_is_k) {
         if (n_qv <= 8) return attend_bf16<vec8, 1, HD>(w);
         if (n_qv <= 16) return attend_bf16<vec16, 1, HD>(w);
         if (n_qv <= 32) return attend_bf16<vec16, 2, HD>(w);

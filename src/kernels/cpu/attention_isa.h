@@ -38,6 +38,7 @@ struct attn_work {
     int32_t kivi_bits;               // kv_fmt::kivi (K and V): 2 or 4
     size_t k_page_bytes, v_page_bytes;
     size_t k_head_off, v_head_off;  // bytes from a page's start to this KV head's block
+    bool v_is_k;              // V is K's rows (a keys-only group; v, v_page_bytes, v_head_off are K's)
     int64_t t0, t1;           // key slot range
     float scale;
     float* o;                 // o of (r, g) at o + r * o_row_stride + g * hd
