@@ -45,11 +45,11 @@ std::string synth_tiny(const std::string& name, const std::string& extra = "", c
     const std::string var = synth_tiny(__VA_ARGS__);                                         \
     if (var.empty()) GTEST_SKIP() << "models/stories260K.gguf not found under " << test::shared_dir()
 
-std::unique_ptr<deepseek2_model> load(const std::string& path) {
+std::unique_ptr<deepseek2_model> load(const std::string& path, const load_options& opts = {}) {
     auto f = gguf_file::open(path);
     EXPECT_TRUE(f) << f.message();
     if (!f) return nullptr;
-    auto m = deepseek2_model::from_gguf(std::move(f.value()));
+    auto m = deepseek2_model::from_gguf(std::move(f.value()), opts);
     EXPECT_TRUE(m) << m.message();
     return m ? std::move(m.value()) : nullptr;
 }
@@ -190,6 +190,80 @@ TEST(DeepSeek2, QuestOverTheLatentCacheMatchesTheReference) {
     auto f = gguf_file::open(path).value();
     test::expect_quest_matches_reference(
         *m, [&f](const auto&... a) { return test::reference_deepseek2_quest_logits(*f, a...); }, 72, 17, 5);
+}
+
+// Prefill in MLA's un-absorbed form (mla_unabsorbed.h: the context's latents lifted to per-head
+// keys and values, then per-head attention) against the same float64 reference as the absorbed
+// form, with either form forced, in both file layouts, whole, chunked and token by token; a
+// prompt continued over a prefix (the rows' context reaches back into earlier chunks); 16-bit
+// latent pages; and several sequences in one batch where some rows are absorbed and some not.
+TEST(DeepSeek2, UnabsorbedPrefillMatchesTheReference) {
+    for (const char* extra : {"--yarn 4", "--mla-split --q-lora-rank 0"}) {
+        NEED_FILE(path, std::string("ds2-engine-unabsorbed") + (extra[2] == 'y' ? "" : "-split"), extra);
+        auto f = gguf_file::open(path).value();
+        load_options un_opts, abs_opts;
+        un_opts.prefill_form = mla_prefill::unabsorbed;
+        abs_opts.prefill_form = mla_prefill::absorbed;
+        auto un = load(path, un_opts), absorbed = load(path, abs_opts);
+        ASSERT_TRUE(un && absorbed);
+        const int64_t n_vocab = un->hparams().n_vocab;
+        const std::vector<int32_t> tokens = test::some_tokens(29, n_vocab, 21);
+        const auto want = test::reference_deepseek2_logits(*f, tokens);
+        ASSERT_EQ(want.size(), tokens.size());
+        for (int64_t n_batch : {int64_t(1), int64_t(6), int64_t(29)}) {
+            for (const deepseek2_model* m : {un.get(), absorbed.get()}) {
+                const std::vector<float> got = session_logits(*m, tokens, n_batch);
+                ASSERT_EQ(got.size(), tokens.size() * size_t(n_vocab));
+                double worst = 0;
+                for (size_t t = 0; t < tokens.size(); ++t)
+                    worst = std::max(worst, test::nmse_norm(got.data() + int64_t(t) * n_vocab, want[t].data(), n_vocab));
+                EXPECT_LT(worst, 1e-5) << extra << (m == un.get() ? " un-absorbed" : " absorbed") << " n_batch " << n_batch;
+            }
+        }
+        // 16-bit latent pages: both forms read the same stored values (equal to float rounding).
+        const std::vector<float> a = session_logits(*absorbed, tokens, 29, 4, dtype::bf16), u = session_logits(*un, tokens, 29, 4, dtype::bf16);
+        ASSERT_EQ(a.size(), u.size());
+        for (size_t t = 0; t < tokens.size(); ++t)
+            EXPECT_LT(test::nmse_norm(u.data() + int64_t(t) * n_vocab, std::vector<double>(a.begin() + long(t) * n_vocab,
+                                                                                        a.begin() + long(t + 1) * n_vocab).data(), n_vocab), 1e-5)
+                << extra << " bf16 t " << t;
+        // Mixed batches: sequences forked from a shared prompt, each then given a chunk of its own
+        // (un-absorbed, its context reaching into the shared pages) beside decode rows.
+        thread_pool pool(2);
+        for (const deepseek2_model* m : {un.get(), absorbed.get()}) {
+            auto kv = kv_cache::create(m->kv_geometry(4, 64, dtype::f32)).value();
+            forward_state st(*m, 32, 32);
+            const int32_t s0 = kv->seq_add();
+            batch b;
+            for (int32_t i = 0; i < 10; ++i) b.add(tokens[size_t(i)], i, s0, false);
+            ASSERT_TRUE(kv->seq_reserve(s0, 10));
+            ASSERT_TRUE(m->forward(b, *kv, st, pool));
+            const int32_t s1 = kv->seq_fork(s0);
+            b.clear();
+            for (int32_t i = 10; i < 19; ++i) b.add(tokens[size_t(i)], i, s0, true);  // a chunk of s0
+            b.add(tokens[20], 10, s1, true);                                       // a decode row of s1
+            ASSERT_TRUE(kv->seq_reserve(s0, 19));
+            ASSERT_TRUE(kv->seq_reserve(s1, 11));
+            ASSERT_TRUE(m->forward(b, *kv, st, pool));
+            ASSERT_TRUE(kv->check_integrity());
+            std::vector<int32_t> t1(tokens.begin(), tokens.begin() + 10);
+            t1.push_back(tokens[20]);
+            const auto want1 = test::reference_deepseek2_logits(*f, t1);
+            for (int64_t r = 0; r < 9; ++r)
+                EXPECT_LT(test::nmse_norm(st.logits() + r * n_vocab, want[size_t(10 + r)].data(), n_vocab), 1e-5) << extra << " row " << r;
+            EXPECT_LT(test::nmse_norm(st.logits() + 9 * n_vocab, want1.back().data(), n_vocab), 1e-5) << extra << " decode row";
+        }
+    }
+}
+
+// The cost model picks the absorbed form for decode and the un-absorbed one for long prefill
+// chunks (DeepSeek-V2-Lite's dimensions).
+TEST(DeepSeek2, PrefillFormFollowsTheCostModel) {
+    const mla_dims lite{16, 512, 128, 64, 128};
+    EXPECT_FALSE(mla_unabsorbed_cheaper(lite, 1, 8192, 8192));       // decode
+    EXPECT_FALSE(mla_unabsorbed_cheaper(lite, 4, 4096, 4 * 4096));   // a few rows over a long context
+    EXPECT_TRUE(mla_unabsorbed_cheaper(lite, 512, 512, 512 * 513 / 2));
+    EXPECT_TRUE(mla_unabsorbed_cheaper(lite, 512, 4096, 512 * (4096 - 256)));
 }
 
 TEST(DeepSeek2, LatentCacheHoldsOneEntryPerTokenAndLayer) {

@@ -147,6 +147,11 @@ int cmd_bench(int argc, char** argv) {
     app.add_flag("--no-repack", no_repack, no_repack_help);
     std::string tune = "off";
     app.add_option("--tune", tune, tune_help)->check(CLI::IsMember({"off", "fast", "full"}))->capture_default_str();
+    std::string mla_form = "auto";
+    app.add_option("--mla-prefill", mla_form,
+                   "deepseek2: the form of latent attention for prefill rows: auto (the cheaper per sequence), absorbed, unabsorbed")
+        ->check(CLI::IsMember({"auto", "absorbed", "unabsorbed"}))
+        ->capture_default_str();
     kv_type_option kvt;
     add_kv_type_options(app, kvt);
     int64_t n_ctx = 0;
@@ -183,6 +188,7 @@ int cmd_bench(int argc, char** argv) {
     }
     load_options lo = repack_options(no_repack);
     cpu::tune_level_from_name(tune, &lo.tune);
+    lo.prefill_form = mla_form == "absorbed" ? mla_prefill::absorbed : mla_form == "unabsorbed" ? mla_prefill::unabsorbed : mla_prefill::automatic;
     lo.tune_threads = int(*std::max_element(ts.begin(), ts.end()));
     auto model = language_model::load(model_path, lo);
     if (!model) {

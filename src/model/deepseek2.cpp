@@ -9,6 +9,7 @@
 #include "kernels/cpu/attention.h"
 #include "kv/h2o.h"
 #include "kv/quest.h"
+#include "model/mla_unabsorbed.h"
 #include "model/batch_check.h"
 #include "model/cascade_attention.h"
 
@@ -26,7 +27,8 @@ enum point : int32_t {
     p_latent,       // kva = [rmsnorm(c); RoPE(k_pe)] written to the cache
     p_absorb,       // qlat = [W_UK,iᵀ q_nope_i; RoPE(q_pe_i)] per head (gathered through head_in/head_out)
     p_attention,    // attn, lse from qlat and the latent pages
-    p_uv,           // heads = W_UV,i · attn_i[0, kv_lora) per head (through head_in/head_out)
+    p_uv,           // heads = W_UV,i · attn_i[0, kv_lora) per head (through head_in/head_out); the
+                    // un-absorbed rows: heads from q and their lifted keys and values
     p_wo,           // xb2 = heads · W_o
     p_ffn_norm,     // x += xb2; xb = rmsnorm(x)
     p_ffn,          // dense: gate = silu(xb · W_gate) ⊙ (xb · W_up); MoE: xb2 = moe(xb)
@@ -58,7 +60,8 @@ std::vector<activation_buffer> deepseek2_model::activation_buffers(int64_t max_t
     set(b_xb, "xb", n * d, {{p_attn_norm, p_proj}, {p_ffn_norm, p_ffn}, {p_layer_add, p_layer_add}});
     set(b_xb2, "xb2", n * d, {{p_wo, p_ffn_norm}, {p_ffn, p_layer_add}});
     set(b_qa, "q_a", n * size_t(std::max<int64_t>(1, hp.q_lora)), {{p_proj, p_proj}});
-    set(b_q, "q_heads", n * H * size_t(hp.head_dim), {{p_proj, p_absorb}});
+    // (Read again in p_uv by the rows attended in the un-absorbed form, mla_unabsorbed.h.)
+    set(b_q, "q_heads", n * H * size_t(hp.head_dim), {{p_proj, p_uv}});
     set(b_kva, "kv_latent", n * entry, {{p_proj, p_latent}});
     set(b_qlat, "q_latent", n * H * entry, {{p_absorb, p_attention}});
     set(b_attn, "attn_latent", n * H * entry, {{p_attention, p_uv}});
@@ -126,14 +129,52 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
 
     attention_plan& ap = st.plan_;
     KVS_TRY(plan_attention(n, b.seq_ids.data(), b.slots.data(), kv, ap, b.prompt.empty() ? nullptr : b.prompt.data()));
+
+    // The sequences whose rows run un-absorbed (mla_unabsorbed.h): dense ones whose rows, by the
+    // cost model, are cheaper so (a prefill chunk), or every dense one when forced. Their rows
+    // read no latent in the absorbed pass (length 0) and leave the cascade's shared groups.
+    const mla_dims dm{H, lora, nope, n_rot, vh};
+    std::vector<std::vector<int32_t>>& un_groups = st.mla_groups_;  // per such sequence entry: its rows
+    std::vector<int32_t>& abs_len = st.mla_abs_len_;               // (n) the absorbed pass's lengths
+    un_groups.clear();
+    std::vector<int32_t>& abs_rows = st.mla_abs_rows_;  // the other rows, ascending
+    abs_rows.clear();
+    if (prefill_form_ != mla_prefill::absorbed) {
+        std::vector<std::vector<int32_t>> by_entry(ap.page_indptr.size() - 1);
+        for (int64_t i = 0; i < n; ++i) by_entry[size_t(ap.q_seq[size_t(i)])].push_back(int32_t(i));
+        for (auto& rows : by_entry) {
+            if (rows.empty() || kv.seq_policy(b.seq_ids[size_t(rows[0])]).kind != kv_policy_kind::dense) continue;
+            int64_t max_len = 0, total = 0;
+            bool from_zero = true;
+            for (int32_t r : rows) {
+                max_len = std::max<int64_t>(max_len, ap.q_kv_len[size_t(r)]);
+                total += ap.q_kv_len[size_t(r)];
+                from_zero = from_zero && (!ap.any_begin || ap.q_kv_begin[size_t(r)] == 0);
+            }
+            if (from_zero && (prefill_form_ == mla_prefill::unabsorbed || mla_unabsorbed_cheaper(dm, int64_t(rows.size()), max_len, total)))
+                un_groups.push_back(std::move(rows));
+        }
+    }
+    std::vector<uint8_t>& un_mask = st.mla_row_mask_;
+    un_mask.assign(size_t(n), 0);
+    for (const auto& rows : un_groups)
+        for (int32_t r : rows) un_mask[size_t(r)] = 1;
+    abs_len = ap.q_kv_len;
+    for (int64_t i = 0; i < n; ++i) {
+        if (un_mask[size_t(i)]) abs_len[size_t(i)] = 0;
+        else abs_rows.push_back(int32_t(i));
+    }
+    const bool any_un = !un_groups.empty();
+
     st.cascade_ = st.cascade_on_ && n > 1 ? plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(), ap.page_ids.data(),
-                                                         kc.page_size, {}, ap.any_begin ? ap.q_kv_begin.data() : nullptr)
+                                                         kc.page_size, {}, ap.any_begin ? ap.q_kv_begin.data() : nullptr,
+                                                         any_un ? un_mask.data() : nullptr)
                                           : cascade_plan{};
     // Quest rows read their own pages from layer 2 on: there they leave the shared groups
     // (as in the llama family's forward pass).
     st.cascade_quest_ = cascade_plan{};
     if (!ap.quest_rows.empty() && !st.cascade_.empty()) {
-        st.quest_row_mask_.assign(size_t(n), 0);
+        st.quest_row_mask_ = un_mask;
         for (int32_t r : ap.quest_rows) st.quest_row_mask_[size_t(r)] = 1;
         st.cascade_quest_ = plan_cascade(n, ap.q_seq.data(), ap.q_kv_len.data(), ap.page_indptr.data(), ap.page_ids.data(), kc.page_size, {},
                                          ap.any_begin ? ap.q_kv_begin.data() : nullptr, st.quest_row_mask_.data());
@@ -158,7 +199,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     ab.n_head = H;
     ab.q = qlat;
     ab.q_seq = ap.q_seq.data();
-    ab.q_kv_len = ap.q_kv_len.data();
+    ab.q_kv_len = abs_len.data();
     ab.q_kv_begin = ap.any_begin ? ap.q_kv_begin.data() : nullptr;
     ab.page_indptr = ap.page_indptr.data();
     ab.page_ids = ap.page_ids.data();
@@ -237,13 +278,15 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
                     std::memcpy(dst + lora, q + i * nq + h * hd + nope, size_t(n_rot) * sizeof(float));
                 }
             });
-        } else
+        } else if (!abs_rows.empty())
         for (int64_t h = 0; h < H; ++h) {
-            for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * nope, q + i * nq + h * hd, size_t(nope) * sizeof(float));
-            cpu::matmul(L.wk_b_t_head(h), head_in, n, head_out, pool);
-            for (int64_t i = 0; i < n; ++i) {
+            const int64_t na = int64_t(abs_rows.size());
+            for (int64_t j = 0; j < na; ++j) std::memcpy(head_in + j * nope, q + abs_rows[size_t(j)] * nq + h * hd, size_t(nope) * sizeof(float));
+            cpu::matmul(L.wk_b_t_head(h), head_in, na, head_out, pool);
+            for (int64_t j = 0; j < na; ++j) {
+                const int64_t i = abs_rows[size_t(j)];
                 float* dst = qlat + (i * H + h) * entry;
-                std::memcpy(dst, head_out + i * lora, size_t(lora) * sizeof(float));
+                std::memcpy(dst, head_out + j * lora, size_t(lora) * sizeof(float));
                 std::memcpy(dst + lora, q + i * nq + h * hd + nope, size_t(n_rot) * sizeof(float));
             }
         }
@@ -251,6 +294,8 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
             // One latent "head": each row's pages are chosen by the bounds of its latent
             // entries against all H absorbed queries (the page's best score over the heads).
             KVS_TRY(quest_select(ap, kv, il, qlat, H, st.quest_, pool));
+            for (int64_t i = 0; i < n; ++i)
+                if (un_mask[size_t(i)]) st.quest_.q_kv_len[size_t(i)] = 0;  // attended un-absorbed
             cpu::attention_batch qb = ab;
             qb.page_indptr = st.quest_.page_indptr.data();
             qb.page_ids = st.quest_.page_ids.data();
@@ -305,11 +350,29 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
                 const cpu::weight_view w = w_uv(h);
                 for (int64_t i = 0; i < n; ++i) cpu::matmul(w, attn + (i * H + h) * entry, 1, heads + i * H * vh + h * vh, solo);
             });
-        } else
+        } else if (!abs_rows.empty())
         for (int64_t h = 0; h < H; ++h) {
-            for (int64_t i = 0; i < n; ++i) std::memcpy(head_in + i * lora, attn + (i * H + h) * entry, size_t(lora) * sizeof(float));
-            cpu::matmul(w_uv(h), head_in, n, head_out, pool);
-            for (int64_t i = 0; i < n; ++i) std::memcpy(heads + i * H * vh + h * vh, head_out + i * vh, size_t(vh) * sizeof(float));
+            const int64_t na = int64_t(abs_rows.size());
+            for (int64_t j = 0; j < na; ++j) std::memcpy(head_in + j * lora, attn + (abs_rows[size_t(j)] * H + h) * entry, size_t(lora) * sizeof(float));
+            cpu::matmul(w_uv(h), head_in, na, head_out, pool);
+            for (int64_t j = 0; j < na; ++j) std::memcpy(heads + abs_rows[size_t(j)] * H * vh + h * vh, head_out + j * vh, size_t(vh) * sizeof(float));
+        }
+        // The un-absorbed rows: per-head attention over their context's lifted keys and values.
+        for (const auto& rows : un_groups) {
+            const int32_t e = ap.q_seq[size_t(rows[0])];
+            // Rows of one sequence are consecutive in a batch (check_batch); gathered if not.
+            bool consecutive = true;
+            for (size_t j = 1; j < rows.size(); ++j) consecutive = consecutive && rows[j] == rows[j - 1] + 1;
+            st.mla_len_.resize(rows.size());
+            for (size_t j = 0; j < rows.size(); ++j) st.mla_len_[j] = ap.q_kv_len[size_t(rows[j])];
+            if (consecutive) {
+                mla_attend_unabsorbed(dm, L.kv_up(H), kv.view(il), ap.page_ids.data() + ap.page_indptr[size_t(e)], int64_t(rows.size()),
+                                      st.mla_len_.data(), q + rows[0] * nq, nq, ab.scale, heads + rows[0] * H * vh, H * vh, st.mla_, pool);
+            } else {
+                for (size_t j = 0; j < rows.size(); ++j)
+                    mla_attend_unabsorbed(dm, L.kv_up(H), kv.view(il), ap.page_ids.data() + ap.page_indptr[size_t(e)], 1, st.mla_len_.data() + j,
+                                          q + rows[j] * nq, nq, ab.scale, heads + rows[j] * H * vh, H * vh, st.mla_, pool);
+            }
         }
         dump("kqv_out", il, heads, n, H * vh);
         cpu::matmul(L.wo, heads, n, xb2, pool);

@@ -61,6 +61,17 @@ struct deepseek2_layer {
     cpu::weight_view wv_b;                 // rows of kv_lora; data = row 0
     int64_t uv_stride = 0, uv_offset = 0;
     std::vector<uint8_t> owned_wk_b_t;
+    // The un-absorbed form's (H·(qk_nope + v_head), kv_lora): per head the rows of W_UK,i then
+    // W_UV,i — attn_kv_b itself (wv_b), or made at load from attn_k_b / attn_v_b (owned_kv_up;
+    // f32 from float files, else q8_0).
+    std::vector<uint8_t> owned_kv_up;
+    cpu::weight_view owned_kv_up_view;
+    cpu::weight_view kv_up(int64_t n_head) const {
+        if (!owned_kv_up.empty()) return owned_kv_up_view;
+        cpu::weight_view v = wv_b;
+        v.n_out = n_head * uv_stride;
+        return v;
+    }
     cpu::weight_view wk_b_t_head(int64_t h) const {
         cpu::weight_view v = wk_b_t;
         v.data = static_cast<const uint8_t*>(wk_b_t.data) + size_t(h * wk_b_t.n_out) * dtype_row_bytes(wk_b_t.type, wk_b_t.n_in);
@@ -132,6 +143,7 @@ private:
     model_hparams hp_;
     deepseek2_weights w_;
     yarn_rope yarn_;  // when hp_.rope_yarn
+    mla_prefill prefill_form_ = mla_prefill::automatic;
 };
 
 }  // namespace kvs

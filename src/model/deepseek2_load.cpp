@@ -21,6 +21,7 @@ result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_
         m->yarn_ = yarn_rope::make(m->hp_.n_rot, m->hp_.rope_freq_base, m->hp_.rope_freq_scale, m->hp_.yarn_orig_ctx);
     KVS_TRY(m->bind_weights());
     m->repack_weights(opts.repack);
+    m->prefill_form_ = opts.prefill_form;
     return m;
 }
 
@@ -104,6 +105,35 @@ status deepseek2_model::bind_weights() {
             KVS_TRY(matrix("attn_v_b.weight", {lora, vh, H}, &L.wv_b));
             L.uv_stride = vh;
             L.uv_offset = 0;
+            // The un-absorbed form's per-head [W_UK,i; W_UV,i] rows: W_UK,i is attn_k_b's head
+            // transposed, W_UV,i attn_v_b's head as it is.
+            const bool float_src = (L.wk_b_t.type == dtype::f32 || L.wk_b_t.type == dtype::f16 || L.wk_b_t.type == dtype::bf16) &&
+                                   (L.wv_b.type == dtype::f32 || L.wv_b.type == dtype::f16 || L.wv_b.type == dtype::bf16);
+            const dtype t = float_src || lora % 32 ? dtype::f32 : dtype::q8_0;
+            const size_t t_row = dtype_row_bytes(t, lora);
+            L.owned_kv_up.assign(size_t(H * (nope + vh)) * t_row, 0);
+            std::vector<float> kb(static_cast<size_t>(lora * nope)), row(static_cast<size_t>(lora));  // one head's W_UK,iᵀ (lora, nope)
+            const size_t kb_row = dtype_row_bytes(L.wk_b_t.type, nope), vb_row = dtype_row_bytes(L.wv_b.type, lora);
+            for (int64_t i = 0; i < H; ++i) {
+                for (int64_t c = 0; c < lora; ++c)
+                    dequantize_row(L.wk_b_t.type, static_cast<const uint8_t*>(L.wk_b_t.data) + size_t(i * lora + c) * kb_row,
+                                   kb.data() + c * nope, nope);
+                for (int64_t r = 0; r < nope + vh; ++r) {
+                    if (r < nope) {
+                        for (int64_t c = 0; c < lora; ++c) row[size_t(c)] = kb[size_t(c * nope + r)];
+                    } else {
+                        dequantize_row(L.wv_b.type, static_cast<const uint8_t*>(L.wv_b.data) + size_t(i * vh + r - nope) * vb_row, row.data(), lora);
+                    }
+                    uint8_t* dst = L.owned_kv_up.data() + size_t(i * (nope + vh) + r) * t_row;
+                    if (t == dtype::f32) std::memcpy(dst, row.data(), t_row);
+                    else quantize_row(t, row.data(), dst, lora);
+                }
+            }
+            L.owned_kv_up_view = cpu::weight_view{};
+            L.owned_kv_up_view.data = L.owned_kv_up.data();
+            L.owned_kv_up_view.type = t;
+            L.owned_kv_up_view.n_out = H * (nope + vh);
+            L.owned_kv_up_view.n_in = lora;
         } else {
             KVS_TRY(matrix("attn_kv_b.weight", {lora, H * (nope + vh)}, &L.wv_b));
             L.uv_stride = nope + vh;

@@ -15,6 +15,7 @@
 #include "model/cascade_attention.h"
 #include "model/kivi_attention.h"
 #include "model/language_model.h"
+#include "model/mla_unabsorbed.h"
 #include "model/moe.h"
 
 namespace kvs {
@@ -131,6 +132,12 @@ private:
     bool h2o_mass_on_ = false;
     h2o_mass_probe h2o_mass_;
     moe_scratch moe_;                    // MoE layers (sized on first use, then reused)
+    // deepseek2: the rows run in MLA's un-absorbed form (per sequence entry), the absorbed pass's
+    // lengths (0 for those rows), the other rows, and the un-absorbed pass's scratch.
+    std::vector<std::vector<int32_t>> mla_groups_;
+    std::vector<int32_t> mla_abs_len_, mla_abs_rows_, mla_len_;
+    std::vector<uint8_t> mla_row_mask_;
+    mla_unabsorbed_scratch mla_;
     // One single-thread pool per thread of the pass's pool, for work split by head where each
     // task runs its own small matmuls (made on first use).
     std::vector<std::unique_ptr<thread_pool>> solo_pools_;

@@ -61,8 +61,16 @@ enum class weight_repack {
     always,     // even where only the portable kernels read it (tests)
 };
 
+// Which form of multi-head latent attention runs prefill rows (deepseek2; model/mla_unabsorbed.h).
+enum class mla_prefill {
+    automatic,   // per sequence, the cheaper one by the cost model
+    absorbed,    // every row over the latent (decode's form)
+    unabsorbed,  // every row of a dense sequence un-absorbed (tests, measurements)
+};
+
 struct load_options {
     weight_repack repack = weight_repack::automatic;
+    mla_prefill prefill_form = mla_prefill::automatic;
     // Matmul autotuning at load (kernels/cpu/autotune.h): off, or fast / full, which time the
     // model's matmul shapes on this CPU (or read the cached result) and set the process's
     // matmul tuning; full also picks the weight layout per dtype (with repack automatic).

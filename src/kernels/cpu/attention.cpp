@@ -401,6 +401,10 @@ float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64
     return half_value(l.type, reinterpret_cast<const uint16_t*>(kh)[row * l.k_row_elems() + d]);
 }
 
+void kv_load_k_row(const kv_page_layout& l, const void* k_block, int64_t row, float* out) {
+    load_row(l, false, static_cast<const uint8_t*>(k_block), row, out);
+}
+
 float kv_load_v(const kv_page_layout& layout, const void* v_block, int64_t row, int64_t d) {
     if (layout.v_is_k) return kv_load_k(layout, v_block, row, d);
     const kv_page_layout l = layout.for_v();

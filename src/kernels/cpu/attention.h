@@ -133,6 +133,8 @@ void kv_copy_row(const kv_page_layout& l, void* k_dst, void* v_dst, int64_t dst_
 // Element (row, d) of one KV head's K or V block, as float (references and tests).
 float kv_load_k(const kv_page_layout& l, const void* k_block, int64_t row, int64_t d);
 float kv_load_v(const kv_page_layout& l, const void* v_block, int64_t row, int64_t d);
+// Row `row` of one KV head's K block, all head_dim values as float (any format but KIVI).
+void kv_load_k_row(const kv_page_layout& l, const void* k_block, int64_t row, float* out);
 
 struct paged_kv_view {
     const void* k = nullptr;  // layer base of the K blocks
