@@ -7,10 +7,12 @@ namespace kvs {
 
 bool mla_unabsorbed_cheaper(const mla_dims& dm, int64_t n_rows, int64_t max_len, int64_t total_len) {
     const double H = double(dm.n_head), lora = double(dm.kv_lora), up = double(dm.qk_nope + dm.v_head);
-    // Multiply-adds of each form, weighted by the kernels' measured speeds on the Lite shape
-    // (docs/deepseek2.md, "Prefill in two forms"): the latent attention (one MQA group of all
-    // heads) and the lifting matmul run at about the same rate, the per-head attention at about
-    // half of it (each head streams its own keys and values).
+    // Multiply-adds of each form, the per-head attention's counted double (each head streams its
+    // own keys and values, where the latent attention shares one tile among all heads). With
+    // these weights the model's choice follows the measurements on the Lite shape
+    // (docs/deepseek2.md, "Prefill in two forms"): chunks of 512 rows un-absorbed (1.1x at
+    // pp512, 1.3x at pp4096), decode absorbed, and chunks of 64 rows, where the two forms
+    // measure alike, mostly absorbed.
     constexpr double absorbed_rate = 1.0, lift_rate = 1.0, per_head_rate = 0.5;
     const double absorbed = double(total_len) * H * double(dm.entry() + dm.kv_lora) / absorbed_rate +
                             double(n_rows) * H * (double(dm.qk_nope) + double(dm.v_head)) * lora / lift_rate;
