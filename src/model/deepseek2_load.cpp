@@ -218,13 +218,7 @@ std::vector<kv_group_desc> deepseek2_model::kv_group_layout(int32_t page_size, d
 }
 
 dtype deepseek2_model::auto_kv_type() const {
-    const dtype t = w_.layers.empty() ? dtype::f32 : w_.layers[0].wkv_a.type;
-    switch (t) {
-        case dtype::f32:
-        case dtype::f16:
-        case dtype::bf16: return t;
-        default: return quantized_weights_kv_type();
-    }
+    return auto_kv_type_for(w_.layers.empty() ? dtype::f32 : w_.layers[0].wkv_a.type);
 }
 
 size_t deepseek2_model::weight_bytes() const {

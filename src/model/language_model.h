@@ -81,6 +81,9 @@ struct load_options {
 // The KV format for models with quantized weights (see language_model::auto_kv_type), chosen
 // from the CPU: bf16 where AVX-512 BF16 runs without AVX512-FP16 (Zen 4), f16 otherwise.
 dtype quantized_weights_kv_type();
+// The KV format `auto` picks for a model whose attention weights are of `weight_type`: that
+// format when it is a float one (f32, f16, bf16), else quantized_weights_kv_type().
+dtype auto_kv_type_for(dtype weight_type);
 
 class forward_state;
 

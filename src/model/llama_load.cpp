@@ -200,16 +200,19 @@ dtype quantized_weights_kv_type() {
     return dtype::f16;
 }
 
+dtype auto_kv_type_for(dtype weight_type) {
+    switch (weight_type) {
+        case dtype::f32:
+        case dtype::f16:
+        case dtype::bf16: return weight_type;
+        default: return quantized_weights_kv_type();
+    }
+}
+
 dtype llama_model::auto_kv_type() const {
     // The attention projections decide (the layers' other matrices share their type in every
     // common file; token embeddings and the output head often differ).
-    const dtype t = w_.layers.empty() ? dtype::f32 : w_.layers[0].wq.type;
-    switch (t) {
-        case dtype::f32:
-        case dtype::f16:
-        case dtype::bf16: return t;
-        default: return quantized_weights_kv_type();
-    }
+    return auto_kv_type_for(w_.layers.empty() ? dtype::f32 : w_.layers[0].wq.type);
 }
 
 kv_config llama_model::kv_geometry(int32_t page_size, int32_t n_pages, dtype type) const {
