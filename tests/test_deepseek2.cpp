@@ -264,6 +264,13 @@ TEST(DeepSeek2, PrefillFormFollowsTheCostModel) {
     EXPECT_FALSE(mla_unabsorbed_cheaper(lite, 4, 4096, 4 * 4096));   // a few rows over a long context
     EXPECT_TRUE(mla_unabsorbed_cheaper(lite, 512, 512, 512 * 513 / 2));
     EXPECT_TRUE(mla_unabsorbed_cheaper(lite, 512, 4096, 512 * (4096 - 256)));
+    // One row of a sequence is never cheaper un-absorbed (the forward pass skips the choice for
+    // batches of single rows), whatever its context, here and in the tiny shape.
+    const mla_dims tiny{4, 32, 16, 8, 16};
+    for (int64_t len : {1, 7, 300, 100000}) {
+        EXPECT_FALSE(mla_unabsorbed_cheaper(lite, 1, len, len)) << len;
+        EXPECT_FALSE(mla_unabsorbed_cheaper(tiny, 1, len, len)) << len;
+    }
 }
 
 TEST(DeepSeek2, LatentCacheHoldsOneEntryPerTokenAndLayer) {

@@ -139,7 +139,9 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     un_groups.clear();
     std::vector<int32_t>& abs_rows = st.mla_abs_rows_;  // the other rows, ascending
     abs_rows.clear();
-    if (prefill_form_ != mla_prefill::absorbed) {
+    // (A sequence with one row — decode — is never cheaper un-absorbed: a batch of those skips this.)
+    const bool some_seq_has_rows = int64_t(ap.page_indptr.size()) - 1 < n;
+    if (prefill_form_ == mla_prefill::unabsorbed || (prefill_form_ == mla_prefill::automatic && some_seq_has_rows)) {
         std::vector<std::vector<int32_t>> by_entry(ap.page_indptr.size() - 1);
         for (int64_t i = 0; i < n; ++i) by_entry[size_t(ap.q_seq[size_t(i)])].push_back(int32_t(i));
         for (auto& rows : by_entry) {

@@ -6,6 +6,9 @@
 namespace kvs {
 
 bool mla_unabsorbed_cheaper(const mla_dims& dm, int64_t n_rows, int64_t max_len, int64_t total_len) {
+    // A single row (decode) stays absorbed: the lifting alone costs what its whole absorbed
+    // attention does once the context holds two tokens (for one token, the two are even).
+    if (n_rows < 2) return false;
     const double H = double(dm.n_head), lora = double(dm.kv_lora), up = double(dm.qk_nope + dm.v_head);
     // Multiply-adds of each form, the per-head attention's counted double (each head streams its
     // own keys and values, where the latent attention shares one tile among all heads). With

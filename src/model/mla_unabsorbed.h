@@ -43,7 +43,7 @@ struct mla_unabsorbed_scratch {
 };
 
 // Whether one sequence's n_rows rows over contexts of total_len slots in all (the longest
-// max_len) are cheaper un-absorbed.
+// max_len) are cheaper un-absorbed. Never for a single row.
 bool mla_unabsorbed_cheaper(const mla_dims& dm, int64_t n_rows, int64_t max_len, int64_t total_len);
 
 // Attention of n_rows rows of one sequence in the un-absorbed form. q: the rows' queries,
