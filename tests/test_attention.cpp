@@ -129,38 +129,46 @@ float lse_tolerance(dtype type, cpu::isa i, float ref, bool kivi = false) {
     return rel * std::max(1.0f, std::fabs(ref));
 }
 
+// The kernel on `view` against the float64 reference over the same stored values, on every
+// ISA path and with 1-3 threads (output NMSE and each LSE; a row without KV must give -inf).
+void expect_kernel_matches_reference(const cpu::attention_batch& b, const cpu::paged_kv_view& view, dtype type, double tol,
+                                     const std::string& what) {
+    const size_t n_out = size_t(b.n_q * b.n_head * view.head_dim);
+    std::vector<float> o_ref(n_out), lse_ref(size_t(b.n_q * b.n_head));
+    cpu::ref::attention_paged(b, view, o_ref.data(), lse_ref.data());
+    for (cpu::isa i : supported_isas()) {
+        isa_scope scope(i);
+        for (int threads : {1, 2, 3}) {
+            thread_pool pool(threads);
+            std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
+            cpu::attention_paged(b, view, o.data(), lse.data(), pool);
+            const std::string where = what + " " + cpu::isa_name(i) + " threads " + std::to_string(threads);
+            EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), output_tolerance(type, i, tol)) << where;
+            for (size_t j = 0; j < lse.size(); ++j) {
+                if (std::isinf(lse_ref[j])) {
+                    EXPECT_TRUE(std::isinf(lse[j]) && lse[j] < 0) << where;
+                } else {
+                    EXPECT_NEAR(lse[j], lse_ref[j], lse_tolerance(type, i, lse_ref[j])) << where << " index " << j;
+                }
+            }
+        }
+    }
+}
+
 // The kernel against the float64 reference on every KV format, both page layouts, every ISA
 // path and with 1-3 threads. The reference reads the same stored (rounded) K and V, so this measures the
 // kernel; what the rounding of K and V costs is measured by perplexity (docs/performance.md).
 void expect_matches_reference(const paged_setup& s, double tol) {
     auto b = batch_of(s);
-    const size_t n_out = size_t(b.n_q * s.n_head * s.head_dim);
     std::vector<std::pair<dtype, std::optional<dtype>>> formats;
     for (dtype t : kv_types) formats.push_back({t, std::nullopt});
     for (auto [k, v] : mixed_kv_types) formats.push_back({k, v});
     for (auto [type, v_type] : formats)
     for (bool head_major : {true, false}) {
         packed_kv p = test::pack_kv(s.k, s.v, s.n_pages, s.n_kv_head, s.page_size, s.head_dim, type, head_major, v_type);
-        std::vector<float> o_ref(n_out), lse_ref(size_t(b.n_q * s.n_head));
-        cpu::ref::attention_paged(b, p.view, o_ref.data(), lse_ref.data());
-        for (cpu::isa i : supported_isas()) {
-            isa_scope scope(i);
-            for (int threads : {1, 2, 3}) {
-                thread_pool pool(threads);
-                std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
-                cpu::attention_paged(b, p.view, o.data(), lse.data(), pool);
-                const std::string where = std::string(dtype_name(type)) + (v_type ? std::string("/") + dtype_name(*v_type) : "") + (head_major ? " head-major " : " page-major ") +
-                                          cpu::isa_name(i) + " threads " + std::to_string(threads);
-                EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), output_tolerance(type, i, tol)) << where;
-                for (size_t j = 0; j < lse.size(); ++j) {
-                    if (std::isinf(lse_ref[j])) {
-                        EXPECT_TRUE(std::isinf(lse[j]) && lse[j] < 0) << where;
-                    } else {
-                        EXPECT_NEAR(lse[j], lse_ref[j], lse_tolerance(type, i, lse_ref[j])) << where << " index " << j;
-                    }
-                }
-            }
-        }
+        expect_kernel_matches_reference(b, p.view, type, tol,
+                                        std::string(dtype_name(type)) + (v_type ? std::string("/") + dtype_name(*v_type) : "") +
+                                            (head_major ? " head-major" : " page-major"));
     }
 }
 
@@ -320,18 +328,7 @@ TEST(AttentionPaged, KeysOnlyGroupsReadValuesFromTheKeys) {
                 cpu::ref::attention_paged(b, keys.view, o_ref.data(), lse_ref.data());
                 cpu::ref::attention_paged(b, both.view, o_both.data(), lse_both.data());
                 ASSERT_EQ(o_ref, o_both) << what;
-                for (cpu::isa i : supported_isas()) {
-                    isa_scope scope(i);
-                    for (int threads : {1, 2, 3}) {
-                        thread_pool pool(threads);
-                        std::vector<float> o(n_out, 7.0f), lse(lse_ref.size(), 7.0f);
-                        cpu::attention_paged(b, keys.view, o.data(), lse.data(), pool);
-                        const std::string where = what + " " + cpu::isa_name(i) + " threads " + std::to_string(threads);
-                        EXPECT_LT(test::nmse_norm(o.data(), o_ref.data(), int64_t(n_out)), output_tolerance(type, i, 1e-5)) << where;
-                        for (size_t j = 0; j < lse.size(); ++j)
-                            EXPECT_NEAR(lse[j], lse_ref[j], lse_tolerance(type, i, lse_ref[j])) << where << " index " << j;
-                    }
-                }
+                expect_kernel_matches_reference(b, keys.view, type, 1e-5, what);
             }
     }
 }
