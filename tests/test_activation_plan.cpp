@@ -243,7 +243,9 @@ pass_output run_passes(const llama_model& m, const std::vector<int32_t>& a, cons
     pass_output out;
     int pass = 0;
     tensor_hook hook = [&](const char* name, int64_t layer, const float* data, int64_t rows, int64_t cols) {
-        out.tensors[strfmt("%s/%lld/%d", name, (long long)layer, pass)].assign(data, data + rows * cols);
+        // A tensor may come in consecutive row blocks (the FFN's output): append them.
+        std::vector<float>& t = out.tensors[strfmt("%s/%lld/%d", name, (long long)layer, pass)];
+        t.insert(t.end(), data, data + rows * cols);
     };
     const int32_t sa = kv->seq_add(), sb = kv->seq_add();
     EXPECT_TRUE(kv->seq_reserve(sa, int64_t(a.size()) + 2));
@@ -297,4 +299,48 @@ TEST(ActivationPlan, PlannedArenaGivesTheSameLogitsBitForBit) {
         EXPECT_LT(test::nmse_norm(apart.logits.data() + int64_t(t) * nv, ref_a[t].data(), nv), 1e-4) << "a " << t;
     for (size_t t = 0; t < b.size(); ++t)
         EXPECT_LT(test::nmse_norm(apart.logits.data() + int64_t(a.size() + t) * nv, ref_b[t].data(), nv), 1e-4) << "b " << t;
+}
+
+// The feed-forward block runs llama_ffn_row_block rows at a time with its intermediates sized
+// for one block: a pass of 2.5 blocks' rows (two sequences, the split between blocks falling
+// inside each) gives the float64 reference's logits for every row, and its ffn_out tensors
+// come block by block, in order, covering every row once.
+TEST(ActivationPlan, FeedForwardRowBlocksCoverEveryRow) {
+    NEED_MODEL(f);
+    const llama_model& m = *f->model;
+    const int64_t nv = m.hparams().n_vocab, d = m.hparams().n_embd;
+    const int64_t len_a = llama_ffn_row_block + 37, len_b = llama_ffn_row_block + 29, n = len_a + len_b;
+    std::vector<int32_t> a(static_cast<size_t>(len_a)), b_toks(static_cast<size_t>(len_b));
+    for (int64_t i = 0; i < len_a; ++i) a[size_t(i)] = int32_t(1 + (i * 37) % (nv - 1));
+    for (int64_t i = 0; i < len_b; ++i) b_toks[size_t(i)] = int32_t(1 + (i * 53 + 11) % (nv - 1));
+    forward_state st(m, n, n);
+    // One block of rows for the FFN's scratch, whatever the capacity.
+    for (const activation_buffer& buf : st.buffers()) {
+        if (buf.name == "gate") {
+            EXPECT_EQ(buf.bytes, size_t(llama_ffn_row_block * m.hparams().n_ff) * sizeof(float));
+        }
+    }
+    thread_pool pool(2);
+    auto kv = kv_cache::create(m.kv_geometry(16, 64, dtype::f32)).value();
+    const int32_t sa = kv->seq_add(), sb = kv->seq_add();
+    ASSERT_TRUE(kv->seq_reserve(sa, len_a));
+    ASSERT_TRUE(kv->seq_reserve(sb, len_b));
+    batch bt;
+    for (int64_t t = 0; t < len_a; ++t) bt.add(a[size_t(t)], int32_t(t), sa, true);
+    for (int64_t t = 0; t < len_b; ++t) bt.add(b_toks[size_t(t)], int32_t(t), sb, true);
+    std::vector<int64_t> ffn_rows;  // rows of each ffn_out report of layer 0
+    tensor_hook hook = [&](const char* name, int64_t layer, const float*, int64_t rows, int64_t cols) {
+        if (std::string(name) == "ffn_out" && layer == 0) {
+            EXPECT_EQ(cols, d);
+            ffn_rows.push_back(rows);
+        }
+    };
+    ASSERT_TRUE(m.forward(bt, *kv, st, pool, hook));
+    const std::vector<int64_t> want = {llama_ffn_row_block, llama_ffn_row_block, n - 2 * llama_ffn_row_block};
+    EXPECT_EQ(ffn_rows, want);
+    const auto ref_a = test::reference_logits(m, a), ref_b = test::reference_logits(m, b_toks);
+    for (int64_t t = 0; t < len_a; ++t)
+        EXPECT_LT(test::nmse_norm(st.logits() + t * nv, ref_a[size_t(t)].data(), nv), 1e-4) << "a " << t;
+    for (int64_t t = 0; t < len_b; ++t)
+        EXPECT_LT(test::nmse_norm(st.logits() + (len_a + t) * nv, ref_b[size_t(t)].data(), nv), 1e-4) << "b " << t;
 }

@@ -24,7 +24,7 @@ forward_state::forward_state(const language_model& model, int64_t max_tokens, in
         float** ptr;
     } named[] = {{"x", &x},       {"xb", &xb},     {"xb2", &xb2},           {"q", &q},
                  {"attn", &attn}, {"k", &k},       {"v", &v},               {"lse", &lse},
-                 {"gate", &gate}, {"rope_cos", &rope_cos}, {"rope_sin", &rope_sin}, {"out_rows", &out_rows},
+                 {"gate", &gate}, {"ffn_out", &ffn_out}, {"rope_cos", &rope_cos}, {"rope_sin", &rope_sin}, {"out_rows", &out_rows},
                  {"logits", &logits_}};
     buffer_ptr_.resize(buffers_.size());
     for (size_t i = 0; i < buffers_.size(); ++i) {

@@ -93,13 +93,14 @@ private:
     // pointers into arena_.
     float* x = nullptr;                  // (max_tokens, n_embd) residual stream
     float* xb = nullptr;                 // (max_tokens, n_embd) normed rows: attention and FFN input
-    float* xb2 = nullptr;                // (max_tokens, n_embd) attention and FFN output
+    float* xb2 = nullptr;                // (max_tokens, n_embd) attention output
     float* q = nullptr;                  // (max_tokens, n_head*hd)
     float* attn = nullptr;               // (max_tokens, n_head*hd)
     float* k = nullptr;                  // (max_tokens, n_kv*hd)
     float* v = nullptr;                  // (max_tokens, n_kv*hd)
     float* lse = nullptr;                // (max_tokens, n_head)
-    float* gate = nullptr;               // (max_tokens, n_ff)
+    float* gate = nullptr;               // (min(max_tokens, llama_ffn_row_block), n_ff) FFN intermediate of one row block
+    float* ffn_out = nullptr;            // (min(max_tokens, llama_ffn_row_block), n_embd) FFN output of one row block
     float* rope_cos = nullptr;           // (max_tokens, n_rot / 2) angles of each row's position
     float* rope_sin = nullptr;           // (max_tokens, n_rot / 2)
     float* out_rows = nullptr;           // (max_logits, n_embd)

@@ -27,16 +27,16 @@ enum point : int32_t {
                     // (its probe reads k), the sink pass copies q and merges into attn, lse
     p_wo,           // xb2 = attn · Wo
     p_ffn_norm,     // x += xb2; xb = rmsnorm(x)
-    p_gate_up,      // gate = silu(xb · Wgate) * (xb · Wup), tile by tile (the up tile in the matmul's scratch)
-    p_down,         // xb2 = gate · Wdown
-    p_layer_add,    // x += xb2; xb = rmsnorm(x) with the next layer's attn norm
+    p_ffn,          // per block of llama_ffn_row_block rows (llama_ffn_residual):
+                    // gate = silu(xb · Wgate) * (xb · Wup), tile by tile (the up tile in the matmul's scratch);
+                    // ffn_out = gate · Wdown; x += ffn_out; xb = rmsnorm(x) with the next layer's attn norm
     p_final_norm,   // hidden_out = x; out_rows = rmsnorm(x) of the logit rows
     p_lm_head,      // logits = out_rows · Woutput
     p_after,        // the caller reads the logits until the next pass
 };
 
 // The activation buffers, in arena order (forward_state::buffers_ and the pointers after it).
-enum buffer_id : int32_t { b_x, b_xb, b_xb2, b_q, b_attn, b_k, b_v, b_lse, b_gate, b_rope_cos, b_rope_sin, b_out_rows, b_logits, n_buffers };
+enum buffer_id : int32_t { b_x, b_xb, b_xb2, b_q, b_attn, b_k, b_v, b_lse, b_gate, b_ffn_out, b_rope_cos, b_rope_sin, b_out_rows, b_logits, n_buffers };
 
 }  // namespace
 
@@ -49,22 +49,44 @@ std::vector<activation_buffer> llama_activation_buffers(const model_hparams& hp,
         b[size_t(id)] = activation_buffer{name, floats * sizeof(float), std::move(live)};
     };
     set(b_x, "x", n * d, {{p_embed, p_final_norm}});
-    // Dead from the QKV matmul to the FFN norm, and from the FFN matmuls to the layer's end.
-    set(b_xb, "xb", n * d, {{p_attn_norm, p_qkv}, {p_ffn_norm, p_gate_up}, {p_layer_add, p_layer_add}});
-    set(b_xb2, "xb2", n * d, {{p_wo, p_ffn_norm}, {p_down, p_layer_add}});
+    // Dead from the QKV matmul to the FFN norm.
+    set(b_xb, "xb", n * d, {{p_attn_norm, p_qkv}, {p_ffn_norm, p_ffn}});
+    set(b_xb2, "xb2", n * d, {{p_wo, p_ffn_norm}});
     set(b_q, "q", n * nq, {{p_qkv, p_attention}});
     set(b_attn, "attn", n * nq, {{p_attention, p_wo}});
     set(b_k, "k", n * nkv, {{p_qkv, p_attention}});
     set(b_v, "v", n * nkv, {{p_qkv, p_kv_write}});
     set(b_lse, "lse", n * size_t(hp.n_head), {{p_attention, p_attention}});
-    set(b_gate, "gate", n * size_t(hp.n_ff), {{p_gate_up, p_down}});
-    set(b_rope_cos, "rope_cos", n * n_pairs, {{p_rope_angles, p_layer_add}});
-    set(b_rope_sin, "rope_sin", n * n_pairs, {{p_rope_angles, p_layer_add}});
+    // The FFN's intermediate and output hold one block of rows.
+    const size_t ffn_rows = std::min<size_t>(n, size_t(llama_ffn_row_block));
+    set(b_gate, "gate", ffn_rows * size_t(hp.n_ff), {{p_ffn, p_ffn}});
+    set(b_ffn_out, "ffn_out", ffn_rows * d, {{p_ffn, p_ffn}});
+    set(b_rope_cos, "rope_cos", n * n_pairs, {{p_rope_angles, p_ffn}});
+    set(b_rope_sin, "rope_sin", n * n_pairs, {{p_rope_angles, p_ffn}});
     set(b_out_rows, "out_rows", n_logit_rows * d, {{p_final_norm, p_lm_head}});
     set(b_logits, "logits", n_logit_rows * size_t(hp.n_vocab), {{p_lm_head, p_after}});
     return b;
 }
 
+
+void llama_ffn_residual(const llama_layer& L, const float* next_norm, float rms_eps, int64_t n, float* x, float* xb, float* gate,
+                        float* ffn_out, thread_pool& pool, const tensor_hook& hook, int64_t layer) {
+    const int64_t d = L.w_down.n_out;
+    for (int64_t r0 = 0; r0 < n; r0 += llama_ffn_row_block) {
+        const int64_t rows = std::min(llama_ffn_row_block, n - r0);
+        float* const xr = x + r0 * d;
+        float* const xbr = xb + r0 * d;
+        // gate and up in one pass, SwiGLU applied per chunk while it is in cache.
+        cpu::matmul_swiglu(L.w_gate, L.w_up, xbr, rows, gate, nullptr, gate, pool);
+        cpu::matmul(L.w_down, gate, rows, ffn_out, pool);
+        if (hook) hook("ffn_out", layer, ffn_out, rows, d);
+        if (next_norm) {  // residual add fused with the next layer's attention norm
+            for (int64_t i = 0; i < rows; ++i) cpu::add_rmsnorm(xr + i * d, ffn_out + i * d, next_norm, xbr + i * d, d, rms_eps);
+        } else {
+            for (int64_t j = 0; j < rows * d; ++j) xr[j] += ffn_out[j];
+        }
+    }
+}
 
 void llama_model::final_norm(const float* x, float* y) const { cpu::rmsnorm(x, w_.output_norm, y, hp_.n_embd, hp_.rms_eps); }
 
@@ -297,17 +319,8 @@ status llama_model::forward(const batch& b, kv_cache& kv, forward_state& st, thr
 
         // Feed-forward block (SwiGLU).
         dump("ffn_norm", il, st.xb, n, d);
-        // gate and up in one pass, SwiGLU applied per chunk while it is in cache.
-        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb, n, st.gate, nullptr, st.gate, pool);
-        cpu::matmul(L.w_down, st.gate, n, st.xb2, pool);
-        dump("ffn_out", il, st.xb2, n, d);
-        if (il + 1 < l_end) {  // residual add fused with the next layer's attention norm
-            const float* next_norm = w_.layers[size_t(il + 1)].attn_norm;
-            for (int64_t i = 0; i < n; ++i)
-                cpu::add_rmsnorm(st.x + i * d, st.xb2 + i * d, next_norm, st.xb + i * d, d, hp.rms_eps);
-        } else {
-            for (int64_t j = 0; j < n * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
-        }
+        const float* next_norm = il + 1 < l_end ? w_.layers[size_t(il + 1)].attn_norm : nullptr;
+        llama_ffn_residual(L, next_norm, hp.rms_eps, n, st.x, st.xb, st.gate, st.ffn_out, pool, hook, il);
         dump("l_out", il, st.x, n, d);
     }
 

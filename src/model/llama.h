@@ -58,6 +58,16 @@ struct llama_weights {
 // live ranges over the pass's program points (listed in llama.cpp), in arena order.
 std::vector<activation_buffer> llama_activation_buffers(const model_hparams& hp, int64_t max_tokens, int64_t max_logits);
 
+// The SwiGLU feed-forward block and the residual add after it, over n rows taken
+// llama_ffn_row_block at a time (so that its intermediates hold one block):
+//   x += (silu(xb · Wgateᵀ) ⊙ (xb · Wupᵀ)) · Wdownᵀ, then xb = rmsnorm(x) · next_norm
+// (the next layer's attention input; x alone when next_norm is null). A block's rows of xb are
+// read before they are overwritten. x, xb (n, n_embd); scratch gate (min(n, block), n_ff) and
+// ffn_out (min(n, block), n_embd). `hook` gets "ffn_out" of `layer` block by block, rows in order.
+constexpr int64_t llama_ffn_row_block = 128;
+void llama_ffn_residual(const llama_layer& L, const float* next_norm, float rms_eps, int64_t n, float* x, float* xb, float* gate,
+                        float* ffn_out, thread_pool& pool, const tensor_hook& hook, int64_t layer);
+
 class llama_model final : public language_model {
 public:
     // Opens, validates and binds the weights of a GGUF file of a Llama-family architecture

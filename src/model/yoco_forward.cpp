@@ -101,14 +101,7 @@ status llama_model::forward_yoco(const batch& b, kv_groups& kv, forward_state& s
         for (int64_t i = 0; i < rows; ++i) cpu::add_rmsnorm(st.x + i * d, st.xb2 + i * d, L.ffn_norm, st.xb + i * d, d, hp.rms_eps);
         dump("ffn_inp", il, st.x, rows, d);
         dump("ffn_norm", il, st.xb, rows, d);
-        cpu::matmul_swiglu(L.w_gate, L.w_up, st.xb, rows, st.gate, nullptr, st.gate, pool);
-        cpu::matmul(L.w_down, st.gate, rows, st.xb2, pool);
-        dump("ffn_out", il, st.xb2, rows, d);
-        if (next_norm) {
-            for (int64_t i = 0; i < rows; ++i) cpu::add_rmsnorm(st.x + i * d, st.xb2 + i * d, next_norm, st.xb + i * d, d, hp.rms_eps);
-        } else {
-            for (int64_t j = 0; j < rows * d; ++j) st.x[size_t(j)] += st.xb2[size_t(j)];
-        }
+        llama_ffn_residual(L, next_norm, hp.rms_eps, rows, st.x, st.xb, st.gate, st.ffn_out, pool, hook, il);
         dump("l_out", il, st.x, rows, d);
     };
 
