@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include "reference_model.h"
 #include "sched/beam_search.h"
@@ -29,10 +30,13 @@ struct ref_hyp {
 };
 
 // The definition, on float64 logits of the whole sequence recomputed for every beam and step.
+// live_after_step, when given, receives the live beams' generated tokens after each step (before
+// the last step turns them into hypotheses); ignore_eos makes end tokens ordinary.
 std::vector<ref_hyp> reference_beam_search(const fixture* f, const std::vector<int32_t>& prompt, int32_t K, int64_t max_tokens,
-                                           double alpha, int32_t n) {
+                                           double alpha, int32_t n, std::vector<std::vector<std::vector<int32_t>>>* live_after_step = nullptr,
+                                           bool ignore_eos = false) {
     const int64_t V = f->model->hparams().n_vocab;
-    auto is_end = [&](int32_t t) { return f->tok->is_eog(t); };
+    auto is_end = [&](int32_t t) { return !ignore_eos && f->tok->is_eog(t); };
     auto score = [&](double cum, size_t len) { return cum / std::pow(double(std::max<size_t>(1, len)), alpha); };
     struct live_beam {
         std::vector<int32_t> tokens;
@@ -70,6 +74,10 @@ std::vector<ref_hyp> reference_beam_search(const fixture* f, const std::vector<i
             next.push_back({toks, all[rank].s});
         }
         live = next;
+        if (live_after_step) {
+            live_after_step->emplace_back();
+            for (const auto& b : live) live_after_step->back().push_back(b.tokens);
+        }
         if (step + 1 == max_tokens) {
             for (auto& b : live) hyps.push_back({b.tokens, b.cum, score(b.cum, b.tokens.size()), false});
             live.clear();
@@ -96,6 +104,7 @@ struct out {
 struct result_set {
     std::vector<std::vector<out>> outs;
     int64_t max_pages = 0;
+    std::vector<int64_t> pages;  // pages in use after each step (the prefix cache's own excluded)
     scheduler_metrics metrics;
     request_usage usage0;
 };
@@ -129,7 +138,8 @@ result_set run_all(const fixture* f, const std::vector<request_params>& reqs, sc
         status integ = s.check_integrity();
         EXPECT_TRUE(integ) << integ.message();
         if (!integ) break;
-        r.max_pages = std::max<int64_t>(r.max_pages, kv->pool().n_used() - s.n_cached_only_pages());
+        r.pages.push_back(kv->pool().n_used() - s.n_cached_only_pages());
+        r.max_pages = std::max<int64_t>(r.max_pages, r.pages.back());
         collect();
         if (each_step) each_step(step, streams);
         if (++step > 20000) {
@@ -210,24 +220,54 @@ TEST(BeamSearch, EqualsAnExhaustiveFloat64Reference) {
 }
 
 // Width 8 holds about one sequence's pages plus a page per beam: beams share their history by
-// reference, and only the pages where they differ are their own.
+// reference, and only the pages where they differ are their own. Exactly: after every step the
+// search holds the fewest pages any sharing of KV pages allows — one per distinct (page index,
+// written tokens up to that page's end) among the live beams of the reference search, since a
+// page's K/V depend on every token before it. And the token-level count (distinct written
+// prefixes: what sharing at the granularity of single tokens would hold) shows how far the
+// issue's bound of 1.3x one sequence plus one page per beam is from what these beams need.
 TEST(BeamSearch, BeamsShareTheirCommonPages) {
     NEED_MODEL(f);
     scheduler_config cfg;
     cfg.max_seqs = 16;
     auto p = beam_request(f, "Once upon a time, there was a little girl named Lily. She", 8, 1, 32);
     p.ignore_eos = true;  // all 32 steps
+    std::vector<std::vector<std::vector<int32_t>>> live;  // [step][beam] generated tokens
+    reference_beam_search(f, p.prompt, 8, 32, 1.0, 1, &live, true);
+    ASSERT_EQ(live.size(), 32u);
+    const int64_t P = int64_t(p.prompt.size());
+    // Distinct written prefixes ending at each page's end (ps = 1: every token).
+    auto fewest_pages = [&](const std::vector<std::vector<int32_t>>& beams, int64_t ps) {
+        std::set<std::vector<int32_t>> pages;
+        for (const auto& g : beams) {
+            std::vector<int32_t> seq = p.prompt;
+            seq.insert(seq.end(), g.begin(), g.end());
+            const int64_t written = int64_t(seq.size()) - 1;  // the last token is computed next step
+            for (int64_t end = ps; end < written + ps; end += ps)
+                pages.insert(std::vector<int32_t>(seq.begin(), seq.begin() + std::min(end, written)));
+        }
+        return int64_t(pages.size());
+    };
     for (int32_t ps : {16, 4}) {
-        const int64_t one_seq = kv_cache::pages_for(int64_t(p.prompt.size()) + 32, ps);
+        const int64_t one_seq = kv_cache::pages_for(P + 32, ps);
         const auto r = run_all(f, {p}, cfg, 512, ps);
-        std::printf("width 8, %zu-token prompt, 32 tokens, %d-token pages: %lld pages at most, one sequence %lld, 8 copies %lld\n",
-                    p.prompt.size(), ps, (long long)r.max_pages, (long long)one_seq, (long long)(8 * one_seq));
+        // Engine step 0 computes the prompt and starts the beams; step i ends the reference's step i.
+        ASSERT_GE(r.pages.size(), 32u);
+        int64_t fewest_max = 0, tokens_max = 0;
+        for (size_t i = 0; i + 1 < 32; ++i) {
+            const int64_t fewest = fewest_pages(live[i], ps);
+            EXPECT_EQ(r.pages[i], fewest) << ps << "-token pages, step " << i;
+            fewest_max = std::max(fewest_max, fewest);
+            tokens_max = std::max(tokens_max, fewest_pages(live[i], 1));
+        }
+        std::printf("width 8, %lld-token prompt, 32 tokens, %d-token pages: %lld pages at most (the fewest these beams allow: %lld), "
+                    "one sequence %lld, 8 copies %lld, bound 1.3x one + 8 = %.1f; at the granularity of tokens the beams need "
+                    "%lld slots against 1.3x %lld + 8 = %.1f\n",
+                    (long long)P, ps, (long long)r.max_pages, (long long)fewest_max, (long long)one_seq, (long long)(8 * one_seq),
+                    1.3 * double(one_seq) + 8, (long long)tokens_max, (long long)(P + 32), 1.3 * double(P + 32) + 8);
+        EXPECT_EQ(r.max_pages, fewest_max);
         EXPECT_GT(r.max_pages, one_seq) << "beams hold pages of their own";
         EXPECT_LT(r.max_pages, 8 * one_seq / 2) << "far from eight copies";
-        // The prompt's pages are shared by all; generated pages are shared as far as the beams'
-        // histories agree (at most every beam owning every generated page).
-        const int64_t prompt_full = int64_t(p.prompt.size()) / ps;
-        EXPECT_LE(r.max_pages, prompt_full + 8 * (one_seq - prompt_full));
     }
 }
 
