@@ -15,8 +15,8 @@ namespace kvs {
 namespace {
 
 // The matmul calls of one forward pass (llama.cpp's forward): per layer Q/K/V in one
-// matmul_multi, the output projection, gate/up in one matmul_swiglu, the down projection;
-// then the LM head.
+// matmul_multi, the output projection, gate/up in one matmul_swiglu, the down projection (both
+// over llama_ffn_row_block rows at most); then the LM head.
 cpu::tune_workload workload_of(const llama_weights& w) {
     cpu::tune_workload calls;
     using kind = cpu::tune_call::kind;
@@ -25,8 +25,8 @@ cpu::tune_workload workload_of(const llama_weights& w) {
         if (L.wk.data) calls.push_back({kind::multi, {L.wq, L.wk, L.wv}, false});
         else calls.push_back({kind::single, {L.wq}, false});
         calls.push_back({kind::single, {L.wo}, false});
-        calls.push_back({kind::swiglu, {L.w_gate, L.w_up}, false});
-        calls.push_back({kind::single, {L.w_down}, false});
+        calls.push_back({kind::swiglu, {L.w_gate, L.w_up}, false, llama_ffn_row_block});
+        calls.push_back({kind::single, {L.w_down}, false, llama_ffn_row_block});
     }
     if (w.global_k.data) calls.push_back({kind::multi, {w.global_k, w.global_v}, false});  // YOCO: once per token
     calls.push_back({kind::single, {w.output}, true});

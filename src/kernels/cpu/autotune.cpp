@@ -141,9 +141,10 @@ public:
     double run_plan(const std::vector<timed_call>& plan, int64_t m, const matmul_tuning& t) {
         double total = 0;
         for (const timed_call& tc : plan) {
+            const int64_t rows = tc.call->max_m > 0 ? std::min(m, tc.call->max_m) : m;
             const auto t0 = clock_type::now();
-            run(*tc.call, m, t);
-            total += tc.weight * std::chrono::duration<double>(clock_type::now() - t0).count();
+            run(*tc.call, rows, t);
+            total += tc.weight * double(m) / double(rows) * std::chrono::duration<double>(clock_type::now() - t0).count();
         }
         return total;
     }

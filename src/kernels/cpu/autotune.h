@@ -38,6 +38,8 @@ struct tune_call {
     kind k = kind::single;
     std::vector<weight_view> w;  // 1 (single), 1..8 (multi, equal n_in), 2 (swiglu: gate, up)
     bool head = false;           // the LM head: run for logit rows only, so not timed at large m
+    int64_t max_m = 0;           // most x rows the pass gives one call (0: any); a prompt-sized run
+                                 // of more rows times it at max_m rows, weighted by the calls it takes
 };
 
 // The matmul calls of one forward pass, in order (every layer, then the head).
