@@ -523,6 +523,101 @@ TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
     EXPECT_NE(pbig[1], big[1]);  // H2O's budget is below the sequence: another continuation
 }
 
+// Embeddings over the latent cache: the final-normed hidden states pooled and L2-normalized
+// (sched/pooling.h). The last token's vector, through the output head, gives the float64
+// reference's logits up to a positive scale; every pooling gives the same vector alone, batched
+// with other texts and a generation, and in 3-token chunks under a 7-token budget.
+TEST(DeepSeek2, EmbeddingsPoolTheFinalHiddenStates) {
+    NEED_FILE(path, "ds2-engine-embed");
+    auto lm = language_model::load(path);
+    ASSERT_TRUE(lm) << lm.message();
+    const language_model& m = *lm.value();
+    auto tok = tokenizer::from_gguf(m.file());
+    ASSERT_TRUE(tok) << tok.message();
+    const int64_t d = m.hparams().n_embd, V = m.hparams().n_vocab;
+    const std::vector<std::vector<int32_t>> texts = {test::some_tokens(9, V, 2), test::some_tokens(23, V, 5), test::some_tokens(4, V, 8)};
+    auto run = [&](const std::vector<request_params>& reqs, scheduler_config cfg) {
+        std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
+        layout[0].config.n_pages = 128;
+        auto groups = kv_groups::create(layout).value();
+        thread_pool pool(2);
+        scheduler s(m, *tok.value(), *groups, pool, cfg);
+        std::vector<std::shared_ptr<request_stream>> streams;
+        for (const auto& p : reqs) {
+            streams.push_back(std::make_shared<request_stream>());
+            status st = s.submit(p, streams.back());
+            EXPECT_TRUE(st) << st.message();
+        }
+        std::vector<std::vector<float>> out(reqs.size());
+        for (int step = 0; !s.idle() && step < 5000; ++step) {
+            auto ok = s.step();
+            EXPECT_TRUE(ok) << ok.message();
+            EXPECT_TRUE(s.check_integrity());
+            for (size_t i = 0; i < streams.size(); ++i)
+                while (auto ev = streams[i]->pop(0))
+                    if (!ev->embedding.empty()) out[i] = ev->embedding;
+        }
+        EXPECT_TRUE(s.idle());
+        return out;
+    };
+    auto embed = [&](const std::vector<int32_t>& t, pooling_type p) {
+        request_params r;
+        r.prompt = t;
+        r.embed = true;
+        r.pooling = p;
+        return r;
+    };
+    const auto file = gguf_file::open(path).value();
+    const gguf_tensor_info* out_w = m.file().find_tensor("output.weight");
+    ASSERT_TRUE(out_w && out_w->type == dtype::f32);
+    const float* W = reinterpret_cast<const float*>(out_w->data);
+    for (pooling_type p : {pooling_type::last, pooling_type::mean, pooling_type::cls}) {
+        std::vector<std::vector<float>> alone;
+        for (const auto& t : texts) alone.push_back(run({embed(t, p)}, scheduler_config{})[0]);
+        for (const auto& v : alone) {
+            ASSERT_EQ(int64_t(v.size()), d);
+            double norm = 0;
+            for (float x : v) norm += double(x) * x;
+            EXPECT_NEAR(norm, 1.0, 1e-5);
+        }
+        std::vector<request_params> mixed;
+        for (const auto& t : texts) mixed.push_back(embed(t, p));
+        request_params gen;
+        gen.prompt = texts[1];
+        gen.sampling.temperature = 0;
+        gen.max_tokens = 8;
+        gen.ignore_eos = true;
+        mixed.push_back(gen);
+        scheduler_config tiny;
+        tiny.max_batch_tokens = 7;
+        tiny.prefill_chunk = 3;
+        const auto got = run(mixed, tiny);
+        for (size_t i = 0; i < texts.size(); ++i) {
+            ASSERT_EQ(got[i].size(), alone[i].size());
+            double diff = 0;
+            for (size_t j = 0; j < got[i].size(); ++j) diff = std::max(diff, double(std::fabs(got[i][j] - alone[i][j])));
+            EXPECT_LT(diff, 1e-5) << pooling_name(p) << " text " << i;
+        }
+        EXPECT_TRUE(got[texts.size()].empty());
+        if (p != pooling_type::last) continue;
+        for (size_t i = 0; i < texts.size(); ++i) {
+            const std::vector<double> ref = test::reference_deepseek2_logits(*file, texts[i]).back();
+            std::vector<double> mine(static_cast<size_t>(V));
+            for (int64_t v = 0; v < V; ++v)
+                for (int64_t j = 0; j < d; ++j) mine[size_t(v)] += double(W[v * d + j]) * alone[i][size_t(j)];
+            double num = 0, den = 0, err = 0, ref_norm = 0;
+            for (int64_t v = 0; v < V; ++v) num += ref[size_t(v)] * mine[size_t(v)], den += mine[size_t(v)] * mine[size_t(v)];
+            const double scale = num / den;
+            for (int64_t v = 0; v < V; ++v) {
+                err += std::pow(ref[size_t(v)] - scale * mine[size_t(v)], 2);
+                ref_norm += ref[size_t(v)] * ref[size_t(v)];
+            }
+            EXPECT_GT(scale, 0);
+            EXPECT_LT(std::sqrt(err / ref_norm), 1e-4) << "text " << i;
+        }
+    }
+}
+
 // The split MLA layout llama.cpp's converter writes now: attn_k_b (per head W_UK,iᵀ, ne
 // {qk_nope, kv_lora, n_head}) and attn_v_b (per head W_UV,i, ne {kv_lora, v_head, n_head}) in
 // place of attn_kv_b, the generic keys describing the latent (head_count_kv 1, key_length

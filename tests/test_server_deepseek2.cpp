@@ -1,7 +1,8 @@
 // A deepseek2 model (MLA over the latent KV group, MoE) served over real HTTP on 127.0.0.1 (the
 // synthetic deepseek-v2-tiny in stories260K's vocabulary, driven by its tokenizer): completions
 // equal the session's greedy tokens, alone and batched with n = 3; the latent group shows in
-// /metrics (bytes per token) and /debug/kv; Quest and H2O requests run over it; a malformed policy is a 400.
+// /metrics (bytes per token) and /debug/kv; Quest and H2O requests run over it; /v1/embeddings
+// returns unit vectors; a malformed policy is a 400.
 #include <gtest/gtest.h>
 
 #include "model/session.h"
@@ -89,6 +90,18 @@ TEST(server_deepseek2, completions_metrics_and_policies) {
         EXPECT_EQ(pcode, 200) << pol << " " << pbody.dump();
         EXPECT_EQ(pbody["usage"]["completion_tokens"], 4) << pol << " " << pbody.dump();
     }
+    // /v1/embeddings pools the final hidden states: one unit vector of n_embd per input.
+    auto [ecode, ebody] = srv.post("/v1/embeddings", json{{"input", json::array({prompt, "The cat"})}});
+    ASSERT_EQ(ecode, 200) << ebody.dump();
+    ASSERT_EQ(ebody["data"].size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+        const auto v = ebody["data"][i]["embedding"].get<std::vector<double>>();
+        ASSERT_EQ(int64_t(v.size()), hp.n_embd);
+        double norm = 0;
+        for (double x : v) norm += x * x;
+        EXPECT_NEAR(norm, 1.0, 1e-5);
+    }
+    EXPECT_EQ(ebody["usage"]["prompt_tokens"], int64_t(prompt_ids.size() + tok.value()->encode("The cat", true, false).size()));
     // A malformed policy is a 400 that names it.
     json bad = greedy_completion(prompt, 4);
     bad["kv_policy"] = "quest:budget=0";

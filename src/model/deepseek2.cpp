@@ -93,7 +93,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
 
     // Validate the whole batch before touching any state.
     if (n == 0) return status::ok();
-    if (span.begin != 0 || (span.end >= 0 && span.end != hp.n_layer) || span.hidden_out || span.hidden_in)
+    if (span.begin != 0 || (span.end >= 0 && span.end != hp.n_layer) || span.hidden_in)
         return status::error("a deepseek2 model runs whole forward passes only (no layer spans)");
     const kv_config& kc = kv.config();
     if (!kc.keys_only || kc.n_kv_head != 1 || kc.head_dim != entry || kc.n_layer != hp.n_layer)
@@ -402,6 +402,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     // H2O: the latent of each H2O sequence cuts back to its budget in every layer.
     for (size_t e = 0; e < ap.h2o_seqs.size(); ++e) KVS_TRY(h2o_cut_back(kv, ap.h2o_seqs[e], ap.h2o_filled[e]));
 
+    if (span.hidden_out) std::copy_n(x, size_t(n * d), span.hidden_out);  // embeddings pool these
     int64_t r = 0;
     for (int64_t i = 0; i < n; ++i)
         if (b.want_logits[size_t(i)]) {

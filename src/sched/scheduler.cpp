@@ -181,7 +181,6 @@ status scheduler::validate(const request_params& p) const {
     }
     if (model_.hparams().deepseek2()) {  // the latent cache: whole passes
         if (p.speculative.on() || p.speculative.exit_layer != 0) return status::error("speculative decoding is not supported on deepseek2 models");
-        if (p.embed) return status::error("embeddings are not supported on deepseek2 models");
     }
     if (groups_.size() > 1) {  // a model with ring groups (YOCO)
         const char* arch = model_.hparams().arch.c_str();
