@@ -435,16 +435,151 @@ TEST(DeepSeek2, RefusesWhatItDoesNotRun) {
     status r = m->forward(b, *kv, st, pool);
     ASSERT_FALSE(r);
     EXPECT_NE(r.message().find("latent"), std::string::npos) << r.message();
-    // Layer spans.
+    // Bad layer spans are refused before anything is written.
     auto kv2 = kv_cache::create(m->kv_geometry(4, 4, dtype::f32)).value();
     b.clear();
     b.add(1, 0, kv2->seq_add(), true);
     ASSERT_TRUE(kv2->seq_reserve(0, 1));
     layer_span span;
+    span.begin = 1;
+    r = m->forward(b, *kv2, st, pool, nullptr, span);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.message().find("hidden states"), std::string::npos) << r.message();
+    span.begin = 0;
+    span.end = m->hparams().n_layer + 1;
+    r = m->forward(b, *kv2, st, pool, nullptr, span);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.message().find("layer span"), std::string::npos) << r.message();
+    kv2->seq_set_policy(0, kv_policy::parse("h2o:heavy=2,recent=2").value());
     span.end = 1;
     r = m->forward(b, *kv2, st, pool, nullptr, span);
     ASSERT_FALSE(r);
-    EXPECT_NE(r.message().find("layer spans"), std::string::npos) << r.message();
+    EXPECT_NE(r.message().find("H2O"), std::string::npos) << r.message();
+}
+
+// Layer spans: layers [0, E) with the exit hidden states, then [E, L) from them, give the full
+// pass's logits bit for bit, for every E (the latent pages written once, by the layer that owns them).
+TEST(DeepSeek2, LayerSpanSplitPassEqualsTheFullPass) {
+    NEED_FILE(path, "ds2-engine-span");
+    auto m = load(path);
+    ASSERT_TRUE(m);
+    const int64_t d = m->hparams().n_embd, nv = m->hparams().n_vocab, L = m->hparams().n_layer;
+    const std::vector<int32_t> toks = test::some_tokens(11, nv, 4);
+    const int64_t n = int64_t(toks.size());
+    thread_pool pool(2);
+    auto run = [&](int64_t exit_layer) {
+        auto kv = kv_cache::create(m->kv_geometry(4, 16, dtype::f32)).value();
+        const int32_t seq = kv->seq_add();
+        EXPECT_TRUE(kv->seq_reserve(seq, n));
+        forward_state st(*m, n, n);
+        batch b;
+        for (int64_t i = 0; i < n; ++i) b.add(toks[size_t(i)], int32_t(i), seq, true);
+        if (exit_layer == 0) {
+            EXPECT_TRUE(m->forward(b, *kv, st, pool));
+        } else {
+            std::vector<float> h(size_t(n * d));
+            layer_span a;
+            a.end = exit_layer;
+            a.hidden_out = h.data();
+            EXPECT_TRUE(m->forward(b, *kv, st, pool, nullptr, a));
+            layer_span z;
+            z.begin = exit_layer;
+            z.hidden_in = h.data();
+            EXPECT_TRUE(m->forward(b, *kv, st, pool, nullptr, z));
+        }
+        return std::vector<float>(st.logits(), st.logits() + n * nv);
+    };
+    const std::vector<float> full = run(0);
+    for (int64_t e = 1; e < L; ++e) {
+        const std::vector<float> split = run(e);
+        ASSERT_EQ(split.size(), full.size());
+        size_t differ = 0;
+        for (size_t i = 0; i < full.size(); ++i) differ += split[i] != full[i];
+        EXPECT_EQ(differ, 0u) << "exit " << e;
+    }
+}
+
+// Speculative decoding over the latent cache: self-speculation (every exit layer, several draft
+// lengths) and a draft model (the target itself: every draft accepted; a random deepseek2 model:
+// few), each with prompts in chunks, the prefix cache and a pool small enough to preempt, give
+// the plain greedy tokens; integrity after every step, no page of either cache leaked.
+TEST(DeepSeek2, SpeculationGivesThePlainGreedyTokens) {
+    NEED_FILE(path, "ds2-engine-spec");
+    NEED_FILE(other_path, "ds2-engine-spec-draft", "--seed 9");
+    auto lm = language_model::load(path);
+    ASSERT_TRUE(lm) << lm.message();
+    auto other = language_model::load(other_path);
+    ASSERT_TRUE(other) << other.message();
+    const language_model& m = *lm.value();
+    auto tok = tokenizer::from_gguf(m.file());
+    ASSERT_TRUE(tok) << tok.message();
+    const int64_t nv = m.hparams().n_vocab;
+    struct outcome {
+        std::vector<std::vector<int32_t>> tokens;
+        scheduler_metrics metrics;
+    };
+    auto run = [&](int32_t exit_layer, int32_t draft_tokens, const language_model* draft, int32_t n_pages, bool prefix_cache) {
+        std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
+        layout[0].config.n_pages = n_pages;
+        auto groups = kv_groups::create(layout).value();
+        std::unique_ptr<kv_cache> dkv;
+        if (draft) dkv = kv_cache::create(draft->kv_geometry(4, 256, dtype::f32)).value();
+        thread_pool pool(2);
+        scheduler_config cfg;
+        cfg.spec_max_running = 8;
+        cfg.max_batch_tokens = 16;
+        cfg.prefill_chunk = 6;
+        cfg.prefix_cache = prefix_cache;
+        scheduler s(m, *tok.value(), *groups, pool, cfg, {draft, dkv.get()});
+        std::vector<std::shared_ptr<request_stream>> streams;
+        outcome out;
+        for (int r = 0; r < 3; ++r) {
+            request_params p;
+            p.prompt = test::some_tokens(7 + 5 * r, nv, 30 + r);
+            p.sampling.temperature = 0;
+            p.max_tokens = 24;
+            p.ignore_eos = true;
+            if (exit_layer > 0 || draft) {
+                p.speculative.exit_layer = exit_layer;
+                p.speculative.draft_tokens = draft_tokens;
+            }
+            streams.push_back(std::make_shared<request_stream>());
+            status st = s.submit(p, streams.back());
+            EXPECT_TRUE(st) << st.message();
+        }
+        out.tokens.resize(streams.size());
+        for (int step = 0; !s.idle() && step < 5000; ++step) {
+            auto ok = s.step();
+            EXPECT_TRUE(ok) << ok.message();
+            status integrity = s.check_integrity();
+            EXPECT_TRUE(integrity) << integrity.message();
+            for (size_t i = 0; i < streams.size(); ++i)
+                while (auto ev = streams[i]->pop(0)) out.tokens[i].insert(out.tokens[i].end(), ev->tokens.begin(), ev->tokens.end());
+        }
+        EXPECT_TRUE(s.idle());
+        s.drop_prefix_cache();
+        EXPECT_EQ(groups->group(0).pool().n_free(), groups->group(0).pool().n_pages()) << "pages leaked";
+        if (dkv) { EXPECT_EQ(dkv->pool().n_free(), dkv->pool().n_pages()) << "draft pages leaked"; }
+        out.metrics = s.metrics();
+        return out;
+    };
+    const outcome plain = run(0, 0, nullptr, 256, false);
+    for (const auto& t : plain.tokens) EXPECT_EQ(t.size(), 24u);
+    for (int32_t e = 1; e < m.hparams().n_layer; ++e)
+        for (int32_t dn : {1, 3, 5}) {
+            const outcome r = run(e, dn, nullptr, dn == 3 ? 16 : 256, dn != 1);
+            EXPECT_EQ(r.tokens, plain.tokens) << "exit " << e << " draft " << dn;
+            EXPECT_GT(r.metrics.spec_cycles, 0);
+            if (dn == 3) { EXPECT_GT(r.metrics.preemptions, 0); }
+        }
+    const outcome self_drafted = run(0, 4, &m, 256, true);
+    EXPECT_EQ(self_drafted.tokens, plain.tokens);
+    EXPECT_GT(self_drafted.metrics.spec_cycles, 0);
+    EXPECT_EQ(self_drafted.metrics.spec_accepted, self_drafted.metrics.spec_drafted) << "the target drafting for itself";
+    const outcome other_drafted = run(0, 4, other.value().get(), 24, true);
+    EXPECT_EQ(other_drafted.tokens, plain.tokens);
+    EXPECT_GT(other_drafted.metrics.spec_cycles, 0);
+    EXPECT_LT(other_drafted.metrics.spec_accepted, other_drafted.metrics.spec_drafted) << "another model's drafts";
 }
 
 // The scheduler over the latent group: several requests, n > 1, a shared prompt (prefix cache)

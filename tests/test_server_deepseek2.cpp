@@ -1,6 +1,6 @@
 // A deepseek2 model (MLA over the latent KV group, MoE) served over real HTTP on 127.0.0.1 (the
 // synthetic deepseek-v2-tiny in stories260K's vocabulary, driven by its tokenizer): completions
-// equal the session's greedy tokens, alone and batched with n = 3; the latent group shows in
+// equal the session's greedy tokens, alone, self-speculating and batched with n = 3; the latent group shows in
 // /metrics (bytes per token) and /debug/kv; Quest and H2O requests run over it; /v1/embeddings
 // returns unit vectors; a malformed policy is a 400.
 #include <gtest/gtest.h>
@@ -60,6 +60,12 @@ TEST(server_deepseek2, completions_metrics_and_policies) {
         want_text += d.flush();
     }
     EXPECT_EQ(body["choices"][0]["text"].get<std::string>(), want_text);
+    // Self-speculation (exit after layer 1, drafts of 3) gives the same greedy text.
+    json spec_req = req;
+    spec_req["speculative"] = json{{"exit_layer", 1}, {"draft_tokens", 3}};
+    auto [scode, sbody] = srv.post("/v1/completions", spec_req);
+    ASSERT_EQ(scode, 200) << sbody.dump();
+    EXPECT_EQ(sbody["choices"][0]["text"].get<std::string>(), want_text);
     req["n"] = 3;
     auto [code3, body3] = srv.post("/v1/completions", req);
     ASSERT_EQ(code3, 200) << body3.dump();

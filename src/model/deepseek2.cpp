@@ -20,9 +20,9 @@ namespace {
 // Program points of deepseek2_model::forward, in order; the layer loop runs p_attn_norm ..
 // p_layer_add once per layer, so a buffer read in the next layer is live over the whole body.
 enum point : int32_t {
-    p_embed,        // x = token rows
+    p_embed,        // x = token rows (or the span's hidden_in)
     p_rope_angles,  // rope_cos, rope_sin of every row's position
-    p_attn_norm,    // xb = rmsnorm(x) (layer 0; later layers get it from p_layer_add)
+    p_attn_norm,    // xb = rmsnorm(x) (the span's first layer; later layers get it from p_layer_add)
     p_proj,         // q (via q_a when q_lora > 0) and kva = xb · W_kv_a
     p_latent,       // kva = [rmsnorm(c); RoPE(k_pe)] written to the cache
     p_absorb,       // qlat = [W_UK,iᵀ q_nope_i; RoPE(q_pe_i)] per head (gathered through head_in/head_out)
@@ -93,14 +93,21 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
 
     // Validate the whole batch before touching any state.
     if (n == 0) return status::ok();
-    if (span.begin != 0 || (span.end >= 0 && span.end != hp.n_layer) || span.hidden_in)
-        return status::error("a deepseek2 model runs whole forward passes only (no layer spans)");
+    const int64_t l_begin = span.begin, l_end = span.end < 0 ? hp.n_layer : span.end;
+    if (l_begin < 0 || l_begin >= l_end || l_end > hp.n_layer)
+        return status::error(strfmt("layer span [%lld, %lld) is not within the model's %lld layers", (long long)l_begin,
+                                    (long long)l_end, (long long)hp.n_layer));
+    if (l_begin > 0 && !span.hidden_in) return status::error("a layer span starting past layer 0 needs the hidden states entering it");
+    const bool partial = l_begin > 0 || l_end < hp.n_layer;
     const kv_config& kc = kv.config();
     if (!kc.keys_only || kc.n_kv_head != 1 || kc.head_dim != entry || kc.n_layer != hp.n_layer)
         return status::error("kv cache: not this deepseek2 model's latent group (deepseek2_model::kv_geometry)");
     KVS_TRY(check_batch(b, kv, hp.n_vocab, st.max_tokens(), st.max_logits()));
     if (st.buffers().size() != size_t(n_buffers) || st.buffers()[b_qlat].name != "q_latent")
         return status::error("forward state: not made for a deepseek2 model");
+    for (int64_t i = 0; i < n; ++i)
+        if (partial && kv.seq_policy(b.seq_ids[size_t(i)]).kind == kv_policy_kind::h2o)
+            return status::error("a layer span cannot run H2O sequences (they cut back after the last layer)");
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
         // H2O adds to the scores of every slot its rows attend and later moves tokens between
@@ -186,9 +193,14 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
         if (hook) hook(name, layer, data, rows, cols);
     };
 
-    const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
-    for (int64_t i = 0; i < n; ++i)
-        dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, x + i * d, d);
+    // Embeddings: dequantize each token's row (or take the residual stream entering the span).
+    if (l_begin > 0) {
+        std::copy_n(span.hidden_in, size_t(n * d), x);
+    } else {
+        const size_t emb_row = dtype_row_bytes(w_.token_embd->type, d);
+        for (int64_t i = 0; i < n; ++i)
+            dequantize_row(w_.token_embd->type, w_.token_embd->data + size_t(b.tokens[size_t(i)]) * emb_row, x + i * d, d);
+    }
 
     const int64_t n_pairs = std::max<int64_t>(1, n_rot / 2);
     for (int64_t i = 0; i < n; ++i) {
@@ -235,9 +247,9 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
     if (per_head_tasks)
         while (st.solo_pools_.size() < size_t(pool.n_threads())) st.solo_pools_.push_back(std::make_unique<thread_pool>(1));
 
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
+    for (int64_t il = l_begin; il < l_end; ++il) {
         const deepseek2_layer& L = w_.layers[size_t(il)];
-        if (il == 0)
+        if (il == l_begin)
             for (int64_t i = 0; i < n; ++i) cpu::rmsnorm(x + i * d, L.attn_norm, xb + i * d, d, hp.rms_eps);
         dump("attn_norm", il, xb, n, d);
 
@@ -390,7 +402,7 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
             moe_ffn(L.moe, xb, n, xb2, st.moe_, pool);
         }
         dump("ffn_out", il, xb2, n, d);
-        if (il + 1 < hp.n_layer) {
+        if (il + 1 < l_end) {
             const float* next_norm = w_.layers[size_t(il + 1)].attn_norm;
             for (int64_t i = 0; i < n; ++i) cpu::add_rmsnorm(x + i * d, xb2 + i * d, next_norm, xb + i * d, d, hp.rms_eps);
         } else {

@@ -27,8 +27,8 @@
 // (the one 64-dim key is the only rotated thing in the cache); H2O scores each latent entry by
 // the probabilities all H heads gave it and keeps one set per layer; Quest bounds the latent
 // entries per page ([c; k_pe], bf16 outward) and scores a page by its best head's
-// Σ_d max(q_d·min_d, q_d·max_d) over the absorbed query. KIVI pages are not supported. Every
-// forward pass runs all the layers (no layer spans).
+// Σ_d max(q_d·min_d, q_d·max_d) over the absorbed query. KIVI pages are not supported. Layer
+// spans (self-speculative decoding) run as in the Llama family, H2O sequences excepted.
 #pragma once
 
 #include <memory>

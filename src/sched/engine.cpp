@@ -19,10 +19,7 @@ result<std::unique_ptr<engine>> engine::create(const language_model& model, cons
     if (c.draft_model && c.kivi.bits) return status::error("a draft model does not combine with a KIVI cache");
     // Ring groups (YOCO's self-decoder): every sequence's window of one prefill chunk, for
     // max_seqs sequences, taken from the budget before the primary group's pages.
-    if (model.hparams().deepseek2()) {
-        if (c.kivi.bits) return status::error("KIVI pages are not supported on deepseek2 models");
-        if (c.draft_model) return status::error("a draft model is not supported on deepseek2 models");
-    }
+    if (model.hparams().deepseek2() && c.kivi.bits) return status::error("KIVI pages are not supported on deepseek2 models");
     std::vector<kv_group_desc> groups = model.kv_group_layout(ps, geom.type);
     int64_t ring_bytes = 0;
     for (size_t g = 1; g < groups.size(); ++g) {

@@ -179,9 +179,6 @@ status scheduler::validate(const request_params& p) const {
                                             p.beam_width, (long long)pages, kv_.pool().n_pages()));
         }
     }
-    if (model_.hparams().deepseek2()) {  // the latent cache: whole passes
-        if (p.speculative.on() || p.speculative.exit_layer != 0) return status::error("speculative decoding is not supported on deepseek2 models");
-    }
     if (groups_.size() > 1) {  // a model with ring groups (YOCO)
         const char* arch = model_.hparams().arch.c_str();
         if (!pol.is_dense())
