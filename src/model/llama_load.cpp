@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/autotune.h"
 #include "kernels/cpu/interleave.h"
+#include "model/load_tuning.h"
 #include "model/tensor_check.h"
 
 namespace kvs {
@@ -33,15 +34,6 @@ cpu::tune_workload workload_of(const llama_weights& w) {
     return calls;
 }
 
-const char* repack_name(weight_repack r) {
-    switch (r) {
-        case weight_repack::automatic: return "automatic";
-        case weight_repack::never: return "never";
-        case weight_repack::always: return "always";
-    }
-    return "?";
-}
-
 }  // namespace
 
 result<std::unique_ptr<llama_model>> llama_model::load(const std::string& path, const load_options& opts) {
@@ -61,48 +53,8 @@ result<std::unique_ptr<llama_model>> llama_model::from_gguf(std::unique_ptr<gguf
     if (hp.value().deepseek2()) return status::error("deepseek2 is not a Llama-family architecture (language_model::load loads it)");
     m->hp_ = hp.value();
     KVS_TRY(m->bind_weights());
-    if (opts.tune == cpu::tune_level::off) {
-        m->repack_weights(opts.repack);
-        return m;
-    }
-    // Tuning: the cached result for this CPU, build and workload, else measured now (the
-    // layouts first at level full, then the work splits on the weights as they will be read).
-    const int n_threads = opts.tune_threads > 0 ? opts.tune_threads : int(std::max(1u, std::thread::hardware_concurrency()));
-    thread_pool pool(n_threads);
-    const cpu::tune_workload file_layout = workload_of(m->w_);
-    const cpu::tune_key key =
-        cpu::tune_key_for(file_layout, n_threads, opts.tune, std::string("repack ") + repack_name(opts.repack));
-    const std::string dir = cpu::tune_cache_dir();
-    const std::string path = dir.empty() ? std::string() : cpu::tune_cache_path(dir, key);
-    const char* level = cpu::tune_level_name(opts.tune);
-    cpu::matmul_tuning_table table = cpu::matmul_tuning_active();
-    if (!path.empty() && cpu::tune_cache_read(path, key, &table)) {
-        cpu::matmul_tuning_set(table);
-        m->repack_weights(opts.repack);
-        std::fprintf(stderr, "matmul tuning (%s): read %s\n", level, path.c_str());
-        return m;
-    }
-    cpu::tune_budget budget = cpu::tune_budget_for(opts.tune);
-    const std::vector<dtype> dtypes = cpu::tune_dtypes(file_layout);
-    for (dtype t : dtypes) table.set_repack(t, true);
-    // KVSERVE_TUNE_TRACE=1 prints every timed run.
-    cpu::tune_trace trace;
-    if (const char* e = std::getenv("KVSERVE_TUNE_TRACE"); e && *e && std::string(e) != "0")
-        trace = [](const cpu::tune_trial& t) {
-            std::fprintf(stderr, "matmul tuning: %-5s %-5s %-13s %s: %.3f ms\n", dtype_name(t.type),
-                         cpu::matmul_m_class_name(t.m_class),
-                         t.layout == cpu::weight_layout::interleaved16 ? "interleaved16" : "",
-                         cpu::tune_describe(t.tuning).c_str(), t.seconds * 1e3);
-        };
-    if (opts.tune == cpu::tune_level::full && opts.repack == weight_repack::automatic && cpu::interleave_preferred())
-        cpu::autotune_layouts(file_layout, pool, &table, budget, trace);
-    cpu::matmul_tuning_set(table);
-    m->repack_weights(opts.repack);
-    const cpu::tune_result tuned = cpu::autotune(workload_of(m->w_), pool, opts.tune, table, budget, trace);
-    cpu::matmul_tuning_set(tuned.table);
-    const bool saved = !path.empty() && cpu::tune_cache_write(path, key, tuned.table, dtypes);
-    std::fprintf(stderr, "matmul tuning (%s): %d runs in %.1f s%s%s\n", level, budget.evaluations, budget.seconds,
-                 saved ? ", saved to " : "", saved ? path.c_str() : "");
+    llama_model* const lm = m.get();
+    tune_matmuls_at_load(opts, [lm] { return workload_of(lm->w_); }, [lm](weight_repack r) { lm->repack_weights(r); });
     return m;
 }
 

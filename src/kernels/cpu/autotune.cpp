@@ -59,6 +59,7 @@ std::string call_signature(const tune_call& c) {
     static const char* kinds[] = {"single", "multi", "swiglu"};
     std::string s = kinds[int(c.k)];
     if (c.head) s += "/head";
+    if (c.max_m > 0) s += strfmt("/m<=%lld", (long long)c.max_m);
     for (const weight_view& w : c.w)
         s += strfmt(" %s:%lldx%lld%s", dtype_name(w.type), (long long)w.n_out, (long long)w.n_in,
                     w.layout == weight_layout::interleaved16 ? "i" : "");
