@@ -10,6 +10,11 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -751,6 +756,50 @@ TEST(DeepSeek2, EmbeddingsPoolTheFinalHiddenStates) {
             EXPECT_LT(std::sqrt(err / ref_norm), 1e-4) << "text " << i;
         }
     }
+}
+
+// Load-time tuning over deepseek2's own calls (projections, per-head absorption, experts at
+// their share of a chunk's rows): the first load measures and writes the cache, the second reads
+// it, and the tuned kernels give the default tuning's logits bit for bit (work splits only).
+TEST(DeepSeek2, TunedLoadTimesItsCallsAndKeepsTheLogits) {
+    NEED_FILE(path, "ds2-engine-tune", "", "q8_0");
+    const cpu::matmul_tuning_table before = cpu::matmul_tuning_active();
+    const std::vector<int32_t> tokens = test::some_tokens(13, 512, 6);
+    auto plain = load(path);
+    ASSERT_TRUE(plain);
+    const std::vector<float> want = session_logits(*plain, tokens, 13);
+    const std::string dir = test::temp_dir() + "/ds2-tune-cache";
+    std::filesystem::remove_all(dir);
+    const char* old = std::getenv("KVSERVE_TUNE_CACHE");
+    const std::string saved = old ? old : "";
+    setenv("KVSERVE_TUNE_CACHE", dir.c_str(), 1);
+    load_options opts;
+    opts.tune = cpu::tune_level::fast;
+    opts.tune_threads = 2;
+    testing::internal::CaptureStderr();
+    auto tuned = load(path, opts);
+    std::string err = testing::internal::GetCapturedStderr();
+    ASSERT_TRUE(tuned);
+    EXPECT_NE(err.find("matmul tuning (fast):"), std::string::npos) << err;
+    EXPECT_NE(err.find("saved to"), std::string::npos) << err;
+    // The cache names the tuned formats: the model's q8_0 matrices among them.
+    std::vector<std::string> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path().string());
+    ASSERT_EQ(files.size(), 1u);
+    std::ifstream in(files[0]);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("q8_0"), std::string::npos) << text;
+    const std::vector<float> got = session_logits(*tuned, tokens, 13);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
+    testing::internal::CaptureStderr();
+    auto again = load(path, opts);
+    err = testing::internal::GetCapturedStderr();
+    ASSERT_TRUE(again);
+    EXPECT_NE(err.find("matmul tuning (fast): read "), std::string::npos) << err;
+    if (old) setenv("KVSERVE_TUNE_CACHE", saved.c_str(), 1);
+    else unsetenv("KVSERVE_TUNE_CACHE");
+    cpu::matmul_tuning_set(before);
 }
 
 // The split MLA layout llama.cpp's converter writes now: attn_k_b (per head W_UK,iᵀ, ne

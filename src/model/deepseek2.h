@@ -134,6 +134,12 @@ public:
     status forward(const batch& b, kv_cache& kv, forward_state& st, thread_pool& pool, const tensor_hook& hook = nullptr,
                    const layer_span& span = {}) const override;
 
+    // The matmul calls of one forward pass (load-time tuning, model/load_tuning.h): projections,
+    // the per-head absorption matrices, the latent lift, the output projection, the dense FFN or
+    // the router, shared experts and every routed expert (each timed at its share of a prompt
+    // chunk's rows), then the LM head.
+    cpu::tune_workload tune_workload() const;
+
 private:
     deepseek2_model() = default;
     status bind_weights();

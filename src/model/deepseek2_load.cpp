@@ -6,6 +6,7 @@
 
 #include "model/deepseek2.h"
 #include "kernels/cpu/interleave.h"
+#include "model/load_tuning.h"
 #include "model/tensor_check.h"
 
 namespace kvs {
@@ -20,9 +21,50 @@ result<std::unique_ptr<deepseek2_model>> deepseek2_model::from_gguf(std::unique_
     if (m->hp_.rope_yarn)
         m->yarn_ = yarn_rope::make(m->hp_.n_rot, m->hp_.rope_freq_base, m->hp_.rope_freq_scale, m->hp_.yarn_orig_ctx);
     KVS_TRY(m->bind_weights());
-    m->repack_weights(opts.repack);
+    deepseek2_model* const dm = m.get();
+    tune_matmuls_at_load(opts, [dm] { return dm->tune_workload(); }, [dm](weight_repack r) { dm->repack_weights(r); });
     m->prefill_form_ = opts.prefill_form;
     return m;
+}
+
+cpu::tune_workload deepseek2_model::tune_workload() const {
+    cpu::tune_workload calls;
+    using kind = cpu::tune_call::kind;
+    const int64_t H = hp_.n_head;
+    for (const deepseek2_layer& L : w_.layers) {
+        // The query path and the latent in one pass over the rows.
+        if (hp_.q_lora > 0) {
+            calls.push_back({kind::multi, {L.wq_a, L.wkv_a}, false});
+            calls.push_back({kind::single, {L.wq_b}, false});
+        } else {
+            calls.push_back({kind::multi, {L.wq, L.wkv_a}, false});
+        }
+        // Absorbed attention, per head: W_UK,iᵀ into the query, W_UV,i out of the latent; a
+        // prefill chunk lifts its context's latents instead (the un-absorbed form).
+        for (int64_t h = 0; h < H; ++h) calls.push_back({kind::single, {L.wk_b_t_head(h)}, false});
+        for (int64_t h = 0; h < H; ++h) calls.push_back({kind::single, {L.wv_b_head(h, hp_.v_head)}, false});
+        calls.push_back({kind::single, {L.kv_up(H)}, false});
+        calls.push_back({kind::single, {L.wo}, false});
+        if (L.dense()) {
+            calls.push_back({kind::swiglu, {L.w_gate, L.w_up}, false});
+            calls.push_back({kind::single, {L.w_down}, false});
+            continue;
+        }
+        const moe_weights& e = L.moe;
+        calls.push_back({kind::single, {e.router}, false});
+        if (e.has_shared()) {
+            calls.push_back({kind::swiglu, {e.gate_sh, e.up_sh}, false});
+            calls.push_back({kind::single, {e.down_sh}, false});
+        }
+        // Each expert sees about k / n_expert of a prompt chunk's rows.
+        const int64_t rows = std::max<int64_t>(1, (cpu::tune_m_of[int(cpu::matmul_m_class::large)] * e.n_used + e.n_expert - 1) / e.n_expert);
+        for (int64_t x = 0; x < e.n_expert; ++x) {
+            calls.push_back({kind::swiglu, {moe_expert(e.gate_exps, x), moe_expert(e.up_exps, x)}, false, rows});
+            calls.push_back({kind::single, {moe_expert(e.down_exps, x)}, false, rows});
+        }
+    }
+    calls.push_back({kind::single, {w_.output}, true});
+    return calls;
 }
 
 void deepseek2_model::repack_weights(weight_repack mode) {
