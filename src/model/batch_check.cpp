@@ -26,4 +26,17 @@ status check_batch(const batch& b, const kv_cache& kv, int64_t n_vocab, int64_t 
     return status::ok();
 }
 
+result<span_layers> check_layer_span(const layer_span& span, int64_t n_layer, const batch& b, const kv_cache& kv) {
+    span_layers l{span.begin, span.end < 0 ? n_layer : span.end};
+    if (l.begin < 0 || l.begin >= l.end || l.end > n_layer)
+        return status::error(strfmt("layer span [%lld, %lld) is not within the model's %lld layers", (long long)l.begin, (long long)l.end,
+                                    (long long)n_layer));
+    if (l.begin > 0 && !span.hidden_in) return status::error("a layer span starting past layer 0 needs the hidden states entering it");
+    l.partial = l.begin > 0 || l.end < n_layer;
+    for (int64_t i = 0; i < b.size() && l.partial; ++i)
+        if (kv.seq_policy(b.seq_ids[size_t(i)]).kind == kv_policy_kind::h2o)
+            return status::error("a layer span cannot run H2O sequences (they cut back after the last layer)");
+    return l;
+}
+
 }  // namespace kvs

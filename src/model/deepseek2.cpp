@@ -93,21 +93,15 @@ status deepseek2_model::forward(const batch& b, kv_cache& kv, forward_state& st,
 
     // Validate the whole batch before touching any state.
     if (n == 0) return status::ok();
-    const int64_t l_begin = span.begin, l_end = span.end < 0 ? hp.n_layer : span.end;
-    if (l_begin < 0 || l_begin >= l_end || l_end > hp.n_layer)
-        return status::error(strfmt("layer span [%lld, %lld) is not within the model's %lld layers", (long long)l_begin,
-                                    (long long)l_end, (long long)hp.n_layer));
-    if (l_begin > 0 && !span.hidden_in) return status::error("a layer span starting past layer 0 needs the hidden states entering it");
-    const bool partial = l_begin > 0 || l_end < hp.n_layer;
     const kv_config& kc = kv.config();
     if (!kc.keys_only || kc.n_kv_head != 1 || kc.head_dim != entry || kc.n_layer != hp.n_layer)
         return status::error("kv cache: not this deepseek2 model's latent group (deepseek2_model::kv_geometry)");
     KVS_TRY(check_batch(b, kv, hp.n_vocab, st.max_tokens(), st.max_logits()));
     if (st.buffers().size() != size_t(n_buffers) || st.buffers()[b_qlat].name != "q_latent")
         return status::error("forward state: not made for a deepseek2 model");
-    for (int64_t i = 0; i < n; ++i)
-        if (partial && kv.seq_policy(b.seq_ids[size_t(i)]).kind == kv_policy_kind::h2o)
-            return status::error("a layer span cannot run H2O sequences (they cut back after the last layer)");
+    auto layers = check_layer_span(span, hp.n_layer, b, kv);
+    if (!layers) return layers.error();
+    const int64_t l_begin = layers.value().begin, l_end = layers.value().end;
     for (int64_t i = 0; i < n; ++i) {
         const int32_t s = b.seq_ids[size_t(i)], slot = b.slots[size_t(i)];
         // H2O adds to the scores of every slot its rows attend and later moves tokens between
