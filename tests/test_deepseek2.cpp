@@ -77,6 +77,15 @@ std::vector<float> session_logits(const language_model& m, const std::vector<int
     return all;
 }
 
+// The model's latent group of n_pages f32 pages of 4 tokens (with Quest's bounds and H2O's
+// scores when policy_metadata), for the scheduler.
+std::unique_ptr<kv_groups> latent_groups(const language_model& m, int32_t n_pages, bool policy_metadata = false) {
+    std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
+    layout[0].config.n_pages = n_pages;
+    layout[0].config.key_bounds = layout[0].config.token_scores = policy_metadata;
+    return kv_groups::create(layout).value();
+}
+
 void expect_matches_reference(const std::string& path, double tol) {
     auto m = load(path);
     ASSERT_TRUE(m);
@@ -524,9 +533,7 @@ TEST(DeepSeek2, SpeculationGivesThePlainGreedyTokens) {
         scheduler_metrics metrics;
     };
     auto run = [&](int32_t exit_layer, int32_t draft_tokens, const language_model* draft, int32_t n_pages, bool prefix_cache) {
-        std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
-        layout[0].config.n_pages = n_pages;
-        auto groups = kv_groups::create(layout).value();
+        auto groups = latent_groups(m, n_pages);
         std::unique_ptr<kv_cache> dkv;
         if (draft) dkv = kv_cache::create(draft->kv_geometry(4, 256, dtype::f32)).value();
         thread_pool pool(2);
@@ -598,10 +605,7 @@ TEST(DeepSeek2, SchedulerWithPrefixCacheAndPreemption) {
     auto tok = tokenizer::from_gguf(m.file());
     ASSERT_TRUE(tok) << tok.message();
     auto run = [&](int32_t n_pages, bool prefix_cache, const std::vector<const char*>& policies) {
-        std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
-        layout[0].config.n_pages = n_pages;
-        layout[0].config.key_bounds = layout[0].config.token_scores = true;  // Quest and H2O requests
-        auto groups = kv_groups::create(layout).value();
+        auto groups = latent_groups(m, n_pages, true);  // Quest and H2O requests
         thread_pool pool(2);
         scheduler_config cfg;
         cfg.max_seqs = 4;
@@ -677,9 +681,7 @@ TEST(DeepSeek2, EmbeddingsPoolTheFinalHiddenStates) {
     const int64_t d = m.hparams().n_embd, V = m.hparams().n_vocab;
     const std::vector<std::vector<int32_t>> texts = {test::some_tokens(9, V, 2), test::some_tokens(23, V, 5), test::some_tokens(4, V, 8)};
     auto run = [&](const std::vector<request_params>& reqs, scheduler_config cfg) {
-        std::vector<kv_group_desc> layout = m.kv_group_layout(4, dtype::f32);
-        layout[0].config.n_pages = 128;
-        auto groups = kv_groups::create(layout).value();
+        auto groups = latent_groups(m, 128);
         thread_pool pool(2);
         scheduler s(m, *tok.value(), *groups, pool, cfg);
         std::vector<std::shared_ptr<request_stream>> streams;
